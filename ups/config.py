@@ -1,0 +1,217 @@
+"""Typed schemas for the config groups the code reads.
+
+The top-level :class:`TrainConfig` is registered as ``train_schema`` and sits first in
+``conf/train.yaml``'s defaults, so every group file merges onto a typed node: a misspelt key or a
+wrong type fails at compose time with the key named. Cross-field rules live in :func:`validate`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A config that composes but breaks a rule between fields."""
+
+
+@dataclass
+class SynthConfig:
+    """Size of the small files generated when a task's data is absent."""
+
+    n_samples: Optional[int] = None  # None: the generator's small default
+    nx: Optional[int] = None
+    nt: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    """One PDEBench family as used in a run (facts about the family live in ups.data.registry)."""
+
+    family: str = MISSING
+    files: List[str] = MISSING  # glob patterns relative to paths.data_dir
+    reduced_resolution: int = 1
+    reduced_resolution_t: int = 1
+    reduced_batch: int = 1
+    initial_step: int = 10
+    max_samples: Optional[int] = None  # cap per file, like PDEBench's num_samples_max
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    datasets: Dict[str, DatasetConfig] = field(default_factory=dict)
+
+
+@dataclass
+class SamplerConfig:
+    strategy: str = "balanced"  # proportional | balanced | temperature
+    temperature: float = 2.0
+    mode: str = "task"  # task: one task per global batch; mixed: tasks mixed within a batch
+
+
+@dataclass
+class DataConfig:
+    generate: bool = True  # write small synthetic files when a task's files are absent
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    num_workers: int = 0
+    preload_max_gb: float = 2.0  # read a task into memory when its split is smaller than this
+    eval_samples: Optional[int] = None  # cap on trajectories per task in validation rollouts
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = "ups.models.LatentSurrogate"
+    hidden: int = 128
+    depth: int = 4
+    heads: int = 4
+    n_latents: int = 32
+    cond_dim: int = 4
+    fourier_features: int = 16
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    encoder_layers: int = 1
+    decoder_layers: int = 1
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    fused: Optional[bool] = None  # None: fused on CUDA, foreach elsewhere
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.05
+    grad_clip: Optional[float] = 1.0
+
+
+@dataclass
+class ParallelismConfig:
+    name: str = "single"
+    nodes: int = 1
+    ranks_per_node: int = 1
+
+
+@dataclass
+class HardwareConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16
+    compile: bool = False
+    activation_checkpointing: bool = False
+    threads: Optional[int] = None  # torch intra-op threads; None: torch's default
+
+
+@dataclass
+class StageConfig:
+    """One training stage as data: what it optimises, for how long, starting from what."""
+
+    name: str = MISSING
+    objective: str = "operator"
+    steps: Optional[int] = None  # None: trainer.max_steps
+    lr: Optional[float] = None  # None: optim.lr
+    freeze: List[str] = field(default_factory=list)  # module groups kept fixed: encoder, operator, decoder
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 400
+    batch_size: int = 16  # per device
+    accum_steps: int = 1
+    eval_every: Optional[int] = None  # steps; None: once per epoch
+    log_every: int = 10
+    seed: int = 0
+    steps_per_epoch: Optional[int] = None  # None: one pass over the training windows
+    residual: bool = True  # time-dependent tasks predict the change from the last context frame
+    ema_decay: Optional[float] = None  # e.g. 0.999; None disables EMA
+    early_stop_patience: Optional[int] = None  # evaluations without improvement; None: off
+    keep_last_k: int = 2
+    resume: bool = True  # continue from the newest complete checkpoint in the run directory
+    progress: bool = True  # a progress bar, shown only when stdout is a terminal
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "jsonl"
+    wandb: bool = False
+    project: str = "ups"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # None: leave it to WANDB_MODE
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class TrainConfig:
+    task: TaskConfig = MISSING
+    model: ModelConfig = MISSING
+    parallelism: ParallelismConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    optim: OptimConfig = MISSING
+    stages: Dict[str, StageConfig] = field(default_factory=dict)
+    logger: LoggerConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_configs() -> None:
+    """Register the schema so ``conf/train.yaml`` can name it in its defaults list."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+_CHOICES = {
+    "data.sampler.strategy": ("proportional", "balanced", "temperature"),
+    "data.sampler.mode": ("task", "mixed"),
+    "hardware.device": ("auto", "cpu", "cuda"),
+    "hardware.precision": ("fp32", "bf16"),
+    "optim.name": ("adamw",),
+    "optim.schedule": ("cosine", "constant"),
+}
+_POSITIVE = ("trainer.max_steps", "trainer.batch_size", "trainer.accum_steps", "trainer.log_every",
+             "trainer.keep_last_k", "parallelism.nodes", "parallelism.ranks_per_node")
+
+
+def validate(cfg: Any) -> None:
+    """Check the rules that tie fields together; raise :class:`ConfigError` naming the key."""
+    from omegaconf import OmegaConf
+
+    def get(key: str) -> Any:
+        return OmegaConf.select(cfg, key)
+
+    for key, options in _CHOICES.items():
+        if get(key) not in options:
+            raise ConfigError(f"{key}={get(key)!r} is not one of {', '.join(options)}")
+    for key in _POSITIVE:
+        if get(key) < 1:
+            raise ConfigError(f"{key} must be at least 1, got {get(key)}")
+    for key in ("data.val_fraction", "data.test_fraction"):
+        if not 0.0 < get(key) < 0.5:
+            raise ConfigError(f"{key} must lie in (0, 0.5), got {get(key)}")
+    if not cfg.task.datasets:
+        raise ConfigError(f"task={cfg.task.name} lists no datasets")
+    if not cfg.stages:
+        raise ConfigError("no stages configured: choose one with stage=...")
+    for name, stage in cfg.stages.items():
+        if stage.objective != "operator":
+            raise ConfigError(f"stages.{name}.objective={stage.objective!r}: only 'operator' is implemented")
+    for name, ds in cfg.task.datasets.items():
+        from ups.data.registry import FAMILIES
+
+        if ds.family not in FAMILIES:
+            raise ConfigError(f"task.datasets.{name}.family={ds.family!r} is not one of {', '.join(FAMILIES)}")
+        for key in ("reduced_resolution", "reduced_resolution_t", "reduced_batch", "initial_step"):
+            if getattr(ds, key) < 1:
+                raise ConfigError(f"task.datasets.{name}.{key} must be at least 1")
