@@ -1,0 +1,119 @@
+"""Torch datasets over tasks: next-step windows for training, whole trajectories for rollouts.
+
+Fields are flattened to points, (T, *space, C) -> (P, T*C) with time outermost per point, because
+the model is grid-agnostic: it sees point values and coordinates, never a grid.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ups.data.tasks import SampleId, TaskData
+
+
+def normalise(task: TaskData, traj: np.ndarray) -> np.ndarray:
+    """Scale a (T, *space, C) trajectory to zero mean, unit std per channel (per role for steady tasks)."""
+    in_mean, in_std, out_mean, out_std = task.stats.arrays()
+    out = (traj - in_mean) / in_std
+    if task.family.steady:
+        out[1:] = (traj[1:] - out_mean) / out_std
+    return out.astype(np.float32)
+
+
+def to_points(frames: np.ndarray) -> np.ndarray:
+    """(T, *space, C) -> (P, T*C)."""
+    t, c = frames.shape[0], frames.shape[-1]
+    return np.moveaxis(frames.reshape(t, -1, c), 0, 1).reshape(-1, t * c)
+
+
+class _TrajectorySource:
+    """Normalised trajectories of one split, in memory when small enough, else read per access."""
+
+    def __init__(self, task: TaskData, ids: Sequence[SampleId], preload_max_gb: float):
+        self.task, self.ids = task, list(ids)
+        nbytes = len(self.ids) * task.n_steps * task.coords.shape[0] * task.channels * 4
+        self._cache = None
+        if nbytes <= preload_max_gb * 2**30:
+            self._cache = [self._load(j) for j in range(len(self.ids))]
+
+    def _load(self, j: int) -> np.ndarray:
+        file_idx, i = self.ids[j]
+        return normalise(self.task, self.task.files[file_idx].read(i))
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        return self._cache[j] if self._cache is not None else self._load(j)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class WindowDataset(Dataset):
+    """Every (trajectory, start) window: ``initial_step`` context frames and the frame after them."""
+
+    def __init__(self, task: TaskData, split: str, preload_max_gb: float = 2.0):
+        self.task = task
+        self.source = _TrajectorySource(task, task.splits[split], preload_max_gb)
+        self.per_traj = task.n_steps - task.initial_step
+        self._conds = [task.cond(file_idx) for file_idx, _ in self.source.ids]
+
+    def __len__(self) -> int:
+        return len(self.source) * self.per_traj
+
+    def __getitem__(self, index: int) -> dict:
+        j, start = divmod(index, self.per_traj)
+        traj, k = self.source[j], self.task.initial_step
+        return {
+            "x": torch.from_numpy(to_points(traj[start: start + k])),
+            "y": torch.from_numpy(to_points(traj[start + k: start + k + 1])),
+            "cond": torch.from_numpy(self._conds[j]),
+        }
+
+
+class TrajectoryDataset(Dataset):
+    """Whole normalised trajectories (T, P, C) of one split, for autoregressive evaluation."""
+
+    def __init__(self, task: TaskData, split: str, max_samples: int | None = None, preload_max_gb: float = 2.0):
+        ids = task.splits[split][:max_samples] if max_samples else task.splits[split]
+        self.task = task
+        self.source = _TrajectorySource(task, ids, preload_max_gb)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, j: int) -> dict:
+        traj = self.source[j]
+        t, c = traj.shape[0], traj.shape[-1]
+        return {"traj": torch.from_numpy(traj.reshape(t, -1, c)),
+                "cond": torch.from_numpy(self.task.cond(self.source.ids[j][0]))}
+
+
+class MultiTaskDataset(Dataset):
+    """Indexes several window datasets by (task index, window index), as the sampler yields them."""
+
+    def __init__(self, datasets: Sequence[WindowDataset]):
+        self.datasets = list(datasets)
+
+    def sizes(self) -> list[int]:
+        return [len(d) for d in self.datasets]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        t, i = key
+        return {"task_index": t, **self.datasets[t][i]}
+
+    def collate(self, items: list[dict]) -> list[dict]:
+        """Group a micro-batch by task: one batch dict per task present, with its shared grid."""
+        out = []
+        for t in sorted({it["task_index"] for it in items}):
+            group = [it for it in items if it["task_index"] == t]
+            task = self.datasets[t].task
+            out.append({
+                "task": task.name,
+                "x": torch.stack([g["x"] for g in group]),
+                "y": torch.stack([g["y"] for g in group]),
+                "cond": torch.stack([g["cond"] for g in group]),
+                "coords": torch.from_numpy(task.coords)[None],
+            })
+        return out
