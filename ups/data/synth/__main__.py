@@ -51,6 +51,23 @@ def parse(argv: list[str]) -> dict:
     return opts
 
 
+def config_sizes(family: str) -> dict:
+    """The synthetic sizes ``conf/task/<family>.yaml`` asks for.
+
+    Training reads files with PDEBench's default strides, so the CLI writes the same sizes the
+    training run would generate; explicit ``n_samples``/``nx``/``nt`` arguments still win.
+    """
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    path = files("ups.conf") / "task" / f"{family}.yaml"
+    if not path.is_file():
+        return {}
+    synth = OmegaConf.load(str(path)).datasets[family].get("synth") or {}
+    return {k: v for k, v in synth.items() if k in ("n_samples", "nx", "nt") and v is not None}
+
+
 def describe(path: Path) -> str:
     """'name [key(shape), ...]' for a written file: its top-level datasets, or the group count
     and the first group's data shape."""
@@ -79,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e} (run with --help for usage)", file=sys.stderr)
         return 2
-    kw = {k: opts.get(k) for k in ("n_samples", "nx", "nt", "seed", "overwrite")}
+    given = {k: opts.get(k) for k in ("n_samples", "nx", "nt") if opts.get(k) is not None}
     t_all = time.perf_counter()
     for fam in opts["tasks"]:
         t0 = time.perf_counter()
+        kw = {**config_sizes(fam), **given, "seed": opts["seed"], "overwrite": opts["overwrite"]}
         try:
             paths = generate(fam, opts["out"], **kw)
         except OSError as e:  # unwritable or invalid out=: one line, no traceback

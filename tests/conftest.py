@@ -1,0 +1,42 @@
+"""Shared fixtures: config composition as tests use it, and one synthetic data dir per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from ups.config import register_configs
+
+register_configs()
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``conf/train.yaml`` with overrides, the way the CLI does (but raising, not exiting)."""
+    with initialize_config_module(config_module="ups.conf", version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides or []))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory shared by the session, so synthetic files are generated once."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def tiny_cfg(data_dir: Path, tmp_path: Path):
+    """A factory for a small, fast run config writing into a fresh run directory."""
+
+    def make(*overrides: str) -> DictConfig:
+        base = ["model=tiny", "hardware=cpu", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}",
+                "trainer.max_steps=30", "trainer.batch_size=8", "trainer.log_every=1", "trainer.progress=false",
+                "data.eval_samples=4"]
+        cfg = compose_cfg(base + list(overrides))
+        for ds in cfg.task.datasets.values():
+            ds.synth.n_samples = 16  # small files, generated once into the shared data_dir
+        return cfg
+
+    return make

@@ -1,0 +1,90 @@
+"""End-to-end runs through run(cfg): loss falls, outputs are written, resume continues."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ups.runner import run
+from ups.training.checkpoint import MARKER, Checkpointer
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_learns_and_writes_outputs(tiny_cfg) -> None:
+    cfg = tiny_cfg("trainer.max_steps=60", "trainer.steps_per_epoch=15", "optim.warmup_steps=5")
+    result = run(cfg)
+    run_dir = Path(result["run_dir"])
+    recs = records(run_dir)
+    train = [r for r in recs if r["kind"] == "train"]
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert all({"step", "kind"} <= r.keys() for r in recs)
+    assert all({"loss", "samples_per_s", "epoch", "global_batch"} <= r.keys() for r in train)
+    # One task per step (sampler mode "task"), so each task's loss shows on the steps that drew it.
+    assert all(any(f"loss/{t}" in r for r in train) for t in ("advection1d", "darcy2d"))
+    assert all({"nrmse/advection1d", "nrmse/darcy2d", "nrmse/mean"} <= r.keys() for r in evals)
+    assert [r["step"] for r in train] == list(range(1, 61))
+    assert len(result["epoch_losses"]) == 4
+    assert result["epoch_losses"][-1] < 0.7 * result["epoch_losses"][0]
+    for key in ("val/nrmse/advection1d", "test/nrmse/darcy2d"):
+        assert 0.0 < result[key] < 10.0
+    assert (run_dir / "config.yaml").exists()
+    for name in ("final", "best"):
+        assert (run_dir / "checkpoints" / name / MARKER).exists()
+    assert len(list((run_dir / "checkpoints").glob("step_*"))) == cfg.trainer.keep_last_k
+    state = Checkpointer.load(run_dir / "checkpoints" / "final")
+    assert {"model", "optimizer", "scheduler", "step", "rng", "sampler", "config"} <= state.keys()
+    assert state["step"] == 60 and state["config"]["trainer"]["max_steps"] == 60
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
+    common = ["trainer.steps_per_epoch=4", "optim.warmup_steps=2", "task=advection1d", "trainer.max_steps=16"]
+    straight = run(tiny_cfg(*common, f"paths.output_dir={tmp_path / 'a'}"))
+
+    from ups.training.trainer import Trainer
+
+    original = Trainer._optimizer_step
+
+    def crash_at_10(self, *args):
+        if self.step == 10:
+            raise RuntimeError("simulated crash")
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", crash_at_10)
+    cfg = tiny_cfg(*common, f"paths.output_dir={tmp_path / 'b'}")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)
+    monkeypatch.setattr(Trainer, "_optimizer_step", original)
+    resumed = run(cfg)  # same run directory: continues from the step-8 checkpoint
+
+    a = Checkpointer.load(tmp_path / "a" / "checkpoints" / "final")["model"]
+    b = Checkpointer.load(tmp_path / "b" / "checkpoints" / "final")["model"]
+    assert resumed["step"] == straight["step"] == 16
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = lambda d: [r["loss"] for r in records(d) if r["kind"] == "train" and r["step"] > 8]  # noqa: E731
+    assert losses(tmp_path / "b")[-8:] == losses(tmp_path / "a")
+
+
+def test_finished_run_is_not_repeated(tiny_cfg) -> None:
+    cfg = tiny_cfg("trainer.max_steps=6", "task=darcy2d", "trainer.steps_per_epoch=3")
+    first = run(cfg)
+    again = run(cfg)
+    assert again["step"] == first["step"] == 6
+    assert again["val/nrmse/darcy2d"] == pytest.approx(first["val/nrmse/darcy2d"])
+
+
+def test_cli_default_entry_writes_one_run_dir(tmp_path: Path, data_dir: Path) -> None:
+    args = [sys.executable, "-m", "ups.train", "task=darcy2d", "model=tiny", "optim.lr=3e-4",
+            "trainer.max_steps=4", f"paths.data_dir={data_dir}"]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "darcy2d" in proc.stdout and "val nRMSE" in proc.stdout
+    run_dirs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(run_dirs) == 1
+    assert {"config.yaml", "metrics.jsonl", "checkpoints", ".hydra"} <= {p.name for p in run_dirs[0].iterdir()}

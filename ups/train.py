@@ -1,0 +1,32 @@
+"""Command-line entry point: ``python -m ups.train [overrides]``, also installed as ``ups-train``.
+
+Hydra composes the config from ``conf/`` (shipped as ``ups.conf``); :func:`ups.runner.run` does
+the work, so tests and notebooks call it without a command line.
+"""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from ups.config import ConfigError, register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://ups.conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Train as configured; returns the mean validation nRMSE (the objective for sweepers)."""
+    from ups.runner import run  # heavy imports after composition, so --help and --cfg stay fast
+
+    try:
+        metrics = run(cfg)
+    except ConfigError as err:
+        print(f"Config error: {err}", file=sys.stderr)
+        sys.exit(1)
+    return metrics["val/nrmse/mean"]
+
+
+if __name__ == "__main__":
+    main()
