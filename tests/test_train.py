@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ups.runner import run
-from ups.training.checkpoint import MARKER, Checkpointer
+from ups.training.checkpoint import MARKER, load_consolidated
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -38,9 +38,12 @@ def test_tiny_run_learns_and_writes_outputs(tiny_cfg) -> None:
     for name in ("final", "best"):
         assert (run_dir / "checkpoints" / name / MARKER).exists()
     assert len(list((run_dir / "checkpoints").glob("step_*"))) == cfg.trainer.keep_last_k
-    state = Checkpointer.load(run_dir / "checkpoints" / "final")
-    assert {"model", "optimizer", "scheduler", "step", "rng", "sampler", "config"} <= state.keys()
-    assert state["step"] == 60 and state["config"]["trainer"]["max_steps"] == 60
+    state = load_consolidated(run_dir / "checkpoints" / "final")
+    assert {"model", "optim", "trainer", "rank0", "callbacks"} <= state.keys()
+    assert {"step", "scheduler", "sampler", "config", "epoch"} <= state["trainer"].keys()
+    assert state["trainer"]["step"] == 60 and state["trainer"]["config"]["trainer"]["max_steps"] == 60
+    exported = torch.load(run_dir / "checkpoints" / "final" / "model.pt", weights_only=False)
+    assert exported["step"] == 60 and exported["model"].keys() == state["model"].keys()
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
@@ -63,8 +66,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_cfg, tmp_path: Path, m
     monkeypatch.setattr(Trainer, "_optimizer_step", original)
     resumed = run(cfg)  # same run directory: continues from the step-8 checkpoint
 
-    a = Checkpointer.load(tmp_path / "a" / "checkpoints" / "final")["model"]
-    b = Checkpointer.load(tmp_path / "b" / "checkpoints" / "final")["model"]
+    a = load_consolidated(tmp_path / "a" / "checkpoints" / "final")["model"]
+    b = load_consolidated(tmp_path / "b" / "checkpoints" / "final")["model"]
     assert resumed["step"] == straight["step"] == 16
     assert all(torch.equal(a[k], b[k]) for k in a)
     losses = lambda d: [r["loss"] for r in records(d) if r["kind"] == "train" and r["step"] > 8]  # noqa: E731

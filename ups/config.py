@@ -25,6 +25,7 @@ class SynthConfig:
     nx: Optional[int] = None
     nt: Optional[int] = None
     seed: int = 0
+    options: Dict[str, Any] = field(default_factory=dict)  # passed on as generate(**options), e.g. variant: turb
 
 
 @dataclass
@@ -45,6 +46,7 @@ class DatasetConfig:
 class TaskConfig:
     name: str = MISSING
     datasets: Dict[str, DatasetConfig] = field(default_factory=dict)
+    note: Optional[str] = None  # one line logged once per run, e.g. what an alias stands for
 
 
 @dataclass
@@ -62,6 +64,7 @@ class DataConfig:
     num_workers: int = 0
     preload_max_gb: float = 2.0  # read a task into memory when its split is smaller than this
     eval_samples: Optional[int] = None  # cap on trajectories per task in validation rollouts
+    nonfinite: str = "error"  # samples holding NaN/Inf: error (default) | skip (with a warning)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
 
@@ -95,9 +98,29 @@ class OptimConfig:
 
 @dataclass
 class ParallelismConfig:
+    """How many ranks, how they share the model, and how they are launched."""
+
     name: str = "single"
+    strategy: str = "none"  # none | ddp | fsdp2
     nodes: int = 1
     ranks_per_node: int = 1
+    backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
+    timeout_s: int = 600  # process-group timeout: a stuck collective fails instead of hanging forever
+    max_restarts: int = 0  # self-launch: restart all ranks this often after a failure (resuming)
+    dry_run: bool = False  # build and shard the model for this layout on a fake process group; report
+
+
+@dataclass
+class FaultsConfig:
+    """Injected failures, for tests of the collective-safe trainer. All off by default."""
+
+    oom_rank: Optional[int] = None
+    oom_step: Optional[int] = None  # raise an out-of-memory error in this rank's forward at this step
+    nan_rank: Optional[int] = None
+    nan_step: Optional[int] = None  # make this rank's loss NaN at this step
+    crash_rank: Optional[int] = None
+    crash_step: Optional[int] = None  # os._exit(1) this rank after this step (first attempt only)
+    restore_rng: bool = True  # false only for the negative control showing resume needs the RNG state
 
 
 @dataclass
@@ -129,6 +152,8 @@ class TrainerConfig:
     log_every: int = 10
     seed: int = 0
     steps_per_epoch: Optional[int] = None  # None: one pass over the training windows
+    on_oom: str = "skip"  # skip | stop: what every rank does when any rank runs out of memory in forward
+    on_nonfinite: str = "skip"  # skip | stop: on a non-finite loss or gradient norm on any rank
     residual: bool = False  # predict the change from the last context frame (measured worse here; docs)
     ema_decay: Optional[float] = None  # e.g. 0.999; None disables EMA
     early_stop_patience: Optional[int] = None  # evaluations without improvement; None: off
@@ -165,11 +190,17 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
 
 def register_configs() -> None:
-    """Register the schema so ``conf/train.yaml`` can name it in its defaults list."""
+    """Register the schema, and the run-directory resolver that keeps all ranks of a job in one directory."""
+    from omegaconf import OmegaConf
+
+    from ups.distributed.env import run_dir_name
+
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    OmegaConf.register_new_resolver("ups.run_dir", run_dir_name, replace=True)
 
 
 _CHOICES = {
@@ -179,9 +210,13 @@ _CHOICES = {
     "hardware.precision": ("fp32", "bf16"),
     "optim.name": ("adamw",),
     "optim.schedule": ("cosine", "constant"),
+    "parallelism.strategy": ("none", "ddp", "fsdp2"),
+    "parallelism.backend": ("auto", "nccl", "gloo"),
+    "trainer.on_oom": ("skip", "stop"),
+    "trainer.on_nonfinite": ("skip", "stop"),
 }
 _POSITIVE = ("trainer.max_steps", "trainer.batch_size", "trainer.accum_steps", "trainer.log_every",
-             "trainer.keep_last_k", "parallelism.nodes", "parallelism.ranks_per_node")
+             "trainer.keep_last_k", "parallelism.nodes", "parallelism.ranks_per_node", "parallelism.timeout_s")
 
 
 def validate(cfg: Any) -> None:
@@ -200,6 +235,14 @@ def validate(cfg: Any) -> None:
     for key in ("data.val_fraction", "data.test_fraction"):
         if not 0.0 < get(key) < 0.5:
             raise ConfigError(f"{key} must lie in (0, 0.5), got {get(key)}")
+    world = cfg.parallelism.nodes * cfg.parallelism.ranks_per_node
+    if cfg.parallelism.strategy == "none" and world > 1:
+        raise ConfigError(f"parallelism.strategy=none runs one process, but nodes x ranks_per_node = {world}; "
+                          "choose parallelism=ddpN or fsdp2_N")
+    if cfg.parallelism.strategy == "fsdp2" and cfg.data.sampler.mode != "task":
+        # FSDP gathers parameters module by module: ranks running different tasks would issue
+        # different collectives and hang.
+        raise ConfigError("parallelism.strategy=fsdp2 needs data.sampler.mode=task")
     if not cfg.task.datasets:
         raise ConfigError(f"task={cfg.task.name} lists no datasets")
     if not cfg.stages:

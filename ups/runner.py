@@ -5,6 +5,7 @@ Importable and called directly by tests; ``ups/train.py`` only composes the conf
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ups.config import validate
 from ups.data.tasks import TaskData, build_task
-from ups.distributed.env import DistEnv, resolve_device
+from ups.distributed.collectives import main_first
+from ups.distributed.env import DistEnv, process_group, resolve_device
 from ups.distributed.parallelize import parallelize
 from ups.models import TaskIO
 from ups.training.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint, ProgressBar
@@ -69,19 +71,30 @@ def summary_table(tasks: list[TaskData], val: dict, test: dict, epoch_losses: li
 
 
 def run(cfg: DictConfig, env: DistEnv | None = None) -> dict[str, Any]:
-    """Train every configured stage and return final metrics: ``val/nrmse/<task>``, ``test/...``."""
+    """Train every configured stage and return final metrics: ``val/nrmse/<task>``, ``test/...``.
+
+    Called once per rank; joins the job's process group for the duration.
+    """
     validate(cfg)
     env = env or DistEnv.from_env()
+    device = resolve_device(cfg.hardware.device, env)
+    with process_group(env, device, cfg.parallelism.backend, cfg.parallelism.timeout_s):
+        return _run(cfg, env, device)
+
+
+def _run(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if env.is_main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     if cfg.hardware.threads:
         torch.set_num_threads(cfg.hardware.threads)
+    elif device.type == "cpu" and env.local_world_size > 1:
+        # N CPU ranks each using every core would oversubscribe them many times over.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
     seed_everything(cfg.trainer.seed)
-    device = resolve_device(cfg.hardware.device, env)
-
-    tasks = build_tasks(cfg, run_dir)
+    with main_first(env.is_main):  # rank 0 generates missing data and statistics; the others then read
+        tasks = build_tasks(cfg, run_dir)
     io = {t.name: TaskIO(in_channels=t.initial_step * t.channels, out_channels=t.channels, dim=t.family.dim)
           for t in tasks}
     raw_model = instantiate(cfg.model, tasks=io).to(device)
@@ -97,7 +110,7 @@ def run(cfg: DictConfig, env: DistEnv | None = None) -> dict[str, Any]:
 
     val, test = trainer.evaluate("val"), trainer.evaluate("test")
     if env.is_main:
-        trainer._log({"step": trainer.step, "kind": "eval", "stage": "final", "split": "test", **test})
+        trainer.log_record({"step": trainer.step, "kind": "eval", "stage": "final", "split": "test", **test})
         print(summary_table(tasks, val, test, trainer.epoch_losses), flush=True)
     result: dict[str, Any] = {f"val/{k}": v for k, v in val.items()}
     result.update({f"test/{k}": v for k, v in test.items()})

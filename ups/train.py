@@ -18,14 +18,19 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="pkg://ups.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Train as configured; returns the mean validation nRMSE (the objective for sweepers)."""
-    from ups.runner import run  # heavy imports after composition, so --help and --cfg stay fast
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from ups.distributed.launch import launch  # heavy imports after composition: --help and --cfg stay fast
 
     try:
-        metrics = run(cfg)
+        metrics = launch(cfg)
     except ConfigError as err:
         print(f"Config error: {err}", file=sys.stderr)
         sys.exit(1)
-    return metrics["val/nrmse/mean"]
+    except ChildFailedError as err:
+        print(f"A rank failed (its traceback is above):\n{err.format_msg()}", file=sys.stderr)
+        sys.exit(1)
+    return metrics.get("val/nrmse/mean")
 
 
 if __name__ == "__main__":

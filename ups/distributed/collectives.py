@@ -5,6 +5,9 @@ so that all ranks take the same branch; a rank-local branch would mispair later 
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.distributed as dist
 
@@ -13,13 +16,15 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def any_rank(flag: bool, device: torch.device | None = None) -> bool:
-    """True on every rank if ``flag`` is true on at least one."""
+def any_rank(*flags: bool, device: torch.device | None = None) -> bool | tuple[bool, ...]:
+    """For each flag, True on every rank if it is true on at least one (one all-reduce for all)."""
     if not _active():
-        return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+        out = tuple(bool(f) for f in flags)
+    else:
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        out = tuple(bool(v > 0) for v in t.tolist())
+    return out[0] if len(out) == 1 else out
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -28,3 +33,18 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if _active():
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(is_main: bool) -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. writing data or statistics files), then the others read."""
+    if not is_main:
+        barrier()
+    yield
+    if is_main:
+        barrier()

@@ -5,11 +5,18 @@ WORLD_SIZE, so the rest of the code is testable without a process group.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import logging
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+RESTART_ENV = "UPS_RESTART_COUNT"  # set by our own restart loop (ups.distributed.launch)
 
 
 @dataclass(frozen=True)
@@ -20,14 +27,16 @@ class DistEnv:
     local_rank: int = 0
     world_size: int = 1
     local_world_size: int = 1
+    restart_count: int = 0  # how often the elastic agent has restarted this job's workers
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "DistEnv":
-        """Read torchrun's variables (set also by the elastic launcher and submitit's export)."""
+        """Read torchrun's variables (also set by the elastic launcher and by submitit's export)."""
         env = os.environ if environ is None else environ
         world = int(env.get("WORLD_SIZE", "1"))
         return cls(rank=int(env.get("RANK", "0")), local_rank=int(env.get("LOCAL_RANK", "0")),
-                   world_size=world, local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(world))))
+                   world_size=world, local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(world))),
+                   restart_count=int(env.get(RESTART_ENV, "0")) + int(env.get("TORCHELASTIC_RESTART_COUNT", "0")))
 
     @property
     def is_main(self) -> bool:
@@ -36,6 +45,62 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def in_launched_rank(environ: Mapping[str, str] | None = None) -> bool:
+    """True when a launcher (torchrun, our elastic launch, submitit's export) already made this a rank."""
+    env = os.environ if environ is None else environ
+    return "RANK" in env and "WORLD_SIZE" in env
+
+
+def export_slurm_env() -> bool:
+    """Inside a multi-task SLURM step without torchrun, set RANK/WORLD_SIZE/MASTER_* from SLURM.
+
+    Works for a plain ``srun`` as well as a submitit job (submitit's own helper only recognises the
+    latter); submitit's SLURM environment parses node lists such as ``gpu[01-04]``. The master port
+    is derived from the job id, the same on every task. Returns True if it exported.
+    """
+    if in_launched_rank() or int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_JOB_ID" not in os.environ:
+        return False
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    job = SlurmJobEnvironment()
+    port = os.environ.get("MASTER_PORT") or str(20000 + int(job.job_id.split("_")[0]) % 40000)
+    os.environ.update(MASTER_ADDR=job.hostnames[0], MASTER_PORT=port, RANK=str(job.global_rank),
+                      WORLD_SIZE=str(job.num_tasks), LOCAL_RANK=str(job.local_rank),
+                      LOCAL_WORLD_SIZE=str(job.num_tasks // job.num_nodes))
+    return True
+
+
+def _process_start(pid: int) -> dt.datetime | None:
+    """Start time of a process, from /proc (Linux); None where that is not available."""
+    try:
+        ticks = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19])
+        btime = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
+        return dt.datetime.fromtimestamp(btime + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def run_dir_name(environ: Mapping[str, str] | None = None) -> str:
+    """The run directory below ``outputs/``, the same on every rank of one job.
+
+    Under torchrun every rank composes its own config, so ``${now:}`` could differ between ranks.
+    On one node the ranks share their parent, torchrun's agent, whose start time names the run; it
+    survives worker restarts, so a restarted job finds its own checkpoints. Across nodes the
+    rendezvous id names it (pass ``--rdzv-id``); a SLURM step without torchrun uses the job id.
+    """
+    env = os.environ if environ is None else environ
+    nodes_differ = int(env.get("WORLD_SIZE", "1")) != int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1")))
+    if "TORCHELASTIC_RUN_ID" in env:
+        if nodes_differ and env["TORCHELASTIC_RUN_ID"] not in ("", "none"):
+            return f"run-{env['TORCHELASTIC_RUN_ID']}"
+        started = _process_start(os.getppid())
+        if started is not None:
+            return started.strftime("%Y-%m-%d/%H-%M-%S")
+    elif int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
+        return f"slurm-{env['SLURM_JOB_ID']}"
+    return dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
 
 
 def resolve_device(name: str, env: DistEnv) -> torch.device:
@@ -47,3 +112,41 @@ def resolve_device(name: str, env: DistEnv) -> torch.device:
             raise RuntimeError("hardware.device=cuda but no CUDA device is visible; use hardware=cpu or hardware=auto")
         return torch.device("cuda", env.local_rank)
     return torch.device("cpu")
+
+
+def check_devices(device_type: str, ranks_per_node: int) -> None:
+    """Fail before launching when a node is asked for more GPUs than it has."""
+    if device_type != "cuda":
+        return
+    have = torch.cuda.device_count()
+    if ranks_per_node > have:
+        raise RuntimeError(
+            f"{ranks_per_node} ranks per node need {ranks_per_node} GPUs, but this machine has {have}. "
+            f"Use parallelism=ddp{have} (or fsdp2_{have}), set parallelism.ranks_per_node={have}, or run "
+            f"{ranks_per_node} CPU ranks with hardware=cpu.")
+
+
+@contextlib.contextmanager
+def process_group(env: DistEnv, device: torch.device, backend: str, timeout_s: int) -> Iterator[None]:
+    """Join the job's process group for the duration of the block; a no-op for one process.
+
+    The explicit timeout makes a stuck collective fail loudly. The closing barrier lets every rank
+    finish its last collective (e.g. a checkpoint save) before the group is destroyed; without it
+    gloo sometimes aborted the process.
+    """
+    if not env.distributed or (dist.is_initialized() and dist.get_world_size() == env.world_size):
+        yield
+        return
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s),
+                            device_id=device if device.type == "cuda" else None)
+    log.info("rank %d/%d joined the %s process group", env.rank, env.world_size, backend)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            dist.barrier()
+        dist.destroy_process_group()

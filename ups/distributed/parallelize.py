@@ -1,51 +1,98 @@
 """The one place that wraps a model for speed and parallelism.
 
-Order matters and is fixed: activation checkpointing wraps blocks first (so compile sees the
-checkpointed graph), then torch.compile, then the data-parallel wrapper.
+Order matters and is fixed: activation checkpointing first (so compile traces the recomputing
+forward), then torch.compile per block, then FSDP2 per block or DDP around the whole model. AC and
+compile patch blocks in place, so parameter names and checkpoints are the same with them on or off.
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import warnings
+from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from ups.distributed.env import DistEnv
 
 
-class _Checkpointed(nn.Module):
-    """Recompute a block's activations in backward instead of storing them."""
-
-    def __init__(self, block: nn.Module):
-        super().__init__()
-        self.block = block
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return checkpoint(self.block, *args, use_reentrant=False, **kwargs)
-
-
 def apply_ac(model: nn.Module) -> None:
-    """Wrap every operator block in activation checkpointing, in place."""
-    blocks = model.operator.blocks
-    for i, block in enumerate(blocks):
-        blocks[i] = _Checkpointed(block)
+    """Recompute each operator block's activations in backward instead of storing them."""
+    for block in model.operator.blocks:
+        forward = block.forward
+        block.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
 
 def apply_compile(model: nn.Module) -> None:
-    """Compile each operator block separately: small graphs compile fast and are reused across blocks."""
-    blocks = model.operator.blocks
-    for i, block in enumerate(blocks):
-        blocks[i] = torch.compile(block)
+    """Compile each operator block: small graphs compile fast and the identical blocks share code."""
+    for block in model.operator.blocks:
+        block.compile()
+
+
+def fsdp_policy(precision: str) -> MixedPrecisionPolicy:
+    """bf16 parameters in compute, gradients reduced in fp32 (the sharded master weights stay fp32)."""
+    if precision == "bf16":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, precision: str) -> nn.Module:
+    """Shard each operator block, the encoder and the decoder, then the rest (per-task heads) at the root."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    # The model returns a view; UPS never modifies outputs in place (objective.py), which is what
+    # FSDP2 warns about on every forward.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+    mesh = init_device_mesh(device.type, (world_size,))
+    policy = fsdp_policy(precision)
+    for block in model.operator.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    for part in (model.encoder, model.decoder):
+        fully_shard(part, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
+
+
+def apply_ddp(model: nn.Module, device: torch.device, multi_task: bool) -> nn.Module:
+    """Replicate the model; with several tasks each step leaves other tasks' heads unused."""
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=multi_task)
 
 
 def parallelize(model: nn.Module, cfg: Any, env: DistEnv, device: torch.device) -> nn.Module:
-    """Apply AC, compile and data parallelism as the config asks; returns the module to train."""
-    hw = cfg.hardware
+    """Apply AC, compile and the data-parallel strategy as configured; returns the module to train.
+
+    With FSDP2 the model is sharded in place (the returned object is the same); with DDP the
+    returned wrapper holds the model as ``.module``.
+    """
+    hw, strategy = cfg.hardware, cfg.parallelism.strategy
     if hw.activation_checkpointing:
         apply_ac(model)
     if hw.compile:
         apply_compile(model)
-    if env.distributed:
-        raise NotImplementedError("multi-rank training comes with the parallelism options (ddpN, fsdp2)")
+    if strategy == "fsdp2":
+        return apply_fsdp(model, device, env.world_size, hw.precision)
+    if strategy == "ddp" and env.distributed:
+        return apply_ddp(model, device, multi_task=len(cfg.task.datasets) > 1)
     return model
+
+
+@contextlib.contextmanager
+def grad_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Turn gradient synchronisation off for accumulation micro-steps (DDP or FSDP2 alike)."""
+    if enabled:
+        yield
+    elif isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield

@@ -19,7 +19,8 @@ def evaluate(model: nn.Module, sets: Sequence[TrajectoryDataset], device: torch.
     """``nrmse/<task>`` for every task and their mean ``nrmse/mean``.
 
     Each rank scores every ``world_size``-th trajectory and the sums are all-reduced, so all ranks
-    return the same numbers. Predictions are denormalised first: nRMSE is in physical units, over
+    return the same numbers. Every rank runs the same number of batches (short ones are padded with
+    zero-weight repeats), because a sharded model gathers parameters collectively in each forward. Predictions are denormalised first: nRMSE is in physical units, over
     the predicted frames only (the context frames are excluded, as PDEBench does at HEAD).
     """
     was_training = model.training
@@ -31,8 +32,12 @@ def evaluate(model: nn.Module, sets: Sequence[TrajectoryDataset], device: torch.
         coords = torch.as_tensor(task.coords, device=device)[None]
         total = torch.zeros(2, dtype=torch.float64, device=device)
         ids = list(range(rank, len(ds), world_size))
-        for start in range(0, len(ids), batch_size):
+        per_rank = -(-len(ds) // world_size)
+        weights = [1.0] * len(ids) + [0.0] * (per_rank - len(ids))
+        ids += [0] * (per_rank - len(ids))
+        for start in range(0, per_rank, batch_size):
             items = [ds[j] for j in ids[start: start + batch_size]]
+            w = torch.tensor(weights[start: start + batch_size], device=device)
             traj = torch.stack([it["traj"] for it in items]).to(device)
             cond = torch.stack([it["cond"] for it in items]).to(device)
             with autocast():
@@ -40,7 +45,7 @@ def evaluate(model: nn.Module, sets: Sequence[TrajectoryDataset], device: torch.
                                residual and not task.family.steady)
             target = traj[:, task.initial_step:] * out_std + out_mean
             scores = nrmse(pred * out_std + out_mean, target)
-            total += torch.stack([scores.sum().double(), torch.tensor(float(len(scores)), device=device).double()])
+            total += torch.stack([(scores * w).sum(), w.sum()]).double()
         total = all_reduce_sum(total)
         out[f"nrmse/{task.name}"] = float(total[0] / total[1].clamp_min(1))
     out["nrmse/mean"] = sum(out.values()) / len(sets)

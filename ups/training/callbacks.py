@@ -147,10 +147,11 @@ class ModelCheckpoint(Callback):
         improved = metrics[self.metric] < self.best
         if improved:
             self.best = metrics[self.metric]
-        state = trainer.state_dict()  # after updating best, so the saved callback state has it
-        trainer.checkpointer.save(state, f"step_{trainer.step:08d}")
+        name = f"step_{trainer.step:08d}"
+        # After updating best, so the saved callback state has it. Every rank calls save (collective).
+        trainer.checkpointer.save(trainer.state_dict(), name, trainer.step)
         if improved:
-            trainer.checkpointer.save(state, "best")
+            trainer.checkpointer.copy(name, "best")
 
     def state_dict(self) -> dict:
         return {"best": self.best}

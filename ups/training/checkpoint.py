@@ -1,24 +1,33 @@
-"""Checkpoints in the run directory: one folder per save, valid only once its marker exists.
+"""Checkpoints in the run directory, written with ``torch.distributed.checkpoint`` (DCP).
 
 Layout::
 
-    <run_dir>/checkpoints/step_00000400/state.pt + COMPLETE
-    <run_dir>/checkpoints/best/...   (lowest validation nRMSE so far)
-    <run_dir>/checkpoints/final/...  (end of training)
+    <run_dir>/checkpoints/step_00000400/   DCP shards + .metadata, meta.json, COMPLETE
+    <run_dir>/checkpoints/best/            lowest validation nRMSE so far
+    <run_dir>/checkpoints/final/           end of training, plus model.pt (consolidated)
 
-A folder is written under a temporary name and renamed into place after its marker, so a crash
-mid-save leaves nothing that :meth:`Checkpointer.latest` would load.
+Every rank writes its shards into a temporary folder; after a barrier rank 0 writes the
+``COMPLETE`` marker and renames the folder into place, so a crash mid-save leaves nothing that
+:meth:`Checkpointer.latest` would load. DCP merges identical keys across ranks, so state that
+differs per rank (RNG) is saved under a per-rank key.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import pickle
+import warnings
 import random
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 MARKER = "COMPLETE"
 
@@ -39,30 +48,79 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rank_key(rank: int) -> str:
+    return f"rank{rank}"
+
+
+def pack(obj: Any) -> bytes:
+    """Non-tensor state as one opaque leaf, so DCP neither flattens nor reshapes it."""
+    return pickle.dumps(obj)
+
+
+def unpack(blob: bytes) -> Any:
+    return pickle.loads(blob)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def _quiet_single_process() -> Any:
+    """DCP warns that it assumes a single process when there is no group; here that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
 class Checkpointer:
-    """Saves and finds complete checkpoints; only the main process writes."""
+    """Saves and finds complete checkpoints. Every rank calls :meth:`save` and :meth:`load`."""
 
     def __init__(self, run_dir: str | Path, keep_last_k: int = 2, is_main: bool = True):
         self.root = Path(run_dir) / "checkpoints"
         self.keep_last_k, self.is_main = keep_last_k, is_main
 
-    def save(self, state: dict, name: str) -> Path | None:
+    def save(self, state: dict, name: str, step: int, consolidate: bool = False) -> Path:
         """Write ``state`` to ``checkpoints/<name>`` atomically; prune old step folders."""
-        if not self.is_main:
-            return None
-        final = self.root / name
-        tmp = self.root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save(state, tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": state["step"], "stage": state.get("stage")}))
-        (tmp / MARKER).touch()
-        old = self.root / f".{name}.old"
-        if final.exists():
-            final.rename(old)  # keep the previous copy until the new one is in place
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-        self._prune()
+        final, tmp = self.root / name, self.root / f".{name}.tmp"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()  # the folder exists before anyone writes into it
+        with _quiet_single_process():
+            dcp.save(state, checkpoint_id=str(tmp), no_dist=not _distributed())
+        _barrier()  # every rank's shards are on disk before the marker says so
+        if self.is_main:
+            (tmp / "meta.json").write_text(json.dumps({"step": step}))
+            if consolidate:
+                export_model(tmp, tmp / "model.pt")
+            (tmp / MARKER).touch()
+            old = self.root / f".{name}.old"
+            if final.exists():
+                final.rename(old)  # keep the previous copy until the new one is in place
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+            self._prune()
+        _barrier()  # nobody looks for the checkpoint before it is in place
+        return final
+
+    def copy(self, src: str, dst: str) -> Path:
+        """Copy a complete checkpoint folder to another name (e.g. a step to ``best``), atomically."""
+        final, tmp = self.root / dst, self.root / f".{dst}.tmp"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.root / src, tmp)
+            old = self.root / f".{dst}.old"
+            if final.exists():
+                final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        _barrier()
         return final
 
     def _steps(self) -> list[Path]:
@@ -74,8 +132,7 @@ class Checkpointer:
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint: the final one if training finished, else the last step."""
-        steps = self._steps()
-        candidates = steps + [p for p in (self.root / "final",) if (p / MARKER).exists()]
+        candidates = self._steps() + [p for p in (self.root / "final",) if (p / MARKER).exists()]
         if not candidates:
             return None
         # Prefer "final" over a step folder of the same step: it marks the stage as finished.
@@ -83,8 +140,45 @@ class Checkpointer:
                    + (0.5 if p.name == "final" else 0.0))
 
     @staticmethod
-    def load(path: str | Path) -> dict[str, Any]:
+    def load_into(path: str | Path, state: dict) -> dict:
+        """Fill ``state`` (a template with the keys to read) from a complete checkpoint, in place."""
         path = Path(path)
         if not (path / MARKER).exists():
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
-        return torch.load(path / "state.pt", weights_only=False, map_location="cpu")
+        with _quiet_single_process():
+            dcp.load(state, checkpoint_id=str(path), no_dist=not _distributed())
+        return state
+
+    @staticmethod
+    def saved_keys(path: str | Path) -> set[str]:
+        """Top-level keys stored in a checkpoint (e.g. which ranks saved RNG state)."""
+        meta = dcp.FileSystemReader(str(path)).read_metadata()
+        return {k.split(".")[0] for k in meta.state_dict_metadata}
+
+
+def load_consolidated(path: str | Path) -> dict:
+    """A whole DCP checkpoint as one plain dict in this process (no process group needed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "full.pt"
+        with _quiet_single_process():
+            dcp_to_torch_save(str(path), str(out))
+        state = torch.load(out, weights_only=False)
+    if isinstance(state.get("trainer"), bytes):
+        state["trainer"] = unpack(state["trainer"])
+    return state
+
+
+def export_model(path: str | Path, out: str | Path) -> Path:
+    """Write the model weights and resolved config of a checkpoint to one ``torch.save`` file."""
+    state = load_consolidated(path)
+    torch.save({"model": state["model"], "config": state["trainer"]["config"], "step": state["trainer"]["step"]},
+               out)
+    return Path(out)
+
+
+if __name__ == "__main__":  # python -m ups.training.checkpoint <checkpoint dir> <out.pt>
+    import sys
+
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m ups.training.checkpoint <checkpoints/NAME> <out.pt>")
+    print(export_model(sys.argv[1], sys.argv[2]))

@@ -1,7 +1,8 @@
 """The training loop, shared by every stage and every parallel layout.
 
 One optimizer step = ``accum_steps`` micro-batches on every rank. Decisions that change control
-flow (skip a step, stop) are agreed across ranks before anyone acts on them.
+flow (skip a step, stop) are agreed across ranks with :func:`any_rank` before anyone acts on them,
+so no rank ever waits in a collective the others skipped.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Sequence
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.utils.data import DataLoader
 
 from ups.data.datasets import MultiTaskDataset, TrajectoryDataset, WindowDataset
@@ -20,14 +22,20 @@ from ups.data.sampler import MultiTaskDistributedSampler
 from ups.data.tasks import TaskData
 from ups.distributed.collectives import all_reduce_sum, any_rank
 from ups.distributed.env import DistEnv
+from ups.distributed.parallelize import grad_sync
 from ups.evaluation.evaluate import evaluate
 from ups.training.callbacks import Callback
-from ups.training.checkpoint import Checkpointer, rng_state, set_rng_state
+from ups.training.checkpoint import Checkpointer, pack, rank_key, rng_state, set_rng_state, unpack
+from ups.training.faults import FaultInjector
 from ups.training.objective import predict_next
 from ups.training.optim import build_optimizer, build_scheduler, set_requires_grad
 from ups.training.stages import module_groups
 
 log = logging.getLogger(__name__)
+
+
+class StopTraining(RuntimeError):
+    """Raised on every rank when the agreed policy for a failure is to stop."""
 
 
 class Trainer:
@@ -42,13 +50,12 @@ class Trainer:
         self.train_set = MultiTaskDataset([WindowDataset(t, "train", pre) for t in tasks])
         self.eval_sets = {split: [TrajectoryDataset(t, split, cfg.data.eval_samples, pre) for t in tasks]
                           for split in ("val", "test")}
-        self.step = self.epoch = self.batches_done = 0
-        self.total_steps = 0
+        self.faults = FaultInjector(cfg.faults, env)
+        self.step = self.epoch = self.batches_done = self.total_steps = self.skipped_steps = 0
         self.stage_name = ""
-        self._stop_reason: str | None = None
         self.finished_stages: list[str] = []
-        self.skipped_steps = 0
         self.epoch_losses: list[float] = []
+        self._stop_reason: str | None = None
 
     # -- helpers ---------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -59,7 +66,7 @@ class Trainer:
         """Ask the loop to stop after this step (callbacks call this; the loop agrees it across ranks)."""
         self._stop_reason = reason
 
-    def _log(self, record: dict) -> None:
+    def log_record(self, record: dict) -> None:
         for cb in self.callbacks:
             cb.on_log(self, record)
 
@@ -71,36 +78,56 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self, stage_done: bool = False) -> dict:
-        sampler_state = self.sampler.state_dict()
-        sampler_state["batches_done"] = self.batches_done  # consumed, not prefetched by the loader
-        return {
-            "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
-            "stage": self.stage_name, "stage_done": stage_done,
-            "finished_stages": self.finished_stages + ([self.stage_name] if stage_done else []), "sampler": sampler_state, "rng": rng_state(),
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-        }
+        """Everything needed to continue exactly: DCP-shardable tensors plus packed bookkeeping."""
+        model_sd, optim_sd = get_state_dict(self.raw_model, self.optimizer)
+        trainer = {"step": self.step, "epoch": self.epoch, "stage": self.stage_name, "stage_done": stage_done,
+                   "finished_stages": self.finished_stages + ([self.stage_name] if stage_done else []),
+                   "sampler": self.sampler.state_dict(batches_done=self.batches_done),  # consumed, not prefetched
+                   "scheduler": self.scheduler.state_dict(), "world_size": self.env.world_size,
+                   "skipped_steps": self.skipped_steps, "epoch_losses": self.epoch_losses,
+                   "config": OmegaConf.to_container(self.cfg, resolve=True)}
+        return {"model": model_sd, "optim": optim_sd, "trainer": pack(trainer),
+                "callbacks": {f"{i}_{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(self.callbacks)},
+                rank_key(self.env.rank): pack(rng_state())}
 
     def _resume(self) -> bool:
-        """Load the newest complete checkpoint of this stage; True if the stage had already finished."""
+        """Load the newest complete checkpoint; True if this stage had already finished.
+
+        The weights always come back. Optimizer, scheduler, sampler position, callbacks and RNG
+        come back only for the same stage: a new stage starts its own.
+        """
         path = self.checkpointer.latest() if self.cfg.trainer.resume else None
         if path is None:
             return False
-        state = Checkpointer.load(path)
-        self.finished_stages = list(state["finished_stages"])
-        if state["stage"] != self.stage_name:
+        saved = unpack(Checkpointer.load_into(path, {"trainer": b""})["trainer"])
+        same = saved["stage"] == self.stage_name
+        template = self.state_dict()
+        if not same:
+            template = {"model": template["model"]}
+        own_rng = rank_key(self.env.rank)
+        if same and own_rng not in Checkpointer.saved_keys(path):
+            log.warning("checkpoint was saved by %d ranks and holds no RNG state for rank %d: continuing with "
+                        "this rank's current RNG (the resumed run is not bit-identical)", saved["world_size"],
+                        self.env.rank)
+            template.pop(own_rng)
+        state = Checkpointer.load_into(path, template)
+        set_state_dict(self.raw_model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state.get("optim", {}))
+        self.finished_stages = list(saved["finished_stages"])
+        if not same:
+            log.info("stage %s starts from the weights of %s (stage %s)", self.stage_name, path, saved["stage"])
             return self.stage_name in self.finished_stages
-        self.raw_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch, self.batches_done = state["step"], state["epoch"], state["sampler"]["batches_done"]
-        self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
-        for cb, cb_state in zip(self.callbacks, state["callbacks"]):
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.sampler.load_state_dict(saved["sampler"])
+        self.step, self.epoch = saved["step"], saved["epoch"]
+        self.batches_done, self.skipped_steps = saved["sampler"]["batches_done"], saved["skipped_steps"]
+        self.epoch_losses = list(saved["epoch_losses"])
+        if own_rng in state and self.cfg.faults.restore_rng:
+            set_rng_state(unpack(state[own_rng]))
+        for (_, cb_state), cb in zip(sorted(state["callbacks"].items()), self.callbacks):
             cb.load_state_dict(cb_state)
         log.info("resumed stage %s from %s at step %d", self.stage_name, path, self.step)
-        return bool(state["stage_done"])
+        return bool(saved["stage_done"])
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, stage: Any) -> dict:
@@ -117,24 +144,24 @@ class Trainer:
             self.train_set.sizes(), t.batch_size, num_replicas=self.env.world_size, rank=self.env.rank,
             strategy=s.strategy, temperature=s.temperature, mode=s.mode, seed=t.seed,
             steps_per_epoch=self._micro_batches_per_epoch())
+        for cb in self.callbacks:
+            cb.on_fit_start(self)  # before resume, so callback state exists to be loaded into
         if self._resume():
             log.info("stage %s already finished; skipping", stage.name)
             return self.evaluate("val")
-        for cb in self.callbacks:
-            cb.on_fit_start(self)
         metrics: dict = {}
         while self.step < self.total_steps and not self._agree_stop():
             metrics = self._run_epoch() or metrics
         if not metrics or metrics.get("step") != self.step:
             metrics = self._eval_and_log()
-        self.checkpointer.save(self.state_dict(stage_done=True), "final")
+        self.checkpointer.save(self.state_dict(stage_done=True), "final", self.step, consolidate=True)
         self.finished_stages.append(self.stage_name)
         for cb in self.callbacks:
             cb.on_fit_end(self)
         return metrics
 
     def _agree_stop(self) -> bool:
-        stop = any_rank(self._stop_reason is not None, self.device)
+        stop = any_rank(self._stop_reason is not None, device=self.device)
         if stop and self._stop_reason:
             log.info(self._stop_reason)
         return stop
@@ -154,10 +181,11 @@ class Trainer:
                 break
             if loss == loss:  # a skipped step returns NaN and does not count
                 epoch_sum, epoch_n = epoch_sum + loss, epoch_n + 1
-            if self.step % t.log_every == 0 or self.step == self.total_steps:
-                self._log_train(window)
-            if t.eval_every and self.step % t.eval_every == 0:
-                metrics = self._eval_and_log()
+                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    self._log_train(window)
+                if t.eval_every and self.step % t.eval_every == 0:
+                    metrics = self._eval_and_log()
+                self.faults.after_step(self.step)
             if self._agree_stop():
                 break
         if epoch_n:
@@ -169,34 +197,43 @@ class Trainer:
         return metrics
 
     def _optimizer_step(self, batches: Any, window: dict) -> float | None:
-        """Accumulate ``accum_steps`` micro-batches and step; return the step's mean loss (None at epoch end)."""
+        """Accumulate ``accum_steps`` micro-batches and step; the step's mean loss, NaN if skipped, None at epoch end."""
         t = self.cfg.trainer
         step_loss = torch.zeros((), device=self.device)
-        n_samples = 0
-        task_losses: dict[str, float] = {}
+        n_samples, task_losses = 0, {}
         for micro in range(t.accum_steps):
             batch = next(batches, None)
             if batch is None:
                 return None
             self.batches_done += 1
-            last = micro == t.accum_steps - 1
-            # Skip the gradient all-reduce on all but the last micro-batch of a step.
-            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            with sync:
-                with self.autocast():
-                    loss, per_task, n = self._loss(batch)
-                if any_rank(not torch.isfinite(loss).item(), self.device):
-                    return self._skip("non-finite loss", window)
+            # Gradients are all-reduced only on the last micro-batch of a step.
+            with grad_sync(self.model, enabled=micro == t.accum_steps - 1):
+                oom = False
+                try:
+                    self.faults.before_forward(self.step + 1)
+                    with self.autocast():
+                        loss, per_task, n = self._loss(batch)
+                    loss = self.faults.corrupt_loss(self.step + 1, loss)
+                except torch.OutOfMemoryError as err:
+                    oom, loss = True, None
+                    log.warning("rank %d: %s", self.env.rank, err)
+                # Decided together before anyone starts backward, so no rank waits in a lone all-reduce.
+                any_oom, any_nonfinite = any_rank(oom, not oom and not torch.isfinite(loss).item(),
+                                                  device=self.device)
+                if any_oom:
+                    return self._skip_or_stop("out of memory in forward", t.on_oom)
+                if any_nonfinite:
+                    return self._skip_or_stop("non-finite loss", t.on_nonfinite)
                 (loss / t.accum_steps).backward()
             step_loss += loss.detach() / t.accum_steps
             n_samples += n
             for name, v in per_task.items():
                 task_losses[name] = task_losses.get(name, 0.0) + v / t.accum_steps
-        params = [p for p in self.raw_model.parameters() if p.requires_grad]
-        clip = self.cfg.optim.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        if any_rank(not torch.isfinite(grad_norm).item(), self.device):
-            return self._skip("non-finite gradient norm", window)
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.raw_model.parameters() if p.requires_grad],
+                                                   self.cfg.optim.grad_clip or float("inf"))
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        if any_rank(not torch.isfinite(grad_norm).item(), device=self.device):
+            return self._skip_or_stop("non-finite gradient norm", t.on_nonfinite)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -212,11 +249,13 @@ class Trainer:
             cb.on_step_end(self)
         return mean_loss
 
-    def _skip(self, reason: str, window: dict) -> float:
-        """Drop the accumulated gradients of a step every rank agreed to skip."""
+    def _skip_or_stop(self, reason: str, policy: str) -> float:
+        """Every rank reaches this together: drop the step's gradients, or stop the run."""
         self.optimizer.zero_grad(set_to_none=True)
+        if policy == "stop":
+            raise StopTraining(f"stopping at step {self.step + 1} on all ranks: {reason} (trainer policy 'stop')")
         self.skipped_steps += 1
-        log.warning("step %d skipped on all ranks: %s", self.step, reason)
+        log.warning("step %d skipped on all ranks: %s", self.step + 1, reason)
         return float("nan")
 
     def _loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float], int]:
@@ -246,7 +285,7 @@ class Trainer:
                   "global_batch": t.batch_size * t.accum_steps * self.env.world_size,
                   "skipped_steps": self.skipped_steps}
         record.update({f"loss/{k}": sum(v) / len(v) for k, v in window["tasks"].items()})
-        self._log(record)
+        self.log_record(record)
         window.update(loss=0.0, samples=0, steps=0, t0=time.perf_counter(), tasks={})
 
     def evaluate(self, split: str) -> dict:
@@ -261,7 +300,7 @@ class Trainer:
     def _eval_and_log(self) -> dict:
         metrics = self.evaluate("val")
         record = {"step": self.step, "kind": "eval", "stage": self.stage_name, "split": "val", **metrics}
-        self._log(record)
+        self.log_record(record)
         log.info("step %d val nRMSE %s", self.step,
                  "  ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in metrics.items()))
         for cb in self.callbacks:

@@ -1,0 +1,151 @@
+"""Two gloo ranks on CPU: equivalence with one process, resume, faults and launching.
+
+Every launch is a subprocess with a hard timeout and the process group has a short explicit
+timeout, so a broken collective fails the test instead of hanging it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ups.training.checkpoint import load_consolidated
+
+COMMON = ["hardware=cpu", "model=tiny", "trainer.progress=false", "trainer.log_every=1", "data.eval_samples=2",
+          "parallelism.timeout_s=60", "optim.warmup_steps=2", "trainer.steps_per_epoch=4",
+          "task.datasets.advection1d.synth.n_samples=16", "task.datasets.darcy2d.synth.n_samples=16"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def launch(run_dir: Path, data_dir: Path, *overrides: str, cmd: list[str] | None = None,
+           timeout: int = 240) -> subprocess.CompletedProcess:
+    args = (cmd or [sys.executable, "-m", "ups.train"]) + COMMON + [f"paths.data_dir={data_dir}", *overrides]
+    if run_dir is not None:
+        args.append(f"paths.output_dir={run_dir}")
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=ENV,
+                          cwd=run_dir.parent if run_dir is not None else None)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Loss per step; a step logged twice (before and after a restart) keeps its last value."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "train":
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_consolidated(run_dir / "checkpoints" / "final")["model"]
+
+
+@pytest.fixture(scope="module")
+def single_b8(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    ok(launch(run_dir, data_dir, "trainer.max_steps=8", "trainer.batch_size=8"))
+    return run_dir
+
+
+@pytest.mark.parametrize("layout", ["ddp2", "fsdp2_2"])
+def test_two_ranks_match_one_process_with_twice_the_batch(layout: str, single_b8: Path, data_dir: Path,
+                                                          tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    ok(launch(run_dir, data_dir, f"parallelism={layout}", "trainer.max_steps=8", "trainer.batch_size=4"))
+    one, two = losses(single_b8), losses(run_dir)
+    assert sorted(two) == list(range(1, 9))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-6), f"step {step}"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["world_size"] == 2 and records[0]["global_batch"] == 8
+
+
+@pytest.mark.parametrize("layout", ["ddp2", "fsdp2_2"])
+def test_crash_and_restart_resumes_bit_identically(layout: str, data_dir: Path, tmp_path: Path) -> None:
+    common = [f"parallelism={layout}", "trainer.max_steps=12", "trainer.batch_size=4", "model.dropout=0.1"]
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    ok(launch(straight, data_dir, *common))
+    # Rank 1 dies hard after step 10; the elastic agent restarts both ranks, which resume from step 8.
+    proc = ok(launch(crashed, data_dir, *common, "faults.crash_rank=1", "faults.crash_step=10",
+                     "parallelism.max_restarts=1"))
+    assert "resumed stage operator" in proc.stdout + proc.stderr
+    a, b = final_weights(straight), final_weights(crashed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(straight) == losses(crashed)
+    if layout == "ddp2":  # negative control: without restoring RNG, dropout masks differ after resume
+        control = tmp_path / "control"
+        ok(launch(control, data_dir, *common, "faults.crash_rank=1", "faults.crash_step=10",
+                  "parallelism.max_restarts=1", "faults.restore_rng=false"))
+        c = final_weights(control)
+        assert not all(torch.equal(a[k], c[k]) for k in a)
+        assert losses(control)[12] != losses(straight)[12]
+
+
+def test_oom_on_one_rank_skips_the_step_on_both(data_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = ok(launch(run_dir, data_dir, "parallelism=ddp2", "trainer.max_steps=6", "trainer.batch_size=4",
+                     "faults.oom_rank=1", "faults.oom_step=3"))
+    assert "step 3 skipped on all ranks: out of memory in forward" in proc.stdout + proc.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 7)) and train[-1]["skipped_steps"] == 1
+
+
+def test_nonfinite_loss_with_stop_policy_stops_every_rank(data_dir: Path, tmp_path: Path) -> None:
+    proc = launch(tmp_path / "run", data_dir, "parallelism=ddp2", "trainer.max_steps=6", "trainer.batch_size=4",
+                  "faults.nan_rank=0", "faults.nan_step=2", "trainer.on_nonfinite=stop", timeout=120)
+    assert proc.returncode == 1
+    assert "stopping at step 2 on all ranks: non-finite loss" in proc.stdout + proc.stderr
+
+
+def test_four_ranks_from_a_plain_shell_write_one_run_dir(data_dir: Path, tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "ups.train", "parallelism=ddp4", *COMMON, f"paths.data_dir={data_dir}",
+            "trainer.max_steps=2", "trainer.batch_size=2"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
+    ok(proc)
+    assert "launching 4 ranks" in proc.stdout + proc.stderr
+    run_dirs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(run_dirs) == 1
+    assert json.loads((run_dirs[0] / "metrics.jsonl").read_text().splitlines()[0])["world_size"] == 4
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_torchrun_joins_and_writes_one_run_dir(data_dir: Path, tmp_path: Path) -> None:
+    args = ["torchrun", "--nproc_per_node=2", "-m", "ups.train", "parallelism=ddp2", *COMMON,
+            f"paths.data_dir={data_dir}", "trainer.max_steps=2", "trainer.batch_size=2"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
+    ok(proc)
+    run_dirs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(run_dirs) == 1, run_dirs
+    assert (run_dirs[0] / "checkpoints" / "final" / "COMPLETE").exists()
+
+
+def test_more_gpus_than_present_fails_at_once(tmp_path: Path) -> None:
+    if torch.cuda.device_count() >= 8:
+        pytest.skip("this machine has 8 GPUs")
+    proc = subprocess.run([sys.executable, "-m", "ups.train", "parallelism=ddp8", "hardware=gpu"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "8 ranks per node need 8 GPUs" in proc.stderr and "hardware=cpu" in proc.stderr
+
+
+def test_dry_run_reports_sharded_layout(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "ups.train", "parallelism=fsdp2_8", "parallelism.dry_run=true",
+                           "model=base", "trainer.batch_size=4", "trainer.accum_steps=2"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    ok(proc)
+    assert "global batch = 4 per device x 2 accumulation x 8 ranks = 64" in proc.stdout
+    total, per_rank = map(float, re.search(r"parameters ([\d.]+)M total, ([\d.]+)M held", proc.stdout).groups())
+    assert per_rank == pytest.approx(total / 8, rel=0.02)

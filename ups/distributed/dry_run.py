@@ -1,0 +1,90 @@
+"""Check a parallel layout on a small machine before a cluster is spent on it.
+
+The model is built on the meta device (no memory) and wrapped by the real ``parallelize()`` on
+torch's fake process group of the requested world size, so FSDP2 sharding runs exactly as on the
+cluster. The report gives the global batch and a per-rank memory estimate.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from hydra.utils import instantiate
+
+from ups.data.registry import get_family
+from ups.distributed.env import DistEnv
+from ups.distributed.parallelize import parallelize
+from ups.models import TaskIO
+
+GB = 2**30
+
+
+def task_io(cfg: Any) -> tuple[dict[str, TaskIO], int]:
+    """Model inputs per task from the config alone (no data read), and the largest grid in points."""
+    io, points = {}, 1
+    for name, ds in cfg.task.datasets.items():
+        fam = get_family(ds.family)
+        k = 1 if fam.steady else ds.initial_step
+        io[name] = TaskIO(k * len(fam.channels), len(fam.channels), fam.dim)
+        if ds.synth.nx:
+            points = max(points, math.ceil(ds.synth.nx / ds.reduced_resolution) ** fam.dim)
+    return io, points
+
+
+def activation_bytes(cfg: Any, points: int) -> float:
+    """Rough activation memory of one micro-batch: s*b*h*(34 + 5*a*s/h) bytes per transformer layer
+    in 16-bit (Korthikanti et al. 2022), doubled for fp32; only layer inputs when checkpointing."""
+    m, b = cfg.model, cfg.trainer.batch_size
+    width = 2 if cfg.hardware.precision == "bf16" else 4
+
+    def layer(s: int) -> float:
+        return s * b * m.hidden * (34 + 5 * m.heads * s / m.hidden) * width / 2
+
+    operator = m.depth * (2 * m.n_latents * b * m.hidden * width if cfg.hardware.activation_checkpointing
+                          else layer(m.n_latents))
+    # Cross-attention onto P points: the point features dominate; count them like a layer over P
+    # without the s^2 attention term (queries are the few latents).
+    points_term = (m.encoder_layers + m.decoder_layers) * points * b * m.hidden * 34 * width / 2
+    return operator + points_term
+
+
+def dry_run(cfg: Any) -> dict:
+    """Build and parallelize the model for ``cfg.parallelism`` on a fake group; print and return the report."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # registers the "fake" backend
+
+    p, t = cfg.parallelism, cfg.trainer
+    world = p.nodes * p.ranks_per_node
+    io, points = task_io(cfg)
+    with torch.device("meta"):
+        model = instantiate(cfg.model, tasks=io)
+    total = sum(q.numel() for q in model.parameters())
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
+    try:
+        env = DistEnv(rank=0, local_rank=0, world_size=world, local_world_size=p.ranks_per_node)
+        if p.strategy == "fsdp2":
+            model = parallelize(model, cfg, env, torch.device("cpu"))
+            local = sum(q.to_local().numel() if hasattr(q, "to_local") else q.numel() for q in model.parameters())
+            gathered = max(sum(q.numel() for q in b.parameters()) for b in model.operator.blocks)
+        else:  # DDP replicates; wrapping meta tensors would only repeat that
+            local, gathered = total, 0
+    finally:
+        dist.destroy_process_group()
+    width = 2 if cfg.hardware.precision == "bf16" else 4
+    mem = {"params": local * 4, "grads": local * 4, "adamw_state": local * 8,
+           "gathered_block": 2 * gathered * width, "activations": activation_bytes(cfg, points)}
+    report = {"layout": p.name, "strategy": p.strategy, "nodes": p.nodes, "ranks_per_node": p.ranks_per_node,
+              "world_size": world, "batch_size": t.batch_size, "accum_steps": t.accum_steps,
+              "global_batch": t.batch_size * t.accum_steps * world, "parameters": total,
+              "parameters_per_rank": local, "largest_grid_points": points,
+              "memory_gb": {k: v / GB for k, v in mem.items()}, "memory_per_rank_gb": sum(mem.values()) / GB}
+    lines = [f"dry run: {p.name} ({p.strategy}), {p.nodes} node(s) x {p.ranks_per_node} ranks = {world}",
+             f"  global batch = {t.batch_size} per device x {t.accum_steps} accumulation x {world} ranks "
+             f"= {report['global_batch']}",
+             f"  parameters {total / 1e6:.2f}M total, {local / 1e6:.2f}M held per rank",
+             "  per-rank memory estimate (GB): " + ", ".join(f"{k} {v:.3f}" for k, v in report["memory_gb"].items()),
+             f"  total ≈ {report['memory_per_rank_gb']:.2f} GB per rank (activations: a rough formula, "
+             f"grid of {points} points)"]
+    print("\n".join(lines), flush=True)
+    return report

@@ -1,0 +1,117 @@
+"""Start the job's ranks, or join the ones a launcher already started.
+
+- Under torchrun, a submitit/SLURM task or our own elastic launch, RANK/WORLD_SIZE are set: this
+  process is one rank and runs :func:`ups.runner.run` directly.
+- Otherwise, if the config asks for N > 1 ranks on this node, the parent (which composed the config
+  once, so there is one run directory) starts N workers with torch's elastic launcher: c10d
+  rendezvous on a free localhost port, ``parallelism.max_restarts`` restarts, each resuming from the
+  run directory's newest checkpoint. Workers get the resolved config as a plain dict (a DictConfig
+  holding ``${hydra:...}`` cannot be resolved in a spawned child) and configure their own logging.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ups.config import ConfigError, validate
+from ups.distributed.env import RESTART_ENV, DistEnv, check_devices, export_slurm_env, in_launched_rank
+
+log = logging.getLogger(__name__)
+_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+def setup_worker_logging(env: DistEnv, log_file: Path) -> None:
+    """Rank 0 logs to the console and the run's one log file; other ranks only warn, on the console."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if env.is_main:
+        root.setLevel(logging.INFO)
+        handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout), logging.FileHandler(log_file)]
+        fmt = _FORMAT
+    else:
+        root.setLevel(logging.WARNING)
+        handlers, fmt = [logging.StreamHandler(sys.stderr)], f"[rank {env.rank}]" + _FORMAT
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(fmt))
+        root.addHandler(handler)
+
+
+def _worker(container: dict) -> dict:
+    """Entry point of a spawned rank."""
+    from ups.runner import run
+
+    cfg = OmegaConf.create(container)
+    env = DistEnv.from_env()
+    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+    setup_worker_logging(env, Path(cfg.paths.output_dir) / "train.log")
+    return run(cfg, env)
+
+
+def launch(cfg: DictConfig) -> dict[str, Any]:
+    """Run the configured job in this process, as one rank of a launched job, or as N local ranks."""
+    validate(cfg)
+    p = cfg.parallelism
+    world = p.nodes * p.ranks_per_node
+    if p.dry_run:
+        from ups.distributed.dry_run import dry_run
+
+        return dry_run(cfg)
+    export_slurm_env()
+    if in_launched_rank() or world == 1:
+        from ups.runner import run
+
+        env = DistEnv.from_env()
+        if env.world_size != world:
+            raise ConfigError(f"the launcher started {env.world_size} rank(s) but parallelism={p.name} asks for "
+                              f"{world} (nodes x ranks_per_node); make them agree, e.g. "
+                              f"parallelism.nodes={max(1, env.world_size // env.local_world_size)} "
+                              f"parallelism.ranks_per_node={env.local_world_size}")
+        return run(cfg, env)
+    if p.nodes > 1:
+        raise ConfigError(f"parallelism.nodes={p.nodes}: start multi-node jobs with torchrun on every node or "
+                          "with srun under SLURM (docs/distributed.md); self-launch covers one node")
+    device_type = cfg.hardware.device
+    if device_type == "auto":
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        check_devices(device_type, p.ranks_per_node)
+    except RuntimeError as err:
+        raise ConfigError(str(err)) from None
+    return _launch_local(cfg, device_type)
+
+
+def _launch_local(cfg: DictConfig, device_type: str) -> dict[str, Any]:
+    """Start ``ranks_per_node`` workers; after a failure start them again, up to ``max_restarts`` times.
+
+    Restarts are our loop, not the agent's: with a function entry point, torch 2.13's agent restarts
+    workers into the previous attempt's store keys and gloo then dials the dead rank's address. A
+    fresh rendezvous per attempt avoids that. Workers learn the attempt from UPS_RESTART_COUNT.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    p = cfg.parallelism
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for attempt in range(p.max_restarts + 1):
+        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=p.ranks_per_node,
+                              run_id=f"ups-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
+                              rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
+                              start_method="spawn")
+        os.environ[RESTART_ENV] = str(attempt)
+        log.info("launching %d ranks on this node (%s), attempt %d of %d", p.ranks_per_node, device_type,
+                 attempt + 1, p.max_restarts + 1)
+        try:
+            return elastic_launch(config, _worker)(container)[0]
+        except ChildFailedError:
+            if attempt == p.max_restarts:
+                raise
+            log.warning("a rank failed; restarting all ranks, which resume from the newest checkpoint")
+    raise AssertionError("unreachable")
