@@ -149,3 +149,13 @@ def test_dry_run_reports_sharded_layout(tmp_path: Path) -> None:
     assert "global batch = 4 per device x 2 accumulation x 8 ranks = 64" in proc.stdout
     total, per_rank = map(float, re.search(r"parameters ([\d.]+)M total, ([\d.]+)M held", proc.stdout).groups())
     assert per_rank == pytest.approx(total / 8, rel=0.02)
+
+
+def test_frozen_encoder_stage_under_ddp_reads_one_cache(single_b8: Path, data_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    ok(launch(run_dir, data_dir, "parallelism=ddp2", "stage=operator_frozen_encoder", "trainer.batch_size=4",
+              f"stages.operator.init_from={single_b8 / 'checkpoints' / 'final'}", "trainer.max_steps=4"))
+    caches = [p for p in (run_dir / "latent_cache").iterdir()]
+    assert len(caches) == 2 and all((p / "meta.json").exists() for p in caches)  # built once, by rank 0
+    before, after = final_weights(single_b8), final_weights(run_dir)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))

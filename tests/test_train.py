@@ -91,3 +91,19 @@ def test_cli_default_entry_writes_one_run_dir(tmp_path: Path, data_dir: Path) ->
     run_dirs = list((tmp_path / "outputs").glob("*/*"))
     assert len(run_dirs) == 1
     assert {"config.yaml", "metrics.jsonl", "checkpoints", ".hydra"} <= {p.name for p in run_dirs[0].iterdir()}
+
+
+def test_frozen_encoder_stage_trains_from_the_latent_cache(tiny_cfg, tmp_path: Path) -> None:
+    run(tiny_cfg("trainer.max_steps=6", "trainer.steps_per_epoch=3", f"paths.output_dir={tmp_path / 'enc'}"))
+    init = tmp_path / "enc" / "checkpoints" / "final"
+    result = run(tiny_cfg("stage=operator_frozen_encoder", f"stages.operator.init_from={init}",
+                          "trainer.max_steps=24", "trainer.steps_per_epoch=6", "optim.warmup_steps=2",
+                          f"paths.output_dir={tmp_path / 'op'}"))
+    caches = [p for p in (tmp_path / "op" / "latent_cache").iterdir() if (p / "meta.json").exists()]
+    assert sorted(p.name.split("-")[0] for p in caches) == ["advection1d", "darcy2d"]
+    before = load_consolidated(init)["model"]
+    after = load_consolidated(tmp_path / "op" / "checkpoints" / "final")["model"]
+    encoder = [k for k in before if k.startswith(("encoder.", "input_proj."))]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("operator."))
+    assert result["epoch_losses"][-1] < result["epoch_losses"][0]

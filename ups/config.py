@@ -64,6 +64,7 @@ class DataConfig:
     num_workers: int = 0
     preload_max_gb: float = 2.0  # read a task into memory when its split is smaller than this
     eval_samples: Optional[int] = None  # cap on trajectories per task in validation rollouts
+    latent_cache_dir: Optional[str] = None  # None: <run dir>/latent_cache
     nonfinite: str = "error"  # samples holding NaN/Inf: error (default) | skip (with a warning)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
@@ -141,6 +142,8 @@ class StageConfig:
     steps: Optional[int] = None  # None: trainer.max_steps
     lr: Optional[float] = None  # None: optim.lr
     freeze: List[str] = field(default_factory=list)  # module groups kept fixed: encoder, operator, decoder
+    init_from: Optional[str] = None  # a checkpoint folder whose model weights the stage starts from
+    latent_cache: bool = True  # with a frozen encoder, encode the training windows once and read the cache
 
 
 @dataclass
@@ -248,6 +251,9 @@ def validate(cfg: Any) -> None:
     if not cfg.stages:
         raise ConfigError("no stages configured: choose one with stage=...")
     for name, stage in cfg.stages.items():
+        unknown = set(stage.freeze) - {"encoder", "operator", "decoder"}
+        if unknown:
+            raise ConfigError(f"stages.{name}.freeze has {sorted(unknown)}; groups are encoder, operator, decoder")
         if stage.objective != "operator":
             raise ConfigError(f"stages.{name}.objective={stage.objective!r}: only 'operator' is implemented")
     for name, ds in cfg.task.datasets.items():

@@ -56,10 +56,11 @@ def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, precisio
     return model
 
 
-def apply_ddp(model: nn.Module, device: torch.device, multi_task: bool) -> nn.Module:
-    """Replicate the model; with several tasks each step leaves other tasks' heads unused."""
+def apply_ddp(model: nn.Module, device: torch.device, find_unused: bool) -> nn.Module:
+    """Replicate the model. ``find_unused``: some parameters get no gradient in a step (other tasks'
+    heads, or a group a stage freezes after wrapping), and DDP must not wait for them."""
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=multi_task)
+                                   find_unused_parameters=find_unused)
 
 
 def parallelize(model: nn.Module, cfg: Any, env: DistEnv, device: torch.device) -> nn.Module:
@@ -76,7 +77,8 @@ def parallelize(model: nn.Module, cfg: Any, env: DistEnv, device: torch.device) 
     if strategy == "fsdp2":
         return apply_fsdp(model, device, env.world_size, hw.precision)
     if strategy == "ddp" and env.distributed:
-        return apply_ddp(model, device, multi_task=len(cfg.task.datasets) > 1)
+        find_unused = len(cfg.task.datasets) > 1 or any(s.freeze for s in cfg.stages.values())
+        return apply_ddp(model, device, find_unused)
     return model
 
 

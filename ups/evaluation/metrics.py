@@ -30,7 +30,7 @@ def rollout(model: nn.Module, task: str, traj: torch.Tensor, cond: torch.Tensor,
     window, preds = traj[:, :initial_step], []
     for _ in range(initial_step, t):
         x = window.permute(0, 2, 1, 3).reshape(b, p, -1)  # (B, P, k*C), time outermost per point
-        y = predict_next(model, task, x, coords, cond, residual)
+        y = predict_next(model, {"task": task, "x": x, "coords": coords, "cond": cond}, residual)
         preds.append(y)
         window = torch.cat([window[:, 1:], y[:, None]], dim=1)
     return torch.stack(preds, dim=1)

@@ -163,10 +163,16 @@ class LatentSurrogate(nn.Module):
         return self.output_head[key](self.decoder(queries, z))
 
     def forward(
-        self, task: str, fields: Tensor, coords: Tensor, cond: Tensor, query_coords: Tensor | None = None
+        self, task: str, fields: Tensor | None, coords: Tensor, cond: Tensor, query_coords: Tensor | None = None,
+        latents: Tensor | None = None,
     ) -> Tensor:
-        """One step: decode(step(encode(fields, coords), cond), query_coords or coords)."""
-        z = self.step(task, self.encode(task, fields, coords), cond)
+        """One step: decode(step(encode(fields, coords), cond), query_coords or coords).
+
+        ``latents`` (e.g. from the latent cache) replace ``encode(fields, coords)``; going through
+        ``forward`` either way keeps data-parallel wrappers in the loop.
+        """
+        z = self.encode(task, fields, coords) if latents is None else latents
+        z = self.step(task, z, cond)
         return self.decode(task, z, coords if query_coords is None else query_coords)
 
     @property

@@ -9,18 +9,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
+                                                     set_state_dict)
 from torch.utils.data import DataLoader
 
 from ups.data.datasets import MultiTaskDataset, TrajectoryDataset, WindowDataset
 from ups.data.sampler import MultiTaskDistributedSampler
 from ups.data.tasks import TaskData
-from ups.distributed.collectives import all_reduce_sum, any_rank
+from ups.distributed.collectives import all_reduce_sum, any_rank, main_first
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import grad_sync
 from ups.evaluation.evaluate import evaluate
@@ -47,7 +49,8 @@ class Trainer:
         self.tasks, self.callbacks, self.checkpointer = list(tasks), list(callbacks), checkpointer
         self._steady = {t.name: t.family.steady for t in tasks}
         pre = cfg.data.preload_max_gb
-        self.train_set = MultiTaskDataset([WindowDataset(t, "train", pre) for t in tasks])
+        self.raw_train_set = MultiTaskDataset([WindowDataset(t, "train", pre) for t in tasks])
+        self.train_set: MultiTaskDataset = self.raw_train_set
         self.eval_sets = {split: [TrajectoryDataset(t, split, cfg.data.eval_samples, pre) for t in tasks]
                           for split in ("val", "test")}
         self.faults = FaultInjector(cfg.faults, env)
@@ -129,6 +132,28 @@ class Trainer:
         log.info("resumed stage %s from %s at step %d", self.stage_name, path, self.step)
         return bool(saved["stage_done"])
 
+    def _load_weights(self, path: str) -> None:
+        """Start from another run's model weights (e.g. a trained encoder), not its training state."""
+        state = Checkpointer.load_into(path, {"model": get_model_state_dict(self.raw_model)})
+        set_model_state_dict(self.raw_model, state["model"])
+        log.info("stage %s starts from the weights in %s", self.stage_name, path)
+
+    def _train_set_for(self, stage: Any) -> MultiTaskDataset:
+        """Windows from the data, or, with a frozen encoder, its latents from the cache (built once)."""
+        if "encoder" not in stage.freeze or not stage.latent_cache:
+            return self.raw_train_set
+        if self.cfg.parallelism.strategy == "fsdp2":
+            # The sharded encoder needs every rank in each forward; rank 0 alone cannot build the cache.
+            log.info("stage %s: encoder sharded by FSDP2, encoding on the fly instead of caching", stage.name)
+            return self.raw_train_set
+        from ups.data import latent_cache
+
+        root = Path(self.cfg.data.latent_cache_dir or Path(self.cfg.paths.output_dir) / "latent_cache")
+        with main_first(self.env.is_main):  # rank 0 builds what is missing, then everyone opens it
+            cached = [latent_cache.load_or_build(self.raw_model, w, root, self.device, build=self.env.is_main)
+                      for w in self.raw_train_set.datasets]
+        return latent_cache.MultiTaskLatentDataset(cached)
+
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, stage: Any) -> dict:
         """Train one stage to its step budget (or an agreed stop); return its last validation metrics."""
@@ -149,6 +174,9 @@ class Trainer:
         if self._resume():
             log.info("stage %s already finished; skipping", stage.name)
             return self.evaluate("val")
+        if stage.init_from and self.step == 0:
+            self._load_weights(stage.init_from)
+        self.train_set = self._train_set_for(stage)  # after the weights are final: the cache key hashes them
         metrics: dict = {}
         while self.step < self.total_steps and not self._agree_stop():
             metrics = self._run_epoch() or metrics
@@ -261,15 +289,13 @@ class Trainer:
     def _loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float], int]:
         """Sample-weighted MSE over the micro-batch's per-task groups, in normalised units."""
         total = torch.zeros((), device=self.device)
-        n_all = sum(len(b["x"]) for b in batch)
+        n_all = sum(len(b["y"]) for b in batch)
         per_task = {}
         for b in batch:
-            x, y = b["x"].to(self.device, non_blocking=True), b["y"].to(self.device, non_blocking=True)
-            residual = self.cfg.trainer.residual and not self._steady[b["task"]]
-            pred = predict_next(self.model, b["task"], x, b["coords"].to(self.device), b["cond"].to(self.device),
-                                residual)
-            loss = torch.nn.functional.mse_loss(pred, y)
-            total = total + loss * (len(x) / n_all)
+            b = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+            pred = predict_next(self.model, b, self.cfg.trainer.residual and not self._steady[b["task"]])
+            loss = torch.nn.functional.mse_loss(pred, b["y"])
+            total = total + loss * (len(b["y"]) / n_all)
             per_task[b["task"]] = float(loss.detach())
         return total, per_task, n_all
 

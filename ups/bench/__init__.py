@@ -1,0 +1,1 @@
+"""Benchmarks that measure UPS's own code paths (``python -m ups.bench.loader``)."""

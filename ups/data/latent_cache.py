@@ -1,0 +1,376 @@
+"""Latent cache: encode every training window once with a frozen encoder, then train from disk.
+
+Stages that freeze the encoder would otherwise re-read and re-encode the same windows every epoch.
+A cache is one folder per (task, split, key) under a cache root::
+
+    <root>/<task>-<split>-<key>/
+        z.npy       (N_windows, L, H)   latents, float32 / float16 / bfloat16 (stored as uint16 bits)
+        frames.npy  (N_traj, T, P, C)   the normalised trajectories, float32
+        cond.npy    (N_traj, cond_dim)  conditioning vectors
+        meta.json   written last; the folder is valid only with it
+
+The key hashes everything the latents depend on (encoder weights of that task, the data files and
+split, normalisation, model sizes, encoder code, storage dtype), so a changed input gives a new
+folder name and a stale cache is never read. Builds write into ``<name>.tmp-<pid>-<rand>`` and are
+renamed into place only when complete: a killed build leaves only a ``.tmp-*`` folder, which is
+never read. In distributed runs rank 0 builds and the other ranks wait at a barrier, then open it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ups.data.datasets import MultiTaskDataset, WindowDataset
+from ups.data.stats import stats_key
+from ups.data.tasks import TaskData
+
+CACHE_VERSION = 1  # bump when the folder layout or the meaning of a field changes
+MARKER = "meta.json"
+_DTYPES = {torch.float32: ("float32", np.float32), torch.float16: ("float16", np.float16),
+           torch.bfloat16: ("bfloat16", np.uint16)}  # numpy has no bfloat16: keep its bits
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The LatentSurrogate inside DDP (``.module``) or torch.compile (``._orig_mod``)."""
+    while True:
+        inner = next((m for m in (getattr(model, a, None) for a in ("module", "_orig_mod"))
+                      if isinstance(m, nn.Module)), None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def encoder_state(model: nn.Module, task: str) -> dict[str, Tensor]:
+    """The tensors that ``model.encode(task, ...)`` reads: the shared encoder and this task's input projection.
+
+    Other tasks' input projections are left out, so training them does not invalidate this task's
+    cache. A model without LatentSurrogate's layout falls back to every ``encoder_modules`` tensor.
+    """
+    m = _unwrap(model)
+    keys = getattr(m, "_keys", None)
+    if keys is not None and hasattr(m, "encoder") and hasattr(m, "input_proj"):
+        state = {f"encoder.{k}": v for k, v in m.encoder.state_dict().items()}
+        state.update({f"input_proj.{keys[task]}.{k}": v for k, v in m.input_proj[keys[task]].state_dict().items()})
+        return state
+    return {f"{i}.{k}": v for i, mod in enumerate(m.encoder_modules) for k, v in mod.state_dict().items()}
+
+
+def _code_digest(model: nn.Module) -> str:
+    """Hash of the source files defining the encoder's classes: an edited encode rebuilds the cache."""
+    mods = [model, *model.encoder_modules, getattr(model, "fourier", model)]
+    names = {type(s).__module__ for mod in mods[1:] for s in mod.modules()} | {type(model).__module__}
+    h = hashlib.sha256()
+    for name in sorted(n for n in names if n.startswith("ups.")):
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path:
+            h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def latent_key(model: nn.Module, task: TaskData, split: str, extra: dict | None = None,
+               dtype: torch.dtype = torch.float32) -> str:
+    """A hash of everything the cached latents of ``task``/``split`` depend on.
+
+    (a) the encoder weights this task uses (`encoder_state`) and the encoder's source code, (b) the
+    data identity (`ups.data.stats.stats_key`: file names, sizes, mtimes, strides, sample ids, plus
+    their order and the grid), (c) the settings that change latents (initial_step, n_latents,
+    hidden, Fourier features, normalisation statistics, storage dtype) and ``extra``.
+    """
+    m = _unwrap(model)
+    ids = [list(i) for i in task.splits[split]]
+    io = getattr(m, "tasks", {}).get(task.name)
+    fourier = getattr(m, "fourier", None)
+    h = hashlib.sha256()
+    h.update(json.dumps({
+        "version": CACHE_VERSION, "task": task.name, "split": split, "ids": ids,
+        "data": stats_key(task.files, task.splits[split]), "family": task.family.name,
+        "initial_step": task.initial_step, "n_steps": task.n_steps, "dt": task.dt, "stats": asdict(task.stats),
+        "hidden": getattr(m, "hidden", None), "n_latents": getattr(m, "n_latents", None),
+        "io": asdict(io) if io is not None else None,
+        "fourier": [getattr(fourier, "n_freqs", None), getattr(fourier, "max_freq", None)],
+        "dtype": _DTYPES[dtype][0], "extra": extra or {},
+    }, sort_keys=True, default=str).encode())
+    h.update(np.ascontiguousarray(task.coords, dtype=np.float32).tobytes())
+    for name, t in sorted(encoder_state(m, task.name).items()):
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{t.numel()}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    h.update(_code_digest(m).encode())
+    return h.hexdigest()[:20]
+
+
+def cache_name(task: str, split: str, key: str) -> str:
+    """Folder name of a complete cache."""
+    return f"{task}-{split}-{key}"
+
+
+def infer_split(dataset: WindowDataset) -> str:
+    """The split whose sample ids the dataset holds (WindowDataset does not store the name)."""
+    for split, ids in dataset.task.splits.items():
+        if list(ids) == list(dataset.source.ids):
+            return split
+    raise ValueError(f"task {dataset.task.name}: the dataset's samples are not one split; pass split=")
+
+
+def cache_nbytes(dataset: WindowDataset, model: nn.Module, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes a cache of ``dataset`` takes: latents (the bulk for wide models) plus frames and cond."""
+    m, task = _unwrap(model), dataset.task
+    z = len(dataset) * m.n_latents * m.hidden * torch.empty((), dtype=dtype).element_size()
+    return z + len(dataset.source) * (task.n_steps * task.coords.shape[0] * task.channels + m.cond_dim) * 4
+
+
+def _read_meta(path: Path) -> dict | None:
+    try:
+        return json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _valid(path: Path, key: str | None = None) -> bool:
+    """A complete cache: marker present, right version/key, and array files of the recorded sizes."""
+    meta = _read_meta(path)
+    if meta is None or meta.get("version") != CACHE_VERSION or (key is not None and meta.get("key") != key):
+        return False
+    try:
+        return all((path / f).stat().st_size == n for f, n in meta["file_sizes"].items())
+    except (OSError, KeyError, AttributeError):
+        return False
+
+
+def find_cache(cache_root: Path, task: str, split: str, key: str) -> Path | None:
+    """The complete cache folder for exactly this key, or None. ``.tmp-*`` folders are never returned."""
+    path = Path(cache_root) / cache_name(task, split, key)
+    return path if path.is_dir() and _valid(path, key) else None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync directories; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+@torch.no_grad()
+def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Path, key: str, device: Any,
+                       batch_size: int = 64, dtype: torch.dtype = torch.float32,
+                       progress: Callable[[int, int], None] | None = None, split: str | None = None) -> Path:
+    """Encode every window of ``dataset`` with ``model.encode`` (eval mode, no grad) and store it atomically.
+
+    Returns the final folder. If a complete cache with this key already exists (e.g. another rank
+    finished first) it is returned as is. Each trajectory is read once and its windows encoded in
+    batches of ``batch_size``; ``progress(done, total)`` is called after each batch.
+    """
+    m, task = _unwrap(model), dataset.task
+    split = split or infer_split(dataset)
+    root = Path(cache_root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / cache_name(task.name, split, key)
+    if _valid(final, key):
+        return final
+    need = cache_nbytes(dataset, m, dtype)
+    free = shutil.disk_usage(root).free
+    if free < need * 1.05:
+        raise OSError(f"latent cache for {task.name}/{split} needs {need / 2**30:.2f} GiB, {root} has "
+                      f"{free / 2**30:.2f} GiB free; use a float16/bfloat16 cache or another cache root")
+    tmp = root / f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    was_training = m.training
+    m.eval()  # dropout off: the cache must hold the deterministic encoding
+    try:
+        t0 = time.perf_counter()
+        n_traj, per_traj, k = len(dataset.source), dataset.per_traj, task.initial_step
+        n, n_pts, c = len(dataset), task.coords.shape[0], task.channels
+        zname, znp = _DTYPES[dtype]
+        z_mm = np.lib.format.open_memmap(tmp / "z.npy", mode="w+", dtype=znp, shape=(n, m.n_latents, m.hidden))
+        f_mm = np.lib.format.open_memmap(tmp / "frames.npy", mode="w+", dtype=np.float32,
+                                         shape=(n_traj, task.n_steps, n_pts, c))
+        conds = np.stack([task.cond(file_idx) for file_idx, _ in dataset.source.ids]).astype(np.float32)
+        coords = torch.from_numpy(task.coords)[None].to(device)
+        pending: list[np.ndarray] = []
+        done = 0
+
+        def flush() -> None:
+            nonlocal done
+            x = torch.from_numpy(np.stack(pending)).to(device)
+            with torch.autocast(torch.device(device).type, enabled=False):  # the key assumes the weights' precision
+                z = m.encode(task.name, x, coords).to(dtype).cpu()
+            z_mm[done: done + len(pending)] = (z.view(torch.int16).numpy().view(np.uint16) if dtype == torch.bfloat16
+                                               else z.numpy())
+            done += len(pending)
+            pending.clear()
+            if progress is not None:
+                progress(done, n)
+
+        for j in range(n_traj):
+            # One read per trajectory; WindowDataset.__getitem__ would re-read it for every window.
+            frames = dataset.source[j].reshape(task.n_steps, n_pts, c)
+            f_mm[j] = frames
+            for start in range(per_traj):
+                # (k, P, C) -> (P, k*C), time outermost per point: exactly WindowDataset's "x".
+                pending.append(np.ascontiguousarray(frames[start: start + k].transpose(1, 0, 2).reshape(n_pts, k * c)))
+                if len(pending) == batch_size:
+                    flush()
+        if pending:
+            flush()
+        z_mm.flush(), f_mm.flush()
+        del z_mm, f_mm
+        np.save(tmp / "cond.npy", conds)
+        files = ("z.npy", "frames.npy", "cond.npy")
+        for name in files:
+            _fsync(tmp / name)
+        meta = {"version": CACHE_VERSION, "key": key, "task": task.name, "split": split,
+                "created": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname(),
+                "n_windows": n, "n_traj": n_traj, "per_traj": per_traj, "initial_step": k,
+                "z_shape": [n, m.n_latents, m.hidden], "z_dtype": zname, "frames_shape": [n_traj, task.n_steps, n_pts, c],
+                "cond_shape": list(conds.shape), "build_seconds": round(time.perf_counter() - t0, 3),
+                "file_sizes": {f: (tmp / f).stat().st_size for f in files}, "torch": torch.__version__}
+        with open(tmp / MARKER, "w") as fh:  # the marker goes last: without it the folder is not a cache
+            json.dump(meta, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync(tmp)
+        _publish(tmp, final, key)
+        return final
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        m.train(was_training)
+
+
+def _publish(tmp: Path, final: Path, key: str) -> None:
+    """Rename a finished build into place; the first complete one wins, later ones are dropped."""
+    for _ in range(2):
+        try:
+            os.rename(tmp, final)  # atomic; fails if ``final`` exists (non-empty), so no one is overwritten
+            _fsync(final.parent)
+            return
+        except OSError:
+            if _valid(final, key):  # a concurrent builder finished first: use its cache
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            if final.exists():  # debris without a valid marker: move it aside atomically, then retry
+                junk = final.with_name(f"{final.name}.tmp-stale-{uuid.uuid4().hex[:8]}")
+                os.rename(final, junk)
+                shutil.rmtree(junk, ignore_errors=True)
+    raise OSError(f"could not move {tmp} to {final}")
+
+
+class LatentWindowDataset(torch.utils.data.Dataset):
+    """Items of a cache, in the same index order as the WindowDataset it was built from.
+
+    ``__getitem__(i)`` gives ``z`` [L, H] (float32), ``y`` [P, C] (the target frame), ``last`` [P, C]
+    (the last context frame, for residual prediction) and ``cond``. ``windows`` supplies the task
+    (grid, name) and is checked against the cache; build it with ``preload_max_gb=0`` to avoid
+    loading the data a second time. Memory maps open lazily, once per process (DataLoader workers).
+    """
+
+    def __init__(self, cache_dir: Path, windows: WindowDataset, key: str | None = None):
+        self.cache_dir, self.task = Path(cache_dir), windows.task
+        if not _valid(self.cache_dir, key):
+            raise FileNotFoundError(f"{self.cache_dir} is not a complete latent cache"
+                                    + (f" with key {key}" if key else ""))
+        self.meta = _read_meta(self.cache_dir)
+        expect = {"task": windows.task.name, "n_windows": len(windows), "per_traj": windows.per_traj,
+                  "initial_step": windows.task.initial_step}
+        wrong = {k: (self.meta[k], v) for k, v in expect.items() if self.meta[k] != v}
+        if wrong:
+            raise ValueError(f"latent cache {self.cache_dir} does not match the windows (cache, windows): {wrong}")
+        self.per_traj, self.k = windows.per_traj, windows.task.initial_step
+        self._arrays: tuple[np.ndarray, ...] | None = None
+        self._pid = -1
+
+    def _open(self) -> tuple[np.ndarray, ...]:
+        if self._arrays is None or self._pid != os.getpid():
+            self._arrays = tuple(np.load(self.cache_dir / f, mmap_mode="r") for f in ("z.npy", "frames.npy", "cond.npy"))
+            self._pid = os.getpid()
+        return self._arrays
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": None, "_pid": -1}  # maps are per process
+
+    def __len__(self) -> int:
+        return self.meta["n_windows"]
+
+    def __getitem__(self, index: int) -> dict:
+        z_mm, frames, cond = self._open()
+        j, start = divmod(index, self.per_traj)
+        z = np.array(z_mm[index])  # copy: torch wants writable memory, the map is read-only
+        zt = torch.from_numpy(z.view(np.int16)).view(torch.bfloat16) if self.meta["z_dtype"] == "bfloat16" \
+            else torch.from_numpy(z)
+        return {"z": zt.float(),
+                "y": torch.from_numpy(np.array(frames[j, start + self.k])),
+                "last": torch.from_numpy(np.array(frames[j, start + self.k - 1])),
+                "cond": torch.from_numpy(np.array(cond[j]))}
+
+
+class MultiTaskLatentDataset(MultiTaskDataset):
+    """MultiTaskDataset over LatentWindowDatasets: same ``sizes()``/indexing, batches carry ``z`` not ``x``."""
+
+    def __init__(self, datasets: Sequence[LatentWindowDataset]):
+        super().__init__(datasets)  # type: ignore[arg-type]
+
+    def collate(self, items: list[dict]) -> list[dict]:
+        """One batch dict per task present: ``task``, ``z``, ``y``, ``last``, ``cond``, ``coords``."""
+        out = []
+        for t in sorted({it["task_index"] for it in items}):
+            group = [it for it in items if it["task_index"] == t]
+            batch = {name: torch.stack([g[name] for g in group]) for name in ("z", "y", "last", "cond")}
+            out.append({"task": self.datasets[t].task.name, **batch,
+                        "coords": torch.from_numpy(self.datasets[t].task.coords)[None]})
+        return out
+
+
+def load_or_build(model: nn.Module, dataset: WindowDataset, cache_root: Path, device: Any, *,
+                  split: str | None = None, batch_size: int = 64, dtype: torch.dtype = torch.float32,
+                  extra: dict | None = None, progress: Callable[[int, int], None] | None = None,
+                  build: bool = True) -> LatentWindowDataset:
+    """Open the cache for the model's current encoder weights, building it first if absent.
+
+    ``build=False`` (ranks other than 0, after the barrier) raises FileNotFoundError instead of building.
+    """
+    split = split or infer_split(dataset)
+    key = latent_key(model, dataset.task, split, extra, dtype)
+    path = find_cache(cache_root, dataset.task.name, split, key)
+    if path is None:
+        if not build:
+            raise FileNotFoundError(f"no latent cache {cache_name(dataset.task.name, split, key)} in {cache_root}")
+        path = build_latent_cache(model, dataset, cache_root, key, device, batch_size, dtype, progress, split)
+    return LatentWindowDataset(path, dataset, key)
+
+
+def prune_cache(cache_root: Path, keep_keys: Iterable[str] | None = None, tmp_older_than_s: float = 3600.0) -> list[Path]:
+    """Delete ``.tmp-*`` folders older than ``tmp_older_than_s`` (killed builds) and, if ``keep_keys``
+    is given, complete caches whose key is not in it. Call on one rank only, before others read."""
+    removed, keep = [], None if keep_keys is None else set(keep_keys)
+    root = Path(cache_root)
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if not path.is_dir():
+            continue
+        if ".tmp-" in path.name:
+            # Age, not pid liveness: on a shared file system the builder may be on another host.
+            stale = time.time() - path.stat().st_mtime > tmp_older_than_s
+        else:
+            meta = _read_meta(path)
+            stale = keep is not None and meta is not None and meta.get("key") not in keep
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
