@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import open_dict
 
 from ups.runner import run
 from ups.training.checkpoint import MARKER, load_consolidated
@@ -107,3 +108,29 @@ def test_frozen_encoder_stage_trains_from_the_latent_cache(tiny_cfg, tmp_path: P
     assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("operator."))
     assert result["epoch_losses"][-1] < result["epoch_losses"][0]
+
+
+def test_stages_run_in_order_and_a_rerun_skips_finished_ones(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
+    from ups.training.trainer import Trainer
+
+    from ups.config import StageConfig
+
+    cfg = tiny_cfg("task=darcy2d", "trainer.max_steps=6", "trainer.steps_per_epoch=3")
+    with open_dict(cfg):  # a second stage, as a stage file with its own package would add it
+        cfg.stages.finetune = StageConfig(name="finetune", steps=4, freeze=["encoder"], lr=1e-4)
+    original = Trainer._optimizer_step
+
+    def crash_in_finetune(self, *args):
+        if self.stage_name == "finetune" and self.step == 2:
+            raise RuntimeError("simulated crash")
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", crash_in_finetune)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)
+    monkeypatch.setattr(Trainer, "_optimizer_step", original)
+    result = run(cfg)
+    assert result["step"] == 4
+    train = [r for r in records(Path(result["run_dir"])) if r["kind"] == "train"]
+    assert [r["step"] for r in train if r["stage"] == "operator"] == list(range(1, 7))  # not repeated
+    assert [r["step"] for r in train if r["stage"] == "finetune"][-4:] == [1, 2, 3, 4]

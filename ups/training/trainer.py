@@ -90,8 +90,12 @@ class Trainer:
                    "skipped_steps": self.skipped_steps, "epoch_losses": self.epoch_losses,
                    "config": OmegaConf.to_container(self.cfg, resolve=True)}
         return {"model": model_sd, "optim": optim_sd, "trainer": pack(trainer),
-                "callbacks": {f"{i}_{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(self.callbacks)},
+                "callbacks": {self._cb_key(i, cb): cb.state_dict() for i, cb in enumerate(self.callbacks)},
                 rank_key(self.env.rank): pack(rng_state())}
+
+    @staticmethod
+    def _cb_key(index: int, cb: Callback) -> str:
+        return f"{index}_{type(cb).__name__}"
 
     def _resume(self) -> bool:
         """Load the newest complete checkpoint; True if this stage had already finished.
@@ -114,12 +118,13 @@ class Trainer:
                         self.env.rank)
             template.pop(own_rng)
         state = Checkpointer.load_into(path, template)
-        set_state_dict(self.raw_model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state.get("optim", {}))
         self.finished_stages = list(saved["finished_stages"])
         if not same:
+            set_model_state_dict(self.raw_model, state["model"])
             log.info("stage %s starts from the weights of %s (stage %s)", self.stage_name, path, saved["stage"])
             return self.stage_name in self.finished_stages
+        set_state_dict(self.raw_model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.sampler.load_state_dict(saved["sampler"])
         self.step, self.epoch = saved["step"], saved["epoch"]
@@ -127,8 +132,8 @@ class Trainer:
         self.epoch_losses = list(saved["epoch_losses"])
         if own_rng in state and self.cfg.faults.restore_rng:
             set_rng_state(unpack(state[own_rng]))
-        for (_, cb_state), cb in zip(sorted(state["callbacks"].items()), self.callbacks):
-            cb.load_state_dict(cb_state)
+        for i, cb in enumerate(self.callbacks):
+            cb.load_state_dict(state["callbacks"][self._cb_key(i, cb)])
         log.info("resumed stage %s from %s at step %d", self.stage_name, path, self.step)
         return bool(saved["stage_done"])
 
@@ -159,6 +164,9 @@ class Trainer:
         """Train one stage to its step budget (or an agreed stop); return its last validation metrics."""
         t = self.cfg.trainer
         self.stage_name, self.total_steps = stage.name, stage.steps or t.max_steps
+        # Each stage counts its own steps and epochs (records carry the stage name).
+        self.step = self.epoch = self.batches_done = self.skipped_steps = 0
+        self.epoch_losses = []
         groups = module_groups(self.raw_model)
         set_requires_grad([self.raw_model], True)
         set_requires_grad([groups[g] for g in stage.freeze], False)
