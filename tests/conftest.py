@@ -2,16 +2,30 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import DictConfig
+# Before torch is imported (ups.config imports it): one thread per test process, so the ranks that
+# tests launch do not oversubscribe the 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from ups.config import register_configs
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from ups.config import register_configs  # noqa: E402
 
 register_configs()
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+_RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_rank_variables():
+    """Fail the test that leaves rank variables behind: later in-process runs would wait for ranks."""
+    before = {k: os.environ.get(k) for k in _RANK_VARS}
+    yield
+    after = {k: os.environ.get(k) for k in _RANK_VARS}
+    assert after == before, f"test changed the process environment: {before} -> {after}"
 
 
 def compose_cfg(overrides: list[str] | None = None) -> DictConfig:

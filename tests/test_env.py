@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import os
-
-import pytest
+from unittest import mock
 
 from ups.distributed.env import DistEnv, export_slurm_env, in_launched_rank, run_dir_name
 
@@ -26,14 +25,20 @@ def test_run_dir_is_shared_by_ranks_of_one_job() -> None:
     assert len(run_dir_name({}).split("/")) == 2  # <date>/<time>
 
 
-def test_slurm_step_exports_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)
+def test_slurm_step_exports_ranks() -> None:
     slurm = {"SLURM_JOB_ID": "42", "SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
              "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu[01-02]", "SLURM_STEP_NODELIST": "gpu[01-02]",
              "SLURM_NODEID": "1", "SLURM_JOB_NUM_NODES": "2"}
-    for key, value in slurm.items():
-        monkeypatch.setenv(key, value)
+    # patch.dict restores the whole environment, including the variables the export adds: a leaked
+    # WORLD_SIZE would make every later in-process run wait for ranks that never come.
+    with mock.patch.dict(os.environ, slurm):
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
+            os.environ.pop(key, None)
+        _check_slurm_export()
+    assert "WORLD_SIZE" not in os.environ or os.environ["WORLD_SIZE"] != "4"
+
+
+def _check_slurm_export() -> None:
     assert export_slurm_env()
     env = DistEnv.from_env()
     assert (env.rank, env.world_size, env.local_rank, env.local_world_size) == (3, 4, 1, 2)

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ups.config import validate
-from ups.data.tasks import TaskData, build_task
+from ups.data.tasks import TaskData, build_task, log_task_note
 from ups.distributed.collectives import main_first
 from ups.distributed.env import DistEnv, process_group, resolve_device
 from ups.distributed.parallelize import parallelize
@@ -93,6 +93,7 @@ def _run(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
         # N CPU ranks each using every core would oversubscribe them many times over.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
     seed_everything(cfg.trainer.seed)
+    log_task_note(cfg.task, is_main=env.is_main)
     with main_first(env.is_main):  # rank 0 generates missing data and statistics; the others then read
         tasks = build_tasks(cfg, run_dir)
     io = {t.name: TaskIO(in_channels=t.initial_step * t.channels, out_channels=t.channels, dim=t.family.dim)

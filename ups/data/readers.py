@@ -1,9 +1,12 @@
 """Readers for the three PDEBench storage layouts, returning trajectories as (T, *space, C).
 
-Files are opened lazily and once per process (h5py handles cannot cross a fork), and each sample
-is read as one contiguous block before strided subsampling in memory, which is what HDF5 chunks
-favour. Every shape and key is checked when the reader is built, so a broken file fails at
-dataset construction with the file and key named, never deep inside a DataLoader worker.
+Files are opened lazily and once per process (h5py handles cannot cross a fork). A sample is read
+as whole frames: the time stride is a hyperslab selection (each selected frame is one contiguous
+block on disk, so ``reduced_resolution_t`` also cuts I/O), the spatial stride is applied in memory
+(a strided spatial selection would turn one block into thousands of tiny reads). Keys, shapes,
+coordinates and the time step are checked when the reader is built, so a broken file fails at
+dataset construction with the file and key named, never deep inside a DataLoader worker; the
+deeper per-sample checks (readability, NaN/Inf) live in ``ups.data.validate``.
 """
 from __future__ import annotations
 
@@ -24,38 +27,48 @@ def _open(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as err:
-        raise DataFileError(f"{path}: not a readable HDF5 file ({err})") from None
+        raise DataFileError(f"{path}: not a readable HDF5 file: truncated, corrupted or not HDF5 ({err}). "
+                            f"Download or generate it again.") from None
 
 
 def _need(node: h5py.Group, key: str, path: Path) -> h5py.Dataset:
     if key not in node:
         where = node.name if node.name != "/" else "the file root"
         raise DataFileError(f"{path}: missing key {key!r} in {where} (has: {', '.join(node.keys()) or 'nothing'})")
-    return node[key]
+    obj = node[key]
+    if not isinstance(obj, h5py.Dataset):
+        raise DataFileError(f"{path}: {obj.name!r} is a group, expected a dataset")
+    return obj
 
 
 class TrajectoryFile:
     """One PDEBench file seen as ``n_samples`` trajectories of shape (T, *space, C).
 
     ``rr``, ``rr_t`` and ``rb`` are PDEBench's ``reduced_resolution``, ``reduced_resolution_t`` and
-    ``reduced_batch`` strides; ``max_samples`` caps the samples taken after striding.
+    ``reduced_batch`` strides; ``max_samples`` caps the samples taken after striding. Sample ``i``
+    is stored sample ``i * rb`` (for the batch-first NS-incompressible layout: batch entry
+    ``i * rb`` of this file; a task's samples are then files x batch).
     """
 
     def __init__(self, path: str | Path, family: Family, rr: int = 1, rr_t: int = 1, rb: int = 1,
                  max_samples: int | None = None):
         self.path, self.family = Path(path), family
-        self.rr, self.rr_t, self.rb = rr, rr_t, rb
+        self.rr, self.rr_t, self.rb, self.max_samples = rr, rr_t, rb, max_samples
         self._handle: h5py.File | None = None
         self._pid = -1
+        self._keys: list[str] = []
         self.params = family.parse_params(self.path)
         with _open(self.path) as f:
             raw_n, raw_t, raw_space = self._inspect(f)
             self._raw_coords = self._read_coords(f, raw_space)
+            self.raw_steps = raw_t
+            self._dt = 0.0 if family.steady else self._read_dt(f, raw_t)
         n = len(range(0, raw_n, rb))
         self.n_samples = n if max_samples is None else min(n, max_samples)
         if self.n_samples < 1:
             raise DataFileError(f"{self.path}: holds no samples")
         self.space = tuple(len(range(0, s, rr)) for s in raw_space)
+        self.raw_space = raw_space
         self.n_steps = 2 if family.steady else len(range(0, raw_t, rr_t))
         self.channels = len(family.channels)
 
@@ -66,20 +79,28 @@ class TrajectoryFile:
         if fam.layout == "tensor":
             shapes = {k: _need(f, k, self.path).shape for k in fam.fields}
             if fam.steady:
-                shapes["nu"] = (shapes["tensor"][0], 1) + _need(f, "nu", self.path).shape[1:]
+                t = shapes["tensor"]
+                if len(t) != 2 + dim or t[1] < 1:
+                    raise DataFileError(f"{self.path}: dataset 'tensor' has shape {t}; expected (N, 1, {dim} spatial)")
+                shapes["nu"] = (t[0], 1) + _need(f, "nu", self.path).shape[1:]
             want = 2 + dim
         elif fam.layout == "group":
             self._keys = sorted(f.keys())
             if not self._keys:
                 raise DataFileError(f"{self.path}: no sample groups")
-            data = _need(f[self._keys[0]], "data", self.path)
-            if data.ndim != 2 + dim:
-                raise DataFileError(f"{self.path}: {data.name} has shape {data.shape}, expected (T, {dim} spatial axes, C)")
-            if data.shape[-1] != len(fam.channels):
-                raise DataFileError(f"{self.path}: {data.name} has {data.shape[-1]} channels, {fam.name} has {len(fam.channels)}")
+            first = f[self._keys[0]]
+            if not isinstance(first, h5py.Group):
+                raise DataFileError(f"{self.path}: {first.name!r} is a dataset; {fam.name} stores one group per sample")
+            data = _need(first, "data", self.path)
+            self._check_group_data(data)
             return len(self._keys), data.shape[0], tuple(data.shape[1:-1])
-        else:  # ns_incom: (B, T, X, Y, C) velocity and particles
-            shapes = {k: _need(f, k, self.path).shape[:-1] for k in fam.fields}
+        else:  # ns_incom: batch-first (B, T, X, Y, C) velocity and particles
+            ds = {k: _need(f, k, self.path) for k in fam.fields}
+            got = sum(d.shape[-1] for d in ds.values())
+            if got != len(fam.channels):
+                raise DataFileError(f"{self.path}: {' + '.join(f'{k}{d.shape}' for k, d in ds.items())} give {got} "
+                                    f"channels; {fam.name} has {len(fam.channels)} ({', '.join(fam.channels)})")
+            shapes = {k: d.shape[:-1] for k, d in ds.items()}
             want = 2 + dim
         ref_key, ref = next(iter(shapes.items()))
         for key, shape in shapes.items():
@@ -88,22 +109,57 @@ class TrajectoryFile:
                                     f"(N, T, {dim} spatial) matching {ref_key!r} {ref}")
         return ref[0], ref[1], tuple(ref[2:])
 
+    def _check_group_data(self, data: h5py.Dataset, ref: tuple[int, ...] | None = None) -> None:
+        """One group's ``data``: (T, *space, C) with the family's channels, the same shape as ``ref``."""
+        dim, fam = self.family.dim, self.family
+        if data.ndim != 2 + dim:
+            raise DataFileError(f"{self.path}: {data.name} has shape {data.shape}, expected (T, {dim} spatial axes, C)")
+        if data.shape[-1] != len(fam.channels):
+            raise DataFileError(f"{self.path}: {data.name} has {data.shape[-1]} channels, {fam.name} has "
+                                f"{len(fam.channels)} ({', '.join(fam.channels)})")
+        if ref is not None and data.shape != ref:
+            raise DataFileError(f"{self.path}: {data.name} has shape {data.shape}, the first group {ref}")
+
     def _read_coords(self, f: h5py.File, raw_space: tuple[int, ...]) -> list[np.ndarray]:
         """Cell-centre coordinates per axis: from the file where stored, else uniform on the domain."""
         axes = "xyz"[: self.family.dim]
         coords = []
         for axis, size in zip(axes, raw_space):
             if self.family.layout == "tensor" and f"{axis}-coordinate" in f:
-                c = np.asarray(f[f"{axis}-coordinate"][:size], dtype=np.float64)
+                key, node = f"{axis}-coordinate", f
             elif self.family.layout == "group" and f"grid/{axis}" in f[self._keys[0]]:
-                c = np.asarray(f[self._keys[0]][f"grid/{axis}"][:size], dtype=np.float64)
-            else:
+                key, node = f"grid/{axis}", f[self._keys[0]]
+            else:  # NS-incom and diff-sorp's missing axes store no grid: PDEBench's domain, cell centres
                 lo, hi = self.family.domain
-                c = lo + (np.arange(size) + 0.5) * (hi - lo) / size
+                coords.append(lo + (np.arange(size) + 0.5) * (hi - lo) / size)
+                continue
+            c = np.asarray(node[key][:size], dtype=np.float64).reshape(-1)
             if c.shape != (size,):
-                raise DataFileError(f"{self.path}: {axis}-coordinate has {c.shape[0]} values for {size} grid points")
+                label = f"{node.name.strip('/')}/{key}".lstrip("/")
+                raise DataFileError(f"{self.path}: {label} has {c.shape[0]} values for {size} grid points")
             coords.append(c)
         return coords
+
+    def _read_dt(self, f: h5py.File, raw_t: int) -> float:
+        """Spacing of the stored frames, times ``rr_t``; the time key is required (dt conditions the model)."""
+        if self.family.layout == "tensor":
+            t = _need(f, "t-coordinate", self.path)
+        elif self.family.layout == "group":
+            t = _need(f[self._keys[0]], "grid/t", self.path)
+        else:
+            t = _need(f, "t", self.path)
+            if t.ndim != 2:
+                raise DataFileError(f"{self.path}: dataset 't' has shape {t.shape}, expected (B, T)")
+        key = t.name.lstrip("/")
+        # PDEBench's single-file t-coordinate has one entry more than frames; fewer than T is broken
+        if t.shape[-1] < raw_t or raw_t < 2:
+            raise DataFileError(f"{self.path}: {key!r} has {t.shape[-1]} values for {raw_t} stored frames "
+                                f"(a time-dependent file needs at least 2 frames and one time per frame)")
+        t01 = np.asarray(t[0, :2] if t.ndim == 2 else t[:2], dtype=np.float64)
+        dt = float(t01[1] - t01[0]) * self.rr_t
+        if not np.isfinite(dt) or dt <= 0:
+            raise DataFileError(f"{self.path}: {key!r} starts {t01.tolist()}: time must increase")
+        return dt
 
     # -- reading ----------------------------------------------------------------------------
     def coords(self) -> np.ndarray:
@@ -117,38 +173,83 @@ class TrajectoryFile:
             self._handle, self._pid = _open(self.path), os.getpid()
         return self._handle
 
+    def sample_name(self, i: int) -> str:
+        """How sample ``i`` (after striding) is addressed in the file, for messages."""
+        j = i * self.rb
+        if self.family.layout == "group" and self._keys:
+            return f"sample {j} (group {self._keys[j]!r})"
+        return f"sample {j}"
+
+    def key_of(self, i: int, frame: int, channel: int) -> str:
+        """The HDF5 dataset holding channel ``channel`` of frame ``frame`` of sample ``i``, for messages."""
+        fam = self.family
+        if fam.layout == "group":
+            return f"{self._keys[i * self.rb]}/data" if self._keys else "data"
+        if fam.steady:
+            return "nu" if frame == 0 else "tensor"
+        if fam.layout == "ns_incom":
+            return "velocity" if channel < 2 else "particles"
+        return fam.fields[channel]
+
+    def stored_frame(self, frame: int) -> int:
+        """Index in the file of frame ``frame`` after the time stride."""
+        return frame if self.family.steady else frame * self.rr_t
+
     def read(self, i: int) -> np.ndarray:
         """Trajectory ``i`` (after striding) as float32 (T, *space, C)."""
         if not 0 <= i < self.n_samples:
             raise IndexError(f"{self.path}: sample {i} out of range 0..{self.n_samples - 1}")
-        f, j, fam = self._file(), i * self.rb, self.family
-        space = (slice(None, None, self.rr),) * fam.dim
-        if fam.layout == "group":
-            out = f[self._keys[j]]["data"][()][(slice(None, None, self.rr_t),) + space]
-        elif fam.layout == "ns_incom":
-            out = np.concatenate([f[k][j] for k in fam.fields], axis=-1)[(slice(None, None, self.rr_t),) + space]
-        elif fam.steady:  # Darcy: [coefficient a, solution u] as two "frames", PDEBench's convention
-            out = np.stack([f["nu"][j], f["tensor"][j][0]], axis=0)[(slice(None),) + space][..., None]
-        else:
-            out = np.stack([f[k][j] for k in fam.fields], axis=-1)[(slice(None, None, self.rr_t),) + space]
+        try:
+            out = self._read(i)
+        except (OSError, KeyError, RuntimeError) as err:  # h5py's read errors: corrupt chunk, cut file
+            raise DataFileError(f"{self.path}: {self.sample_name(i)} cannot be read ({err}); the file is "
+                                f"truncated or corrupted: download or generate it again") from None
         return np.ascontiguousarray(out, dtype=np.float32)
 
-    def dt(self) -> float:
-        """Time between stored frames after ``rr_t`` (0 for steady problems)."""
-        if self.family.steady:
-            return 0.0
-        f = self._file()
-        if self.family.layout == "tensor" and "t-coordinate" in f:
-            t = f["t-coordinate"][:2]
-        elif self.family.layout == "group" and "grid/t" in f[self._keys[0]]:
-            t = f[self._keys[0]]["grid/t"][:2]
-        elif self.family.layout == "ns_incom" and "t" in f:
-            t = f["t"][0, :2]
+    def _read(self, i: int) -> np.ndarray:
+        f, j, fam = self._file(), i * self.rb, self.family
+        space = (slice(None, None, self.rr),) * fam.dim
+        if fam.steady:  # Darcy: [coefficient a, solution u] as two "frames", PDEBench's convention
+            return np.stack([f["nu"][j], f["tensor"][j, 0]], axis=0)[(slice(None),) + space][..., None]
+        tsel = slice(None, None, self.rr_t)  # a hyperslab: only the frames used are read from disk
+        if fam.layout == "group":
+            out = f[self._keys[j]]["data"][tsel]
+        elif fam.layout == "ns_incom":
+            out = np.concatenate([f[k][j, tsel] for k in fam.fields], axis=-1)
         else:
-            return 1.0
-        return float(t[1] - t[0]) * self.rr_t if len(t) > 1 else 1.0
+            out = np.stack([f[k][j, tsel] for k in fam.fields], axis=-1)
+        return out[(slice(None),) + space]
+
+    def probe(self) -> None:
+        """Read the first and last value of every data key of the first and last sample.
+
+        A few bytes per key, whatever the file size, yet they touch the start and the end of the
+        stored data, where a cut-off download shows. DataFileError names the key when it fails.
+        """
+        f, fam = self._file(), self.family
+        for j in sorted({0, (self.n_samples - 1) * self.rb}):
+            if fam.layout == "group":
+                nodes = {f"{self._keys[j]}/data": f[self._keys[j]].get("data")}
+            else:
+                nodes = {k: f.get(k) for k in fam.fields + (("nu",) if fam.steady else ())}
+            for key, ds in nodes.items():
+                try:
+                    if not isinstance(ds, h5py.Dataset):
+                        raise KeyError("missing")
+                    lead = () if fam.layout == "group" else (j,)
+                    rest = ds.ndim - len(lead)
+                    ds[lead + (0,) * rest], ds[lead + (-1,) * rest]
+                except (OSError, KeyError, ValueError, RuntimeError) as err:
+                    raise DataFileError(f"{self.path}: key {key!r} of {self.sample_name(j // self.rb)} cannot be "
+                                        f"read ({err}); the file is truncated or corrupted: download or generate it "
+                                        f"again") from None
+
+    def dt(self) -> float:
+        """Time between frames after ``rr_t`` (0 for steady problems)."""
+        return self._dt
 
     def close(self) -> None:
+        """Close this process's handle (a forked child's inherited one is left to the parent)."""
         if self._handle is not None and self._pid == os.getpid():
             self._handle.close()
         self._handle = None

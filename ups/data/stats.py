@@ -2,12 +2,17 @@
 
 The stored file is keyed by a hash of everything the numbers depend on (file names, sizes and
 modification times, strides, split), so statistics for other data or another split are never
-reused: a stale file is simply not found and the statistics are recomputed.
+reused: a stale file is simply not found and the statistics are recomputed. A stored file that
+cannot be parsed or does not fit the task (wrong channel count, NaN, std <= 0) is recomputed with a
+warning. Statistics are never defaulted: there is no code path that normalises with mean 0 / std 1
+in place of missing numbers; computing them from an empty split or from non-finite data is an error.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ups.data.readers import TrajectoryFile
+from ups.data.readers import DataFileError, TrajectoryFile
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,7 +39,19 @@ class Stats:
     out_std: list[float]
 
     def arrays(self) -> tuple[np.ndarray, ...]:
+        """(in_mean, in_std, out_mean, out_std) as float32 arrays of one value per channel."""
         return tuple(np.asarray(v, dtype=np.float32) for v in (self.in_mean, self.in_std, self.out_mean, self.out_std))
+
+    def problem(self, channels: int) -> str | None:
+        """Why these numbers cannot normalise ``channels`` channels, or None when they can."""
+        for key, values in asdict(self).items():
+            if not isinstance(values, list) or len(values) != channels:
+                return f"{key} has {values!r}, expected {channels} values"
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                return f"{key} is not finite: {values}"
+            if key.endswith("std") and min(values) <= 0:
+                return f"{key} is not positive: {values}"
+        return None
 
 
 class _Moments:
@@ -68,17 +87,40 @@ def compute_stats(files: Sequence[TrajectoryFile], sample_ids: Sequence[tuple[in
             inp.add(traj)
     in_mean, in_std = inp.result()
     out_mean, out_std = out.result() if steady else (in_mean, in_std)
-    return Stats(in_mean, in_std, out_mean, out_std)
+    stats = Stats(in_mean, in_std, out_mean, out_std)
+    problem = stats.problem(channels)
+    if problem is not None:  # NaN/Inf in the data: ups.data.validate should have caught it first
+        raise DataFileError(f"normalisation statistics of {', '.join(str(f.path) for f in files)} are unusable: "
+                            f"{problem}. Check the data for NaN/Inf or set data.nonfinite=skip.")
+    return stats
+
+
+def file_fingerprint(f: TrajectoryFile) -> str:
+    """What a per-file result depends on: name, size, modification time, strides and the sample cap."""
+    st = f.path.stat()
+    return f"{f.path.name}|{st.st_size}|{st.st_mtime_ns}|{f.rr}|{f.rr_t}|{f.rb}|{f.n_samples}"
 
 
 def stats_key(files: Sequence[TrajectoryFile], sample_ids: Sequence[tuple[int, int]]) -> str:
     """A hash of what the statistics depend on."""
     h = hashlib.sha256()
     for f in files:
-        st = f.path.stat()
-        h.update(f"{f.path.name}|{st.st_size}|{st.st_mtime_ns}|{f.rr}|{f.rr_t}|{f.rb}|{f.n_samples}".encode())
+        h.update(file_fingerprint(f).encode())
     h.update(json.dumps(sorted(sample_ids)).encode())
     return h.hexdigest()[:16]
+
+
+def _load(path: Path, channels: int) -> Stats | None:
+    """Stored statistics, or None (with a warning) when the file is unreadable or unusable."""
+    try:
+        stats = Stats(**json.loads(path.read_text()))
+        problem = stats.problem(channels)
+    except (OSError, ValueError, TypeError) as err:  # JSONDecodeError is a ValueError; TypeError: wrong keys
+        problem = f"{type(err).__name__}: {err}"
+    if problem is None:
+        return stats
+    log.warning("%s: corrupt normalisation statistics (%s); recomputing them", path, problem)
+    return None
 
 
 def load_or_compute_stats(task: str, files: Sequence[TrajectoryFile], sample_ids: Sequence[tuple[int, int]],
@@ -92,7 +134,9 @@ def load_or_compute_stats(task: str, files: Sequence[TrajectoryFile], sample_ids
     for d in store_dirs:
         path = Path(d) / ".ups_stats" / name
         if path.exists():
-            return Stats(**json.loads(path.read_text()))
+            stats = _load(path, files[0].channels)
+            if stats is not None:
+                return stats
     stats = compute_stats(files, sample_ids, steady)
     for d in store_dirs:
         path = Path(d) / ".ups_stats" / name

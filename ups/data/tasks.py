@@ -1,16 +1,25 @@
-"""Turn a task's config into ready data: located files, splits, statistics, grid and conditioning."""
+"""Turn a task's config into ready data: located files, splits, statistics, grid and conditioning.
+
+Everything that can be wrong with the data is found here, in the main process, before any
+DataLoader worker starts: missing files, unreadable or truncated files, missing keys, wrong shapes,
+NaN/Inf samples (``ups.data.validate``), and unusable statistics.
+"""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
+from ups.config import ConfigError
 from ups.data.readers import DataFileError, TrajectoryFile
 from ups.data.registry import COND_PARAMS, Family, get_family
 from ups.data.stats import Stats, load_or_compute_stats
+from ups.data.validate import NONFINITE_POLICIES, nonfinite_samples
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,36 @@ def split_indices(n: int, layout: str, val_fraction: float, test_fraction: float
     return {"train": train, "val": val, "test": test}
 
 
+def make_splits(files: list[TrajectoryFile], layout: str, val_fraction: float, test_fraction: float,
+                skipped: set[SampleId] = frozenset()) -> dict[str, list[SampleId]]:
+    """Apply :func:`split_indices` per file, or across all files for NS-incom, then drop ``skipped``.
+
+    A PDEBench NS-incom file holds a batch of only 4 samples, and the set is the files x batch; a
+    per-file split would put a quarter of it in the test split, so it is split as one sequence
+    (files in natural order) with the test split last, as PDEBench's other multi-sample .h5 loader
+    does. Splitting happens on the stored indices before skipping, so leaving a sample out never
+    moves another one between splits.
+    """
+    splits: dict[str, list[SampleId]] = {"train": [], "val": [], "test": []}
+    if layout == "ns_incom":
+        flat = [(k, i) for k, f in enumerate(files) for i in range(f.n_samples)]
+        try:
+            parts = split_indices(len(flat), "group", val_fraction, test_fraction)
+        except ValueError as err:
+            raise DataFileError(f"{', '.join(str(f.path) for f in files)}: {err}") from None
+        for split, idx in parts.items():
+            splits[split].extend(flat[j] for j in idx if flat[j] not in skipped)
+        return splits
+    for k, f in enumerate(files):
+        try:
+            parts = split_indices(f.n_samples, layout, val_fraction, test_fraction)
+        except ValueError as err:
+            raise DataFileError(f"{f.path}: {err}") from None
+        for split, ids in parts.items():
+            splits[split].extend((k, i) for i in ids if (k, i) not in skipped)
+    return splits
+
+
 @dataclass
 class TaskData:
     """Everything the rest of UPS needs to know about one task's data."""
@@ -46,29 +85,64 @@ class TaskData:
     stats: Stats
     initial_step: int
     coords: np.ndarray  # (P, dim) grid points scaled to [-1, 1]
-    dt: float
+    dt: float  # the first file's frame spacing; cond() uses each file's own
+    skipped: list[SampleId] = field(default_factory=list)  # left out for NaN/Inf (data.nonfinite=skip)
 
     @property
     def channels(self) -> int:
+        """Channels per frame."""
         return len(self.family.channels)
 
     @property
     def n_steps(self) -> int:
+        """Frames per trajectory after the time stride (2 for steady tasks: input, solution)."""
         return self.files[0].n_steps
 
     def cond(self, file_idx: int) -> np.ndarray:
-        """Conditioning vector [dt, log10 of each PDE parameter, zero padding]."""
+        """Conditioning vector [log10 dt, log10 of each PDE parameter, zero padding] of one file's samples.
+
+        Logarithms, because dt spans 0.005 (1D CFD Shock) to 12.5 (diffusion-sorption) and the
+        parameters several decades; a steady problem (dt = 0) gets 0.
+        """
         params = [np.log10(max(v, 1e-12)) for v in self.files[file_idx].params.values()]
         vec = np.zeros(1 + COND_PARAMS, dtype=np.float32)
-        vec[0] = self.dt
+        dt = self.files[file_idx].dt()  # per file: e.g. 1D CFD's Shock files are saved at another dt
+        vec[0] = np.log10(dt) if dt > 0 else 0.0
         vec[1: 1 + len(params)] = params
         return vec
 
 
+def _natural(path: Path) -> tuple:
+    # numbers compare as numbers, so ns_incom_inhom_2d_512-2.h5 comes before ...-10.h5
+    parts = re.split(r"(\d+)", path.name)
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts), path.name
+
+
 def find_files(data_dir: Path, patterns: list[str]) -> list[Path]:
-    """Files matching any of the glob patterns, sorted so sample order is reproducible."""
+    """Files matching any of the glob patterns, in natural name order so sample order is reproducible."""
     found = {p for pattern in patterns for p in data_dir.glob(pattern)}
-    return sorted(p for p in found if not p.name.endswith(".tmp"))
+    return sorted((p for p in found if not p.name.endswith(".tmp") and p.is_file()), key=_natural)
+
+
+def _options(ds: Any) -> dict:
+    """``synth.options`` as a plain dict (a DictConfig from Hydra, a dict in tests, absent in old configs)."""
+    opts = getattr(ds.synth, "options", None) or {}
+    return OmegaConf.to_container(opts, resolve=True) if OmegaConf.is_config(opts) else dict(opts)
+
+
+def generate_command(ds: Any, data_dir: Path) -> str:
+    """The shell command that writes a dataset's synthetic files at its configured sizes.
+
+    The CLI writes a family as ``conf/task/<family>.yaml`` configures it; a dataset with its own
+    ``synth.options`` (e.g. ns2d_turb's Turb variant) gets the equivalent ``python -c`` call.
+    """
+    sizes = {k: getattr(ds.synth, k) for k in ("n_samples", "nx", "nt") if getattr(ds.synth, k) is not None}
+    options = _options(ds)
+    if not options:
+        return f"python -m ups.data.synth tasks={ds.family} out={data_dir}" + "".join(
+            f" {k}={v}" for k, v in sizes.items())
+    kw = "".join(f", {k}={v!r}" for k, v in {**sizes, **options}.items())
+    return f"python -c \"from ups.data.synth import generate; generate('{ds.family}', '{data_dir}'{kw})\""
 
 
 def locate_or_generate(name: str, ds: Any, data_dir: Path, generate: bool) -> list[Path]:
@@ -76,15 +150,18 @@ def locate_or_generate(name: str, ds: Any, data_dir: Path, generate: bool) -> li
     paths = find_files(data_dir, list(ds.files))
     if paths:
         return paths
+    options = _options(ds)
     if not generate:
         raise FileNotFoundError(
-            f"task {name}: no files match {list(ds.files)} in {data_dir}. Point paths.data_dir at your "
-            f"PDEBench download, or allow data.generate=true to write small synthetic files there.")
+            f"task {name}: no files match {list(ds.files)} in {data_dir} (and data.generate=false). Either point "
+            f"paths.data_dir at the directory holding the PDEBench files under their original names, or write "
+            f"small synthetic ones there with: {generate_command(ds, data_dir)} "
+            f"(or run with data.generate=true). See docs/data.md.")
     from ups.data.synth import generate as synth_generate
 
     log.info("task %s: no data in %s, generating small synthetic PDEBench files", name, data_dir)
     s = ds.synth
-    synth_generate(ds.family, data_dir, n_samples=s.n_samples, nx=s.nx, nt=s.nt, seed=s.seed)
+    synth_generate(ds.family, data_dir, n_samples=s.n_samples, nx=s.nx, nt=s.nt, seed=s.seed, **options)
     paths = find_files(data_dir, list(ds.files))
     if not paths:
         raise FileNotFoundError(f"task {name}: generated data does not match the patterns {list(ds.files)}")
@@ -92,7 +169,15 @@ def locate_or_generate(name: str, ds: Any, data_dir: Path, generate: bool) -> li
 
 
 def build_task(name: str, ds: Any, data_cfg: Any, data_dir: Path, stats_dirs: list[Path]) -> TaskData:
-    """Open, check and split one task's files and load its normalisation statistics."""
+    """Open, check and split one task's files and load its normalisation statistics.
+
+    Raises DataFileError (file and key named) for unreadable, truncated or malformed files and for
+    samples holding NaN/Inf unless ``data.nonfinite=skip``; FileNotFoundError, with how to generate
+    or point at data, when the files are absent and ``data.generate=false``.
+    """
+    policy = getattr(data_cfg, "nonfinite", "error")
+    if policy not in NONFINITE_POLICIES:
+        raise ConfigError(f"data.nonfinite={policy!r} is not one of {', '.join(NONFINITE_POLICIES)}")
     family = get_family(ds.family)
     paths = locate_or_generate(name, ds, data_dir, data_cfg.generate)
     files = [TrajectoryFile(p, family, ds.reduced_resolution, ds.reduced_resolution_t, ds.reduced_batch,
@@ -105,13 +190,26 @@ def build_task(name: str, ds: Any, data_cfg: Any, data_dir: Path, stats_dirs: li
     if not family.steady and first.n_steps <= ds.initial_step:
         raise DataFileError(f"task {name}: {first.n_steps} time steps after reduced_resolution_t="
                             f"{ds.reduced_resolution_t} leave nothing to predict after initial_step={ds.initial_step}")
-    splits: dict[str, list[SampleId]] = {"train": [], "val": [], "test": []}
-    for k, f in enumerate(files):
-        for split, ids in split_indices(f.n_samples, family.layout, data_cfg.val_fraction,
-                                        data_cfg.test_fraction).items():
-            splits[split].extend((k, i) for i in ids)
+    skipped = nonfinite_samples(name, files, stats_dirs, policy)
+    splits = make_splits(files, family.layout, data_cfg.val_fraction, data_cfg.test_fraction, skipped)
+    empty = [s for s, ids in splits.items() if not ids]
+    if empty:
+        raise DataFileError(f"task {name}: no {'/'.join(empty)} samples left after leaving out {len(skipped)} "
+                            f"samples holding NaN/Inf")
     stats = load_or_compute_stats(name, files, splits["train"], family.steady, stats_dirs)
     lo, hi = family.domain
     coords = (2.0 * (first.coords() - lo) / (hi - lo) - 1.0).reshape(-1, family.dim)
     initial_step = 1 if family.steady else ds.initial_step
-    return TaskData(name, family, files, splits, stats, initial_step, coords.astype(np.float32), first.dt())
+    return TaskData(name, family, files, splits, stats, initial_step, coords.astype(np.float32), first.dt(),
+                    sorted(skipped))
+
+
+def log_task_note(task_cfg: Any, is_main: bool = True) -> str | None:
+    """Log the task's ``note`` (e.g. ``task=comp_ns2d`` is an alias of cfd2d) once; return it.
+
+    The runner calls this once per run, before building the data; only the main rank logs.
+    """
+    note = getattr(task_cfg, "note", None)
+    if note and is_main:
+        log.warning("%s", note)
+    return note or None

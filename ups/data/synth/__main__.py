@@ -52,9 +52,9 @@ def parse(argv: list[str]) -> dict:
 
 
 def config_sizes(family: str) -> dict:
-    """The synthetic sizes ``conf/task/<family>.yaml`` asks for.
+    """The synthetic sizes and generator options ``conf/task/<family>.yaml`` asks for.
 
-    Training reads files with PDEBench's default strides, so the CLI writes the same sizes the
+    Training reads files with PDEBench's default strides, so the CLI writes the same files the
     training run would generate; explicit ``n_samples``/``nx``/``nt`` arguments still win.
     """
     from importlib.resources import files
@@ -65,7 +65,8 @@ def config_sizes(family: str) -> dict:
     if not path.is_file():
         return {}
     synth = OmegaConf.load(str(path)).datasets[family].get("synth") or {}
-    return {k: v for k, v in synth.items() if k in ("n_samples", "nx", "nt") and v is not None}
+    sizes = {k: v for k, v in synth.items() if k in ("n_samples", "nx", "nt") and v is not None}
+    return {**sizes, **OmegaConf.to_container(synth.get("options") or OmegaConf.create({}))}
 
 
 def describe(path: Path) -> str:
