@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from tests.conftest import compose_cfg
 from ups.data.datasets import TrajectoryDataset, WindowDataset
@@ -50,7 +51,8 @@ def test_task_file_uses_pdebench_defaults_and_affordable_sizes(family: str) -> N
     if not FAMILIES[family].steady:
         frames = len(range(0, s.nt, ds.reduced_resolution_t))
         assert frames - ds.initial_step >= 3, "at least 3 windows per trajectory"
-    assert config_sizes(family) == {"n_samples": s.n_samples, "nx": s.nx, **({"nt": s.nt} if s.nt else {})}
+    options = OmegaConf.to_container(s.options) if s.get("options") else {}
+    assert config_sizes(family) == {"n_samples": s.n_samples, "nx": s.nx, **({"nt": s.nt} if s.nt else {}), **options}
 
 
 def test_pdebench11_holds_all_eleven_families() -> None:
@@ -94,7 +96,7 @@ def test_every_family_builds_task_data_and_windows(family: str, tiny_dir: Path) 
     assert cond.shape == (1 + COND_PARAMS,) and [k for k, _ in fam.params] == list(task.files[0].params)
     np.testing.assert_allclose(cond[1: 1 + len(params)], params, rtol=1e-6)
     assert not cond[1 + len(params):].any()
-    assert (cond[0] == 0) if fam.steady else (cond[0] > 0)
+    assert cond[0] == (0.0 if fam.steady else pytest.approx(np.log10(task.files[0].dt())))
     windows = WindowDataset(task, "train")
     k = task.initial_step
     assert len(windows) == len(task.splits["train"]) * (steps - k)
