@@ -39,6 +39,12 @@ def pick(value, default):
     return default if value is None else value
 
 
+def sizes(defaults: dict, n_samples, nx, nt=None) -> tuple:
+    """(n_samples, nx, nt) with the family's defaults for those left as None (nt omitted if it has none)."""
+    out = (pick(n_samples, defaults["n_samples"]), pick(nx, defaults["nx"]))
+    return out + (pick(nt, defaults["nt"]),) if "nt" in defaults else out
+
+
 # ----------------------------------------------------------------------------------------
 # PDEBench's 1D initial condition (data_gen_NLE/utils.py::init_multi), as explicit parameters
 # so the advection generator can evaluate it exactly at shifted positions.

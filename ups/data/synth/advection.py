@@ -12,8 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (cell_centres, file_rng, init_multi_eval, init_multi_params, pick, produce,
-                      write_layout_a)
+from ._common import (
+    cell_centres,
+    file_rng,
+    init_multi_eval,
+    init_multi_params,
+    pick,
+    produce,
+    sizes,
+    write_layout_a,
+)
 
 BETAS = [0.4]  # PDEBench has 0.1, 0.2, 0.4, 0.7, 1.0, 2.0, 4.0, 7.0; one file by default
 DEFAULTS = {"n_samples": 128, "nx": 128, "nt": 41}
@@ -43,9 +51,7 @@ def solve(rng: np.random.Generator, n: int, nx: int, nt: int, beta: float,
 def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False,
              betas=None) -> list[Path]:
     """Write one `1D_Advection_Sols_beta{beta}.hdf5` per beta (default BETAS)."""
-    n = pick(n_samples, DEFAULTS["n_samples"])
-    nx = pick(nx, DEFAULTS["nx"])
-    nt = pick(nt, DEFAULTS["nt"])
+    n, nx, nt = sizes(DEFAULTS, n_samples, nx, nt)
     jobs = []
     for beta in pick(betas, BETAS):
         name = file_name(beta)

@@ -16,8 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (cell_centres, file_rng, init_multi_eval, init_multi_params, integrate, pick,
-                      periodic_heat, produce, write_layout_a)
+from ._common import (
+    cell_centres,
+    file_rng,
+    init_multi_eval,
+    init_multi_params,
+    integrate,
+    periodic_heat,
+    pick,
+    produce,
+    sizes,
+    write_layout_a,
+)
 
 NUS = [0.1]  # PDEBench: 0.001 ... 4.0
 DEFAULTS = {"n_samples": 128, "nx": 128, "nt": 41}
@@ -73,9 +83,7 @@ def solve(u0: np.ndarray, nu: float, t_save: np.ndarray, dx: float) -> np.ndarra
 def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False,
              nus=None) -> list[Path]:
     """Write one `1D_Burgers_Sols_Nu{nu}.hdf5` per viscosity (default NUS)."""
-    n = pick(n_samples, DEFAULTS["n_samples"])
-    nx = pick(nx, DEFAULTS["nx"])
-    nt = pick(nt, DEFAULTS["nt"])
+    n, nx, nt = sizes(DEFAULTS, n_samples, nx, nt)
     jobs = []
     for nu in pick(nus, NUS):
         name = file_name(nu)

@@ -20,8 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from . import compressible as cs
-from ._common import (cell_centres, chunk_slices, file_rng, integrate, pick, produce,
-                      random_field, write_layout_a)
+from ._common import (
+    cell_centres,
+    chunk_slices,
+    file_rng,
+    integrate,
+    pick,
+    produce,
+    random_field,
+    sizes,
+    write_layout_a,
+)
 
 DEFAULTS = {
     1: {"n_samples": 64, "nx": 128, "nt": 21},
@@ -116,9 +125,7 @@ def _solve(rho, vel, p, t_save: np.ndarray, dx: float, eta: float, zeta: float) 
 def _generate(d: int, out_dir, n_samples, nx, nt, seed, overwrite, variant, M, eta,
               zeta) -> list[Path]:
     """Shared body of generate_1d/2d/3d: one file for one (variant, M, eta, zeta)."""
-    n = pick(n_samples, DEFAULTS[d]["n_samples"])
-    nx = pick(nx, DEFAULTS[d]["nx"])
-    nt = pick(nt, DEFAULTS[d]["nt"])
+    n, nx, nt = sizes(DEFAULTS[d], n_samples, nx, nt)
     name = file_name(d, variant, M, eta, zeta)
 
     def writer(f):

@@ -19,7 +19,15 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from ._common import cell_centres, file_rng, pick, produce, random_field, write_layout_a
+from ._common import (
+    cell_centres,
+    file_rng,
+    pick,
+    produce,
+    random_field,
+    sizes,
+    write_layout_a,
+)
 
 BETAS = [1.0]  # PDEBench has 0.01, 0.1, 1.0, 10.0, 100.0
 DEFAULTS = {"n_samples": 128, "nx": 32}
@@ -80,8 +88,7 @@ def solve(a: np.ndarray, beta: float) -> np.ndarray:
 def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False,
              betas=None) -> list[Path]:
     """Write one `2D_DarcyFlow_beta{beta}_Train.hdf5` per beta (default BETAS); nt is unused."""
-    n = pick(n_samples, DEFAULTS["n_samples"])
-    nx = pick(nx, DEFAULTS["nx"])
+    n, nx = sizes(DEFAULTS, n_samples, nx)
     jobs = []
     for beta in pick(betas, BETAS):
         name = file_name(beta)

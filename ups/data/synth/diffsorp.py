@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import cell_centres, file_rng, integrate, pick, produce, write_group
+from ._common import cell_centres, file_rng, integrate, produce, sizes, write_group
 
 FILE_NAME = "1D_diff-sorp_NA_NA.h5"
 DEFAULTS = {"n_samples": 32, "nx": 128, "nt": 51}
@@ -55,9 +55,7 @@ def solve(u0: np.ndarray, t_save: np.ndarray, dx: float) -> np.ndarray:
 
 def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False) -> list[Path]:
     """Write `1D_diff-sorp_NA_NA.h5` with n_samples groups."""
-    n = pick(n_samples, DEFAULTS["n_samples"])
-    nx = pick(nx, DEFAULTS["nx"])
-    nt = pick(nt, DEFAULTS["nt"])
+    n, nx, nt = sizes(DEFAULTS, n_samples, nx, nt)
 
     def writer(f):
         """Compute this file's samples and write them into the open HDF5 file f."""

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import cell_centres, chunk_slices, file_rng, integrate, pick, produce, write_group
+from ._common import (
+    cell_centres,
+    chunk_slices,
+    file_rng,
+    integrate,
+    produce,
+    sizes,
+    write_group,
+)
 
 FILE_NAME = "2D_diff-react_NA_NA.h5"
 DEFAULTS = {"n_samples": 32, "nx": 32, "nt": 21}
@@ -68,9 +76,7 @@ def solve(s0: np.ndarray, t_save: np.ndarray, dx: float) -> np.ndarray:
 
 def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False) -> list[Path]:
     """Write `2D_diff-react_NA_NA.h5` with n_samples groups."""
-    n = pick(n_samples, DEFAULTS["n_samples"])
-    nx = pick(nx, DEFAULTS["nx"])
-    nt = pick(nt, DEFAULTS["nt"])
+    n, nx, nt = sizes(DEFAULTS, n_samples, nx, nt)
 
     def writer(f):
         """Compute this file's samples and write them into the open HDF5 file f."""

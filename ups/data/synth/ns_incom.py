@@ -24,8 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (F32, chunk_slices, file_rng, integrate, pick, produce, random_field,
-                      to_yaml)
+from ._common import (
+    F32,
+    chunk_slices,
+    file_rng,
+    integrate,
+    produce,
+    random_field,
+    sizes,
+    to_yaml,
+)
 
 FILE_NAME = "ns_incom_inhom_2d_512-0.h5"
 DEFAULTS = {"n_samples": 16, "nx": 32, "nt": 21}
@@ -112,9 +120,7 @@ def initial_fields(rng: np.random.Generator, b: int, n: int):
 
 def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False) -> list[Path]:
     """Write `ns_incom_inhom_2d_512-0.h5` holding all n_samples trajectories as one batch."""
-    b = pick(n_samples, DEFAULTS["n_samples"])
-    n = pick(nx, DEFAULTS["nx"])
-    nt = pick(nt, DEFAULTS["nt"])
+    b, n, nt = sizes(DEFAULTS, n_samples, nx, nt)
 
     def writer(f):
         """Compute this file's samples and write them into the open HDF5 file f."""

@@ -14,8 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (cell_centres, file_rng, init_multi_eval, init_multi_params, integrate,
-                      normalise01, periodic_heat, pick, produce, write_layout_a)
+from ._common import (
+    cell_centres,
+    file_rng,
+    init_multi_eval,
+    init_multi_params,
+    integrate,
+    normalise01,
+    periodic_heat,
+    pick,
+    produce,
+    sizes,
+    write_layout_a,
+)
 
 PARAMS = [(0.5, 1.0)]  # (nu, rho); PDEBench: nu in {0.5,1,2,5}, rho in {1,2,5,10}
 DEFAULTS = {"n_samples": 128, "nx": 128, "nt": 21}
@@ -49,9 +60,7 @@ def solve(u0: np.ndarray, nu: float, rho: float, t_save: np.ndarray, dx: float) 
 def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False,
              params=None) -> list[Path]:
     """Write one `ReacDiff_Nu{nu}_Rho{rho}.hdf5` per (nu, rho) pair (default PARAMS)."""
-    n = pick(n_samples, DEFAULTS["n_samples"])
-    nx = pick(nx, DEFAULTS["nx"])
-    nt = pick(nt, DEFAULTS["nt"])
+    n, nx, nt = sizes(DEFAULTS, n_samples, nx, nt)
     jobs = []
     for nu, rho in pick(params, PARAMS):
         name = file_name(nu, rho)
