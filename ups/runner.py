@@ -107,9 +107,10 @@ def _run(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
     trainer = Trainer(cfg, model, raw_model, tasks, env, device, build_callbacks(cfg, run_dir, env),
                       Checkpointer(run_dir, cfg.trainer.keep_last_k, env.is_main))
     for stage in cfg.stages.values():
-        trainer.fit(stage)
+        last = trainer.fit(stage)
 
-    val, test = trainer.evaluate("val"), trainer.evaluate("test")
+    val = {k: v for k, v in last.items() if k.startswith("nrmse/")}  # the last stage's final evaluation
+    test = trainer.evaluate("test")
     if env.is_main:
         trainer.log_record({"step": trainer.step, "kind": "eval", "stage": "final", "split": "test", **test})
         print(summary_table(tasks, val, test, trainer.epoch_losses), flush=True)
