@@ -159,3 +159,13 @@ def test_frozen_encoder_stage_under_ddp_reads_one_cache(single_b8: Path, data_di
     assert len(caches) == 2 and all((p / "meta.json").exists() for p in caches)  # built once, by rank 0
     before, after = final_weights(single_b8), final_weights(run_dir)
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+
+
+def test_one_wandb_run_per_job_in_the_run_dir(data_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    env = {**ENV, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    args = [sys.executable, "-m", "ups.train", "parallelism=ddp2", "logger=wandb", *COMMON,
+            f"paths.data_dir={data_dir}", f"paths.output_dir={run_dir}", "trainer.max_steps=2", "trainer.batch_size=2"]
+    ok(subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path))
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs  # rank 0 only, no account needed, mode left to WANDB_MODE
