@@ -148,3 +148,10 @@ def test_compile_and_activation_checkpointing_match_eager(tiny_cfg, tmp_path: Pa
     # Parameter names do not change, so checkpoints load either way.
     assert load_consolidated(Path(fast["run_dir"]) / "checkpoints" / "final")["model"].keys() == \
         load_consolidated(Path(eager["run_dir"]) / "checkpoints" / "final")["model"].keys()
+
+
+def test_early_stopping_stops_when_validation_stalls(tiny_cfg) -> None:
+    # lr=0 keeps the weights, so the second evaluation cannot improve on the first.
+    result = run(tiny_cfg("task=darcy2d", "optim.lr=0", "trainer.max_steps=20", "trainer.steps_per_epoch=2",
+                          "trainer.early_stop_patience=1"))
+    assert result["step"] == 4
