@@ -169,3 +169,20 @@ def test_one_wandb_run_per_job_in_the_run_dir(data_dir: Path, tmp_path: Path) ->
     ok(subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path))
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs  # rank 0 only, no account needed, mode left to WANDB_MODE
+
+
+def test_resume_on_another_world_size_continues_or_refuses(data_dir: Path, tmp_path: Path) -> None:
+    common = ["trainer.max_steps=8", "trainer.eval_every=3", "trainer.steps_per_epoch=6"]
+    straight, run_dir = tmp_path / "straight", tmp_path / "run"
+    ok(launch(straight, data_dir, "parallelism=ddp2", "trainer.batch_size=4", *common))
+    # ddp2 dies after step 4; its newest checkpoint is step 3, in the middle of an epoch.
+    died = launch(run_dir, data_dir, "parallelism=ddp2", "trainer.batch_size=4", *common,
+                  "faults.crash_rank=1", "faults.crash_step=4")
+    assert died.returncode == 1
+    refused = launch(run_dir, data_dir, "trainer.batch_size=4", *common)  # one process, global batch 4 != 8
+    assert refused.returncode == 1 and "Config error: cannot resume" in refused.stderr
+    assert "Traceback" not in refused.stderr and "Keep the global batch size at 8" in refused.stderr
+    ok(launch(run_dir, data_dir, "trainer.batch_size=8", *common))  # one process, same global batch 8
+    a, b = losses(straight), losses(run_dir)
+    assert sorted(b) == list(range(1, 9))
+    assert [b[s] for s in range(4, 9)] == pytest.approx([a[s] for s in range(4, 9)], rel=1e-4)

@@ -19,6 +19,7 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_s
                                                      set_state_dict)
 from torch.utils.data import DataLoader
 
+from ups.config import ConfigError
 from ups.data.datasets import MultiTaskDataset, TrajectoryDataset, WindowDataset
 from ups.data.sampler import MultiTaskDistributedSampler
 from ups.data.tasks import TaskData
@@ -126,7 +127,10 @@ class Trainer:
         set_state_dict(self.raw_model, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optim"])
         self.scheduler.load_state_dict(saved["scheduler"])
-        self.sampler.load_state_dict(saved["sampler"])
+        try:
+            self.sampler.load_state_dict(saved["sampler"])
+        except ValueError as err:  # a layout that cannot continue this data order: the user's choice to make
+            raise ConfigError(f"cannot resume from {path}: {err}") from None
         self.step, self.epoch = saved["step"], saved["epoch"]
         self.batches_done, self.skipped_steps = saved["sampler"]["batches_done"], saved["skipped_steps"]
         self.epoch_losses = list(saved["epoch_losses"])
