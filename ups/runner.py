@@ -41,6 +41,13 @@ def build_tasks(cfg: DictConfig, run_dir: Path) -> list[TaskData]:
     return [build_task(name, ds, cfg.data, data_dir, [data_dir, run_dir]) for name, ds in cfg.task.datasets.items()]
 
 
+def build_model(model_cfg: Any, tasks: list[TaskData]) -> torch.nn.Module:
+    """The configured surrogate with one input/output projection per task (runtime sizes from the data)."""
+    io = {t.name: TaskIO(in_channels=t.initial_step * t.channels, out_channels=t.channels, dim=t.family.dim)
+          for t in tasks}
+    return instantiate(model_cfg, tasks=io)
+
+
 def build_callbacks(cfg: DictConfig, run_dir: Path, env: DistEnv) -> list[Callback]:
     t = cfg.trainer
     cbs: list[Callback] = []
@@ -96,9 +103,7 @@ def _run(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
     log_task_note(cfg.task, is_main=env.is_main)
     with main_first(env.is_main):  # rank 0 generates missing data and statistics; the others then read
         tasks = build_tasks(cfg, run_dir)
-    io = {t.name: TaskIO(in_channels=t.initial_step * t.channels, out_channels=t.channels, dim=t.family.dim)
-          for t in tasks}
-    raw_model = instantiate(cfg.model, tasks=io).to(device)
+    raw_model = build_model(cfg.model, tasks).to(device)
     n_params = sum(p.numel() for p in raw_model.parameters())
     log.info("model %s: %.2fM parameters on %s; tasks %s", cfg.model._target_, n_params / 1e6, device,
              ", ".join(f"{t.name} ({t.family.dim}D, {t.channels} ch, {len(t.splits['train'])} train traj)"

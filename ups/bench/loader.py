@@ -26,14 +26,13 @@ from typing import Any, Callable, Iterable
 
 import torch
 from hydra import compose, initialize_config_module
-from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from ups.config import register_configs
 from ups.data import latent_cache as lc
 from ups.data.datasets import WindowDataset
 from ups.data.tasks import TaskData, build_task
-from ups.models import TaskIO
+from ups.runner import build_model
 
 
 def cpu_model() -> str:
@@ -58,13 +57,12 @@ def load_tasks(data_dir: Path, names: list[str]) -> list[TaskData]:
     return [build_task(n, cfg.task.datasets[n], cfg.data, data_dir, [data_dir]) for n in names]
 
 
-def build_model(size: str, tasks: list[TaskData], device: torch.device) -> torch.nn.Module:
+def fresh_model(size: str, tasks: list[TaskData], device: torch.device) -> torch.nn.Module:
     """A freshly initialised ``model=<size>`` LatentSurrogate for the tasks (seeded, so sizes compare)."""
     with initialize_config_module(config_module="ups.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"model={size}"])
     torch.manual_seed(0)
-    io = {t.name: TaskIO(t.initial_step * t.channels, t.channels, t.family.dim) for t in tasks}
-    return instantiate(cfg.model, tasks=io).to(device)
+    return build_model(cfg.model, tasks).to(device)
 
 
 def _sync(device: torch.device) -> None:
@@ -156,7 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
         rows = []
         for size in args.models.split(","):
-            model = build_model(size, tasks, device)
+            model = fresh_model(size, tasks, device)
             for task in tasks:
                 windows = WindowDataset(task, "train", preload_max_gb=0)
                 t0 = time.perf_counter()

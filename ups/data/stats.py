@@ -123,6 +123,24 @@ def _load(path: Path, channels: int) -> Stats | None:
     return None
 
 
+def cached_paths(name: str, store_dirs: Sequence[Path]) -> list[Path]:
+    """Where a cache file called ``name`` would live in each store directory, in order of preference."""
+    return [Path(d) / ".ups_stats" / name for d in store_dirs]
+
+
+def store_cached(name: str, text: str, store_dirs: Sequence[Path]) -> None:
+    """Write ``text`` to the first writable store directory, atomically (a reader never sees half a file)."""
+    for path in cached_paths(name, store_dirs):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+            return
+        except OSError:  # e.g. a read-only data directory: try the next one
+            continue
+
+
 def load_or_compute_stats(task: str, files: Sequence[TrajectoryFile], sample_ids: Sequence[tuple[int, int]],
                           steady: bool, store_dirs: Sequence[Path]) -> Stats:
     """Read the stored statistics for exactly this data and split, or compute and store them.
@@ -131,21 +149,10 @@ def load_or_compute_stats(task: str, files: Sequence[TrajectoryFile], sample_ids
     the next, e.g. the run directory).
     """
     name = f"{task}-{stats_key(files, sample_ids)}.json"
-    for d in store_dirs:
-        path = Path(d) / ".ups_stats" / name
-        if path.exists():
-            stats = _load(path, files[0].channels)
-            if stats is not None:
-                return stats
+    for path in cached_paths(name, store_dirs):
+        stats = _load(path, files[0].channels) if path.exists() else None
+        if stats is not None:
+            return stats
     stats = compute_stats(files, sample_ids, steady)
-    for d in store_dirs:
-        path = Path(d) / ".ups_stats" / name
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(asdict(stats)))
-            os.replace(tmp, path)  # atomic: a reader never sees half a file
-            break
-        except OSError:
-            continue
+    store_cached(name, json.dumps(asdict(stats)), store_dirs)
     return stats

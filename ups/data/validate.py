@@ -25,14 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ups.data.readers import DataFileError, TrajectoryFile
-from ups.data.stats import file_fingerprint
+from ups.data.stats import cached_paths, file_fingerprint, store_cached
 
 log = logging.getLogger(__name__)
 
@@ -104,27 +103,16 @@ def load_or_scan(f: TrajectoryFile, store_dirs: Sequence[Path]) -> list[list[int
     directory when the data is read-only).
     """
     name = _cache_name(f)
-    for d in store_dirs:
-        path = Path(d) / ".ups_stats" / name
-        if path.exists():
-            cached = _load_cached(path, f)
-            if cached is not None:
-                return cached
+    for path in cached_paths(name, store_dirs):
+        cached = _load_cached(path, f) if path.exists() else None
+        if cached is not None:
+            return cached
     log.info("%s: checking all %d samples once for read errors and NaN/Inf (cached under .ups_stats/)",
              f.path.name, f.n_samples)
     bad = scan_file(f)
     entry = json.dumps({"file": f.path.name, "fingerprint": file_fingerprint(f), "n_samples": f.n_samples,
                         "nonfinite": bad})
-    for d in store_dirs:
-        path = Path(d) / ".ups_stats" / name
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(entry)
-            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-            break
-        except OSError:
-            continue
+    store_cached(name, entry, store_dirs)
     return bad
 
 

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ups.data.datasets import TrajectoryDataset
 from ups.data.readers import DataFileError
 from ups.evaluation.metrics import nrmse, rollout
-from ups.models import TaskIO
-from ups.runner import build_tasks
+from ups.runner import build_model, build_tasks
 from ups.training.checkpoint import MARKER, load_consolidated
 
 log = logging.getLogger(__name__)
@@ -218,10 +216,8 @@ def plot_rollouts(run_dir: Path, path: Path, samples: int = 1, split: str = "val
         raise FileNotFoundError(f"the run's data directory {cfg.paths.data_dir} (paths.data_dir in config.yaml) "
                                 "is gone; pass --data-dir to point at the data files")
     tasks = build_tasks(cfg, run_dir)  # files gone or unreadable: FileNotFoundError, DataFileError
-    io = {t.name: TaskIO(in_channels=t.initial_step * t.channels, out_channels=t.channels, dim=t.family.dim)
-          for t in tasks}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = instantiate(cfg.model, tasks=io).to(device).eval()  # as runner.py builds it
+    model = build_model(cfg.model, tasks).to(device).eval()
     model.load_state_dict(weights)
     log.info("rollouts of %s weights on %s", source, device)
     bf16 = cfg.hardware.get("precision") == "bf16"  # evaluate as the run did

@@ -100,11 +100,7 @@ class Checkpointer:
             if consolidate:
                 export_model(tmp, tmp / "model.pt")
             (tmp / MARKER).touch()
-            old = self.root / f".{name}.old"
-            if final.exists():
-                final.rename(old)  # keep the previous copy until the new one is in place
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
+            self._swap_in(tmp, final)
             self._prune()
         _barrier()  # nobody looks for the checkpoint before it is in place
         return final
@@ -115,13 +111,17 @@ class Checkpointer:
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(self.root / src, tmp)
-            old = self.root / f".{dst}.old"
-            if final.exists():
-                final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
+            self._swap_in(tmp, final)
         _barrier()
         return final
+
+    def _swap_in(self, tmp: Path, final: Path) -> None:
+        """Rename a finished folder to its name, keeping the previous copy until the new one is in place."""
+        old = self.root / f".{final.name}.old"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
 
     def _steps(self) -> list[Path]:
         return sorted(p for p in self.root.glob("step_*") if (p / MARKER).exists())
