@@ -1,7 +1,8 @@
 """Torch datasets over tasks: next-step windows for training, whole trajectories for rollouts.
 
-Fields are flattened to points, (T, *space, C) -> (P, T*C) with time outermost per point, because
-the model is grid-agnostic: it sees point values and coordinates, never a grid.
+Fields are flattened to points, (T, *space, C) -> (P, T*C) with time outermost per point, with
+their coordinates; every batch also carries the task's ``grid`` shape, so a grid model (FNO,
+U-Net) views the same tensors as ``(B, C, *grid)`` (``ups.models.spec.points_to_grid``).
 """
 from __future__ import annotations
 
@@ -110,10 +111,15 @@ class MultiTaskDataset(Dataset):
             group = [it for it in items if it["task_index"] == t]
             task = self.datasets[t].task
             out.append({
-                "task": task.name,
                 "x": torch.stack([g["x"] for g in group]),
                 "y": torch.stack([g["y"] for g in group]),
                 "cond": torch.stack([g["cond"] for g in group]),
-                "coords": torch.from_numpy(task.coords)[None],
+                **task_keys(task),
             })
         return out
+
+
+def task_keys(task: TaskData) -> dict:
+    """What every batch of a task carries besides its tensors: name, grid, coordinates, steadiness."""
+    return {"task": task.name, "coords": torch.from_numpy(task.coords)[None], "grid": task.grid,
+            "steady": task.family.steady}

@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ups.data.datasets import MultiTaskDataset, WindowDataset
+from ups.data.datasets import MultiTaskDataset, WindowDataset, task_keys
 from ups.data.stats import stats_key
 from ups.data.tasks import TaskData
+from ups.models.spec import LatentEncoder, spec_of, unwrap
 
 CACHE_VERSION = 1  # bump when the folder layout or the meaning of a field changes
 MARKER = "meta.json"
@@ -44,35 +45,24 @@ _DTYPES = {torch.float32: ("float32", np.float32), torch.float16: ("float16", np
            torch.bfloat16: ("bfloat16", np.uint16)}  # numpy has no bfloat16: keep its bits
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The LatentSurrogate inside DDP (``.module``) or torch.compile (``._orig_mod``)."""
-    while True:
-        inner = next((m for m in (getattr(model, a, None) for a in ("module", "_orig_mod"))
-                      if isinstance(m, nn.Module)), None)
-        if inner is None:
-            return model
-        model = inner
+def _latent(model: nn.Module) -> tuple[nn.Module, LatentEncoder]:
+    """The plain model and its spec's latent encoder; a model without one cannot be cached."""
+    m, spec = unwrap(model), spec_of(model)
+    if spec.latent is None:
+        raise ValueError(f"model family {spec.name!r} has no encoder whose latents can be cached")
+    return m, spec.latent
 
 
 def encoder_state(model: nn.Module, task: str) -> dict[str, Tensor]:
-    """The tensors that ``model.encode(task, ...)`` reads: the shared encoder and this task's input projection.
-
-    Other tasks' input projections are left out, so training them does not invalidate this task's
-    cache. A model without LatentSurrogate's layout falls back to every ``encoder_modules`` tensor.
-    """
-    m = _unwrap(model)
-    keys = getattr(m, "_keys", None)
-    if keys is not None and hasattr(m, "encoder") and hasattr(m, "input_proj"):
-        state = {f"encoder.{k}": v for k, v in m.encoder.state_dict().items()}
-        state.update({f"input_proj.{keys[task]}.{k}": v for k, v in m.input_proj[keys[task]].state_dict().items()})
-        return state
-    return {f"{i}.{k}": v for i, mod in enumerate(m.encoder_modules) for k, v in mod.state_dict().items()}
+    """The tensors the task's encoding reads, as the model's spec names them (the cache key hashes them)."""
+    m, latent = _latent(model)
+    return latent.state(m, task)
 
 
 def _code_digest(model: nn.Module) -> str:
     """Hash of the source files defining the encoder's classes: an edited encode rebuilds the cache."""
-    mods = [model, *model.encoder_modules, getattr(model, "fourier", model)]
-    names = {type(s).__module__ for mod in mods[1:] for s in mod.modules()} | {type(model).__module__}
+    encoder = spec_of(model).groups(model).get("encoder", model)
+    names = {type(s).__module__ for s in encoder.modules()} | {type(model).__module__}
     h = hashlib.sha256()
     for name in sorted(n for n in names if n.startswith("ups.")):
         path = getattr(sys.modules.get(name), "__file__", None)
@@ -90,7 +80,7 @@ def latent_key(model: nn.Module, task: TaskData, split: str, extra: dict | None 
     their order and the grid), (c) the settings that change latents (initial_step, n_latents,
     hidden, Fourier features, normalisation statistics, storage dtype) and ``extra``.
     """
-    m = _unwrap(model)
+    m, latent = _latent(model)
     ids = [list(i) for i in task.splits[split]]
     io = getattr(m, "tasks", {}).get(task.name)
     fourier = getattr(m, "fourier", None)
@@ -99,7 +89,7 @@ def latent_key(model: nn.Module, task: TaskData, split: str, extra: dict | None 
         "version": CACHE_VERSION, "task": task.name, "split": split, "ids": ids,
         "data": stats_key(task.files, task.splits[split]), "family": task.family.name,
         "initial_step": task.initial_step, "n_steps": task.n_steps, "dt": task.dt, "stats": asdict(task.stats),
-        "hidden": getattr(m, "hidden", None), "n_latents": getattr(m, "n_latents", None),
+        "latent_shape": list(latent.shape(m)),
         "io": asdict(io) if io is not None else None,
         "fourier": [getattr(fourier, "n_freqs", None), getattr(fourier, "max_freq", None)],
         "dtype": _DTYPES[dtype][0], "extra": extra or {},
@@ -128,9 +118,9 @@ def infer_split(dataset: WindowDataset) -> str:
 
 def cache_nbytes(dataset: WindowDataset, model: nn.Module, dtype: torch.dtype = torch.float32) -> int:
     """Bytes a cache of ``dataset`` takes: latents (the bulk for wide models) plus frames and cond."""
-    m, task = _unwrap(model), dataset.task
-    z = len(dataset) * m.n_latents * m.hidden * torch.empty((), dtype=dtype).element_size()
-    return z + len(dataset.source) * (task.n_steps * task.coords.shape[0] * task.channels + m.cond_dim) * 4
+    (m, latent), task = _latent(model), dataset.task
+    z = len(dataset) * int(np.prod(latent.shape(m))) * torch.empty((), dtype=dtype).element_size()
+    return z + len(dataset.source) * (task.n_steps * task.coords.shape[0] * task.channels + len(task.cond(0))) * 4
 
 
 def _read_meta(path: Path) -> dict | None:
@@ -171,13 +161,13 @@ def _fsync(path: Path) -> None:
 def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Path, key: str, device: Any,
                        batch_size: int = 64, dtype: torch.dtype = torch.float32,
                        progress: Callable[[int, int], None] | None = None, split: str | None = None) -> Path:
-    """Encode every window of ``dataset`` with ``model.encode`` (eval mode, no grad) and store it atomically.
+    """Encode every window of ``dataset`` with the spec's encoder (eval mode, no grad) and store it atomically.
 
     Returns the final folder. If a complete cache with this key already exists (e.g. another rank
     finished first) it is returned as is. Each trajectory is read once and its windows encoded in
     batches of ``batch_size``; ``progress(done, total)`` is called after each batch.
     """
-    m, task = _unwrap(model), dataset.task
+    (m, latent), task = _latent(model), dataset.task
     split = split or infer_split(dataset)
     root = Path(cache_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -198,7 +188,7 @@ def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Pat
         n_traj, per_traj, k = len(dataset.source), dataset.per_traj, task.initial_step
         n, n_pts, c = len(dataset), task.coords.shape[0], task.channels
         zname, znp = _DTYPES[dtype]
-        z_mm = np.lib.format.open_memmap(tmp / "z.npy", mode="w+", dtype=znp, shape=(n, m.n_latents, m.hidden))
+        z_mm = np.lib.format.open_memmap(tmp / "z.npy", mode="w+", dtype=znp, shape=(n, *latent.shape(m)))
         f_mm = np.lib.format.open_memmap(tmp / "frames.npy", mode="w+", dtype=np.float32,
                                          shape=(n_traj, task.n_steps, n_pts, c))
         conds = np.stack([task.cond(file_idx) for file_idx, _ in dataset.source.ids]).astype(np.float32)
@@ -210,7 +200,7 @@ def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Pat
             nonlocal done
             x = torch.from_numpy(np.stack(pending)).to(device)
             with torch.autocast(torch.device(device).type, enabled=False):  # the key assumes the weights' precision
-                z = m.encode(task.name, x, coords).to(dtype).cpu()
+                z = latent.encode(m, task.name, x, coords).to(dtype).cpu()
             z_mm[done: done + len(pending)] = (z.view(torch.int16).numpy().view(np.uint16) if dtype == torch.bfloat16
                                                else z.numpy())
             done += len(pending)
@@ -238,7 +228,7 @@ def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Pat
         meta = {"version": CACHE_VERSION, "key": key, "task": task.name, "split": split,
                 "created": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname(),
                 "n_windows": n, "n_traj": n_traj, "per_traj": per_traj, "initial_step": k,
-                "z_shape": [n, m.n_latents, m.hidden], "z_dtype": zname, "frames_shape": [n_traj, task.n_steps, n_pts, c],
+                "z_shape": [n, *latent.shape(m)], "z_dtype": zname, "frames_shape": [n_traj, task.n_steps, n_pts, c],
                 "cond_shape": list(conds.shape), "build_seconds": round(time.perf_counter() - t0, 3),
                 "file_sizes": {f: (tmp / f).stat().st_size for f in files}, "torch": torch.__version__}
         with open(tmp / MARKER, "w") as fh:  # the marker goes last: without it the folder is not a cache
@@ -333,8 +323,7 @@ class MultiTaskLatentDataset(MultiTaskDataset):
         for t in sorted({it["task_index"] for it in items}):
             group = [it for it in items if it["task_index"] == t]
             batch = {name: torch.stack([g[name] for g in group]) for name in ("z", "y", "last", "cond")}
-            out.append({"task": self.datasets[t].task.name, **batch,
-                        "coords": torch.from_numpy(self.datasets[t].task.coords)[None]})
+            out.append({**batch, **task_keys(self.datasets[t].task)})
         return out
 
 

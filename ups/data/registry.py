@@ -60,6 +60,7 @@ FAMILIES: dict[str, Family] = {
 }
 
 COND_PARAMS = 3  # the most parameters any family has (M, eta, zeta); cond = [dt, log10 params...]
+COND_DIM = 1 + COND_PARAMS  # width of every conditioning vector; models get it when they are built
 
 
 def get_family(name: str) -> Family:

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from ups.config import ConfigError
 from ups.data.readers import DataFileError, TrajectoryFile
-from ups.data.registry import COND_PARAMS, Family, get_family
+from ups.data.registry import COND_DIM, Family, get_family
 from ups.data.stats import Stats, load_or_compute_stats
 from ups.data.validate import NONFINITE_POLICIES, nonfinite_samples
 
@@ -94,6 +94,11 @@ class TaskData:
         return len(self.family.channels)
 
     @property
+    def grid(self) -> tuple[int, ...]:
+        """Spatial shape; ``coords`` and every frame's points are its C-order flattening."""
+        return tuple(self.files[0].space)
+
+    @property
     def n_steps(self) -> int:
         """Frames per trajectory after the time stride (2 for steady tasks: input, solution)."""
         return self.files[0].n_steps
@@ -105,7 +110,7 @@ class TaskData:
         parameters several decades; a steady problem (dt = 0) gets 0.
         """
         params = [np.log10(max(v, 1e-12)) for v in self.files[file_idx].params.values()]
-        vec = np.zeros(1 + COND_PARAMS, dtype=np.float32)
+        vec = np.zeros(COND_DIM, dtype=np.float32)
         dt = self.files[file_idx].dt()  # per file: e.g. 1D CFD's Shock files are saved at another dt
         vec[0] = np.log10(dt) if dt > 0 else 0.0
         vec[1: 1 + len(params)] = params

@@ -11,32 +11,37 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from hydra.utils import instantiate
-
-from ups.data.registry import get_family
+from ups.data.registry import COND_DIM, get_family
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import parallelize
-from ups.models import TaskIO
+from ups.models.spec import TaskIO, build, spec_of
 
 GB = 2**30
 
 
 def task_io(cfg: Any) -> tuple[dict[str, TaskIO], int]:
-    """Model inputs per task from the config alone (no data read), and the largest grid in points."""
+    """Model inputs per task from the config alone (no data read), and the largest grid in points.
+
+    The grid is the synthetic one the task file sizes (``synth.nx`` after ``reduced_resolution``),
+    or 64 per axis when it names none: an estimate, which is all a dry run needs.
+    """
     io, points = {}, 1
     for name, ds in cfg.task.datasets.items():
         fam = get_family(ds.family)
         k = 1 if fam.steady else ds.initial_step
-        io[name] = TaskIO(k * len(fam.channels), len(fam.channels), fam.dim)
-        if ds.synth.nx:
-            points = max(points, math.ceil(ds.synth.nx / ds.reduced_resolution) ** fam.dim)
+        side = math.ceil(ds.synth.nx / ds.reduced_resolution) if ds.synth.nx else 64
+        io[name] = TaskIO(k * len(fam.channels), len(fam.channels), fam.dim, (side,) * fam.dim)
+        points = max(points, side ** fam.dim)
     return io, points
 
 
-def activation_bytes(cfg: Any, points: int) -> float:
+def activation_bytes(cfg: Any, points: int) -> float | None:
     """Rough activation memory of one micro-batch: s*b*h*(34 + 5*a*s/h) bytes per transformer layer
-    in 16-bit (Korthikanti et al. 2022), doubled for fp32; only layer inputs when checkpointing."""
+    in 16-bit (Korthikanti et al. 2022), doubled for fp32; only layer inputs when checkpointing.
+    None for a model without the latent surrogate's sizes (no formula for it here)."""
     m, b = cfg.model, cfg.trainer.batch_size
+    if not all(k in m for k in ("hidden", "heads", "depth", "n_latents", "encoder_layers", "decoder_layers")):
+        return None
     width = 2 if cfg.hardware.precision == "bf16" else 4
 
     def layer(s: int) -> float:
@@ -58,7 +63,7 @@ def dry_run(cfg: Any) -> dict:
     world = p.nodes * p.ranks_per_node
     io, points = task_io(cfg)
     with torch.device("meta"):
-        model = instantiate(cfg.model, tasks=io)
+        model = build(cfg.model, io, COND_DIM)
     total = sum(q.numel() for q in model.parameters())
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
     try:
@@ -66,14 +71,17 @@ def dry_run(cfg: Any) -> dict:
         if p.strategy == "fsdp2":
             model = parallelize(model, cfg, env, torch.device("cpu"))
             local = sum(q.to_local().numel() if hasattr(q, "to_local") else q.numel() for q in model.parameters())
-            gathered = max(sum(q.numel() for q in b.parameters()) for b in model.operator.blocks)
+            gathered = max((sum(q.numel() for q in b.parameters()) for b in spec_of(model).blocks(model)), default=0)
         else:  # DDP replicates; wrapping meta tensors would only repeat that
             local, gathered = total, 0
     finally:
         dist.destroy_process_group()
     width = 2 if cfg.hardware.precision == "bf16" else 4
     mem = {"params": local * 4, "grads": local * 4, "adamw_state": local * 8,
-           "gathered_block": 2 * gathered * width, "activations": activation_bytes(cfg, points)}
+           "gathered_block": 2 * gathered * width}
+    activations = activation_bytes(cfg, points)
+    if activations is not None:
+        mem["activations"] = activations
     report = {"layout": p.name, "strategy": p.strategy, "nodes": p.nodes, "ranks_per_node": p.ranks_per_node,
               "world_size": world, "batch_size": t.batch_size, "accum_steps": t.accum_steps,
               "global_batch": t.batch_size * t.accum_steps * world, "parameters": total,
@@ -84,7 +92,8 @@ def dry_run(cfg: Any) -> dict:
              f"= {report['global_batch']}",
              f"  parameters {total / 1e6:.2f}M total, {local / 1e6:.2f}M held per rank",
              "  per-rank memory estimate (GB): " + ", ".join(f"{k} {v:.3f}" for k, v in report["memory_gb"].items()),
-             f"  total ≈ {report['memory_per_rank_gb']:.2f} GB per rank (activations: a rough formula, "
-             f"grid of {points} points)"]
+             f"  total ≈ {report['memory_per_rank_gb']:.2f} GB per rank "
+             + (f"(activations: a rough formula, grid of {points} points)" if activations is not None
+                else "(activations not estimated for this model family)")]
     print("\n".join(lines), flush=True)
     return report

@@ -17,18 +17,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from ups.distributed.env import DistEnv
+from ups.models.spec import spec_of
 
 
 def apply_ac(model: nn.Module) -> None:
-    """Recompute each operator block's activations in backward instead of storing them."""
-    for block in model.operator.blocks:
+    """Recompute each block's activations (the model's spec names its blocks) in backward instead of storing them."""
+    for block in spec_of(model).blocks(model):
         forward = block.forward
         block.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
 
 def apply_compile(model: nn.Module) -> None:
-    """Compile each operator block: small graphs compile fast and the identical blocks share code."""
-    for block in model.operator.blocks:
+    """Compile each block: small graphs compile fast and identical blocks share code."""
+    for block in spec_of(model).blocks(model):
         block.compile()
 
 
@@ -40,18 +41,17 @@ def fsdp_policy(precision: str) -> MixedPrecisionPolicy:
 
 
 def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, precision: str) -> nn.Module:
-    """Shard each operator block, the encoder and the decoder, then the rest (per-task heads) at the root."""
+    """Shard each block, then the spec's further units (e.g. encoder, decoder), then the rest at the root."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    # The model returns a view; UPS never modifies outputs in place (objective.py), which is what
+    # The model returns a view; UPS never modifies outputs in place (ups/objectives/), which is what
     # FSDP2 warns about on every forward.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(device.type, (world_size,))
     policy = fsdp_policy(precision)
-    for block in model.operator.blocks:
-        fully_shard(block, mesh=mesh, mp_policy=policy)
-    for part in (model.encoder, model.decoder):
-        fully_shard(part, mesh=mesh, mp_policy=policy)
+    spec = spec_of(model)
+    for unit in [*spec.blocks(model), *spec.shard_units(model)]:
+        fully_shard(unit, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 

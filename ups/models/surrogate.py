@@ -5,41 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
+
 from torch import Tensor, nn
 
 from ups.models.decoder import QueryDecoder
 from ups.models.encoder import PerceiverEncoder, PointEmbedding
 from ups.models.layers import FourierFeatures, ZeroLinear, init_weights
 from ups.models.operator import LatentOperator
-
-
-@dataclass
-class TaskIO:
-    """Input/output layout of one task."""
-
-    in_channels: int  # channels per point fed to the encoder = initial_step * C (context frames stacked)
-    out_channels: int  # C, channels of one predicted frame
-    dim: int  # spatial dimension: 1, 2 or 3
-
-    def __post_init__(self) -> None:
-        self.in_channels, self.out_channels, self.dim = int(self.in_channels), int(self.out_channels), int(self.dim)
-        if self.in_channels < 1 or self.out_channels < 1:
-            raise ValueError(f"channel counts must be >= 1, got {self}")
-        if self.dim not in (1, 2, 3):
-            raise ValueError(f"dim must be 1, 2 or 3, got {self}")
-
-
-def _as_task_io(spec: TaskIO | Mapping) -> TaskIO:
-    # Accepting mappings lets a config (or an OmegaConf DictConfig) describe tasks directly.
-    return spec if isinstance(spec, TaskIO) else TaskIO(**dict(spec))
-
-
-def _module_keys(names: list[str]) -> dict[str, str]:
-    # ModuleDict keys may not contain "."; PDEBench names such as "burgers_nu0.01" do.
-    keys = {name: str(name).replace(".", "_") for name in names}
-    if len(set(keys.values())) != len(keys):
-        raise ValueError(f"task names collide once '.' is replaced by '_': {sorted(names)}")
-    return keys
+from ups.models.spec import LatentEncoder, ModelSpec, TaskIO, as_task_io, module_keys, register
 
 
 class LatentSurrogate(nn.Module):
@@ -67,10 +41,10 @@ class LatentSurrogate(nn.Module):
         max_freq: float = 128.0,
     ):
         super().__init__()
-        self.tasks: dict[str, TaskIO] = {str(name): _as_task_io(spec) for name, spec in tasks.items()}
+        self.tasks: dict[str, TaskIO] = {str(name): as_task_io(spec) for name, spec in tasks.items()}
         if not self.tasks:
             raise ValueError("LatentSurrogate needs at least one task")
-        self._keys = _module_keys(list(self.tasks))
+        self._keys = module_keys(list(self.tasks))
         hidden, depth, heads, n_latents = int(hidden), int(depth), int(heads), int(n_latents)
         if hidden % heads != 0:
             raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
@@ -164,12 +138,13 @@ class LatentSurrogate(nn.Module):
 
     def forward(
         self, task: str, fields: Tensor | None, coords: Tensor, cond: Tensor, query_coords: Tensor | None = None,
-        latents: Tensor | None = None,
+        latents: Tensor | None = None, grid: tuple[int, ...] | None = None,
     ) -> Tensor:
         """One step: decode(step(encode(fields, coords), cond), query_coords or coords).
 
         ``latents`` (e.g. from the latent cache) replace ``encode(fields, coords)``; going through
-        ``forward`` either way keeps data-parallel wrappers in the loop.
+        ``forward`` either way keeps data-parallel wrappers in the loop. ``grid`` is not needed:
+        the model sees points and coordinates only.
         """
         z = self.encode(task, fields, coords) if latents is None else latents
         z = self.step(task, z, cond)
@@ -184,3 +159,41 @@ class LatentSurrogate(nn.Module):
     def decoder_modules(self) -> list[nn.Module]:
         """Modules holding every decoder parameter (shared decoder + task query projections and heads)."""
         return [self.decoder, self.query_proj, self.output_head]
+
+
+@dataclass
+class LatentSurrogateConfig:
+    """``conf/model/{tiny,small,base,large}.yaml``: sizes of the latent surrogate (tasks and cond_dim come from the data)."""
+
+    _target_: str = "ups.models.surrogate.LatentSurrogate"
+    hidden: int = 128
+    depth: int = 4
+    heads: int = 4
+    n_latents: int = 32
+    fourier_features: int = 16
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    encoder_layers: int = 1
+    decoder_layers: int = 1
+
+
+def _encoder_state(model: LatentSurrogate, task: str) -> dict[str, Tensor]:
+    """What ``encode(task, ...)`` reads: the shared encoder and this task's input projection only, so
+    training another task's projection does not invalidate this task's cached latents."""
+    state = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    key = model._lookup(task)[1]
+    state.update({f"input_proj.{key}.{k}": v for k, v in model.input_proj[key].state_dict().items()})
+    return state
+
+
+SPEC = register(ModelSpec(
+    name="latent",
+    model=LatentSurrogate,
+    schema=LatentSurrogateConfig,
+    blocks=lambda m: list(m.operator.blocks),
+    shard_units=lambda m: [m.encoder, m.decoder],
+    groups=lambda m: {"encoder": torch.nn.ModuleList(m.encoder_modules), "operator": m.operator,
+                      "decoder": torch.nn.ModuleList(m.decoder_modules)},
+    latent=LatentEncoder(encode=lambda m, task, x, coords: m.encode(task, x, coords),
+                         shape=lambda m: (m.n_latents, m.hidden), state=_encoder_state),
+))
