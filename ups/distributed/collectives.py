@@ -35,6 +35,14 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum of a tensor over ranks (returns a new tensor)."""
+    out = values.detach().clone()
+    if _active():
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
 def barrier() -> None:
     if _active():
         dist.barrier()

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from ups.data.datasets import TrajectoryDataset
+from ups.data.datasets import TrajectoryDataset, task_keys
 from ups.data.readers import DataFileError
-from ups.evaluation.metrics import nrmse, rollout
-from ups.runner import build_model, build_tasks
-from ups.training.checkpoint import MARKER, load_consolidated
+from ups.evaluation.evaluate import rollout
+from ups.evaluation.loading import load_run
+from ups.evaluation.metrics import nrmse
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
@@ -51,31 +50,29 @@ def read_records(run_dir: str | Path) -> list[dict]:
 
 
 def timeline(records: list[dict]) -> dict:
-    """Train and validation records on one step axis, plus restarts, stage starts and the test record.
+    """Train and validation records on the global step axis, plus restarts, stage starts and the test record.
 
-    Steps start again at 0 with each stage, so each stage is shifted to begin where the previous
-    ended. A resumed run logs again the steps after its checkpoint: a train step that does not
-    increase within its stage marks a restart, and for a repeated step the last record wins.
+    ``step`` counts over all stages. A resumed run logs again the steps after its checkpoint: a
+    train step that does not increase marks a restart, and for a repeated step the last record wins.
     """
-    offsets, last, train, val, restarts, test = {}, {}, {}, {}, [], None  # offsets, last: by stage
+    starts, train, val, restarts, test, last = {}, {}, {}, [], None, -1
     for r in records:
-        stage, step = r.get("stage"), r.get("step", 0)
+        step = r.get("step", 0)
         if r.get("kind") == "eval" and r.get("split") == "test":
             test = r  # the closing record, logged again by a re-run: the last one counts
-        if r.get("kind") not in ("train", "eval") or r.get("split") == "test":
             continue
-        if stage not in offsets:
-            offsets[stage] = max([*train, *val], default=0)
-        x = offsets[stage] + step
+        if r.get("kind") not in ("train", "eval"):
+            continue
+        starts.setdefault(r.get("stage"), step - r.get("stage_step", step))
         if r["kind"] == "train":
-            if step <= last.get(stage, -1):
-                restarts.append(x)
-            last[stage] = step
-            train[x] = r
+            if step <= last:
+                restarts.append(step)
+            last = step
+            train[step] = r
         elif r.get("split") == "val":
-            val[x] = r
+            val[step] = r
     return {"train": dict(sorted(train.items())), "val": dict(sorted(val.items())), "test": test,
-            "restarts": restarts, "stages": offsets}
+            "restarts": restarts, "stages": starts}
 
 
 def _series(by_step: dict[int, dict], key: str) -> tuple[list, list]:
@@ -91,7 +88,8 @@ def plot_curves(records: list[dict], path: Path) -> Path:
     from matplotlib import colormaps  # tab20 when the 10-colour cycle would repeat a colour
 
     tl = timeline(records)
-    tasks = sorted({k.split("/", 1)[1] for r in records for k in r if k.startswith(("loss/", "nrmse/"))} - {"mean"})
+    tasks = sorted({k.split("/")[1] for r in records for k in r
+                    if k.startswith(("loss/", "nrmse/")) and k.count("/") == 1} - {"mean"})
     colour = {t: f"C{i}" if len(tasks) <= 10 else colormaps["tab20"](i % 20) for i, t in enumerate(tasks)}
     ax_loss, ax_val = fig.subplots(1, 2)
     ax_loss.plot(*_series(tl["train"], "loss"), color="0.15", lw=1, alpha=0.7, label="loss (all tasks)")
@@ -137,27 +135,6 @@ def plot_curves(records: list[dict], path: Path) -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)  # steps: no 2.5
     fig.savefig(path, dpi=110)
     return path
-
-
-def load_weights(run_dir: Path, cfg) -> tuple[dict, str]:
-    """The weights the run evaluated with, and where they came from.
-
-    ``final/model.pt`` is the consolidated copy; without it (or when the run averaged its weights with
-    EMA, which only the full checkpoint holds) the newest complete DCP folder is consolidated here.
-    """
-    root = run_dir / "checkpoints"
-    folders = [root / "final", root / "best", *sorted(root.glob("step_*"), reverse=True)]
-    done = [p for p in folders if (p / MARKER).exists()]
-    if not done:
-        raise FileNotFoundError(f"no complete checkpoint under {root} (the run did not reach its first evaluation?)")
-    path = done[0] / "model.pt"
-    if path.exists() and cfg.trainer.get("ema_decay") is None:
-        return torch.load(path, map_location="cpu", weights_only=True)["model"], str(path)
-    state = load_consolidated(done[0])
-    shadow = next((v["shadow"] for k, v in state.get("callbacks", {}).items() if k.endswith("_EMA")), None)
-    if shadow:
-        return {**state["model"], **shadow}, f"{done[0]} (EMA weights, as evaluated)"
-    return state["model"], str(done[0])
 
 
 def _draw_1d(sf, task, truth, pred, frames):
@@ -206,20 +183,8 @@ def _draw_nd(sf, task, truth, pred, frames):
 def plot_rollouts(run_dir: Path, path: Path, samples: int = 1, split: str = "val",
                   data_dir: str | None = None) -> Path:
     """Truth, prediction and |error| of the run's model on ``samples`` trajectories of each task."""
-    if not (run_dir / "config.yaml").exists():
-        raise FileNotFoundError(f"no config.yaml in {run_dir}, so the run's data and model cannot be rebuilt")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    weights, source = load_weights(run_dir, cfg)
-    cfg.data.generate = False  # never write synthetic files into a data dir just to draw a figure
-    cfg.paths.data_dir = str(data_dir or cfg.paths.data_dir)
-    if not Path(cfg.paths.data_dir).is_dir():
-        raise FileNotFoundError(f"the run's data directory {cfg.paths.data_dir} (paths.data_dir in config.yaml) "
-                                "is gone; pass --data-dir to point at the data files")
-    tasks = build_tasks(cfg, run_dir)  # files gone or unreadable: FileNotFoundError, DataFileError
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(cfg.model, tasks).to(device).eval()
-    model.load_state_dict(weights)
-    log.info("rollouts of %s weights on %s", source, device)
+    loaded = load_run(run_dir, "final", data_dir)
+    cfg, tasks, model, device = loaded.cfg, loaded.tasks, loaded.model, next(loaded.model.parameters()).device
     bf16 = cfg.hardware.get("precision") == "bf16"  # evaluate as the run did
     rows = []
     for task in tasks:
@@ -228,8 +193,8 @@ def plot_rollouts(run_dir: Path, path: Path, samples: int = 1, split: str = "val
         traj, cond = (torch.stack([it[key] for it in items]).to(device) for key in ("traj", "cond"))
         coords = torch.as_tensor(task.coords, device=device)[None]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = rollout(model, task.name, traj, cond, coords, task.initial_step,
-                           cfg.trainer.residual and not task.family.steady).float()
+            pred = rollout(loaded.predict, {**task_keys(task), "coords": coords, "cond": cond},
+                           traj, task.initial_step).float()
         _, _, mean, std = (torch.as_tensor(a, device=device) for a in task.stats.arrays())
         pred, truth = pred * std + mean, traj[:, task.initial_step:] * std + mean  # physical units
         scores = nrmse(pred, truth).tolist()

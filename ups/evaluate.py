@@ -1,0 +1,65 @@
+"""``python -m ups.evaluate run=<run dir>``: every PDEBench metric of a saved run, as JSON and markdown.
+
+The same code scores the model at the end of training (``eval/final_test.*``), so re-evaluating a
+finished run's final checkpoint reproduces those numbers. Also installed as ``ups-evaluate``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from ups.config import register_configs
+
+register_configs()
+
+
+def evaluate_run(cfg: DictConfig) -> list[Path]:
+    """Evaluate the requested checkpoints of ``cfg.run``; returns the files written."""
+    import contextlib
+
+    import torch
+
+    from ups.evaluation.loading import load_run
+    from ups.evaluation.suite import evaluate_suite, write_results
+
+    if cfg.split not in ("test", "val"):
+        raise ValueError(f"split={cfg.split!r} is not one of test, val")
+    which = ["final", "best"] if cfg.checkpoint == "both" else [cfg.checkpoint]
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if cfg.device == "auto" else cfg.device)
+    written = []
+    for name in which:
+        run = load_run(cfg.run, name, cfg.data_dir, device)
+        bf16 = run.cfg.hardware.get("precision") == "bf16"  # evaluate as the run did
+        samples = run.cfg.data.eval_samples if cfg.eval_samples is None else (cfg.eval_samples or None)
+        batch = cfg.batch_size or run.cfg.trainer.batch_size
+        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        results = evaluate_suite(run.predict, run.model, run.tasks, cfg.split, device, autocast, batch, samples,
+                                 run.cfg.data.preload_max_gb)
+        meta = {"run": str(cfg.run), "checkpoint": str(run.checkpoint.relative_to(Path(cfg.run))),
+                "weights": run.source, "split": cfg.split, "device": str(device), "eval_samples": samples}
+        paths = write_results(Path(cfg.run) / "eval", f"{name}_{cfg.split}", results, run.tasks, meta)
+        print((Path(cfg.run) / "eval" / f"{name}_{cfg.split}.md").read_text())
+        written += paths
+    return written
+
+
+@hydra.main(version_base="1.3", config_path="pkg://ups.conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    """Evaluate; a missing run, checkpoint or data directory is one paragraph on stderr and exit 1."""
+    from ups.config import ConfigError
+    from ups.data.readers import DataFileError
+
+    try:
+        for path in evaluate_run(cfg):
+            print(path)
+    except (FileNotFoundError, DataFileError, ConfigError, ValueError) as err:
+        print(f"Cannot evaluate {cfg.run}: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
