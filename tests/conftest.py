@@ -46,7 +46,7 @@ def tiny_cfg(data_dir: Path, tmp_path: Path):
 
     def make(*overrides: str) -> DictConfig:
         base = ["model=tiny", "hardware=cpu", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}",
-                "trainer.max_steps=30", "trainer.batch_size=8", "trainer.log_every=1", "trainer.progress=false",
+                "trainer.max_steps=30", "trainer.batch_size=8", "trainer.log_every=1",
                 "data.eval_samples=4"]
         cfg = compose_cfg(base + list(overrides))
         for ds in cfg.task.datasets.values():

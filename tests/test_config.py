@@ -8,16 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from hydra.utils import instantiate
 
 from tests.conftest import compose_cfg
 from ups.config import ConfigError, validate
-from ups.models import TaskIO
+from ups.data.registry import COND_DIM
+from ups.models import TaskIO, build
+from ups.runner import build_callbacks
+from ups.objectives import build_objective
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 OPTIONS = [(g.name, f.stem) for g in sorted(CONF.iterdir()) if g.is_dir() and g.name != "__pycache__"
            for f in sorted(g.glob("*.yaml"))]
-IO = {"advection1d": TaskIO(10, 1, 1), "darcy2d": TaskIO(1, 1, 2)}
+IO = {"advection1d": TaskIO(10, 1, 1, (64,)), "darcy2d": TaskIO(1, 1, 2, (32, 32))}
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -25,8 +27,37 @@ def test_every_group_option_composes_and_builds(group: str, option: str) -> None
     cfg = compose_cfg([f"{group}={option}", "paths.data_dir=d", "paths.output_dir=o"])
     validate(cfg)
     with torch.device("meta"):  # large models build without allocating memory
-        model = instantiate(cfg.model, tasks=IO)
+        model = build(cfg.model, IO, COND_DIM)
     assert sum(p.numel() for p in model.parameters()) > 0
+    assert build_callbacks(cfg)
+    for name, stage in cfg.stages.items():
+        assert build_objective(stage.objective, f"stages.{name}")
+
+
+@pytest.mark.parametrize("overrides,needle", [(["model.hiden=3"], "hiden"), (["model.cond_dim=8"], "cond_dim"), (["model=fno", "model.widht=3"], "widht"),
+                                              (["model=unet", "model.hidden=3"], "hidden")])
+def test_each_model_family_checks_its_own_keys(overrides: list[str], needle: str) -> None:
+    with pytest.raises(ConfigCompositionException, match=needle):
+        compose_cfg(overrides)
+
+
+def test_callback_and_objective_arguments_are_checked_when_built() -> None:
+    cfg = compose_cfg(["paths.data_dir=d", "paths.output_dir=o", "+callbacks.ema._target_=ups.training.callbacks.EMA",
+                       "+callbacks.ema.decai=0.9"])
+    with pytest.raises(ConfigError, match="callbacks.ema"):
+        build_callbacks(cfg)
+    cfg = compose_cfg(["paths.data_dir=d", "paths.output_dir=o", "+stages.operator.objective.residul=true"])
+    with pytest.raises(ConfigError, match="stages.operator.objective"):
+        build_objective(cfg.stages.operator.objective, "stages.operator")
+
+
+def test_stage_steps_zero_and_negative() -> None:
+    cfg = compose_cfg(["paths.data_dir=d", "paths.output_dir=o", "stages.operator.steps=0"])
+    with pytest.raises(ConfigError, match="every stage has steps=0"):
+        validate(cfg)
+    cfg = compose_cfg(["paths.data_dir=d", "paths.output_dir=o", "stages.operator.steps=-1"])
+    with pytest.raises(ConfigError, match="stages.operator.steps"):
+        validate(cfg)
 
 
 def test_misspelt_key_names_it() -> None:

@@ -18,7 +18,7 @@ import torch
 
 from ups.training.checkpoint import load_consolidated
 
-COMMON = ["hardware=cpu", "model=tiny", "trainer.progress=false", "trainer.log_every=1", "data.eval_samples=2",
+COMMON = ["hardware=cpu", "model=tiny", "trainer.log_every=1", "data.eval_samples=2",
           "parallelism.timeout_s=60", "optim.warmup_steps=2", "trainer.steps_per_epoch=4",
           "task.datasets.advection1d.synth.n_samples=16", "task.datasets.darcy2d.synth.n_samples=16"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -49,7 +49,7 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_consolidated(run_dir / "checkpoints" / "final")["model"]
+    return load_consolidated(run_dir / "checkpoints" / "operator" / "final")["model"]
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_torchrun_joins_and_writes_one_run_dir(data_dir: Path, tmp_path: Path) -
     ok(proc)
     run_dirs = list((tmp_path / "outputs").glob("*/*"))
     assert len(run_dirs) == 1, run_dirs
-    assert (run_dirs[0] / "checkpoints" / "final" / "COMPLETE").exists()
+    assert (run_dirs[0] / "checkpoints" / "operator" / "final" / "COMPLETE").exists()
 
 
 def test_more_gpus_than_present_fails_at_once(tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_dry_run_reports_sharded_layout(tmp_path: Path) -> None:
 def test_frozen_encoder_stage_under_ddp_reads_one_cache(single_b8: Path, data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     ok(launch(run_dir, data_dir, "parallelism=ddp2", "stage=operator_frozen_encoder", "trainer.batch_size=4",
-              f"stages.operator.init_from={single_b8 / 'checkpoints' / 'final'}", "trainer.max_steps=4"))
+              f"stages.operator.init_from={single_b8 / 'checkpoints' / 'operator' / 'final'}", "trainer.max_steps=4"))
     caches = [p for p in (run_dir / "latent_cache").iterdir()]
     assert len(caches) == 2 and all((p / "meta.json").exists() for p in caches)  # built once, by rank 0
     before, after = final_weights(single_b8), final_weights(run_dir)

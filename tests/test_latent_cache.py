@@ -14,7 +14,7 @@ from ups.data import latent_cache as lc
 from ups.data.datasets import MultiTaskDataset, WindowDataset
 from ups.data.tasks import TaskData, build_task
 from ups.models import LatentSurrogate, TaskIO
-from ups.training.objective import predict_next
+from ups.objectives.next_step import predict_next
 
 
 def _tasks(data_dir: Path, names: str = "pdebench2") -> list[TaskData]:

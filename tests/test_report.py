@@ -30,7 +30,7 @@ def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("extra", [(), ("trainer.ema_decay=0.5",)], ids=["weights", "ema"])
+@pytest.mark.parametrize("extra", [(), ("callbacks=[default,ema]", "callbacks.ema.decay=0.5")], ids=["weights", "ema"])
 def test_report_draws_curves_and_rollouts_of_the_run(tiny_cfg, caplog, extra) -> None:
     run_dir = Path(run(tiny_cfg(*TINY, *extra))["run_dir"])
     with caplog.at_level(logging.INFO, logger="ups.evaluation.report"):
@@ -78,11 +78,14 @@ def test_missing_checkpoint_is_reported_and_a_bad_split_refused(tiny_cfg, caplog
 
 
 def test_timeline_keeps_the_last_record_of_a_repeated_step_and_marks_the_restart() -> None:
-    recs = [{"kind": "train", "stage": "a", "step": s, "loss": float(s)} for s in (1, 2, 3)]
-    recs += [{"kind": "eval", "stage": "a", "split": "val", "step": 3, "nrmse/mean": 1.0}]
-    recs += [{"kind": "train", "stage": "a", "step": s, "loss": 10.0 + s} for s in (2, 3, 4)]  # resumed at 1
-    recs += [{"kind": "train", "stage": "b", "step": s, "loss": 1.0} for s in (1, 2)]  # a new stage restarts at 0
-    recs += [{"kind": "eval", "stage": "final", "split": "test", "step": 2, "nrmse/mean": 0.5}]
+    def train(stage: str, step: int, offset: int, loss: float) -> dict:
+        return {"kind": "train", "stage": stage, "step": offset + step, "stage_step": step, "loss": loss}
+
+    recs = [train("a", s, 0, float(s)) for s in (1, 2, 3)]
+    recs += [{"kind": "eval", "stage": "a", "split": "val", "step": 3, "stage_step": 3, "nrmse/mean": 1.0}]
+    recs += [train("a", s, 0, 10.0 + s) for s in (2, 3, 4)]  # resumed after step 1
+    recs += [train("b", s, 4, 1.0) for s in (1, 2)]  # the next stage continues the global step
+    recs += [{"kind": "eval", "stage": "final", "split": "test", "step": 6, "nrmse/mean": 0.5}]
     tl = timeline(recs)
     assert list(tl["train"]) == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in tl["train"].values()] == [1.0, 12.0, 13.0, 14.0, 1.0, 1.0]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import open_dict
 
 from ups.runner import run
 from ups.training.checkpoint import MARKER, load_consolidated
@@ -37,13 +36,14 @@ def test_tiny_run_learns_and_writes_outputs(tiny_cfg) -> None:
         assert 0.0 < result[key] < 10.0
     assert (run_dir / "config.yaml").exists()
     for name in ("final", "best"):
-        assert (run_dir / "checkpoints" / name / MARKER).exists()
-    assert len(list((run_dir / "checkpoints").glob("step_*"))) == cfg.trainer.keep_last_k
-    state = load_consolidated(run_dir / "checkpoints" / "final")
+        assert (run_dir / "checkpoints" / "operator" / name / MARKER).exists()
+    assert len(list((run_dir / "checkpoints" / "operator").glob("step_*"))) == cfg.trainer.keep_last_k
+    assert {"final_test.json", "final_test.md"} <= {p.name for p in (run_dir / "eval").iterdir()}
+    state = load_consolidated(run_dir / "checkpoints" / "operator" / "final")
     assert {"model", "optim", "trainer", "rank0", "callbacks"} <= state.keys()
     assert {"step", "scheduler", "sampler", "config", "epoch"} <= state["trainer"].keys()
     assert state["trainer"]["step"] == 60 and state["trainer"]["config"]["trainer"]["max_steps"] == 60
-    exported = torch.load(run_dir / "checkpoints" / "final" / "model.pt", weights_only=False)
+    exported = torch.load(run_dir / "checkpoints" / "operator" / "final" / "model.pt", weights_only=False)
     assert exported["step"] == 60 and exported["model"].keys() == state["model"].keys()
 
 
@@ -67,8 +67,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_cfg, tmp_path: Path, m
     monkeypatch.setattr(Trainer, "_optimizer_step", original)
     resumed = run(cfg)  # same run directory: continues from the step-8 checkpoint
 
-    a = load_consolidated(tmp_path / "a" / "checkpoints" / "final")["model"]
-    b = load_consolidated(tmp_path / "b" / "checkpoints" / "final")["model"]
+    a = load_consolidated(tmp_path / "a" / "checkpoints" / "operator" / "final")["model"]
+    b = load_consolidated(tmp_path / "b" / "checkpoints" / "operator" / "final")["model"]
     assert resumed["step"] == straight["step"] == 16
     assert all(torch.equal(a[k], b[k]) for k in a)
     losses = lambda d: [r["loss"] for r in records(d) if r["kind"] == "train" and r["step"] > 8]  # noqa: E731
@@ -91,49 +91,25 @@ def test_cli_default_entry_writes_one_run_dir(tmp_path: Path, data_dir: Path) ->
     assert "darcy2d" in proc.stdout and "val nRMSE" in proc.stdout
     run_dirs = list((tmp_path / "outputs").glob("*/*"))
     assert len(run_dirs) == 1
+    lines = proc.stdout.splitlines()  # the run directory, first and last, so it is found without scrolling
+    assert lines[0] == f"run directory: {run_dirs[0].resolve()}" and lines[-1].startswith(lines[0])
     assert {"config.yaml", "metrics.jsonl", "checkpoints", ".hydra"} <= {p.name for p in run_dirs[0].iterdir()}
 
 
 def test_frozen_encoder_stage_trains_from_the_latent_cache(tiny_cfg, tmp_path: Path) -> None:
     run(tiny_cfg("trainer.max_steps=6", "trainer.steps_per_epoch=3", f"paths.output_dir={tmp_path / 'enc'}"))
-    init = tmp_path / "enc" / "checkpoints" / "final"
+    init = tmp_path / "enc" / "checkpoints" / "operator" / "final"
     result = run(tiny_cfg("stage=operator_frozen_encoder", f"stages.operator.init_from={init}",
                           "trainer.max_steps=24", "trainer.steps_per_epoch=6", "optim.warmup_steps=2",
                           f"paths.output_dir={tmp_path / 'op'}"))
     caches = [p for p in (tmp_path / "op" / "latent_cache").iterdir() if (p / "meta.json").exists()]
     assert sorted(p.name.split("-")[0] for p in caches) == ["advection1d", "darcy2d"]
     before = load_consolidated(init)["model"]
-    after = load_consolidated(tmp_path / "op" / "checkpoints" / "final")["model"]
+    after = load_consolidated(tmp_path / "op" / "checkpoints" / "operator" / "final")["model"]
     encoder = [k for k in before if k.startswith(("encoder.", "input_proj."))]
     assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("operator."))
     assert result["epoch_losses"][-1] < result["epoch_losses"][0]
-
-
-def test_stages_run_in_order_and_a_rerun_skips_finished_ones(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
-    from ups.training.trainer import Trainer
-
-    from ups.config import StageConfig
-
-    cfg = tiny_cfg("task=darcy2d", "trainer.max_steps=6", "trainer.steps_per_epoch=3")
-    with open_dict(cfg):  # a second stage, as a stage file with its own package would add it
-        cfg.stages.finetune = StageConfig(name="finetune", steps=4, freeze=["encoder"], lr=1e-4)
-    original = Trainer._optimizer_step
-
-    def crash_in_finetune(self, *args):
-        if self.stage_name == "finetune" and self.step == 2:
-            raise RuntimeError("simulated crash")
-        return original(self, *args)
-
-    monkeypatch.setattr(Trainer, "_optimizer_step", crash_in_finetune)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run(cfg)
-    monkeypatch.setattr(Trainer, "_optimizer_step", original)
-    result = run(cfg)
-    assert result["step"] == 4
-    train = [r for r in records(Path(result["run_dir"])) if r["kind"] == "train"]
-    assert [r["step"] for r in train if r["stage"] == "operator"] == list(range(1, 7))  # not repeated
-    assert [r["step"] for r in train if r["stage"] == "finetune"][-4:] == [1, 2, 3, 4]
 
 
 @pytest.mark.slow
@@ -146,12 +122,12 @@ def test_compile_and_activation_checkpointing_match_eager(tiny_cfg, tmp_path: Pa
     b = [r["loss"] for r in records(Path(fast["run_dir"])) if r["kind"] == "train"]
     assert b == pytest.approx(a, rel=1e-4)
     # Parameter names do not change, so checkpoints load either way.
-    assert load_consolidated(Path(fast["run_dir"]) / "checkpoints" / "final")["model"].keys() == \
-        load_consolidated(Path(eager["run_dir"]) / "checkpoints" / "final")["model"].keys()
+    assert load_consolidated(Path(fast["run_dir"]) / "checkpoints" / "operator" / "final")["model"].keys() == \
+        load_consolidated(Path(eager["run_dir"]) / "checkpoints" / "operator" / "final")["model"].keys()
 
 
 def test_early_stopping_stops_when_validation_stalls(tiny_cfg) -> None:
     # lr=0 keeps the weights, so the second evaluation cannot improve on the first.
     result = run(tiny_cfg("task=darcy2d", "optim.lr=0", "trainer.max_steps=20", "trainer.steps_per_epoch=2",
-                          "trainer.early_stop_patience=1"))
+                          "callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=1"))
     assert result["step"] == 4

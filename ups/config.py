@@ -70,21 +70,6 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    _target_: str = "ups.models.LatentSurrogate"
-    hidden: int = 128
-    depth: int = 4
-    heads: int = 4
-    n_latents: int = 32
-    cond_dim: int = 4
-    fourier_features: int = 16
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    encoder_layers: int = 1
-    decoder_layers: int = 1
-
-
-@dataclass
 class OptimConfig:
     name: str = "adamw"
     lr: float = 1e-3
@@ -133,15 +118,21 @@ class HardwareConfig:
     threads: Optional[int] = None  # torch intra-op threads; None: torch's default
 
 
+def _next_step() -> Dict[str, Any]:
+    return {"_target_": "ups.objectives.NextStep"}
+
+
 @dataclass
 class StageConfig:
-    """One training stage as data: what it optimises, for how long, starting from what."""
+    """One training stage as data: what it optimises, for how long, starting from what.
 
-    name: str = MISSING
-    objective: str = "operator"
-    steps: Optional[int] = None  # None: trainer.max_steps
+    Its name is its key under ``stages``; the stages run in the order they are listed.
+    """
+
+    objective: Dict[str, Any] = field(default_factory=_next_step)  # _target_ + arguments (ups/objectives/)
+    steps: Optional[int] = None  # None: trainer.max_steps; 0: the stage is skipped
     lr: Optional[float] = None  # None: optim.lr
-    freeze: List[str] = field(default_factory=list)  # module groups kept fixed: encoder, operator, decoder
+    freeze: List[str] = field(default_factory=list)  # module groups kept fixed (the model's spec names them)
     init_from: Optional[str] = None  # a checkpoint folder whose model weights the stage starts from
     latent_cache: bool = True  # with a frozen encoder, encode the training windows once and read the cache
 
@@ -157,22 +148,9 @@ class TrainerConfig:
     steps_per_epoch: Optional[int] = None  # None: one pass over the training windows
     on_oom: str = "skip"  # skip | stop: what every rank does when any rank runs out of memory in forward
     on_nonfinite: str = "skip"  # skip | stop: on a non-finite loss or gradient norm on any rank
-    residual: bool = False  # predict the change from the last context frame (measured worse here; docs)
-    ema_decay: Optional[float] = None  # e.g. 0.999; None disables EMA
-    early_stop_patience: Optional[int] = None  # evaluations without improvement; None: off
-    keep_last_k: int = 2
+    time_budget_s: Optional[float] = None  # stop training (then evaluate) after this much wall-clock time
+    keep_last_k: int = 2  # step checkpoints kept per stage
     resume: bool = True  # continue from the newest complete checkpoint in the run directory
-    progress: bool = True  # a progress bar, shown only when stdout is a terminal
-
-
-@dataclass
-class LoggerConfig:
-    name: str = "jsonl"
-    wandb: bool = False
-    project: str = "ups"
-    entity: Optional[str] = None
-    mode: Optional[str] = None  # None: leave it to WANDB_MODE
-    tags: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -184,26 +162,75 @@ class PathsConfig:
 @dataclass
 class TrainConfig:
     task: TaskConfig = MISSING
-    model: ModelConfig = MISSING
+    model: Any = MISSING  # typed by the family's own schema (ups/models/<family>.py), see register_configs
     parallelism: ParallelismConfig = MISSING
     hardware: HardwareConfig = MISSING
     optim: OptimConfig = MISSING
     stages: Dict[str, StageConfig] = field(default_factory=dict)
-    logger: LoggerConfig = MISSING
+    callbacks: Dict[str, Any] = field(default_factory=dict)  # name -> {_target_: ..., args}: conf/callbacks/
+    logger: Dict[str, Any] = field(default_factory=dict)  # name -> {_target_: ..., args}: conf/logger/
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
 
 
+@dataclass
+class EvaluateConfig:
+    """``python -m ups.evaluate``: which run, which checkpoints, which split."""
+
+    run: str = MISSING  # a run directory (holds config.yaml and checkpoints/)
+    checkpoint: str = "both"  # final | best | both | a step folder name such as step_00000400
+    split: str = "test"  # test | val
+    eval_samples: Optional[int] = None  # trajectories per task; None: as the run evaluated, 0: all of them
+    batch_size: Optional[int] = None  # None: the run's trainer.batch_size
+    data_dir: Optional[str] = None  # None: the run's paths.data_dir
+    device: str = "auto"  # auto | cpu | cuda
+
+
 def register_configs() -> None:
-    """Register the schema, and the run-directory resolver that keeps all ranks of a job in one directory."""
+    """Register the schemas and the resolvers the config files use.
+
+    Each model family's schema is stored as ``schema/model/<name>``; ``conf/model/<x>.yaml`` lists
+    it first (``/schema/model/<name>@_here_``), so its keys are checked against that family's fields.
+    """
     from omegaconf import OmegaConf
 
     from ups.distributed.env import run_dir_name
+    from ups.models.spec import specs
 
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
+    for spec in specs():
+        cs.store(group="schema/model", name=spec.name, node=spec.schema)
     OmegaConf.register_new_resolver("ups.run_dir", run_dir_name, replace=True)
+    OmegaConf.register_new_resolver("ups.sweep_group", _sweep_group, replace=True)
+    OmegaConf.register_new_resolver("ups.job_name", _job_name, replace=True)
+
+
+def _hydra() -> Any:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def _sweep_group() -> Optional[str]:
+    """A multirun's sweep directory (one W&B group per sweep); None for a single run."""
+    from hydra.types import RunMode
+
+    hc = _hydra()
+    return str(hc.sweep.dir) if hc is not None and hc.mode == RunMode.MULTIRUN else None
+
+
+def _job_name() -> Optional[str]:
+    """A multirun job's number and overrides (its W&B run name); None for a single run."""
+    from hydra.types import RunMode
+
+    hc = _hydra()
+    if hc is None or hc.mode != RunMode.MULTIRUN:
+        return None
+    return f"{hc.job.num}:{hc.job.override_dirname}" if hc.job.override_dirname else str(hc.job.num)
 
 
 _CHOICES = {
@@ -251,11 +278,17 @@ def validate(cfg: Any) -> None:
     if not cfg.stages:
         raise ConfigError("no stages configured: choose one with stage=...")
     for name, stage in cfg.stages.items():
-        unknown = set(stage.freeze) - {"encoder", "operator", "decoder"}
-        if unknown:
-            raise ConfigError(f"stages.{name}.freeze has {sorted(unknown)}; groups are encoder, operator, decoder")
-        if stage.objective != "operator":
-            raise ConfigError(f"stages.{name}.objective={stage.objective!r}: only 'operator' is implemented")
+        if stage.steps is not None and stage.steps < 0:
+            raise ConfigError(f"stages.{name}.steps must be >= 0 (0 skips the stage), got {stage.steps}")
+        if "_target_" not in stage.objective:
+            raise ConfigError(f"stages.{name}.objective needs a _target_ (e.g. ups.objectives.NextStep)")
+    if all(stage.steps == 0 for stage in cfg.stages.values()):
+        raise ConfigError("every stage has steps=0: nothing would be trained")
+    if "_target_" not in cfg.model:
+        raise ConfigError("model has no _target_: a conf/model/ file starts from its family's schema "
+                          "(defaults: [/schema/model/<family>@_here_]); see docs/architecture.md")
+    if cfg.trainer.time_budget_s is not None and cfg.trainer.time_budget_s <= 0:
+        raise ConfigError(f"trainer.time_budget_s must be positive, got {cfg.trainer.time_budget_s}")
     for name, ds in cfg.task.datasets.items():
         from ups.data.registry import FAMILIES
 

@@ -1,11 +1,11 @@
-"""Cross-cutting concerns hung off the training loop: EMA, early stopping, progress display.
+"""Cross-cutting concerns hung off the training loop: EMA, early stopping, checkpoints, progress display.
 
-A callback sees the trainer at fixed points and may keep state that goes into checkpoints.
+A callback sees the trainer at fixed points and may keep state that goes into checkpoints (under
+its name in the ``callbacks`` config group, so adding or removing one never mixes up the others).
 """
 from __future__ import annotations
 
 import sys
-import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -18,11 +18,13 @@ if TYPE_CHECKING:
 class Callback:
     """Hooks called by :class:`~ups.training.trainer.Trainer`; every default does nothing."""
 
+    def on_run_start(self, trainer: "Trainer") -> None: ...
     def on_fit_start(self, trainer: "Trainer") -> None: ...
     def on_step_end(self, trainer: "Trainer") -> None: ...
     def on_log(self, trainer: "Trainer", record: dict) -> None: ...
     def on_eval_end(self, trainer: "Trainer", metrics: dict) -> None: ...
     def on_fit_end(self, trainer: "Trainer") -> None: ...
+    def on_run_end(self, trainer: "Trainer") -> None: ...
 
     @contextmanager
     def eval_weights(self, trainer: "Trainer") -> Iterator[None]:
@@ -40,7 +42,7 @@ class EMA(Callback):
 
     def __init__(self, decay: float):
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"trainer.ema_decay must lie in (0, 1), got {decay}")
+            raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
         self.decay = decay
         self.shadow: dict[str, torch.Tensor] = {}
 
@@ -87,6 +89,9 @@ class EarlyStopping(Callback):
         self.patience, self.metric = patience, metric
         self.best, self.bad = float("inf"), 0
 
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        self.best, self.bad = float("inf"), 0  # each stage is judged on its own
+
     def on_eval_end(self, trainer: "Trainer", metrics: dict) -> None:
         value = metrics[self.metric]
         if value < self.best:
@@ -104,52 +109,69 @@ class EarlyStopping(Callback):
 
 
 class ProgressBar(Callback):
-    """A one-line progress bar on rank 0, only when stdout is a terminal (no noise in log files)."""
+    """A tqdm bar per stage on rank 0, only when stdout is a terminal (no noise in log files).
+
+    Log lines are routed through the bar while it runs, so they never glue onto it.
+    """
 
     def __init__(self, stream: Any = None):
         self.stream = stream or sys.stdout
-        self.enabled = self.stream.isatty()
-        self.t0 = 0.0
-        self.loss = float("nan")
+        self.bar, self._redirect = None, None
+
+    def _enabled(self, trainer: "Trainer") -> bool:
+        return trainer.env.is_main and self.stream.isatty()
+
+    def on_run_start(self, trainer: "Trainer") -> None:
+        if self._enabled(trainer):
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
 
     def on_fit_start(self, trainer: "Trainer") -> None:
-        self.enabled = self.enabled and trainer.env.is_main
-        self.t0, self.start = time.perf_counter(), trainer.step
+        if self._enabled(trainer):
+            from tqdm import tqdm
 
-    def on_log(self, trainer: "Trainer", record: dict) -> None:
-        if record["kind"] == "train":
-            self.loss = record["loss"]
+            self.bar = tqdm(total=trainer.total_steps, desc=trainer.stage_name, file=self.stream, dynamic_ncols=True,
+                            unit="step")
 
     def on_step_end(self, trainer: "Trainer") -> None:
-        if not self.enabled:
-            return
-        done, total = trainer.step, trainer.total_steps
-        frac = done / max(total, 1)
-        rate = (done - self.start) / max(time.perf_counter() - self.t0, 1e-9)
-        eta = (total - done) / max(rate, 1e-9)
-        bar = "#" * int(30 * frac)
-        self.stream.write(f"\r[{bar:<30}] {done}/{total} epoch {trainer.epoch} loss {self.loss:.4g} "
-                          f"{rate:.1f} it/s eta {eta:.0f}s ")
-        self.stream.flush()
+        if self.bar is not None:
+            self.bar.n = trainer.step  # also right after a resume, which starts mid-stage
+            self.bar.set_postfix(epoch=trainer.epoch, loss=f"{trainer.last_loss:.4g}", refresh=False)
+            self.bar.update(0)
 
     def on_fit_end(self, trainer: "Trainer") -> None:
-        if self.enabled:
-            self.stream.write("\n")
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_run_end(self, trainer: "Trainer") -> None:
+        self.on_fit_end(trainer)
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
 
 
 class ModelCheckpoint(Callback):
-    """After each evaluation: save a step checkpoint, and ``best`` when validation nRMSE improves."""
+    """After each evaluation: save a step checkpoint, and ``best`` when validation nRMSE improves.
+
+    Both go into the stage's own folder, ``checkpoints/<stage>/``; each stage has its own best.
+    """
 
     def __init__(self, metric: str = "nrmse/mean"):
         self.metric, self.best = metric, float("inf")
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        self.best = float("inf")  # a new stage's best (a resumed stage loads its own afterwards)
 
     def on_eval_end(self, trainer: "Trainer", metrics: dict) -> None:
         improved = metrics[self.metric] < self.best
         if improved:
             self.best = metrics[self.metric]
-        name = f"step_{trainer.step:08d}"
+        name = f"step_{trainer.global_step:08d}"
         # After updating best, so the saved callback state has it. Every rank calls save (collective).
-        trainer.checkpointer.save(trainer.state_dict(), name, trainer.step)
+        trainer.checkpointer.save(trainer.state_dict(), name, trainer.global_step)
         if improved:
             trainer.checkpointer.copy(name, "best")
 

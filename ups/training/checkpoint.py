@@ -1,10 +1,10 @@
 """Checkpoints in the run directory, written with ``torch.distributed.checkpoint`` (DCP).
 
-Layout::
+Layout, one folder per stage (``stages.<name>``), step folders named by the global step::
 
-    <run_dir>/checkpoints/step_00000400/   DCP shards + .metadata, meta.json, COMPLETE
-    <run_dir>/checkpoints/best/            lowest validation nRMSE so far
-    <run_dir>/checkpoints/final/           end of training, plus model.pt (consolidated)
+    <run_dir>/checkpoints/<stage>/step_00000400/   DCP shards + .metadata, meta.json, COMPLETE
+    <run_dir>/checkpoints/<stage>/best/            the stage's lowest validation nRMSE so far
+    <run_dir>/checkpoints/<stage>/final/           the stage's end, plus model.pt (consolidated)
 
 Every rank writes its shards into a temporary folder; after a barrier rank 0 writes the
 ``COMPLETE`` marker and renames the folder into place, so a crash mid-save leaves nothing that
@@ -79,10 +79,10 @@ def _barrier() -> None:
 
 
 class Checkpointer:
-    """Saves and finds complete checkpoints. Every rank calls :meth:`save` and :meth:`load`."""
+    """Saves and finds complete checkpoints in one folder (a stage's). Every rank calls :meth:`save`."""
 
-    def __init__(self, run_dir: str | Path, keep_last_k: int = 2, is_main: bool = True):
-        self.root = Path(run_dir) / "checkpoints"
+    def __init__(self, root: str | Path, keep_last_k: int = 2, is_main: bool = True):
+        self.root = Path(root)
         self.keep_last_k, self.is_main = keep_last_k, is_main
 
     def save(self, state: dict, name: str, step: int, consolidate: bool = False) -> Path:
@@ -124,7 +124,7 @@ class Checkpointer:
         shutil.rmtree(old, ignore_errors=True)
 
     def _steps(self) -> list[Path]:
-        return sorted(p for p in self.root.glob("step_*") if (p / MARKER).exists())
+        return sorted((p for p in self.root.glob("step_*") if (p / MARKER).exists()), key=_step_of)
 
     def _prune(self) -> None:
         for p in self._steps()[: -self.keep_last_k]:
@@ -136,8 +136,7 @@ class Checkpointer:
         if not candidates:
             return None
         # Prefer "final" over a step folder of the same step: it marks the stage as finished.
-        return max(candidates, key=lambda p: json.loads((p / "meta.json").read_text())["step"]
-                   + (0.5 if p.name == "final" else 0.0))
+        return max(candidates, key=lambda p: _step_of(p) + (0.5 if p.name == "final" else 0.0))
 
     @staticmethod
     def load_into(path: str | Path, state: dict) -> dict:
@@ -154,6 +153,28 @@ class Checkpointer:
         """Top-level keys stored in a checkpoint (e.g. which ranks saved RNG state)."""
         meta = dcp.FileSystemReader(str(path)).read_metadata()
         return {k.split(".")[0] for k in meta.state_dict_metadata}
+
+
+def _step_of(path: Path) -> int:
+    return json.loads((path / "meta.json").read_text())["step"]
+
+
+def last_trained_stage(stages: Any) -> str:
+    """The name of the last stage that trains (``steps`` not 0): its weights are the run's model."""
+    return [name for name, stage in stages.items() if stage.get("steps") != 0][-1]
+
+
+def run_checkpoint(run_dir: str | Path, stages: Any, which: str = "final") -> Path:
+    """``checkpoints/<stage>/<which>`` of the run's last stage that trains: the run's model.
+
+    ``which`` is ``final``, ``best`` or a ``step_*`` folder name. Raises FileNotFoundError, naming
+    what exists, when that checkpoint is not complete.
+    """
+    path = Path(run_dir) / "checkpoints" / last_trained_stage(stages) / which
+    if not (path / MARKER).exists():
+        done = sorted(str(p.parent.relative_to(run_dir)) for p in Path(run_dir).glob(f"checkpoints/*/*/{MARKER}"))
+        raise FileNotFoundError(f"no complete checkpoint {path}; complete ones: {', '.join(done) or 'none'}")
+    return path
 
 
 def load_consolidated(path: str | Path) -> dict:
@@ -182,3 +203,18 @@ if __name__ == "__main__":  # python -m ups.training.checkpoint <checkpoint dir>
     if len(sys.argv) != 3:
         sys.exit("usage: python -m ups.training.checkpoint <checkpoints/NAME> <out.pt>")
     print(export_model(sys.argv[1], sys.argv[2]))
+
+
+def load_eval_weights(path: str | Path) -> tuple[dict, str]:
+    """The weights a run evaluates with from a checkpoint folder, and a description of their source.
+
+    ``model.pt`` (written into ``final``) is the quick path; a run that averaged its weights (EMA)
+    evaluated with the average, which only the full checkpoint holds, so that is consolidated here.
+    """
+    path = Path(path)
+    state = load_consolidated(path)
+    shadow = next((v["shadow"] for v in state.get("callbacks", {}).values() if isinstance(v, dict) and v.get("shadow")),
+                  None)
+    if shadow:
+        return {**state["model"], **shadow}, f"{path} (EMA weights, as evaluated)"
+    return state["model"], str(path)

@@ -1,15 +1,18 @@
 """Metric sinks: ``metrics.jsonl`` in the run directory, and W&B. Each writes on rank 0 only.
 
 metrics.jsonl schema (one JSON object per line; docs/configuration.md):
-  every record: ``step`` (optimizer steps done), ``kind`` ("train" | "eval"), ``stage``, ``time``
+  every record: ``step`` (optimizer steps done over all stages), ``stage_step`` (within the stage),
+                ``kind`` ("train" | "eval"), ``stage``, ``time``
   train:  ``loss``, ``loss/<task>``, ``samples_per_s``, ``lr``, ``epoch``, ``grad_norm``,
-          ``batch_size``, ``accum_steps``, ``world_size``, ``global_batch``
-  eval:   ``nrmse/<task>`` for each task, ``nrmse/mean``, ``split``
+          ``batch_size``, ``accum_steps``, ``world_size``, ``global_batch``, ``skipped_steps``
+  eval:   ``split`` ("val" | "test"), ``nrmse/<task>`` for each task, ``nrmse/mean``; the closing
+          test record also holds every metric of ``ups.evaluation`` (``<metric>/<task>``)
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from pathlib import Path
@@ -28,47 +31,59 @@ log = logging.getLogger(__name__)
 class JsonlLogger(Callback):
     """Appends every record to ``<run_dir>/metrics.jsonl``; a resumed run continues the same file."""
 
-    def __init__(self, run_dir: str | Path, is_main: bool):
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.is_main = is_main
+    def __init__(self, filename: str = "metrics.jsonl"):
+        self.filename, self.path = filename, None
+
+    def on_run_start(self, trainer: "Trainer") -> None:
+        self.path = Path(trainer.run_dir) / self.filename if trainer.env.is_main else None
 
     def on_log(self, trainer: "Trainer", record: dict) -> None:
-        if not self.is_main:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+
+
+def wandb_keys(record: dict) -> dict[str, float]:
+    """A record's numbers under ``train/``, ``val/`` or ``test/``, so the splits never share a key."""
+    prefix = "train" if record["kind"] == "train" else record.get("split", "val")
+    skip = {"step", "kind", "split", "stage", "time"}
+    return {f"{prefix}/{k}": v for k, v in record.items()
+            if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and not (isinstance(v, float) and math.isnan(v))}
 
 
 class WandbLogger(Callback):
-    """One W&B run per job, from rank 0, in the run directory.
+    """One W&B run per job, from rank 0, in the run directory, open from the first stage to the test record.
 
-    The mode is passed only when the config sets it, so ``WANDB_MODE=offline`` works without an
-    account. The run id is stored in the run directory so a restart continues the same W&B run.
+    The mode is passed only when set, so ``WANDB_MODE=offline`` works without an account. The run id
+    is stored in the run directory so a restart continues the same W&B run. ``group`` and ``name``
+    default to the sweep and the job's overrides in a multirun (``conf/logger/wandb.yaml``).
     """
 
-    def __init__(self, cfg: Any, run_dir: str | Path, is_main: bool):
-        self.cfg, self.run_dir, self.is_main, self.run = cfg, Path(run_dir), is_main, None
+    def __init__(self, project: str = "ups", entity: str | None = None, mode: str | None = None,
+                 tags: list[str] | tuple[str, ...] = (), group: str | None = None, name: str | None = None):
+        self.settings = dict(project=project, entity=entity, tags=list(tags), group=group, name=name)
+        self.mode, self.run = mode, None
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
-        if not self.is_main or self.run is not None:
+    def on_run_start(self, trainer: "Trainer") -> None:
+        if not trainer.env.is_main or self.run is not None:
             return
         import wandb
 
-        id_file = self.run_dir / "wandb_id.txt"
+        id_file = Path(trainer.run_dir) / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
-        kwargs = dict(project=self.cfg.logger.project, entity=self.cfg.logger.entity, dir=str(self.run_dir),
-                      id=run_id, resume="allow", tags=list(self.cfg.logger.tags),
-                      config=OmegaConf.to_container(self.cfg, resolve=True))  # wandb rejects DictConfig
-        if self.cfg.logger.mode:
-            kwargs["mode"] = self.cfg.logger.mode
+        kwargs = dict(self.settings, dir=str(trainer.run_dir), id=run_id, resume="allow",
+                      config=OmegaConf.to_container(trainer.cfg, resolve=True))  # wandb rejects DictConfig
+        if self.mode:
+            kwargs["mode"] = self.mode
         self.run = wandb.init(**kwargs)
 
     def on_log(self, trainer: "Trainer", record: dict) -> None:
         if self.run is not None:
-            self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
+            self.run.log({**wandb_keys(record), "stage": record.get("stage")}, step=record["step"])
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_run_end(self, trainer: "Trainer") -> None:
         if self.run is not None:
             self.run.finish()
             self.run = None

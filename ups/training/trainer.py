@@ -1,8 +1,9 @@
-"""The training loop, shared by every stage and every parallel layout.
+"""The training loop, shared by every stage, objective, model family and parallel layout.
 
 One optimizer step = ``accum_steps`` micro-batches on every rank. Decisions that change control
 flow (skip a step, stop) are agreed across ranks with :func:`any_rank` before anyone acts on them,
-so no rank ever waits in a collective the others skipped.
+so no rank ever waits in a collective the others skipped. What a step optimises is the stage's
+objective (``ups/objectives/``); which modules a stage may freeze, the model's spec says.
 """
 from __future__ import annotations
 
@@ -10,13 +11,11 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
-                                                     set_state_dict)
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from torch.utils.data import DataLoader
 
 from ups.config import ConfigError
@@ -27,12 +26,13 @@ from ups.distributed.collectives import all_reduce_sum, any_rank, main_first
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import grad_sync
 from ups.evaluation.evaluate import evaluate
+from ups.models.spec import spec_of
+from ups.objectives import Objective, build_objective
 from ups.training.callbacks import Callback
-from ups.training.checkpoint import Checkpointer, pack, rank_key, rng_state, set_rng_state, unpack
+from ups.training import resume
+from ups.training.checkpoint import Checkpointer
 from ups.training.faults import FaultInjector
-from ups.training.objective import predict_next
 from ups.training.optim import build_optimizer, build_scheduler, set_requires_grad
-from ups.training.stages import module_groups
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,17 @@ class StopTraining(RuntimeError):
 
 
 class Trainer:
-    """Runs stages on a (possibly wrapped) model, with callbacks, checkpoints and resume."""
+    """Runs a pipeline of stages on a (possibly wrapped) model, with callbacks, checkpoints and resume.
+
+    Each stage checkpoints into ``<run_dir>/checkpoints/<stage>/`` and counts its own steps; records
+    carry one global step that increases across stages (``step``) besides the stage's (``stage_step``).
+    """
 
     def __init__(self, cfg: Any, model: nn.Module, raw_model: nn.Module, tasks: Sequence[TaskData], env: DistEnv,
-                 device: torch.device, callbacks: Sequence[Callback], checkpointer: Checkpointer):
+                 device: torch.device, callbacks: Mapping[str, Callback], run_dir: str | Path):
         self.cfg, self.model, self.raw_model, self.env, self.device = cfg, model, raw_model, env, device
-        self.tasks, self.callbacks, self.checkpointer = list(tasks), list(callbacks), checkpointer
-        self._steady = {t.name: t.family.steady for t in tasks}
+        self.tasks, self.callbacks, self.run_dir = list(tasks), dict(callbacks), Path(run_dir)
+        self.spec = spec_of(raw_model)
         pre = cfg.data.preload_max_gb
         self.raw_train_set = MultiTaskDataset([WindowDataset(t, "train", pre) for t in tasks])
         self.train_set: MultiTaskDataset = self.raw_train_set
@@ -56,10 +60,22 @@ class Trainer:
                           for split in ("val", "test")}
         self.faults = FaultInjector(cfg.faults, env)
         self.step = self.epoch = self.batches_done = self.total_steps = self.skipped_steps = 0
+        self.offset = 0  # global step at the start of the current stage
         self.stage_name = ""
-        self.finished_stages: list[str] = []
+        self.objective: Objective | None = None
+        self.checkpointer: Checkpointer | None = None
         self.epoch_losses: list[float] = []
+        self.last_loss = float("nan")  # the latest step's loss, for the progress display
+        self.last_val: dict = {}
+        self.train_seconds = 0.0  # training wall-clock so far, across resumes (trainer.time_budget_s)
         self._stop_reason: str | None = None
+        self._stopped: str | None = None
+        self._t0: float | None = None  # when this process started training the current stage
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps done over all stages so far."""
+        return self.offset + self.step
 
     # -- helpers ---------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -71,8 +87,11 @@ class Trainer:
         self._stop_reason = reason
 
     def log_record(self, record: dict) -> None:
-        for cb in self.callbacks:
+        for cb in self.callbacks.values():
             cb.on_log(self, record)
+
+    def _record(self, kind: str, **fields: Any) -> dict:
+        return {"step": self.global_step, "stage_step": self.step, "kind": kind, "stage": self.stage_name, **fields}
 
     def _micro_batches_per_epoch(self) -> int:
         t = self.cfg.trainer
@@ -80,100 +99,81 @@ class Trainer:
         steps = t.steps_per_epoch or max(1, sum(self.train_set.sizes()) // (per_step * t.accum_steps))
         return steps * t.accum_steps  # whole optimizer steps, so accumulation never straddles epochs
 
+    # -- the pipeline --------------------------------------------------------------------------
+    def run_stages(self, stages: Mapping[str, Any]) -> dict:
+        """Run the stages in order; each resumes where it stopped or is skipped when finished.
+
+        A stage starts from ``init_from`` if set, else from the previous stage's final weights.
+        Returns the last stage's final validation record.
+        """
+        prev, metrics = None, {}
+        for name, stage in stages.items():
+            if stage.steps == 0:
+                log.info("stage %s: steps=0, skipped", name)
+                continue
+            metrics = self.fit(name, stage, prev)
+            prev = self.checkpointer.root / "final"
+        return metrics
+
+    def start_run(self) -> None:
+        for cb in self.callbacks.values():
+            cb.on_run_start(self)
+
+    def end_run(self) -> None:
+        for cb in self.callbacks.values():
+            cb.on_run_end(self)
+
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self, stage_done: bool = False) -> dict:
-        """Everything needed to continue exactly: DCP-shardable tensors plus packed bookkeeping."""
-        model_sd, optim_sd = get_state_dict(self.raw_model, self.optimizer)
-        trainer = {"step": self.step, "epoch": self.epoch, "stage": self.stage_name, "stage_done": stage_done,
-                   "finished_stages": self.finished_stages + ([self.stage_name] if stage_done else []),
-                   "sampler": self.sampler.state_dict(batches_done=self.batches_done),  # consumed, not prefetched
-                   "scheduler": self.scheduler.state_dict(), "world_size": self.env.world_size,
-                   "skipped_steps": self.skipped_steps, "epoch_losses": self.epoch_losses,
-                   "config": OmegaConf.to_container(self.cfg, resolve=True)}
-        return {"model": model_sd, "optim": optim_sd, "trainer": pack(trainer),
-                "callbacks": {self._cb_key(i, cb): cb.state_dict() for i, cb in enumerate(self.callbacks)},
-                rank_key(self.env.rank): pack(rng_state())}
-
-    @staticmethod
-    def _cb_key(index: int, cb: Callback) -> str:
-        return f"{index}_{type(cb).__name__}"
+        """Everything needed to continue exactly (``ups/training/resume.py``)."""
+        return resume.trainer_state(self, stage_done)
 
     def _resume(self) -> bool:
-        """Load the newest complete checkpoint; True if this stage had already finished.
+        return resume.resume_stage(self)
 
-        The weights always come back. Optimizer, scheduler, sampler position, callbacks and RNG
-        come back only for the same stage: a new stage starts its own.
-        """
-        path = self.checkpointer.latest() if self.cfg.trainer.resume else None
-        if path is None:
-            return False
-        saved = unpack(Checkpointer.load_into(path, {"trainer": b""})["trainer"])
-        same = saved["stage"] == self.stage_name
-        template = self.state_dict()
-        if not same:
-            template = {"model": template["model"]}
-        own_rng = rank_key(self.env.rank)
-        if same and own_rng not in Checkpointer.saved_keys(path):
-            log.warning("checkpoint was saved by %d ranks and holds no RNG state for rank %d: continuing with "
-                        "this rank's current RNG (the resumed run is not bit-identical)", saved["world_size"],
-                        self.env.rank)
-            template.pop(own_rng)
-        state = Checkpointer.load_into(path, template)
-        self.finished_stages = list(saved["finished_stages"])
-        if not same:
-            set_model_state_dict(self.raw_model, state["model"])
-            log.info("stage %s starts from the weights of %s (stage %s)", self.stage_name, path, saved["stage"])
-            return self.stage_name in self.finished_stages
-        set_state_dict(self.raw_model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        try:
-            self.sampler.load_state_dict(saved["sampler"])
-        except ValueError as err:  # a layout that cannot continue this data order: the user's choice to make
-            raise ConfigError(f"cannot resume from {path}: {err}") from None
-        self.step, self.epoch = saved["step"], saved["epoch"]
-        self.batches_done, self.skipped_steps = saved["sampler"]["batches_done"], saved["skipped_steps"]
-        self.epoch_losses = list(saved["epoch_losses"])
-        if own_rng in state and self.cfg.faults.restore_rng:
-            set_rng_state(unpack(state[own_rng]))
-        for i, cb in enumerate(self.callbacks):
-            cb.load_state_dict(state["callbacks"][self._cb_key(i, cb)])
-        log.info("resumed stage %s from %s at step %d", self.stage_name, path, self.step)
-        return bool(saved["stage_done"])
-
-    def _load_weights(self, path: str) -> None:
-        """Start from another run's model weights (e.g. a trained encoder), not its training state."""
+    def _load_weights(self, path: str | Path) -> None:
+        """Start from a checkpoint's model weights (a previous stage or another run), not its training state."""
         state = Checkpointer.load_into(path, {"model": get_model_state_dict(self.raw_model)})
         set_model_state_dict(self.raw_model, state["model"])
         log.info("stage %s starts from the weights in %s", self.stage_name, path)
 
     def _train_set_for(self, stage: Any) -> MultiTaskDataset:
         """Windows from the data, or, with a frozen encoder, its latents from the cache (built once)."""
-        if "encoder" not in stage.freeze or not stage.latent_cache:
+        if "encoder" not in stage.freeze or not stage.latent_cache or self.spec.latent is None:
             return self.raw_train_set
         if self.cfg.parallelism.strategy == "fsdp2":
             # The sharded encoder needs every rank in each forward; rank 0 alone cannot build the cache.
-            log.info("stage %s: encoder sharded by FSDP2, encoding on the fly instead of caching", stage.name)
+            log.info("stage %s: encoder sharded by FSDP2, encoding on the fly instead of caching", self.stage_name)
             return self.raw_train_set
         from ups.data import latent_cache
 
-        root = Path(self.cfg.data.latent_cache_dir or Path(self.cfg.paths.output_dir) / "latent_cache")
+        root = Path(self.cfg.data.latent_cache_dir or self.run_dir / "latent_cache")
         with main_first(self.env.is_main):  # rank 0 builds what is missing, then everyone opens it
             cached = [latent_cache.load_or_build(self.raw_model, w, root, self.device, build=self.env.is_main)
                       for w in self.raw_train_set.datasets]
         return latent_cache.MultiTaskLatentDataset(cached)
 
-    # -- the loop ----------------------------------------------------------------------------
-    def fit(self, stage: Any) -> dict:
-        """Train one stage to its step budget (or an agreed stop); return its last validation metrics."""
-        t = self.cfg.trainer
-        self.stage_name, self.total_steps = stage.name, stage.steps or t.max_steps
-        # Each stage counts its own steps and epochs (records carry the stage name).
-        self.step = self.epoch = self.batches_done = self.skipped_steps = 0
-        self.epoch_losses = []
-        groups = module_groups(self.raw_model)
+    def _freeze(self, stage: Any) -> None:
+        groups = self.spec.groups(self.raw_model)
+        unknown = set(stage.freeze) - set(groups)
+        if unknown:
+            raise ConfigError(f"stages.{self.stage_name}.freeze has {sorted(unknown)}; model family "
+                              f"{self.spec.name!r} has the groups {', '.join(groups)}")
         set_requires_grad([self.raw_model], True)
         set_requires_grad([groups[g] for g in stage.freeze], False)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self, name: str, stage: Any, prev: str | Path | None = None) -> dict:
+        """Train one stage to its step budget (or an agreed stop); return its last validation record."""
+        t = self.cfg.trainer
+        self.offset, self.stage_name = self.global_step, name
+        self.total_steps = t.max_steps if stage.steps is None else stage.steps
+        self.objective = build_objective(stage.objective, f"stages.{name}")
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints" / name, t.keep_last_k, self.env.is_main)
+        self.step = self.epoch = self.batches_done = self.skipped_steps = 0
+        self.epoch_losses, self.last_val, self._stopped, self._stop_reason = [], {}, None, None
+        self.train_seconds, self._t0 = self._train_seconds(), None
+        self._freeze(stage)
         self.optimizer = build_optimizer(self.raw_model, self.cfg.optim, stage.lr, self.device)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, self.total_steps)
         s = self.cfg.data.sampler
@@ -181,38 +181,46 @@ class Trainer:
             self.train_set.sizes(), t.batch_size, num_replicas=self.env.world_size, rank=self.env.rank,
             strategy=s.strategy, temperature=s.temperature, mode=s.mode, seed=t.seed,
             steps_per_epoch=self._micro_batches_per_epoch())
-        for cb in self.callbacks:
+        for cb in self.callbacks.values():
             cb.on_fit_start(self)  # before resume, so callback state exists to be loaded into
         if self._resume():
-            log.info("stage %s already finished; skipping", stage.name)
-            return self.evaluate("val")
-        if stage.init_from and self.step == 0:
-            self._load_weights(stage.init_from)
+            log.info("stage %s already finished; skipping", name)
+            return self.last_val
+        if self.step == 0 and (stage.init_from or prev):
+            self._load_weights(stage.init_from or prev)
         self.train_set = self._train_set_for(stage)  # after the weights are final: the cache key hashes them
-        metrics: dict = {}
+        self._t0 = time.perf_counter()
         while self.step < self.total_steps and not self._agree_stop():
-            metrics = self._run_epoch() or metrics
-        if not metrics or metrics.get("step") != self.step:
-            metrics = self._eval_and_log()
-        self.checkpointer.save(self.state_dict(stage_done=True), "final", self.step, consolidate=True)
-        self.finished_stages.append(self.stage_name)
-        for cb in self.callbacks:
+            self._run_epoch()
+        if self.last_val.get("step") != self.global_step:
+            self._eval_and_log()
+        self.checkpointer.save(self.state_dict(stage_done=True), "final", self.global_step, consolidate=True)
+        for cb in self.callbacks.values():
             cb.on_fit_end(self)
-        return metrics
+        self.train_set = self.raw_train_set
+        self.train_seconds, self._t0 = self._train_seconds(), None
+        return self.last_val
+
+    def _train_seconds(self) -> float:
+        return self.train_seconds + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
 
     def _agree_stop(self) -> bool:
+        budget = self.cfg.trainer.time_budget_s
+        if budget is not None and self._stop_reason is None and self._train_seconds() >= budget:
+            self._stop_reason = f"time budget of {budget:g} s reached"
         stop = any_rank(self._stop_reason is not None, device=self.device)
-        if stop and self._stop_reason:
-            log.info(self._stop_reason)
+        if stop:
+            self._stopped = self._stop_reason or "stopped on another rank"
+            log.info("stage %s stops at step %d: %s", self.stage_name, self.step, self._stopped)
         return stop
 
-    def _run_epoch(self) -> dict:
+    def _run_epoch(self) -> None:
         t = self.cfg.trainer
         if self.batches_done == 0:
             self.sampler.set_epoch(self.epoch)
         loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=self.train_set.collate,
                             num_workers=self.cfg.data.num_workers)
-        batches, metrics = iter(loader), {}
+        batches = iter(loader)
         window = {"loss": 0.0, "samples": 0, "steps": 0, "t0": time.perf_counter(), "tasks": {}}
         epoch_sum = epoch_n = 0.0
         while self.step < self.total_steps:
@@ -224,8 +232,8 @@ class Trainer:
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
                     self._log_train(window)
                 if t.eval_every and self.step % t.eval_every == 0:
-                    metrics = self._eval_and_log()
-                self.faults.after_step(self.step)
+                    self._eval_and_log()
+                self.faults.after_step(self.global_step)
             if self._agree_stop():
                 break
         if epoch_n:
@@ -233,8 +241,7 @@ class Trainer:
         if self.batches_done >= self._micro_batches_per_epoch():
             self.epoch, self.batches_done = self.epoch + 1, 0
             if not t.eval_every:
-                metrics = self._eval_and_log()
-        return metrics
+                self._eval_and_log()
 
     def _optimizer_step(self, batches: Any, window: dict) -> float | None:
         """Accumulate ``accum_steps`` micro-batches and step; the step's mean loss, NaN if skipped, None at epoch end."""
@@ -250,10 +257,10 @@ class Trainer:
             with grad_sync(self.model, enabled=micro == t.accum_steps - 1):
                 oom = False
                 try:
-                    self.faults.before_forward(self.step + 1)
+                    self.faults.before_forward(self.global_step + 1)
                     with self.autocast():
                         loss, per_task, n = self._loss(batch)
-                    loss = self.faults.corrupt_loss(self.step + 1, loss)
+                    loss = self.faults.corrupt_loss(self.global_step + 1, loss)
                 except torch.OutOfMemoryError as err:
                     oom, loss = True, None
                     log.warning("rank %d: %s", self.env.rank, err)
@@ -279,13 +286,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         mean_loss = float(all_reduce_sum(step_loss[None])[0]) / self.env.world_size
+        self.last_loss = mean_loss
         window["loss"] += mean_loss
         window["samples"] += n_samples * self.env.world_size
         window["steps"] += 1
         window["grad_norm"] = float(grad_norm)
         for name, v in task_losses.items():
             window["tasks"].setdefault(name, []).append(v)
-        for cb in self.callbacks:
+        for cb in self.callbacks.values():
             cb.on_step_end(self)
         return mean_loss
 
@@ -293,20 +301,20 @@ class Trainer:
         """Every rank reaches this together: drop the step's gradients, or stop the run."""
         self.optimizer.zero_grad(set_to_none=True)
         if policy == "stop":
-            raise StopTraining(f"stopping at step {self.step + 1} on all ranks: {reason} (trainer policy 'stop')")
+            raise StopTraining(f"stopping at step {self.global_step + 1} on all ranks: {reason} "
+                               "(trainer policy 'stop')")
         self.skipped_steps += 1
-        log.warning("step %d skipped on all ranks: %s", self.step + 1, reason)
+        log.warning("step %d skipped on all ranks: %s", self.global_step + 1, reason)
         return float("nan")
 
     def _loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float], int]:
-        """Sample-weighted MSE over the micro-batch's per-task groups, in normalised units."""
+        """The objective's loss per task group, weighted by the group's share of the micro-batch."""
         total = torch.zeros((), device=self.device)
         n_all = sum(len(b["y"]) for b in batch)
         per_task = {}
         for b in batch:
             b = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
-            pred = predict_next(self.model, b, self.cfg.trainer.residual and not self._steady[b["task"]])
-            loss = torch.nn.functional.mse_loss(pred, b["y"])
+            loss = self.objective.loss(self.model, b)
             total = total + loss * (len(b["y"]) / n_all)
             per_task[b["task"]] = float(loss.detach())
         return total, per_task, n_all
@@ -316,31 +324,38 @@ class Trainer:
         if not window["steps"]:
             return
         elapsed = time.perf_counter() - window["t0"]
-        record = {"step": self.step, "kind": "train", "stage": self.stage_name, "epoch": self.epoch,
-                  "loss": window["loss"] / window["steps"], "samples_per_s": window["samples"] / max(elapsed, 1e-9),
-                  "lr": self.scheduler.get_last_lr()[0], "grad_norm": window.get("grad_norm", float("nan")),
-                  "batch_size": t.batch_size, "accum_steps": t.accum_steps, "world_size": self.env.world_size,
-                  "global_batch": t.batch_size * t.accum_steps * self.env.world_size,
-                  "skipped_steps": self.skipped_steps}
+        record = self._record(
+            "train", epoch=self.epoch, loss=window["loss"] / window["steps"],
+            samples_per_s=window["samples"] / max(elapsed, 1e-9), lr=self.scheduler.get_last_lr()[0],
+            grad_norm=window.get("grad_norm", float("nan")), batch_size=t.batch_size, accum_steps=t.accum_steps,
+            world_size=self.env.world_size, global_batch=t.batch_size * t.accum_steps * self.env.world_size,
+            skipped_steps=self.skipped_steps)
         record.update({f"loss/{k}": sum(v) / len(v) for k, v in window["tasks"].items()})
         self.log_record(record)
         window.update(loss=0.0, samples=0, steps=0, t0=time.perf_counter(), tasks={})
 
-    def evaluate(self, split: str) -> dict:
-        """Validation or test nRMSE per task, with the callbacks' evaluation weights (e.g. EMA)."""
+    @contextlib.contextmanager
+    def eval_weights(self) -> Iterator[None]:
+        """The weights to evaluate with, in place for the block (e.g. EMA's average)."""
         with contextlib.ExitStack() as stack:
-            for cb in self.callbacks:
+            for cb in self.callbacks.values():
                 stack.enter_context(cb.eval_weights(self))
-            return evaluate(self.raw_model, self.eval_sets[split], self.device, self.autocast,
-                            batch_size=self.cfg.trainer.batch_size, rank=self.env.rank,
-                            world_size=self.env.world_size, residual=self.cfg.trainer.residual)
+            yield
+
+    def evaluate(self, split: str) -> dict:
+        """Rollout nRMSE per task of the stage's objective's predictions, with the evaluation weights."""
+        with self.eval_weights():
+            objective, model = self.objective, self.raw_model
+            return evaluate(lambda b: objective.predict(model, b), model, self.eval_sets[split], self.device,
+                            self.autocast, batch_size=self.cfg.trainer.batch_size, rank=self.env.rank,
+                            world_size=self.env.world_size)
 
     def _eval_and_log(self) -> dict:
         metrics = self.evaluate("val")
-        record = {"step": self.step, "kind": "eval", "stage": self.stage_name, "split": "val", **metrics}
-        self.log_record(record)
-        log.info("step %d val nRMSE %s", self.step,
+        self.last_val = self._record("eval", split="val", **metrics)
+        self.log_record(self.last_val)
+        log.info("step %d (%s step %d) val nRMSE %s", self.global_step, self.stage_name, self.step,
                  "  ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in metrics.items()))
-        for cb in self.callbacks:
+        for cb in self.callbacks.values():
             cb.on_eval_end(self, metrics)
-        return record
+        return self.last_val
