@@ -93,6 +93,30 @@ def test_crash_and_restart_resumes_bit_identically(layout: str, data_dir: Path, 
         assert losses(control)[12] != losses(straight)[12]
 
 
+def test_two_stage_pipeline_crashed_in_stage_two_resumes_there_under_ddp(data_dir: Path, tmp_path: Path) -> None:
+    # operator (6 steps) then finetune with a frozen encoder read from the latent cache (6 steps), 4 steps
+    # an epoch; rank 1 dies after global step 11 = finetune step 5, after finetune's step-4 checkpoint.
+    common = ["parallelism=ddp2", "stage=pretrain_finetune", "trainer.max_steps=6", "stages.finetune.steps=6",
+              "trainer.batch_size=4"]
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    ok(launch(straight, data_dir, *common))
+    proc = ok(launch(crashed, data_dir, *common, "faults.crash_rank=1", "faults.crash_step=11",
+                     "parallelism.max_restarts=1"))
+    assert "resumed stage finetune from" in proc.stdout + proc.stderr and "at step 4 (global step 10)" in proc.stdout + proc.stderr
+    a, b = (load_consolidated(d / "checkpoints" / "finetune" / "final")["model"] for d in (straight, crashed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(straight) == losses(crashed) and sorted(losses(crashed)) == list(range(1, 13))
+
+
+@pytest.mark.parametrize("layout", ["ddp2", "fsdp2_2"])
+def test_fno_on_two_ranks_matches_one_process(layout: str, data_dir: Path, tmp_path: Path) -> None:
+    common = ["model=fno", "trainer.max_steps=4"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    ok(launch(one, data_dir, *common, "trainer.batch_size=8"))
+    ok(launch(two, data_dir, *common, f"parallelism={layout}", "trainer.batch_size=4"))
+    assert losses(two) == pytest.approx(losses(one), rel=1e-4, abs=1e-6)
+
+
 def test_oom_on_one_rank_skips_the_step_on_both(data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = ok(launch(run_dir, data_dir, "parallelism=ddp2", "trainer.max_steps=6", "trainer.batch_size=4",

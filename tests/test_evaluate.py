@@ -50,6 +50,7 @@ def test_every_metric_for_every_task_and_the_trivial_predictors(tiny_cfg) -> Non
         assert len(model["nrmse_t/advection1d"]) == 31 and len(model["nrmse_t/darcy2d"]) == 1
         assert "nrmse/advection1d" in results["persistence"] and "nrmse/darcy2d" not in results["persistence"]
         assert model["one_step/nrmse/darcy2d"] == model["nrmse/darcy2d"]  # steady: one step is the rollout
+        assert (run_dir / "eval" / f"{name}_nrmse_vs_step.png").stat().st_size > 5_000
         table = (run_dir / "eval" / f"{name}.md").read_text()
         assert "| advection1d |" in table and "persistence" in table and "training-mean field" in table
 

@@ -130,3 +130,22 @@ def test_one_wandb_run_across_stages_with_split_prefixes(tiny_cfg, monkeypatch) 
     assert not any(k.startswith("nrmse/") for k in keys)
     assert "test/nrmse/darcy2d" in logs[-1][2]  # the closing test record arrives before finish
     assert calls[0][1]["group"] is None and calls[0][1]["name"] is None  # single run: no sweep group
+
+
+def test_multirun_jobs_get_a_wandb_group_and_name() -> None:
+    from hydra import compose, initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    with initialize_config_module(config_module="ups.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["logger=wandb", "trainer.batch_size=8"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.mode, cfg.hydra.job.num = RunMode.MULTIRUN, 3
+        cfg.hydra.sweep.dir, cfg.hydra.job.override_dirname = "multirun/sweep", "trainer.batch_size=8"
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert cfg.logger.wandb.group == "multirun/sweep"
+        assert cfg.logger.wandb.name == "3:trainer.batch_size=8"
+    finally:
+        HydraConfig.instance().cfg = None

@@ -79,7 +79,7 @@ def summary_table(tasks: list[TaskData], val: dict, results: dict, epoch_losses:
 
     def cell(d: dict, key: str) -> str:
         v = d.get(key)
-        return f"{v:>11.4g}" if isinstance(v, float) else f"{'–':>11}"
+        return f"{v:>11.4g}" if isinstance(v, float) and v == v else f"{'–':>11}"  # NaN: not defined
 
     for name, dim, ch in [(t.name, t.family.dim, t.channels) for t in tasks] + [("mean", "", "")]:
         key = f"nrmse/{name}"

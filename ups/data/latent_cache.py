@@ -77,8 +77,8 @@ def latent_key(model: nn.Module, task: TaskData, split: str, extra: dict | None 
 
     (a) the encoder weights this task uses (`encoder_state`) and the encoder's source code, (b) the
     data identity (`ups.data.stats.stats_key`: file names, sizes, mtimes, strides, sample ids, plus
-    their order and the grid), (c) the settings that change latents (initial_step, n_latents,
-    hidden, Fourier features, normalisation statistics, storage dtype) and ``extra``.
+    their order and the grid), (c) the settings that change latents (initial_step, the latent
+    shape, Fourier features, normalisation statistics, storage dtype) and ``extra``.
     """
     m, latent = _latent(model)
     ids = [list(i) for i in task.splits[split]]

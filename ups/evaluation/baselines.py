@@ -3,7 +3,9 @@
 - **persistence**: the last context frame, repeated. Not defined for a steady task (the input is
   a coefficient, not the solution), so it is left out there.
 - **training-mean field**: for each frame index, the mean over the training trajectories of that
-  frame, per point and channel; for Darcy, the mean solution.
+  frame, per point and channel; for Darcy, the mean solution. At most the first 1024 training
+  trajectories are averaged: the mean has converged long before that, and a full PDEBench split
+  would cost a pass over all its files at the end of every run.
 Both are predictors in the sense of ``ups.evaluation.evaluate`` and work in normalised units.
 """
 from __future__ import annotations
@@ -26,10 +28,10 @@ def persistence(batch: dict) -> torch.Tensor | None:
 class MeanField:
     """Per-frame mean of the training trajectories of each task, computed once."""
 
-    def __init__(self, tasks: Sequence[TaskData], preload_max_gb: float = 2.0):
+    def __init__(self, tasks: Sequence[TaskData], preload_max_gb: float = 2.0, max_samples: int = 1024):
         self.means = {}
         for task in tasks:
-            ds = TrajectoryDataset(task, "train", preload_max_gb=preload_max_gb)
+            ds = TrajectoryDataset(task, "train", max_samples, preload_max_gb=preload_max_gb)
             total = sum(ds[j]["traj"].double() for j in range(len(ds)))
             self.means[task.name] = (total / len(ds)).float()  # (T, P, C)
 

@@ -22,19 +22,10 @@ from ups.data.readers import DataFileError
 from ups.evaluation.evaluate import rollout
 from ups.evaluation.loading import load_run
 from ups.evaluation.metrics import nrmse
+from ups.evaluation.plots import figure
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
-
-
-def _figure(**kw):
-    """A matplotlib Figure on the non-interactive Agg canvas (no pyplot, no global state)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError('the run report needs matplotlib: pip install "ups[plot]"') from err
-    return FigureCanvasAgg(Figure(**kw)).figure
 
 
 def read_records(run_dir: str | Path) -> list[dict]:
@@ -84,7 +75,7 @@ def _series(by_step: dict[int, dict], key: str) -> tuple[list, list]:
 
 def plot_curves(records: list[dict], path: Path) -> Path:
     """Training loss (total and per task) and validation nRMSE per task against the step."""
-    fig = _figure(figsize=(13, 5.2), layout="constrained")  # first: it raises the install hint
+    fig = figure(figsize=(13, 5.2), layout="constrained")  # first: it raises the install hint
     from matplotlib import colormaps  # tab20 when the 10-colour cycle would repeat a colour
 
     tl = timeline(records)
@@ -202,7 +193,7 @@ def plot_rollouts(run_dir: Path, path: Path, samples: int = 1, split: str = "val
             log.info("%s: %s trajectory %d: nRMSE %.6g", task.name, split, j, scores[j])
             rows.append((task, j, scores[j], truth[j].cpu().numpy(), pred[j].cpu().numpy()))
     heights = [3.4 if t.family.dim == 1 else 4.0 if t.family.steady else 8.4 for t, *_ in rows]
-    fig = _figure(figsize=(11, sum(heights)), layout="constrained")
+    fig = figure(figsize=(11, sum(heights)), layout="constrained")
     subfigs = np.atleast_1d(fig.subfigures(len(rows), 1, height_ratios=heights))
     for sf, (task, j, score, truth, pred) in zip(subfigs, rows):
         k, chan, n = task.initial_step, task.family.channels[0], truth.shape[0]
@@ -226,7 +217,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, samples: in
     """
     if split not in SPLITS or samples < 1:
         raise ValueError(f"split must be one of {', '.join(SPLITS)} and samples >= 1; got {split!r}, {samples}")
-    _figure()  # fail early, with the install hint, when matplotlib is absent
+    figure()  # fail early, with the install hint, when matplotlib is absent
     run_dir, out = Path(run_dir), Path(out) if out is not None else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     written = []

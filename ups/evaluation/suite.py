@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import platform
 from contextlib import AbstractContextManager
@@ -19,6 +20,9 @@ from ups.data.tasks import TaskData
 from ups.evaluation.baselines import MeanField, persistence
 from ups.evaluation.evaluate import Predictor, evaluate
 from ups.evaluation.pdebench_metrics import METRICS
+from ups.evaluation.plots import plot_error_vs_step
+
+log = logging.getLogger(__name__)
 
 PREDICTORS = ("model", "persistence", "mean_field")
 
@@ -69,13 +73,18 @@ def markdown(results: dict[str, dict], tasks: Sequence[TaskData], meta: dict) ->
 
 def write_results(out_dir: str | Path, stem: str, results: dict[str, dict], tasks: Sequence[TaskData],
                   meta: dict) -> list[Path]:
-    """``<stem>.json`` (every number) and ``<stem>.md`` (the tables) in ``out_dir``; returns their paths."""
+    """``<stem>.json`` (every number), ``<stem>.md`` (the tables) and, with matplotlib,
+    ``<stem>_nrmse_vs_step.png`` in ``out_dir``; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "written": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node()}
     paths = [out / f"{stem}.json", out / f"{stem}.md"]
     paths[0].write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))
     paths[1].write_text(markdown(results, tasks, meta))
+    try:
+        paths.append(plot_error_vs_step(results, tasks, out / f"{stem}_nrmse_vs_step.png"))
+    except ImportError as err:  # matplotlib is optional: the numbers are in the JSON anyway
+        log.info("%s_nrmse_vs_step.png not drawn: %s", stem, err)
     return paths
 
 
