@@ -17,11 +17,16 @@ def figure(**kw):
     return FigureCanvasAgg(Figure(**kw)).figure
 
 
-def plot_error_vs_step(results: dict[str, dict], tasks: Sequence[TaskData], path: Path) -> Path:
-    """nRMSE against the rollout step per time-dependent task: the model, and the trivial predictors dashed."""
+def plot_error_vs_step(results: dict[str, dict], tasks: Sequence[TaskData], path: Path) -> Path | None:
+    """nRMSE against the rollout step per time-dependent task: the model, and the trivial predictors dashed.
+
+    None (nothing drawn) when no task has more than one predicted step (steady tasks only).
+    """
     shown = [t for t in tasks if len(results["model"].get(f"nrmse_t/{t.name}") or []) > 1]
-    cols = min(4, max(1, len(shown)))
-    rows = -(-max(1, len(shown)) // cols)
+    if not shown:
+        return None
+    cols = min(4, len(shown))
+    rows = -(-len(shown) // cols)
     fig = figure(figsize=(3.6 * cols, 2.9 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     styles = {"model": ("C0", "-"), "persistence": ("C3", "--"), "mean_field": ("0.4", ":")}
@@ -34,7 +39,6 @@ def plot_error_vs_step(results: dict[str, dict], tasks: Sequence[TaskData], path
         ax.grid(True, alpha=0.3)
     for ax in axes[len(shown):]:
         ax.set_visible(False)
-    if shown:
-        axes[0].legend(fontsize="small")
+    axes[0].legend(fontsize="small")
     fig.savefig(path, dpi=100)
     return path

@@ -82,7 +82,9 @@ def write_results(out_dir: str | Path, stem: str, results: dict[str, dict], task
     paths[0].write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))
     paths[1].write_text(markdown(results, tasks, meta))
     try:
-        paths.append(plot_error_vs_step(results, tasks, out / f"{stem}_nrmse_vs_step.png"))
+        plot = plot_error_vs_step(results, tasks, out / f"{stem}_nrmse_vs_step.png")  # None: steady tasks only
+        if plot is not None:
+            paths.append(plot)
     except ImportError as err:  # matplotlib is optional: the numbers are in the JSON anyway
         log.info("%s_nrmse_vs_step.png not drawn: %s", stem, err)
     return paths
