@@ -131,3 +131,14 @@ def test_early_stopping_stops_when_validation_stalls(tiny_cfg) -> None:
     result = run(tiny_cfg("task=darcy2d", "optim.lr=0", "trainer.max_steps=20", "trainer.steps_per_epoch=2",
                           "callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=1"))
     assert result["step"] == 4
+
+
+@pytest.mark.parametrize("model", ["fno", "unet"])
+def test_baselines_train_end_to_end_through_the_same_trainer(tiny_cfg, model: str) -> None:
+    # A 1D time-dependent and a 2D steady task, one network each, same sampler, data and evaluation.
+    result = run(tiny_cfg(f"model={model}", "trainer.max_steps=60", "trainer.steps_per_epoch=15",
+                          "optim.warmup_steps=4", "optim.lr=3e-3"))
+    assert len(result["epoch_losses"]) == 4 and result["epoch_losses"][-1] < 0.6 * result["epoch_losses"][0]
+    for task in ("advection1d", "darcy2d"):
+        assert 0.0 < result[f"test/nrmse/{task}"] < 10.0
+    assert (Path(result["run_dir"]) / "checkpoints" / "operator" / "final" / MARKER).exists()
