@@ -31,7 +31,7 @@ def train(option: str, args: argparse.Namespace, extra: list[str]) -> Path:
         return run_dir
     cmd = [sys.executable, "-m", "ups.train", f"task={args.task}", f"model={option}", f"hardware={args.hardware}",
            f"hardware.threads={args.threads}", f"trainer.time_budget_s={args.budget_s}", "trainer.max_steps=1000000",
-           "optim.schedule=constant", f"paths.output_dir={run_dir}", f"paths.data_dir={args.data_dir}", *extra]
+           "optim.schedule=constant", f"paths.output_dir={run_dir}", f"paths.data_dir={args.data_dir}", "data.generate=true", *extra]
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return run_dir
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["tiny", "fno", "unet"], help="model group options")
     p.add_argument("--budget-s", type=float, default=120.0, help="training wall-clock per model (s)")
     p.add_argument("--out", type=Path, default=Path("compare"), help="where the runs and the table go")
-    p.add_argument("--data-dir", type=Path, default=Path("data"), help="shared data directory")
+    p.add_argument("--data-dir", type=Path, default=Path("data"), help="shared data directory; absent task files are generated there (data.generate=true)")
     p.add_argument("--hardware", default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: steady on a shared machine)")
     p.add_argument("--force", action="store_true", help="retrain models whose run already finished")

@@ -45,7 +45,7 @@ def tiny_cfg(data_dir: Path, tmp_path: Path):
     """A factory for a small, fast run config writing into a fresh run directory."""
 
     def make(*overrides: str) -> DictConfig:
-        base = ["model=tiny", "hardware=cpu", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}",
+        base = ["model=tiny", "hardware=cpu", f"paths.data_dir={data_dir}", "data.generate=true", f"paths.output_dir={tmp_path / 'run'}",
                 "trainer.max_steps=30", "trainer.batch_size=8", "trainer.log_every=1",
                 "data.eval_samples=4"]
         cfg = compose_cfg(base + list(overrides))

@@ -222,7 +222,7 @@ def test_absent_files_say_how_to_generate_or_point_at_data(tmp_path: Path, task:
     with pytest.raises(FileNotFoundError) as err:
         build(tmp_path, task)
     msg = str(err.value)
-    assert command.format(d=tmp_path / "data") in msg and "paths.data_dir" in msg and "data.generate=false" in msg
+    assert command.format(d=tmp_path / "data") in msg and "paths.data_dir" in msg and "data.generate=true" in msg
 
 
 def _adv(good: Path, tmp_path: Path) -> tuple[list[TrajectoryFile], list[tuple[int, int]], Path]:

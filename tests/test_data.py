@@ -89,6 +89,13 @@ def test_split_rule_follows_pdebench_test_split() -> None:
     assert single["test"] == [0, 1] and single["val"] == [18, 19] and single["train"] == list(range(2, 18))
     group = split_indices(20, "group", 0.1, 0.1)
     assert group["test"] == [18, 19] and group["val"] == [16, 17]
+    # PDEBench's group loader trains on the first int(0.9 N) groups: for N not divisible by 10 the
+    # test split is larger than int(0.1 N).
+    for n, n_test in ((48, 5), (32, 4), (24, 3), (101, 11), (10, 1)):
+        group = split_indices(n, "group", 0.1, 0.1)
+        assert group["test"] == list(range(int(n * 0.9), n)) and len(group["test"]) == n_test
+        single = split_indices(n, "tensor", 0.1, 0.1)
+        assert single["test"] == list(range(int(n * 0.1)))
     tiny = split_indices(3, "tensor", 0.1, 0.1)
     assert all(len(v) == 1 for v in tiny.values())
     with pytest.raises(ValueError):

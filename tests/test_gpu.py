@@ -25,7 +25,7 @@ def test_bf16_compiled_training_on_one_gpu(tiny_cfg) -> None:
 @pytest.mark.parametrize("layout", ["ddp2", "fsdp2_2"])
 def test_two_nccl_ranks(layout: str, data_dir: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "ups.train", f"parallelism={layout}", "hardware=gpu", "model=tiny",
-                           "trainer.max_steps=4", f"paths.data_dir={data_dir}",
+                           "trainer.max_steps=4", f"paths.data_dir={data_dir}", "data.generate=true",
                            f"paths.output_dir={tmp_path / 'run'}", "parallelism.timeout_s=120"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

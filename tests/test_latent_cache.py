@@ -18,7 +18,7 @@ from ups.objectives.next_step import predict_next
 
 
 def _tasks(data_dir: Path, names: str = "pdebench2") -> list[TaskData]:
-    cfg = compose_cfg([f"task={names}", f"paths.data_dir={data_dir}"])
+    cfg = compose_cfg([f"task={names}", f"paths.data_dir={data_dir}", "data.generate=true"])
     for ds in cfg.task.datasets.values():
         ds.synth.n_samples = 8
         if ds.family == "darcy2d":

@@ -37,7 +37,7 @@ ALIASES = {"comp_ns2d": "cfd2d", "ns2d_cond": "ns_incom2d", "diff_sorp2d": "diff
 
 
 def cfg_for(task: str, data_dir: Path | str = "d"):
-    return compose_cfg([f"task={task}", f"paths.data_dir={data_dir}", "paths.output_dir=o"])
+    return compose_cfg([f"task={task}", f"paths.data_dir={data_dir}", "paths.output_dir=o", "data.generate=true"])
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

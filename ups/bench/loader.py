@@ -48,7 +48,7 @@ def cpu_model() -> str:
 
 def load_tasks(data_dir: Path, names: list[str]) -> list[TaskData]:
     """The named tasks' default configs (synthetic files generated when absent), split and normalised."""
-    overrides = [f"paths.data_dir={data_dir}", f"task={names[0] if len(names) == 1 else 'pdebench2'}"]
+    overrides = [f"paths.data_dir={data_dir}", "data.generate=true", f"task={names[0] if len(names) == 1 else 'pdebench2'}"]
     with initialize_config_module(config_module="ups.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     missing = set(names) - set(cfg.task.datasets)

@@ -19,6 +19,9 @@ import numpy as np
 from ups.data.registry import Family
 
 
+SYNTHETIC_ATTR = "ups_synthetic"  # root attribute of files UPS generates; PDEBench's loaders ignore it
+
+
 class DataFileError(ValueError):
     """A data file that cannot be read as the PDEBench layout it claims to be."""
 
@@ -59,6 +62,7 @@ class TrajectoryFile:
         self._keys: list[str] = []
         self.params = family.parse_params(self.path)
         with _open(self.path) as f:
+            self.synthetic = SYNTHETIC_ATTR in f.attrs  # written by ups.data.synth, not PDEBench's
             raw_n, raw_t, raw_space = self._inspect(f)
             self._raw_coords = self._read_coords(f, raw_space)
             self.raw_steps = raw_t

@@ -6,11 +6,13 @@ NaN/Inf samples (``ups.data.validate``), and unusable statistics.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -30,16 +32,20 @@ def split_indices(n: int, layout: str, val_fraction: float, test_fraction: float
     """The documented split rule for one file of ``n`` samples.
 
     The test split is PDEBench's own, so scores compare with published ones: the first
-    ``int(n * test_fraction)`` samples for single-file layouts, the last ones for the
-    group-per-sample layout. Validation is the end of the remaining training part; train is the
-    rest. Each split gets at least one sample, so a file needs three.
+    ``int(n * test_fraction)`` samples for single-file layouts (``FNODatasetSingle``), the samples
+    from ``int(n * (1 - test_fraction))`` on for the group-per-sample layout (``FNODatasetMult``:
+    5 of 48, where ``int(0.1 * 48)`` would give 4). Validation is the end of the remaining training
+    part; train is the rest. Each split gets at least one sample, so a file needs three.
     """
     if n < 3:
         raise ValueError(f"{n} samples cannot be split into train, validation and test; at least 3 are needed")
-    n_test = max(int(n * test_fraction), 1)
+    if layout == "group":
+        n_test = max(n - int(n * (1 - test_fraction)), 1)
+    else:
+        n_test = max(int(n * test_fraction), 1)
     n_val = max(int(n * val_fraction), 1)
     idx = list(range(n))
-    test, rest = (idx[-n_test:], idx[:-n_test]) if layout == "group" and n_test else (idx[:n_test], idx[n_test:])
+    test, rest = (idx[-n_test:], idx[:-n_test]) if layout == "group" else (idx[:n_test], idx[n_test:])
     train, val = rest[: len(rest) - n_val], rest[len(rest) - n_val:]
     return {"train": train, "val": val, "test": test}
 
@@ -94,6 +100,11 @@ class TaskData:
         return len(self.family.channels)
 
     @property
+    def synthetic(self) -> bool:
+        """Whether the task reads files UPS generated (marked inside), not PDEBench's."""
+        return any(f.synthetic for f in self.files)
+
+    @property
     def grid(self) -> tuple[int, ...]:
         """Spatial shape; ``coords`` and every frame's points are its C-order flattening."""
         return tuple(self.files[0].space)
@@ -124,9 +135,41 @@ def _natural(path: Path) -> tuple:
 
 
 def find_files(data_dir: Path, patterns: list[str]) -> list[Path]:
-    """Files matching any of the glob patterns, in natural name order so sample order is reproducible."""
-    found = {p for pattern in patterns for p in data_dir.glob(pattern)}
-    return sorted((p for p in found if not p.name.endswith(".tmp") and p.is_file()), key=_natural)
+    """Files matching any of the glob patterns, in natural name order so sample order is reproducible.
+
+    A matching link whose target is gone (files on an unmounted share) is an error, never skipped:
+    skipping it would make the task look absent and invite generating data in its place.
+    """
+    found = {p for pattern in patterns for p in data_dir.glob(pattern) if not p.name.endswith(".tmp")}
+    broken = sorted(str(p) for p in found if p.is_symlink() and not p.exists())
+    if broken:
+        raise DataFileError(f"{', '.join(broken)}: a link whose target does not exist (an unmounted share?); "
+                            "mount or fix it, or remove the link")
+    return sorted((p for p in found if p.is_file()), key=_natural)
+
+
+DEFAULT_DATA_DIR = "data"  # paths.data_dir's default (without $UPS_DATA_DIR)
+
+
+def generation_allowed(generate: bool | None, data_dir: str | Path) -> bool:
+    """Whether absent files may be generated: ``data.generate`` when set, else only into the default ``data``.
+
+    A directory the user named is theirs: a typo in it must not fill it with synthetic files
+    named exactly like PDEBench's.
+    """
+    return bool(generate) if generate is not None else str(Path(data_dir)) == DEFAULT_DATA_DIR
+
+
+@contextlib.contextmanager
+def _generation_lock(data_dir: Path) -> Iterator[None]:
+    """One generating process per data directory at a time; the next one waits, then finds the files."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / ".ups_generate.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _options(ds: Any) -> dict:
@@ -151,22 +194,28 @@ def generate_command(ds: Any, data_dir: Path) -> str:
 
 
 def locate_or_generate(name: str, ds: Any, data_dir: Path, generate: bool) -> list[Path]:
-    """The task's files; small synthetic ones are written first when absent and allowed."""
+    """The task's files; small synthetic ones are written first when absent and ``generate`` allows it."""
     paths = find_files(data_dir, list(ds.files))
     if paths:
         return paths
     options = _options(ds)
     if not generate:
+        where = (f"paths.data_dir={data_dir} does not exist" if not data_dir.exists()
+                 else f"no files match {list(ds.files)} in {data_dir}")
         raise FileNotFoundError(
-            f"task {name}: no files match {list(ds.files)} in {data_dir} (and data.generate=false). Either point "
-            f"paths.data_dir at the directory holding the PDEBench files under their original names, or write "
-            f"small synthetic ones there with: {generate_command(ds, data_dir)} "
-            f"(or run with data.generate=true). See docs/data.md.")
+            f"task {name}: {where}. Either point paths.data_dir at the directory holding the PDEBench files under "
+            f"their original names, or write small synthetic ones there with: {generate_command(ds, data_dir)} "
+            f"(or run with data.generate=true; without it UPS generates only into the default directory "
+            f"'{DEFAULT_DATA_DIR}'). See docs/data.md.")
     from ups.data.synth import generate as synth_generate
 
-    log.info("task %s: no data in %s, generating small synthetic PDEBench files", name, data_dir)
-    s = ds.synth
-    synth_generate(ds.family, data_dir, n_samples=s.n_samples, nx=s.nx, nt=s.nt, seed=s.seed, **options)
+    with _generation_lock(data_dir):
+        paths = find_files(data_dir, list(ds.files))  # another run may have written them while we waited
+        if paths:
+            return paths
+        log.info("task %s: no data in %s, generating small synthetic PDEBench files", name, data_dir)
+        s = ds.synth
+        synth_generate(ds.family, data_dir, n_samples=s.n_samples, nx=s.nx, nt=s.nt, seed=s.seed, **options)
     paths = find_files(data_dir, list(ds.files))
     if not paths:
         raise FileNotFoundError(f"task {name}: generated data does not match the patterns {list(ds.files)}")
@@ -184,7 +233,7 @@ def build_task(name: str, ds: Any, data_cfg: Any, data_dir: Path, stats_dirs: li
     if policy not in NONFINITE_POLICIES:
         raise ConfigError(f"data.nonfinite={policy!r} is not one of {', '.join(NONFINITE_POLICIES)}")
     family = get_family(ds.family)
-    paths = locate_or_generate(name, ds, data_dir, data_cfg.generate)
+    paths = locate_or_generate(name, ds, data_dir, generation_allowed(data_cfg.generate, data_dir))
     files = [TrajectoryFile(p, family, ds.reduced_resolution, ds.reduced_resolution_t, ds.reduced_batch,
                             ds.max_samples) for p in paths]
     first = files[0]

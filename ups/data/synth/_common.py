@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from ups.data.readers import SYNTHETIC_ATTR
 
 F32 = np.float32
 
@@ -183,17 +186,28 @@ def to_yaml(d: dict, indent: int = 0) -> str:
 
 
 @contextlib.contextmanager
-def atomic_h5(path: Path) -> Iterator[h5py.File]:
-    """Open `path.tmp` for writing and move it onto `path` only after a clean close.
+def atomic_h5(path: Path, overwrite: bool = False) -> Iterator[h5py.File]:
+    """Write a file under a temporary name of this process, then publish it under ``path``.
 
-    A killed or failing generation therefore never leaves a file under the final name.
+    A killed or failing generation never leaves a file under the final name, and two processes
+    generating at once never touch each other's temporary files. Publishing never replaces what is
+    there (a user's file, or a link to one): ``os.link`` fails on an existing name, and then the
+    file another process published first is kept. Only ``overwrite`` (asked for explicitly)
+    replaces. The file is marked as synthetic inside (``SYNTHETIC_ATTR``).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         with h5py.File(tmp, "w") as f:
+            f.attrs[SYNTHETIC_ATTR] = "small synthetic data written by UPS (ups.data.synth), not PDEBench's"
             yield f
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process published the same file first: keep it
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -211,8 +225,11 @@ def produce(out_dir, jobs: Sequence[tuple[str, Callable[[h5py.File], None]]],
     paths = []
     for name, writer in jobs:
         path = out_dir / name
+        if path.is_symlink() and not path.exists():
+            raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which does not exist (an unmounted "
+                                    "share?); it is not replaced by synthetic data")
         if overwrite or not path.exists():
-            with atomic_h5(path) as f:
+            with atomic_h5(path, overwrite) as f:
                 writer(f)
         paths.append(path)
     return paths
