@@ -108,3 +108,18 @@ def test_hardware_auto_picks_available_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="hardware=cpu"):
             resolve_device("cuda", DistEnv())
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("+trainer.max_step=10", "trainer.max_step (did you mean trainer.max_steps?)"),
+    ("+stages.operator.stepz=3", "stages.operator.stepz"),
+    ("trainer.eval_every=0", "trainer.eval_every must be at least 1"),
+    ("optim.lr=nan", "optim.lr must be a finite number"),
+    ("optim.lr=-0.001", "optim.lr must be a finite number"),
+    ("stages.operator.lr=inf", "stages.operator.lr must be a finite number"),
+])
+def test_settings_that_would_be_ignored_or_fail_later_are_refused(override: str, needle: str) -> None:
+    cfg = compose_cfg(["paths.data_dir=d", "paths.output_dir=o", override])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert needle in str(err.value)

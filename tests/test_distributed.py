@@ -18,7 +18,7 @@ import torch
 
 from ups.training.checkpoint import load_consolidated
 
-COMMON = ["hardware=cpu", "model=tiny", "trainer.log_every=1", "data.eval_samples=2",
+COMMON = ["hardware=cpu", "model=tiny", "trainer.log_every=1", "data.eval_samples=2", "data.generate=true",
           "parallelism.timeout_s=60", "optim.warmup_steps=2", "trainer.steps_per_epoch=4",
           "task.datasets.advection1d.synth.n_samples=16", "task.datasets.darcy2d.synth.n_samples=16"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -70,6 +70,10 @@ def test_two_ranks_match_one_process_with_twice_the_batch(layout: str, single_b8
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-6), f"step {step}"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["world_size"] == 2 and records[0]["global_batch"] == 8
+    # One task per step (sampler mode "task"): its loss is the step's, averaged over both ranks' samples.
+    for r in (r for r in records if r["kind"] == "train"):
+        (task_loss,) = [v for k, v in r.items() if k.startswith("loss/")]
+        assert task_loss == pytest.approx(r["loss"], rel=1e-6)
 
 
 @pytest.mark.parametrize("layout", ["ddp2", "fsdp2_2"])
@@ -117,6 +121,61 @@ def test_fno_on_two_ranks_matches_one_process(layout: str, data_dir: Path, tmp_p
     assert losses(two) == pytest.approx(losses(one), rel=1e-4, abs=1e-6)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Processes below ``pid`` (from /proc), children first."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        kids = [p for p, parent in parents.items() if parent == current]
+        out += kids
+        todo += kids
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_ranks_exit_soon_after_the_launcher_is_killed(data_dir: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "ups.train", *COMMON, f"paths.data_dir={data_dir}", f"paths.output_dir={run_dir}",
+            "parallelism=ddp2", "trainer.max_steps=100000", "trainer.batch_size=4"]
+    launcher = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=tmp_path)
+    ranks: list[int] = []
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (run_dir / "metrics.jsonl").exists():  # ranks are training
+            time.sleep(0.5)
+        assert (run_dir / "metrics.jsonl").exists(), "the job never started training"
+        ranks = [p for p in _descendants(launcher.pid)
+                 if "spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+        assert len(ranks) == 2
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=30)
+        deadline = time.time() + 20
+        while time.time() < deadline and any(_running(p) for p in ranks):
+            time.sleep(0.5)
+        assert not [p for p in ranks if _running(p)], "ranks outlived their launcher by 20 s"
+    finally:
+        for p in [launcher.pid, *ranks]:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_oom_on_one_rank_skips_the_step_on_both(data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = ok(launch(run_dir, data_dir, "parallelism=ddp2", "trainer.max_steps=6", "trainer.batch_size=4",
@@ -125,6 +184,16 @@ def test_oom_on_one_rank_skips_the_step_on_both(data_dir: Path, tmp_path: Path) 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == list(range(1, 7)) and train[-1]["skipped_steps"] == 1
+
+
+def test_oom_under_fsdp2_stops_at_once_instead_of_hanging(data_dir: Path, tmp_path: Path) -> None:
+    import time
+
+    start = time.monotonic()
+    proc = launch(tmp_path / "run", data_dir, "parallelism=fsdp2_2", "parallelism.timeout_s=600", "trainer.max_steps=6",
+                  "trainer.batch_size=4", "faults.oom_rank=0", "faults.oom_step=3", timeout=240)
+    assert proc.returncode == 1 and time.monotonic() - start < 120  # not parallelism.timeout_s
+    assert "ran out of memory in forward at step 3 under FSDP2" in proc.stdout + proc.stderr
 
 
 def test_nonfinite_loss_with_stop_policy_stops_every_rank(data_dir: Path, tmp_path: Path) -> None:
@@ -142,6 +211,9 @@ def test_four_ranks_from_a_plain_shell_write_one_run_dir(data_dir: Path, tmp_pat
     assert "launching 4 ranks" in proc.stdout + proc.stderr
     run_dirs = list((tmp_path / "outputs").glob("*/*"))
     assert len(run_dirs) == 1
+    elsewhere = tmp_path / "elsewhere"  # a run directory that is not Hydra's: the launcher still logs there
+    ok(launch(elsewhere, data_dir, "parallelism=ddp2", "trainer.max_steps=2", "trainer.batch_size=2"))
+    assert "launching 2 ranks" in (elsewhere / "train.log").read_text()
     assert json.loads((run_dirs[0] / "metrics.jsonl").read_text().splitlines()[0])["world_size"] == 4
 
 
@@ -154,6 +226,10 @@ def test_torchrun_joins_and_writes_one_run_dir(data_dir: Path, tmp_path: Path) -
     run_dirs = list((tmp_path / "outputs").glob("*/*"))
     assert len(run_dirs) == 1, run_dirs
     assert (run_dirs[0] / "checkpoints" / "operator" / "final" / "COMPLETE").exists()
+    # INFO from rank 0 only: each evaluation is logged once, in the console and in the one train.log.
+    log = (run_dirs[0] / "train.log").read_text()
+    assert log.count("val nRMSE advection1d") == 1 and "[rank 1]" not in log
+    assert proc.stdout.count("val nRMSE advection1d") == 1
 
 
 def test_more_gpus_than_present_fails_at_once(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -149,3 +150,21 @@ def test_multirun_jobs_get_a_wandb_group_and_name() -> None:
         assert cfg.logger.wandb.name == "3:trainer.batch_size=8"
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_an_interrupted_swap_is_recovered_or_cleaned_up(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path / "checkpoints" / "operator")
+    _save(ckpt, "step_00000003", 3)
+    ckpt.copy("step_00000003", "best")
+    # Killed after the old copy was renamed aside and before the new one took its place.
+    (ckpt.root / "best").rename(ckpt.root / ".best.old")
+    _save(ckpt, "final", 3)
+    (ckpt.root / "final").rename(ckpt.root / ".final.old")
+    assert ckpt.latest().name == "final"  # the complete old copy is back under its name
+    assert (ckpt.root / "best" / MARKER).exists() and not (ckpt.root / ".best.old").exists()
+    # Killed after the new copy was in place but before the old one was removed: saves still work.
+    shutil.copytree(ckpt.root / "best", ckpt.root / ".best.old")
+    _save(ckpt, "step_00000006", 6)
+    ckpt.copy("step_00000006", "best")
+    assert json.loads((ckpt.root / "best" / "meta.json").read_text())["step"] == 6
+    assert not (ckpt.root / ".best.old").exists()

@@ -39,6 +39,8 @@ def test_tiny_run_learns_and_writes_outputs(tiny_cfg) -> None:
         assert (run_dir / "checkpoints" / "operator" / name / MARKER).exists()
     assert len(list((run_dir / "checkpoints" / "operator").glob("step_*"))) == cfg.trainer.keep_last_k
     assert {"final_test.json", "final_test.md"} <= {p.name for p in (run_dir / "eval").iterdir()}
+    test = [r for r in recs if r.get("split") == "test"][-1]
+    assert test["synthetic_data"] == ["advection1d", "darcy2d"]  # generated files are reported as such
     state = load_consolidated(run_dir / "checkpoints" / "operator" / "final")
     assert {"model", "optim", "trainer", "rank0", "callbacks"} <= state.keys()
     assert {"step", "scheduler", "sampler", "config", "epoch"} <= state["trainer"].keys()
@@ -85,10 +87,10 @@ def test_finished_run_is_not_repeated(tiny_cfg) -> None:
 
 def test_cli_default_entry_writes_one_run_dir(tmp_path: Path, data_dir: Path) -> None:
     args = [sys.executable, "-m", "ups.train", "task=darcy2d", "model=tiny", "optim.lr=3e-4",
-            "trainer.max_steps=4", f"paths.data_dir={data_dir}"]
+            "trainer.max_steps=4", f"paths.data_dir={data_dir}", "data.generate=true"]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "darcy2d" in proc.stdout and "val nRMSE" in proc.stdout
+    assert "darcy2d" in proc.stdout and "val nRMSE" in proc.stdout and "data: SYNTHETIC" in proc.stdout
     run_dirs = list((tmp_path / "outputs").glob("*/*"))
     assert len(run_dirs) == 1
     lines = proc.stdout.splitlines()  # the run directory, first and last, so it is found without scrolling
@@ -142,3 +144,56 @@ def test_baselines_train_end_to_end_through_the_same_trainer(tiny_cfg, model: st
     for task in ("advection1d", "darcy2d"):
         assert 0.0 < result[f"test/nrmse/{task}"] < 10.0
     assert (Path(result["run_dir"]) / "checkpoints" / "operator" / "final" / MARKER).exists()
+
+
+def test_diverged_weights_stop_after_the_consecutive_skip_limit(tiny_cfg, tmp_path: Path, data_dir: Path) -> None:
+    from ups.training.failures import StopTraining
+
+    # lr=1e30 makes the weights non-finite after the first step; every later step is skipped.
+    with pytest.raises(StopTraining, match="3 steps in a row were skipped.*non-finite"):
+        run(tiny_cfg("task=darcy2d", "optim.lr=1e30", "optim.warmup_steps=1", "trainer.max_consecutive_skips=3",
+                     "trainer.max_steps=1000", "trainer.steps_per_epoch=5"))
+    proc = subprocess.run([sys.executable, "-m", "ups.train", "task=darcy2d", "model=tiny", "optim.lr=1e30",
+                           "optim.warmup_steps=1", "trainer.max_consecutive_skips=3", "trainer.max_steps=1000",
+                           f"paths.data_dir={data_dir}", "data.generate=true", "data.eval_samples=2"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "Training stopped: stopping at step" in proc.stderr and "optim.lr=1e+30" in proc.stderr
+
+
+def test_a_resumed_epoch_reports_the_mean_of_all_its_steps(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
+    from ups.training.trainer import Trainer
+
+    common = ["task=darcy2d", "trainer.steps_per_epoch=4", "trainer.eval_every=2", "trainer.max_steps=8"]
+    straight = run(tiny_cfg(*common, f"paths.output_dir={tmp_path / 'a'}"))
+    original = Trainer._optimizer_step
+
+    def crash_mid_epoch(self, *args):
+        if self.step == 6:  # after the step-6 checkpoint, half-way through the second epoch
+            raise RuntimeError("simulated crash")
+        return original(self, *args)
+
+    cfg = tiny_cfg(*common, f"paths.output_dir={tmp_path / 'b'}")
+    monkeypatch.setattr(Trainer, "_optimizer_step", crash_mid_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)
+    monkeypatch.setattr(Trainer, "_optimizer_step", original)
+    resumed = run(cfg)
+    assert len(straight["epoch_losses"]) == 2 and resumed["epoch_losses"] == straight["epoch_losses"]
+
+
+def test_a_cpu_out_of_memory_error_follows_the_oom_policy(tiny_cfg, monkeypatch) -> None:
+    from ups.objectives import NextStep
+
+    original, calls = NextStep.loss, {"n": 0}
+
+    def cpu_oom_once(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:  # what the CPU allocator raises: a RuntimeError, not torch.OutOfMemoryError
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+        return original(self, model, batch)
+
+    monkeypatch.setattr(NextStep, "loss", cpu_oom_once)
+    result = run(tiny_cfg("task=darcy2d", "trainer.max_steps=6", "trainer.steps_per_epoch=6"))
+    train = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert result["step"] == 6 and [r for r in train if r["kind"] == "train"][-1]["skipped_steps"] == 1

@@ -58,7 +58,7 @@ class SamplerConfig:
 
 @dataclass
 class DataConfig:
-    generate: bool = True  # write small synthetic files when a task's files are absent
+    generate: Optional[bool] = None  # write small synthetic files when absent; None: only into the default `data`
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     num_workers: int = 0
@@ -148,6 +148,7 @@ class TrainerConfig:
     steps_per_epoch: Optional[int] = None  # None: one pass over the training windows
     on_oom: str = "skip"  # skip | stop: what every rank does when any rank runs out of memory in forward
     on_nonfinite: str = "skip"  # skip | stop: on a non-finite loss or gradient norm on any rank
+    max_consecutive_skips: int = 10  # stop once this many steps in a row were skipped (diverged weights)
     time_budget_s: Optional[float] = None  # stop training (then evaluate) after this much wall-clock time
     keep_last_k: int = 2  # step checkpoints kept per stage
     resume: bool = True  # continue from the newest complete checkpoint in the run directory
@@ -246,15 +247,48 @@ _CHOICES = {
     "trainer.on_nonfinite": ("skip", "stop"),
 }
 _POSITIVE = ("trainer.max_steps", "trainer.batch_size", "trainer.accum_steps", "trainer.log_every",
+             "trainer.max_consecutive_skips",
              "trainer.keep_last_k", "parallelism.nodes", "parallelism.ranks_per_node", "parallelism.timeout_s")
+
+
+def _unknown_keys(node: Any, path: str = "") -> list[str]:
+    """Keys of typed (dataclass) nodes that their schema does not have.
+
+    Hydra's ``+key=value`` adds a key even beside a schema, so ``+trainer.max_step=10`` would
+    compose and then be ignored; here it is an error, with the field meant when one is close.
+    """
+    import dataclasses
+    import difflib
+
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(node, DictConfig):
+        return []
+    out, schema = [], OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        fields = [f.name for f in dataclasses.fields(schema)]
+        for key in set(node.keys()) - set(fields):
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            out.append(f"{path}{key}" + (f" (did you mean {path}{close[0]}?)" if close else ""))
+    for key in node.keys():
+        if not OmegaConf.is_missing(node, key):
+            out += _unknown_keys(node._get_node(key), f"{path}{key}.")
+    return out
 
 
 def validate(cfg: Any) -> None:
     """Check the rules that tie fields together; raise :class:`ConfigError` naming the key."""
+    import math
+
     from omegaconf import OmegaConf
 
     def get(key: str) -> Any:
         return OmegaConf.select(cfg, key)
+
+    unknown = _unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(f"unknown setting {', '.join(sorted(unknown))}: not a field of its schema, so it would be "
+                          "ignored; docs/configuration.md lists every option")
 
     for key, options in _CHOICES.items():
         if get(key) not in options:
@@ -262,6 +296,12 @@ def validate(cfg: Any) -> None:
     for key in _POSITIVE:
         if get(key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {get(key)}")
+    if get("trainer.eval_every") is not None and get("trainer.eval_every") < 1:
+        raise ConfigError(f"trainer.eval_every must be at least 1 (null: once per epoch), got {get('trainer.eval_every')}")
+    for key in ["optim.lr"] + [f"stages.{n}.lr" for n in cfg.stages]:
+        lr = get(key)
+        if lr is not None and not (math.isfinite(lr) and lr >= 0):
+            raise ConfigError(f"{key} must be a finite number >= 0, got {lr}")
     for key in ("data.val_fraction", "data.test_fraction"):
         if not 0.0 < get(key) < 0.5:
             raise ConfigError(f"{key} must lie in (0, 0.5), got {get(key)}")

@@ -52,11 +52,12 @@ def main(cfg: DictConfig) -> None:
     """Evaluate; a missing run, checkpoint or data directory is one paragraph on stderr and exit 1."""
     from ups.config import ConfigError
     from ups.data.readers import DataFileError
+    from ups.training.checkpoint import CheckpointError
 
     try:
         for path in evaluate_run(cfg):
             print(path)
-    except (FileNotFoundError, DataFileError, ConfigError, ValueError) as err:
+    except (FileNotFoundError, DataFileError, ConfigError, CheckpointError, ValueError) as err:
         print(f"Cannot evaluate {cfg.run}: {err}", file=sys.stderr)
         sys.exit(1)
 

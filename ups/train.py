@@ -21,11 +21,19 @@ def main(cfg: DictConfig) -> float | None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from ups.distributed.launch import launch  # heavy imports after composition: --help and --cfg stay fast
+    from ups.training.checkpoint import CheckpointError
+    from ups.training.failures import StopTraining
 
     try:
         metrics = launch(cfg)
     except ConfigError as err:
         print(f"Config error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except CheckpointError as err:
+        print(f"Checkpoint error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except StopTraining as err:
+        print(f"Training stopped: {err}", file=sys.stderr)
         sys.exit(1)
     except ChildFailedError as err:
         print(f"A rank failed (its traceback is above):\n{err.format_msg()}", file=sys.stderr)

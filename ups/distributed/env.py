@@ -130,9 +130,9 @@ def check_devices(device_type: str, ranks_per_node: int) -> None:
 def process_group(env: DistEnv, device: torch.device, backend: str, timeout_s: int) -> Iterator[None]:
     """Join the job's process group for the duration of the block; a no-op for one process.
 
-    The explicit timeout makes a stuck collective fail loudly. The closing barrier lets every rank
-    finish its last collective (e.g. a checkpoint save) before the group is destroyed; without it
-    gloo sometimes aborted the process.
+    The explicit timeout makes a stuck collective fail loudly. On a clean exit the closing barrier
+    lets every rank finish its last collective (e.g. a checkpoint save) before the group is
+    destroyed; without it gloo sometimes aborted the process. On an error there is no barrier.
     """
     if not env.distributed or (dist.is_initialized() and dist.get_world_size() == env.world_size):
         yield
@@ -146,7 +146,11 @@ def process_group(env: DistEnv, device: torch.device, backend: str, timeout_s: i
     log.info("rank %d/%d joined the %s process group", env.rank, env.world_size, backend)
     try:
         yield
-    finally:
-        with contextlib.suppress(Exception):
-            dist.barrier()
-        dist.destroy_process_group()
+    except BaseException:
+        # A rank leaving on an error must not wait in a barrier: the others may be stuck in a
+        # collective it will never join (an FSDP2 all-gather), and the launcher ends them as soon
+        # as this process exits.
+        raise
+    with contextlib.suppress(Exception):
+        dist.barrier()
+    dist.destroy_process_group()

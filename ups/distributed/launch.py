@@ -44,10 +44,33 @@ def setup_worker_logging(env: DistEnv, log_file: Path) -> None:
         root.addHandler(handler)
 
 
+def _exit_with_parent(interval_s: float = 1.0) -> None:
+    """Exit this rank when the process that launched it is gone (kill -9 of the launcher).
+
+    Without it, the surviving ranks wait in their next collective or the closing barrier for
+    ``parallelism.timeout_s`` (10 minutes by default) as orphans. A daemon thread polls the parent.
+    """
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:  # re-parented: the launcher died
+                print(f"rank {os.environ.get('RANK', '?')}: the launcher (pid {parent}) is gone; exiting",
+                      file=sys.stderr, flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="ups-exit-with-parent", daemon=True).start()
+
+
 def _worker(container: dict) -> dict:
     """Entry point of a spawned rank."""
     from ups.runner import run
 
+    _exit_with_parent()
     cfg = OmegaConf.create(container)
     env = DistEnv.from_env()
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
@@ -56,15 +79,46 @@ def _worker(container: dict) -> dict:
 
 
 def launch(cfg: DictConfig) -> dict[str, Any]:
-    """Run the configured job in this process, as one rank of a launched job, or as N local ranks."""
+    """Run the configured job in this process, as one rank of a launched job, or as N local ranks.
+
+    The process that owns the job (this one, or rank 0 of an external launcher) holds the run
+    directory's lock for the whole job, restarts included.
+    """
+    from ups.training.run_lock import run_lock
+
     validate(cfg)
-    p = cfg.parallelism
-    world = p.nodes * p.ranks_per_node
-    if p.dry_run:
+    if cfg.parallelism.dry_run:
         from ups.distributed.dry_run import dry_run
 
         return dry_run(cfg)
     export_slurm_env()
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if in_launched_rank():  # torchrun or srun started this rank: INFO from rank 0 only, one train.log
+        setup_worker_logging(DistEnv.from_env(), run_dir / "train.log")
+    else:
+        log_to_run_dir(run_dir / "train.log")
+    with run_lock(run_dir, enabled=not in_launched_rank() or DistEnv.from_env().is_main):
+        return _launch(cfg)
+
+
+def log_to_run_dir(log_file: Path) -> None:
+    """Make sure this process's log (launcher events: restarts, a failed rank) reaches the run's train.log.
+
+    Hydra writes its log into ``hydra.run.dir``; with ``paths.output_dir`` set elsewhere, the
+    run directory would otherwise miss everything the launcher says.
+    """
+    root = logging.getLogger()
+    target = str(log_file.resolve())
+    if not any(isinstance(h, logging.FileHandler) and h.baseFilename == target for h in root.handlers):
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter(_FORMAT))
+        root.addHandler(handler)
+
+
+def _launch(cfg: DictConfig) -> dict[str, Any]:
+    p = cfg.parallelism
+    world = p.nodes * p.ranks_per_node
     if in_launched_rank() or world == 1:
         from ups.runner import run
 

@@ -14,12 +14,15 @@ differs per rank (RNG) is saved under a per-rank key.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
+import os
 import pickle
-import warnings
 import random
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +30,55 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 MARKER = "COMPLETE"
+CHECKSUMS = "checksums.json"  # sha256 of every file of the folder, written before the marker
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (corrupt, truncated, a file missing); the message names the file."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def verify(path: str | Path) -> None:
+    """Check every file of a checkpoint against the checksums written when it was saved.
+
+    Raises CheckpointError naming the first bad file. A folder saved before checksums existed has
+    none and passes (its load still fails loudly if it is damaged).
+    """
+    path = Path(path)
+    try:
+        sums = json.loads((path / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path / CHECKSUMS} is unreadable ({err})") from None
+    for name, digest in sums.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f} is missing")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"{f} does not match its checksum (corrupt or truncated)")
 
 
 def rng_state() -> dict:
@@ -99,8 +148,15 @@ class Checkpointer:
             (tmp / "meta.json").write_text(json.dumps({"step": step}))
             if consolidate:
                 export_model(tmp, tmp / "model.pt")
+            files = sorted(p for p in tmp.iterdir() if p.is_file())
+            (tmp / CHECKSUMS).write_text(json.dumps({p.name: _sha256(p) for p in files}, indent=1))
+            for p in [*files, tmp / CHECKSUMS]:
+                _fsync(p)  # on disk before the marker says the folder is complete
             (tmp / MARKER).touch()
+            _fsync(tmp / MARKER)
+            _fsync(tmp)
             self._swap_in(tmp, final)
+            _fsync(self.root)
             self._prune()
         _barrier()  # nobody looks for the checkpoint before it is in place
         return final
@@ -118,34 +174,74 @@ class Checkpointer:
     def _swap_in(self, tmp: Path, final: Path) -> None:
         """Rename a finished folder to its name, keeping the previous copy until the new one is in place."""
         old = self.root / f".{final.name}.old"
+        self._recover(final)
         if final.exists():
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
 
+    def _recover(self, final: Path) -> None:
+        """Undo a swap a kill interrupted: ``.<name>.old`` is the previous complete copy.
+
+        Killed between the two renames, only the old copy exists: it goes back under its name.
+        Killed before the old copy was removed, both exist: the old one is left over and goes.
+        """
+        old = self.root / f".{final.name}.old"
+        if not old.exists() or not self.is_main:
+            return
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        elif (old / MARKER).exists():
+            old.rename(final)
+
+    def _complete(self, names: list[Path]) -> list[tuple[float, Path]]:
+        """(step, folder) of the complete folders among ``names``; an unreadable meta.json is skipped."""
+        out = []
+        for p in names:
+            if not (p / MARKER).exists():
+                continue
+            try:
+                out.append((_step_of(p) + (0.5 if p.name == "final" else 0.0), p))  # final wins a tie
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                log.warning("%s/meta.json is unreadable (%s); that checkpoint is skipped", p, err)
+        return sorted(out, key=lambda sp: sp[0])
+
     def _steps(self) -> list[Path]:
-        return sorted((p for p in self.root.glob("step_*") if (p / MARKER).exists()), key=_step_of)
+        return [p for _, p in self._complete(list(self.root.glob("step_*")))]
 
     def _prune(self) -> None:
         for p in self._steps()[: -self.keep_last_k]:
             shutil.rmtree(p, ignore_errors=True)
 
+    def candidates(self) -> list[Path]:
+        """Complete checkpoints newest first: ``final`` if training finished, then the step folders."""
+        for name in ("final", "best"):
+            self._recover(self.root / name)
+        _barrier()  # rank 0 may have moved a folder back: everyone looks after it did
+        return [p for _, p in reversed(self._complete([*self.root.glob("step_*"), self.root / "final"]))]
+
     def latest(self) -> Path | None:
-        """The newest complete checkpoint: the final one if training finished, else the last step."""
-        candidates = self._steps() + [p for p in (self.root / "final",) if (p / MARKER).exists()]
-        if not candidates:
-            return None
-        # Prefer "final" over a step folder of the same step: it marks the stage as finished.
-        return max(candidates, key=lambda p: _step_of(p) + (0.5 if p.name == "final" else 0.0))
+        """The newest complete checkpoint, or None."""
+        found = self.candidates()
+        return found[0] if found else None
 
     @staticmethod
     def load_into(path: str | Path, state: dict) -> dict:
-        """Fill ``state`` (a template with the keys to read) from a complete checkpoint, in place."""
+        """Fill ``state`` (a template with the keys to read) from a complete, verified checkpoint, in place.
+
+        Raises CheckpointError naming the file when the folder is incomplete, fails its checksums
+        or cannot be read.
+        """
         path = Path(path)
         if not (path / MARKER).exists():
-            raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
-        with _quiet_single_process():
-            dcp.load(state, checkpoint_id=str(path), no_dist=not _distributed())
+            raise CheckpointError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+        verify(path)
+        try:
+            with _quiet_single_process():
+                dcp.load(state, checkpoint_id=str(path), no_dist=not _distributed())
+        except (Exception, CheckpointException) as err:  # torch's CheckpointException is a BaseException
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointError(f"{path} cannot be loaded: {type(err).__name__}: {first}") from err
         return state
 
     @staticmethod
@@ -179,6 +275,7 @@ def run_checkpoint(run_dir: str | Path, stages: Any, which: str = "final") -> Pa
 
 def load_consolidated(path: str | Path) -> dict:
     """A whole DCP checkpoint as one plain dict in this process (no process group needed)."""
+    verify(path)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "full.pt"
         with _quiet_single_process():

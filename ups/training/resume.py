@@ -7,13 +7,16 @@ each rank's RNG goes under its own key because DCP merges identical keys across 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ups.config import ConfigError
-from ups.training.checkpoint import Checkpointer, pack, rank_key, rng_state, set_rng_state, unpack
+from ups.distributed.collectives import any_rank
+from ups.training.checkpoint import (Checkpointer, CheckpointError, pack, rank_key, rng_state, set_rng_state, unpack,
+                                     verify)
 
 if TYPE_CHECKING:
     from ups.training.trainer import Trainer
@@ -29,11 +32,38 @@ def trainer_state(trainer: "Trainer", stage_done: bool = False) -> dict:
             "sampler": trainer.sampler.state_dict(batches_done=trainer.batches_done),  # consumed, not prefetched
             "scheduler": trainer.scheduler.state_dict(), "world_size": trainer.env.world_size,
             "skipped_steps": trainer.skipped_steps, "epoch_losses": trainer.epoch_losses,
+            "epoch_sum": trainer.epoch_sum, "epoch_n": trainer.epoch_n,
             "last_val": trainer.last_val, "train_seconds": trainer._train_seconds(),
             "callbacks": sorted(trainer.callbacks), "config": OmegaConf.to_container(trainer.cfg, resolve=True)}
     return {"model": model_sd, "optim": optim_sd, "trainer": pack(book),
             "callbacks": {name: cb.state_dict() for name, cb in trainer.callbacks.items()},
             rank_key(trainer.env.rank): pack(rng_state())}
+
+
+def usable_checkpoint(trainer: "Trainer") -> Path | None:
+    """The newest checkpoint of the stage that passes its checksums on every rank, or None if there is none.
+
+    A bad one (corrupt, truncated, a file missing) is skipped with a warning naming the file, and the
+    next older one is tried; the ranks agree on each verdict, so all load the same folder. If
+    checkpoints exist but none is usable, a CheckpointError says so.
+    """
+    candidates = trainer.checkpointer.candidates()
+    for path in candidates:
+        problem = None
+        try:
+            verify(path)
+        except CheckpointError as err:
+            problem = str(err)
+        if any_rank(problem is not None, device=trainer.device):
+            log.warning("checkpoint %s is not usable: %s; trying the next older one", path,
+                        problem or "it failed its checksums on another rank")
+            continue
+        return path
+    if candidates:
+        raise CheckpointError(f"no usable checkpoint of stage {trainer.stage_name} in {trainer.checkpointer.root}: "
+                              f"all {len(candidates)} failed their checksums (warnings above name the files). Move "
+                              "that folder away to start the stage afresh, or use another paths.output_dir")
+    return None
 
 
 def resume_stage(trainer: "Trainer") -> bool:
@@ -42,7 +72,7 @@ def resume_stage(trainer: "Trainer") -> bool:
     A finished stage whose budget has since been raised (``trainer.max_steps`` or its
     ``steps``) continues from its final checkpoint, unless it had stopped early on purpose.
     """
-    path = trainer.checkpointer.latest() if trainer.cfg.trainer.resume else None
+    path = usable_checkpoint(trainer) if trainer.cfg.trainer.resume else None
     if path is None:
         return False
     saved = unpack(Checkpointer.load_into(path, {"trainer": b""})["trainer"])
@@ -68,6 +98,7 @@ def resume_stage(trainer: "Trainer") -> bool:
     trainer.step, trainer.offset, trainer.epoch = saved["step"], saved["offset"], saved["epoch"]
     trainer.batches_done, trainer.skipped_steps = saved["sampler"]["batches_done"], saved["skipped_steps"]
     trainer.epoch_losses, trainer.last_val = list(saved["epoch_losses"]), dict(saved["last_val"])
+    trainer.epoch_sum, trainer.epoch_n = saved["epoch_sum"], saved["epoch_n"]
     trainer.train_seconds, trainer._stopped = saved["train_seconds"], saved["stopped"]
     if own_rng in state and trainer.cfg.faults.restore_rng:
         set_rng_state(unpack(state[own_rng]))

@@ -31,14 +31,11 @@ from ups.objectives import Objective, build_objective
 from ups.training.callbacks import Callback
 from ups.training import resume
 from ups.training.checkpoint import Checkpointer
+from ups.training.failures import StopTraining, is_oom, skip_or_stop, stop_if_sharded
 from ups.training.faults import FaultInjector
 from ups.training.optim import build_optimizer, build_scheduler, set_requires_grad
 
 log = logging.getLogger(__name__)
-
-
-class StopTraining(RuntimeError):
-    """Raised on every rank when the agreed policy for a failure is to stop."""
 
 
 class Trainer:
@@ -60,11 +57,13 @@ class Trainer:
                           for split in ("val", "test")}
         self.faults = FaultInjector(cfg.faults, env)
         self.step = self.epoch = self.batches_done = self.total_steps = self.skipped_steps = 0
+        self.consecutive_skips = 0  # skipped steps since the last step that counted
         self.offset = 0  # global step at the start of the current stage
         self.stage_name = ""
         self.objective: Objective | None = None
         self.checkpointer: Checkpointer | None = None
         self.epoch_losses: list[float] = []
+        self.epoch_sum, self.epoch_n = 0.0, 0  # losses of the current epoch's steps so far
         self.last_loss = float("nan")  # the latest step's loss, for the progress display
         self.last_val: dict = {}
         self.train_seconds = 0.0  # training wall-clock so far, across resumes (trainer.time_budget_s)
@@ -172,6 +171,7 @@ class Trainer:
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints" / name, t.keep_last_k, self.env.is_main)
         self.step = self.epoch = self.batches_done = self.skipped_steps = 0
         self.epoch_losses, self.last_val, self._stopped, self._stop_reason = [], {}, None, None
+        self.epoch_sum, self.epoch_n = 0.0, 0
         self.train_seconds, self._t0 = self._train_seconds(), None
         self._freeze(stage)
         self.optimizer = build_optimizer(self.raw_model, self.cfg.optim, stage.lr, self.device)
@@ -222,13 +222,12 @@ class Trainer:
                             num_workers=self.cfg.data.num_workers)
         batches = iter(loader)
         window = {"loss": 0.0, "samples": 0, "steps": 0, "t0": time.perf_counter(), "tasks": {}}
-        epoch_sum = epoch_n = 0.0
         while self.step < self.total_steps:
             loss = self._optimizer_step(batches, window)
             if loss is None:  # the epoch's batches are used up
                 break
             if loss == loss:  # a skipped step returns NaN and does not count
-                epoch_sum, epoch_n = epoch_sum + loss, epoch_n + 1
+                self.epoch_sum, self.epoch_n = self.epoch_sum + loss, self.epoch_n + 1
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
                     self._log_train(window)
                 if t.eval_every and self.step % t.eval_every == 0:
@@ -236,8 +235,9 @@ class Trainer:
                 self.faults.after_step(self.global_step)
             if self._agree_stop():
                 break
-        if epoch_n:
-            self.epoch_losses.append(epoch_sum / epoch_n)
+        if self.epoch_n:  # the sums are checkpointed, so a resumed epoch's mean covers all of it
+            self.epoch_losses.append(self.epoch_sum / self.epoch_n)
+            self.epoch_sum, self.epoch_n = 0.0, 0
         if self.batches_done >= self._micro_batches_per_epoch():
             self.epoch, self.batches_done = self.epoch + 1, 0
             if not t.eval_every:
@@ -246,8 +246,10 @@ class Trainer:
     def _optimizer_step(self, batches: Any, window: dict) -> float | None:
         """Accumulate ``accum_steps`` micro-batches and step; the step's mean loss, NaN if skipped, None at epoch end."""
         t = self.cfg.trainer
-        step_loss = torch.zeros((), device=self.device)
-        n_samples, task_losses = 0, {}
+        # [step loss, per-task loss x samples, per-task samples]: one all-reduce after the step
+        names = [task.name for task in self.tasks]
+        sums = torch.zeros(1 + 2 * len(names), dtype=torch.float64, device=self.device)
+        n_samples = 0
         for micro in range(t.accum_steps):
             batch = next(batches, None)
             if batch is None:
@@ -261,54 +263,65 @@ class Trainer:
                     with self.autocast():
                         loss, per_task, n = self._loss(batch)
                     loss = self.faults.corrupt_loss(self.global_step + 1, loss)
-                except torch.OutOfMemoryError as err:
+                except (torch.OutOfMemoryError, RuntimeError) as err:
+                    if not is_oom(err):
+                        raise
+                    stop_if_sharded(self, err)
                     oom, loss = True, None
                     log.warning("rank %d: %s", self.env.rank, err)
                 # Decided together before anyone starts backward, so no rank waits in a lone all-reduce.
                 any_oom, any_nonfinite = any_rank(oom, not oom and not torch.isfinite(loss).item(),
                                                   device=self.device)
                 if any_oom:
-                    return self._skip_or_stop("out of memory in forward", t.on_oom)
+                    return skip_or_stop(self, "out of memory in forward", t.on_oom)
                 if any_nonfinite:
-                    return self._skip_or_stop("non-finite loss", t.on_nonfinite)
-                (loss / t.accum_steps).backward()
-            step_loss += loss.detach() / t.accum_steps
+                    return skip_or_stop(self, "non-finite loss", t.on_nonfinite)
+                try:
+                    (loss / t.accum_steps).backward()
+                except (torch.OutOfMemoryError, RuntimeError) as err:
+                    if not is_oom(err):
+                        raise
+                    # The other ranks may be inside this backward's gradient all-reduce: no agreed skip
+                    # is possible. Stopping this rank makes the launcher stop them and restart the job.
+                    raise StopTraining(f"rank {self.env.rank} ran out of memory in backward at step "
+                                       f"{self.global_step + 1}; lower trainer.batch_size or turn on "
+                                       f"hardware.activation_checkpointing ({err})") from None
+            sums[0] += loss.detach() / t.accum_steps
             n_samples += n
-            for name, v in per_task.items():
-                task_losses[name] = task_losses.get(name, 0.0) + v / t.accum_steps
+            for name, (v, count) in per_task.items():
+                i = names.index(name)
+                sums[1 + i] += v * count
+                sums[1 + len(names) + i] += count
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.raw_model.parameters() if p.requires_grad],
                                                    self.cfg.optim.grad_clip or float("inf"))
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         if any_rank(not torch.isfinite(grad_norm).item(), device=self.device):
-            return self._skip_or_stop("non-finite gradient norm", t.on_nonfinite)
+            return skip_or_stop(self, "non-finite gradient norm", t.on_nonfinite)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        mean_loss = float(all_reduce_sum(step_loss[None])[0]) / self.env.world_size
+        self.consecutive_skips = 0
+        sums = all_reduce_sum(sums).tolist()  # one host sync for the step's numbers, over all ranks
+        mean_loss = sums[0] / self.env.world_size
         self.last_loss = mean_loss
         window["loss"] += mean_loss
         window["samples"] += n_samples * self.env.world_size
         window["steps"] += 1
         window["grad_norm"] = float(grad_norm)
-        for name, v in task_losses.items():
-            window["tasks"].setdefault(name, []).append(v)
+        for i, name in enumerate(names):  # the tasks drawn in this step, averaged over all ranks' samples
+            if sums[1 + len(names) + i]:
+                window["tasks"].setdefault(name, []).append(sums[1 + i] / sums[1 + len(names) + i])
         for cb in self.callbacks.values():
             cb.on_step_end(self)
         return mean_loss
 
-    def _skip_or_stop(self, reason: str, policy: str) -> float:
-        """Every rank reaches this together: drop the step's gradients, or stop the run."""
-        self.optimizer.zero_grad(set_to_none=True)
-        if policy == "stop":
-            raise StopTraining(f"stopping at step {self.global_step + 1} on all ranks: {reason} "
-                               "(trainer policy 'stop')")
-        self.skipped_steps += 1
-        log.warning("step %d skipped on all ranks: %s", self.global_step + 1, reason)
-        return float("nan")
+    def _loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]], int]:
+        """The objective's loss per task group, weighted by the group's share of the micro-batch.
 
-    def _loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float], int]:
-        """The objective's loss per task group, weighted by the group's share of the micro-batch."""
+        Also each task's (detached loss, samples), reduced with the step's loss so that no float()
+        forces a device sync per task.
+        """
         total = torch.zeros((), device=self.device)
         n_all = sum(len(b["y"]) for b in batch)
         per_task = {}
@@ -316,7 +329,7 @@ class Trainer:
             b = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
             loss = self.objective.loss(self.model, b)
             total = total + loss * (len(b["y"]) / n_all)
-            per_task[b["task"]] = float(loss.detach())
+            per_task[b["task"]] = (loss.detach().double(), len(b["y"]))
         return total, per_task, n_all
 
     def _log_train(self, window: dict) -> None:

@@ -1,0 +1,75 @@
+"""Checkpoints are verified: a corrupt, truncated or incomplete one is never loaded; resume falls back."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from ups.runner import run
+from ups.training.checkpoint import CHECKSUMS, Checkpointer, CheckpointError, load_consolidated, pack, verify
+
+
+def _shard(folder: Path) -> Path:
+    return next(p for p in folder.iterdir() if p.suffix == ".distcp")
+
+
+def _flip_one_byte(path: Path, offset: int = -100) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Checkpointer:
+    ckpt = Checkpointer(tmp_path / "checkpoints" / "operator")
+    for step in (2, 4):
+        ckpt.save({"model": {"w": torch.arange(64.0) * step}, "trainer": pack({"step": step})}, f"step_{step:08d}", step)
+    return ckpt
+
+
+@pytest.mark.parametrize("damage", ["bit", "truncate", "missing", "checksums"])
+def test_damage_is_found_and_names_the_file(saved: Checkpointer, damage: str) -> None:
+    folder = saved.root / "step_00000004"
+    verify(folder)  # intact
+    shard = _shard(folder)
+    if damage == "bit":
+        _flip_one_byte(shard)
+    elif damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:-10])
+    elif damage == "missing":
+        shard.unlink()
+    else:
+        (folder / CHECKSUMS).write_text("{not json")
+    name = CHECKSUMS if damage == "checksums" else shard.name
+    with pytest.raises(CheckpointError, match=name):
+        Checkpointer.load_into(folder, {"model": {"w": torch.zeros(64)}})
+
+
+def test_an_unreadable_meta_is_skipped_and_the_next_checkpoint_found(saved: Checkpointer, caplog) -> None:
+    (saved.root / "step_00000004" / "meta.json").write_text("{")
+    with caplog.at_level(logging.WARNING, logger="ups.training.checkpoint"):
+        assert saved.latest().name == "step_00000002"
+    assert "step_00000004/meta.json is unreadable" in caplog.text
+
+
+def test_resume_falls_back_past_a_corrupt_final_checkpoint_bit_identically(tiny_cfg, tmp_path: Path, caplog) -> None:
+    common = ["task=darcy2d", "trainer.max_steps=9", "trainer.steps_per_epoch=3"]
+    straight = run(tiny_cfg(*common, f"paths.output_dir={tmp_path / 'a'}"))
+    run(tiny_cfg(*common, f"paths.output_dir={tmp_path / 'b'}"))
+    root = tmp_path / "b" / "checkpoints" / "operator"
+    for name in ("final", "step_00000009"):  # the two newest: the run must go back to step 6
+        _flip_one_byte(_shard(root / name))
+    with caplog.at_level(logging.WARNING, logger="ups.training.resume"):
+        again = run(tiny_cfg(*common, f"paths.output_dir={tmp_path / 'b'}"))
+    assert f"checkpoint {root / 'final'} is not usable" in caplog.text and "does not match its checksum" in caplog.text
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [*range(1, 10), 7, 8, 9]  # redone from step 6
+    a, b = (load_consolidated(d / "checkpoints" / "operator" / "final")["model"] for d in (tmp_path / "a", tmp_path / "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a) and again["step"] == straight["step"] == 9
+    for folder in [p for p in root.iterdir() if not p.name.startswith(".")]:
+        _flip_one_byte(_shard(folder))
+    with pytest.raises(CheckpointError, match="no usable checkpoint of stage operator"):
+        run(tiny_cfg(*common, f"paths.output_dir={tmp_path / 'b'}"))
