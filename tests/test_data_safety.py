@@ -92,3 +92,14 @@ def test_two_runs_generating_into_one_directory_at_once_both_succeed(tmp_path: P
     assert outs[0][0] == outs[1][0]
     files = sorted(p.name for p in (tmp_path / "data").iterdir() if not p.name.startswith("."))
     assert files == [ADV]  # one published file, no temporary ones
+
+
+def test_data_errors_reach_the_user_in_one_paragraph_with_the_traceback_in_the_log(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "pdebench.tar"
+    not_a_dir.write_bytes(b"")
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ups.train", f"paths.data_dir={not_a_dir}",
+                           f"paths.output_dir={run_dir}"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"Data error: task advection1d: paths.data_dir={not_a_dir} is a file" in proc.stderr
+    assert "Traceback" in (run_dir / "train.log").read_text()

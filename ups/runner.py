@@ -25,6 +25,7 @@ from ups.evaluation.suite import evaluate_suite, scalar_metrics, write_results
 from ups.models.spec import TaskIO, build
 from ups.training.callbacks import Callback
 from ups.training.checkpoint import last_trained_stage
+from ups.training.signals import stop_on_signals
 from ups.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,8 @@ def _run(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
     trainer = Trainer(cfg, model, raw_model, tasks, env, device, callbacks, run_dir)
     trainer.start_run()
     try:
-        last = trainer.run_stages(cfg.stages)
+        with stop_on_signals():  # SIGTERM/SIGINT/SIGUSR2: finish the step, checkpoint, exit 128 + signal
+            last = trainer.run_stages(cfg.stages)
         val = {k: v for k, v in last.items() if k.startswith("nrmse/")}  # the last stage's final evaluation
         with trainer.eval_weights():
             objective, net = trainer.objective, raw_model

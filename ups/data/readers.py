@@ -27,6 +27,8 @@ class DataFileError(ValueError):
 
 
 def _open(path: Path) -> h5py.File:
+    if not os.access(path, os.R_OK):  # h5py reports this as an unreadable file, which misleads
+        raise DataFileError(f"{path}: permission denied; this user cannot read it (check its owner and mode)")
     try:
         return h5py.File(path, "r")
     except OSError as err:

@@ -195,6 +195,8 @@ def generate_command(ds: Any, data_dir: Path) -> str:
 
 def locate_or_generate(name: str, ds: Any, data_dir: Path, generate: bool) -> list[Path]:
     """The task's files; small synthetic ones are written first when absent and ``generate`` allows it."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise FileNotFoundError(f"task {name}: paths.data_dir={data_dir} is a file, not a directory")
     paths = find_files(data_dir, list(ds.files))
     if paths:
         return paths

@@ -120,6 +120,9 @@ def check_devices(device_type: str, ranks_per_node: int) -> None:
         return
     have = torch.cuda.device_count()
     if ranks_per_node > have:
+        if have == 0:
+            raise RuntimeError(f"{ranks_per_node} ranks per node need {ranks_per_node} GPUs, but this machine has "
+                               f"none: run them on the CPU with hardware=cpu")
         raise RuntimeError(
             f"{ranks_per_node} ranks per node need {ranks_per_node} GPUs, but this machine has {have}. "
             f"Use parallelism=ddp{have} (or fsdp2_{have}), set parallelism.ranks_per_node={have}, or run "

@@ -10,8 +10,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -19,9 +21,13 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from ups.config import ConfigError, validate
 from ups.distributed.env import RESTART_ENV, DistEnv, check_devices, export_slurm_env, in_launched_rank
+from ups.training.signals import Interrupted
 
 log = logging.getLogger(__name__)
 _FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
@@ -75,7 +81,32 @@ def _worker(container: dict) -> dict:
     env = DistEnv.from_env()
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     setup_worker_logging(env, Path(cfg.paths.output_dir) / "train.log")
-    return run(cfg, env)
+    try:
+        return run(cfg, env)
+    except Interrupted as err:  # a clean stop, not a failure: no restart; the parent re-raises it
+        return {"interrupted": err.signum, "message": str(err)}
+
+
+def _rank_pids() -> list[int]:
+    """The ranks this process spawned (Linux /proc): its children running multiprocessing's spawn_main,
+    not its other children (multiprocessing's resource tracker)."""
+    pids = []
+    for children in Path("/proc/self/task").glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            pids += [int(p) for p in children.read_text().split()]
+    ranks = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                ranks.append(pid)
+    return ranks
+
+
+def _forward_to_ranks(signum: int, frame: object) -> None:
+    """Pass a stop signal the launcher receives (SLURM's SIGUSR2) on to the ranks, which checkpoint and stop."""
+    for pid in _rank_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 def launch(cfg: DictConfig) -> dict[str, Any]:
@@ -148,24 +179,36 @@ def _launch_local(cfg: DictConfig, device_type: str) -> dict[str, Any]:
     Restarts are our loop, not the agent's: with a function entry point, torch 2.13's agent restarts
     workers into the previous attempt's store keys and gloo then dials the dead rank's address. A
     fresh rendezvous per attempt avoids that. Workers learn the attempt from UPS_RESTART_COUNT.
+    A stop signal is not a failure: the ranks checkpoint, and the job ends without a restart.
     """
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     p = cfg.parallelism
     container = OmegaConf.to_container(cfg, resolve=True)
-    for attempt in range(p.max_restarts + 1):
-        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=p.ranks_per_node,
-                              run_id=f"ups-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
-                              rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
-                              start_method="spawn")
-        os.environ[RESTART_ENV] = str(attempt)
-        log.info("launching %d ranks on this node (%s), attempt %d of %d", p.ranks_per_node, device_type,
-                 attempt + 1, p.max_restarts + 1)
-        try:
-            return elastic_launch(config, _worker)(container)[0]
-        except ChildFailedError:
-            if attempt == p.max_restarts:
-                raise
-            log.warning("a rank failed; restarting all ranks, which resume from the newest checkpoint")
+    # torch's agent turns SIGTERM and SIGINT into SignalException and stops the ranks with SIGTERM,
+    # which they treat as a stop signal; SIGUSR2 it does not handle, so it is passed on here.
+    previous = signal.signal(signal.SIGUSR2, _forward_to_ranks)
+    try:
+        for attempt in range(p.max_restarts + 1):
+            config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=p.ranks_per_node,
+                                  run_id=f"ups-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
+                                  rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
+                                  start_method="spawn")
+            os.environ[RESTART_ENV] = str(attempt)
+            log.info("launching %d ranks on this node (%s), attempt %d of %d", p.ranks_per_node, device_type,
+                     attempt + 1, p.max_restarts + 1)
+            try:
+                result = elastic_launch(config, _worker)(container)[0]
+            except SignalException as err:
+                raise Interrupted(int(err.sigval), f"stopped by {signal.Signals(err.sigval).name}: the ranks saved "
+                                  "a checkpoint at their next step boundary; run the same command again to "
+                                  "resume") from None
+            except ChildFailedError:
+                if attempt == p.max_restarts:
+                    raise
+                log.warning("a rank failed; restarting all ranks, which resume from the newest checkpoint")
+                continue
+            if "interrupted" in result:
+                raise Interrupted(result["interrupted"], result["message"])
+            return result
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
     raise AssertionError("unreachable")

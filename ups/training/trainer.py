@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -22,14 +23,14 @@ from ups.config import ConfigError
 from ups.data.datasets import MultiTaskDataset, TrajectoryDataset, WindowDataset
 from ups.data.sampler import MultiTaskDistributedSampler
 from ups.data.tasks import TaskData
-from ups.distributed.collectives import all_reduce_sum, any_rank, main_first
+from ups.distributed.collectives import all_reduce_max, all_reduce_sum, any_rank, main_first
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import grad_sync
 from ups.evaluation.evaluate import evaluate
 from ups.models.spec import spec_of
 from ups.objectives import Objective, build_objective
 from ups.training.callbacks import Callback
-from ups.training import resume
+from ups.training import resume, signals
 from ups.training.checkpoint import Checkpointer
 from ups.training.failures import StopTraining, is_oom, skip_or_stop, stop_if_sharded
 from ups.training.faults import FaultInjector
@@ -70,6 +71,7 @@ class Trainer:
         self._stop_reason: str | None = None
         self._stopped: str | None = None
         self._t0: float | None = None  # when this process started training the current stage
+        self._interrupted = 0  # the stop signal every rank agreed on, if any
 
     @property
     def global_step(self) -> int:
@@ -192,6 +194,12 @@ class Trainer:
         self._t0 = time.perf_counter()
         while self.step < self.total_steps and not self._agree_stop():
             self._run_epoch()
+        if self._interrupted:
+            path = self.checkpointer.save(self.state_dict(), f"step_{self.global_step:08d}", self.global_step)
+            sig_name = signal.Signals(self._interrupted).name
+            raise signals.Interrupted(self._interrupted, f"stopped by {sig_name} at step {self.global_step} (stage "
+                                      f"{self.stage_name}, its step {self.step}); checkpoint saved in {path}; run the "
+                                      "same command again to resume")
         if self.last_val.get("step") != self.global_step:
             self._eval_and_log()
         self.checkpointer.save(self.state_dict(stage_done=True), "final", self.global_step, consolidate=True)
@@ -205,14 +213,22 @@ class Trainer:
         return self.train_seconds + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
 
     def _agree_stop(self) -> bool:
+        """Whether every rank stops now: a callback asked, the time budget is spent, or a signal arrived.
+
+        One all-reduce of (stop, signal number) so that all ranks also learn which signal it was.
+        """
         budget = self.cfg.trainer.time_budget_s
         if budget is not None and self._stop_reason is None and self._train_seconds() >= budget:
             self._stop_reason = f"time budget of {budget:g} s reached"
-        stop = any_rank(self._stop_reason is not None, device=self.device)
-        if stop:
+        own = signals.received() or 0
+        flags = torch.tensor([float(self._stop_reason is not None or own > 0), float(own)], device=self.device)
+        stop, sig = all_reduce_max(flags).tolist()
+        if sig:  # not a stop on purpose: the stage is not finished, and resumes from the checkpoint
+            self._interrupted = int(sig)
+        elif stop and self._stopped is None:
             self._stopped = self._stop_reason or "stopped on another rank"
             log.info("stage %s stops at step %d: %s", self.stage_name, self.step, self._stopped)
-        return stop
+        return bool(stop)
 
     def _run_epoch(self) -> None:
         t = self.cfg.trainer

@@ -1,0 +1,63 @@
+"""Stop cleanly on SIGTERM, SIGINT and SIGUSR2: finish the step, checkpoint, exit with 128 + signal.
+
+A scheduler's preemption signal (SLURM's ``--signal=USR2@120``), ``kill`` and Ctrl-C only set a flag
+here; the trainer agrees on it with the other ranks at the next step boundary, saves a step
+checkpoint and raises :class:`Interrupted`, and the command exits with ``128 + signal`` and one line.
+A second Ctrl-C exits at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from typing import Iterator
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+_received: int | None = None
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint; ``signum`` says which."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def received() -> int | None:
+    """The first stop signal this process received, or None."""
+    return _received
+
+
+def _handler(signum: int, frame: object) -> None:
+    global _received
+    if _received is not None and signum == signal.SIGINT:
+        print("second interrupt: exiting now, without a checkpoint", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+    if _received is None:
+        _received = signum
+        print(f"received {signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+              "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Handle the stop signals for the block (main thread only; elsewhere a no-op), then restore."""
+    global _received
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received = None
+    previous = {s: signal.signal(s, _handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _received = None
