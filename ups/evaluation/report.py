@@ -175,7 +175,7 @@ def plot_rollouts(run_dir: Path, path: Path, samples: int = 1, split: str = "val
                   data_dir: str | None = None) -> Path:
     """Truth, prediction and |error| of the run's model on ``samples`` trajectories of each task."""
     loaded = load_run(run_dir, "final", data_dir)
-    cfg, tasks, model, device = loaded.cfg, loaded.tasks, loaded.model, next(loaded.model.parameters()).device
+    cfg, tasks, device = loaded.cfg, loaded.tasks, next(loaded.model.parameters()).device
     bf16 = cfg.hardware.get("precision") == "bf16"  # evaluate as the run did
     rows = []
     for task in tasks:
