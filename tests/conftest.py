@@ -54,3 +54,25 @@ def tiny_cfg(data_dir: Path, tmp_path: Path):
         return cfg
 
     return make
+
+
+def crash_run(cfg: DictConfig, when, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``cfg`` until ``when(trainer)`` holds at the start of an optimizer step, then crash it.
+
+    The crash is an exception, so the run directory keeps whatever checkpoints were complete; the
+    trainer is restored afterwards, so the next ``run(cfg)`` resumes as a restarted job would.
+    """
+    from ups.runner import run
+    from ups.training.trainer import Trainer
+
+    original = Trainer._optimizer_step
+
+    def crashing(self, *args):
+        if when(self):
+            raise RuntimeError("simulated crash")
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)
+    monkeypatch.setattr(Trainer, "_optimizer_step", original)

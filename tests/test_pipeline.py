@@ -7,12 +7,11 @@ import sys
 import types
 from pathlib import Path
 
-import pytest
 import torch
 
+from tests.conftest import crash_run
 from ups.runner import run
 from ups.training.checkpoint import MARKER, Checkpointer, load_consolidated, pack
-from ups.training.trainer import Trainer
 
 TWO_STAGES = ["task=darcy2d", "stage=pretrain_finetune", "trainer.max_steps=6", "trainer.steps_per_epoch=3",
               "stages.finetune.steps=6", "optim.warmup_steps=2"]
@@ -52,19 +51,10 @@ def test_checkpoints_are_kept_pruned_and_found_per_stage(tmp_path: Path) -> None
 def test_two_stage_pipeline_resumes_in_the_second_stage_bit_identically(tiny_cfg, tmp_path: Path,
                                                                        monkeypatch) -> None:
     straight = run(tiny_cfg(*TWO_STAGES, f"paths.output_dir={tmp_path / 'a'}"))
-    original = Trainer._optimizer_step
-
-    def crash_in_finetune(self, *args):
-        if self.stage_name == "finetune" and self.step == 4:  # after its step-3 checkpoint
-            raise RuntimeError("simulated crash")
-        return original(self, *args)
-
     cfg = tiny_cfg(*TWO_STAGES, f"paths.output_dir={tmp_path / 'b'}")
-    monkeypatch.setattr(Trainer, "_optimizer_step", crash_in_finetune)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run(cfg)
+    # finetune's step 4 comes after its step-3 checkpoint
+    crash_run(cfg, lambda trainer: trainer.stage_name == "finetune" and trainer.step == 4, monkeypatch)
     before = len(records(tmp_path / "b"))
-    monkeypatch.setattr(Trainer, "_optimizer_step", original)
     resumed = run(cfg)
 
     # A resume, not a restart: the second attempt trains only finetune steps 5.., continuing the global count.

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import crash_run
 from ups.runner import run
 from ups.training.checkpoint import MARKER, load_consolidated
 
@@ -53,20 +54,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_cfg, tmp_path: Path, m
     common = ["trainer.steps_per_epoch=4", "optim.warmup_steps=2", "task=advection1d", "trainer.max_steps=16"]
     straight = run(tiny_cfg(*common, f"paths.output_dir={tmp_path / 'a'}"))
 
-    from ups.training.trainer import Trainer
-
-    original = Trainer._optimizer_step
-
-    def crash_at_10(self, *args):
-        if self.step == 10:
-            raise RuntimeError("simulated crash")
-        return original(self, *args)
-
-    monkeypatch.setattr(Trainer, "_optimizer_step", crash_at_10)
     cfg = tiny_cfg(*common, f"paths.output_dir={tmp_path / 'b'}")
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run(cfg)
-    monkeypatch.setattr(Trainer, "_optimizer_step", original)
+    crash_run(cfg, lambda trainer: trainer.step == 10, monkeypatch)
     resumed = run(cfg)  # same run directory: continues from the step-8 checkpoint
 
     a = load_consolidated(tmp_path / "a" / "checkpoints" / "operator" / "final")["model"]
@@ -162,22 +151,11 @@ def test_diverged_weights_stop_after_the_consecutive_skip_limit(tiny_cfg, tmp_pa
 
 
 def test_a_resumed_epoch_reports_the_mean_of_all_its_steps(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
-    from ups.training.trainer import Trainer
-
     common = ["task=darcy2d", "trainer.steps_per_epoch=4", "trainer.eval_every=2", "trainer.max_steps=8"]
     straight = run(tiny_cfg(*common, f"paths.output_dir={tmp_path / 'a'}"))
-    original = Trainer._optimizer_step
-
-    def crash_mid_epoch(self, *args):
-        if self.step == 6:  # after the step-6 checkpoint, half-way through the second epoch
-            raise RuntimeError("simulated crash")
-        return original(self, *args)
-
     cfg = tiny_cfg(*common, f"paths.output_dir={tmp_path / 'b'}")
-    monkeypatch.setattr(Trainer, "_optimizer_step", crash_mid_epoch)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run(cfg)
-    monkeypatch.setattr(Trainer, "_optimizer_step", original)
+    # after the step-6 checkpoint, half-way through the second epoch
+    crash_run(cfg, lambda trainer: trainer.step == 6, monkeypatch)
     resumed = run(cfg)
     assert len(straight["epoch_losses"]) == 2 and resumed["epoch_losses"] == straight["epoch_losses"]
 

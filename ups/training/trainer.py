@@ -174,7 +174,6 @@ class Trainer:
         self.step = self.epoch = self.batches_done = self.skipped_steps = 0
         self.epoch_losses, self.last_val, self._stopped, self._stop_reason = [], {}, None, None
         self.epoch_sum, self.epoch_n = 0.0, 0
-        self.train_seconds, self._t0 = self._train_seconds(), None
         self._freeze(stage)
         self.optimizer = build_optimizer(self.raw_model, self.cfg.optim, stage.lr, self.device)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, self.total_steps)
