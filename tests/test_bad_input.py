@@ -132,9 +132,10 @@ def _replace(f: h5py.File, key: str, value: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("task,name,edit,needle", [
-    ("advection1d", ADV, lambda f: _replace(f, "tensor", np.zeros((8, 56, 4, 4), np.float32)), r"'tensor' has shape"),
+    ("advection1d", ADV, lambda f: _replace(f, "tensor", np.zeros((8, 56, 4, 4), np.float32)),
+     r"'tensor' has shape \(8, 56, 4, 4\) \(4 axes\); advection1d needs 3 axes"),
     ("cfd1d", "1D_CFD_Rand_Eta0.1_Zeta0.1_periodic_Train.hdf5",
-     lambda f: _replace(f, "pressure", np.zeros((4, 55, 64), np.float32)), r"'pressure' has shape \(4, 55, 64\)"),
+     lambda f: _replace(f, "pressure", np.zeros((4, 55, 64), np.float32)), r"'pressure' has shape \(4, 55, 64\), but '\w+' has \(\d+, \d+, \d+\)"),
     ("advection1d", ADV, lambda f: _replace(f, "x-coordinate", np.zeros(31, np.float32)),
      r"x-coordinate has 31 values"),
     ("advection1d", ADV, lambda f: _replace(f, "t-coordinate", np.zeros(10, np.float32)),

@@ -73,3 +73,28 @@ def test_resume_falls_back_past_a_corrupt_final_checkpoint_bit_identically(tiny_
         _flip_one_byte(_shard(folder))
     with pytest.raises(CheckpointError, match="no usable checkpoint of stage operator"):
         run(tiny_cfg(*common, f"paths.output_dir={tmp_path / 'b'}"))
+    # unreadable metadata everywhere is no excuse to start afresh over the damaged checkpoints either
+    for folder in [p for p in root.iterdir() if not p.name.startswith(".")]:
+        (folder / "meta.json").write_text("{")
+    with pytest.raises(CheckpointError, match="no usable checkpoint of stage operator"):
+        run(tiny_cfg(*common, f"paths.output_dir={tmp_path / 'b'}"))
+
+
+def test_a_write_error_names_what_was_being_written(tmp_path: Path) -> None:
+    import errno
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from ups.training.failures import writing
+
+    with pytest.raises(OSError, match=rf"No space left on device while writing {tmp_path}/m.jsonl; free some space"):
+        with writing(tmp_path / "m.jsonl"):
+            raise OSError(errno.ENOSPC, "No space left on device")  # what a full disk raises on close: no name
+    full = OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError, match=r"No space left on device while writing .*step_4 \(rank 1\)") as caught:
+        with writing(tmp_path / "step_4"):
+            raise CheckpointException("save failed", {1: (full, None)})  # a BaseException, from torch's writer
+    assert caught.value.errno == errno.ENOSPC
+    with pytest.raises(FileNotFoundError, match="already named"):  # an error that names its file is left alone
+        with writing(tmp_path / "x"):
+            raise FileNotFoundError(errno.ENOENT, "already named", str(tmp_path / "y"))

@@ -137,7 +137,8 @@ def _run(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
     trainer = Trainer(cfg, model, raw_model, tasks, env, device, callbacks, run_dir)
     trainer.start_run()
     try:
-        with stop_on_signals():  # SIGTERM/SIGINT/SIGUSR2: finish the step, checkpoint, exit 128 + signal
+        # SIGTERM/SIGINT/SIGUSR2: finish the step, checkpoint, exit 128 + signal
+        with stop_on_signals(under_launcher=env.under_agent, quiet=not env.is_main):
             last = trainer.run_stages(cfg.stages)
         val = {k: v for k, v in last.items() if k.startswith("nrmse/")}  # the last stage's final evaluation
         with trainer.eval_weights():

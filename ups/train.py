@@ -6,13 +6,13 @@ the work, so tests and notebooks call it without a command line.
 from __future__ import annotations
 
 import sys
-import traceback
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from ups.config import ConfigError, register_configs
+from ups.config import register_configs
+from ups.errors import EXPECTED_EXIT, traceback_to_log, user_message
 
 register_configs()
 
@@ -26,10 +26,7 @@ def main(cfg: DictConfig) -> float | None:
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from ups.data.readers import DataFileError
     from ups.distributed.launch import launch  # heavy imports after composition: --help and --cfg stay fast
-    from ups.training.checkpoint import CheckpointError
-    from ups.training.failures import StopTraining
     from ups.training.signals import Interrupted
 
     try:
@@ -38,22 +35,21 @@ def main(cfg: DictConfig) -> float | None:
         print(err, file=sys.stderr)
         sys.exit(err.exit_code)
     except ChildFailedError as err:
-        print(f"A rank failed (its traceback is above):\n{err.format_msg()}", file=sys.stderr)
+        rank, failure = err.get_first_failure()
+        if failure.exitcode == EXPECTED_EXIT:  # the rank printed its one paragraph already
+            print(f"the job stopped: rank {rank} stopped with the error above (traceback in "
+                  f"{Path(cfg.paths.output_dir) / 'train.log'})", file=sys.stderr)
+        else:
+            print(f"A rank failed (its traceback is above):\n{err.format_msg()}", file=sys.stderr)
         sys.exit(1)
-    except (ConfigError, CheckpointError, StopTraining, DataFileError, FileNotFoundError, OSError) as err:
-        kind = {ConfigError: "Config error", CheckpointError: "Checkpoint error", StopTraining: "Training stopped",
-                DataFileError: "Data error", FileNotFoundError: "Data error"}.get(type(err), "I/O error")
-        _traceback_to_log(Path(cfg.paths.output_dir) / "train.log")
-        print(f"{kind}: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - expected errors get one paragraph; others re-raise
+        message = user_message(err)
+        if message is None:
+            raise
+        traceback_to_log(Path(cfg.paths.output_dir) / "train.log")
+        print(message, file=sys.stderr)
         sys.exit(1)
     return metrics.get("val/nrmse/mean")
-
-
-def _traceback_to_log(log_file: Path) -> None:
-    """Append the current exception's traceback to the run's log (the console gets one paragraph)."""
-    if log_file.parent.is_dir():
-        with log_file.open("a") as f:
-            f.write(traceback.format_exc())
 
 
 if __name__ == "__main__":

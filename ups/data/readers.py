@@ -110,9 +110,12 @@ class TrajectoryFile:
             want = 2 + dim
         ref_key, ref = next(iter(shapes.items()))
         for key, shape in shapes.items():
-            if len(shape) != want or shape != ref:
-                raise DataFileError(f"{self.path}: dataset {key!r} has shape {shape}; expected {want} axes "
-                                    f"(N, T, {dim} spatial) matching {ref_key!r} {ref}")
+            if len(shape) != want:
+                raise DataFileError(f"{self.path}: dataset {key!r} has shape {shape} ({len(shape)} axes); "
+                                    f"{fam.name} needs {want} axes (N, T, {dim} spatial)")
+            if shape != ref:
+                raise DataFileError(f"{self.path}: dataset {key!r} has shape {shape}, but {ref_key!r} has {ref}; "
+                                    f"every field of {fam.name} needs the same (N, T, {dim} spatial) shape")
         return ref[0], ref[1], tuple(ref[2:])
 
     def _check_group_data(self, data: h5py.Dataset, ref: tuple[int, ...] | None = None) -> None:

@@ -28,6 +28,7 @@ class DistEnv:
     world_size: int = 1
     local_world_size: int = 1
     restart_count: int = 0  # how often the elastic agent has restarted this job's workers
+    under_agent: bool = False  # started by torch's elastic agent (torchrun, UPS's launcher), which relays signals
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "DistEnv":
@@ -36,7 +37,8 @@ class DistEnv:
         world = int(env.get("WORLD_SIZE", "1"))
         return cls(rank=int(env.get("RANK", "0")), local_rank=int(env.get("LOCAL_RANK", "0")),
                    world_size=world, local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(world))),
-                   restart_count=int(env.get(RESTART_ENV, "0")) + int(env.get("TORCHELASTIC_RESTART_COUNT", "0")))
+                   restart_count=int(env.get(RESTART_ENV, "0")) + int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
+                   under_agent="TORCHELASTIC_RUN_ID" in env)
 
     @property
     def is_main(self) -> bool:

@@ -26,6 +26,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from ups.config import ConfigError, validate
+from ups.errors import EXPECTED_EXIT, traceback_to_log, user_message
 from ups.distributed.env import RESTART_ENV, DistEnv, check_devices, export_slurm_env, in_launched_rank
 from ups.training.signals import Interrupted
 
@@ -83,8 +84,26 @@ def _worker(container: dict) -> dict:
     setup_worker_logging(env, Path(cfg.paths.output_dir) / "train.log")
     try:
         return run(cfg, env)
-    except Interrupted as err:  # a clean stop, not a failure: no restart; the parent re-raises it
-        return {"interrupted": err.signum, "message": str(err)}
+    except Interrupted as err:  # a clean stop, not a failure: no restart
+        if err.signum in (signal.SIGTERM, signal.SIGINT):
+            # torch's agent turned the same signal into its own shutdown and reads no result; a rank
+            # that returned would wait for the agent's "results read" event until it is killed 30 s
+            # later. The checkpoint is saved, so leave now.
+            os._exit(err.exit_code)
+        return {"interrupted": err.signum, "message": str(err)}  # SIGUSR2: the parent re-raises it
+    except Exception as err:  # an expected error: one paragraph, the traceback to train.log, a known status
+        message = user_message(err)
+        if message is None:
+            raise
+        traceback_to_log(Path(cfg.paths.output_dir) / "train.log")
+        print(f"rank {env.rank}: {message}", file=sys.stderr, flush=True)
+        sys.exit(EXPECTED_EXIT)
+
+
+def _not_an_expected_stop(record: logging.LogRecord) -> bool:
+    """Drop torch's failure report (a traceback of its own join) for a rank that stopped on an expected
+    error: that rank printed its one paragraph, and its traceback is in train.log."""
+    return f"(exitcode: {EXPECTED_EXIT})" not in record.getMessage()
 
 
 def _rank_pids() -> list[int]:
@@ -186,6 +205,7 @@ def _launch_local(cfg: DictConfig, device_type: str) -> dict[str, Any]:
     # torch's agent turns SIGTERM and SIGINT into SignalException and stops the ranks with SIGTERM,
     # which they treat as a stop signal; SIGUSR2 it does not handle, so it is passed on here.
     previous = signal.signal(signal.SIGUSR2, _forward_to_ranks)
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_not_an_expected_stop)
     try:
         for attempt in range(p.max_restarts + 1):
             config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=p.ranks_per_node,

@@ -21,6 +21,7 @@ from ups.evaluation.baselines import MeanField, persistence
 from ups.evaluation.evaluate import Predictor, evaluate
 from ups.evaluation.pdebench_metrics import METRICS
 from ups.evaluation.plots import plot_error_vs_step
+from ups.training.failures import writing
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,10 @@ def write_results(out_dir: str | Path, stem: str, results: dict[str, dict], task
     out.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "written": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node()}
     paths = [out / f"{stem}.json", out / f"{stem}.md"]
-    paths[0].write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))
-    paths[1].write_text(markdown(results, tasks, meta))
+    with writing(paths[0]):
+        paths[0].write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))
+    with writing(paths[1]):
+        paths[1].write_text(markdown(results, tasks, meta))
     try:
         plot = plot_error_vs_step(results, tasks, out / f"{stem}_nrmse_vs_step.png")  # None: steady tasks only
         if plot is not None:

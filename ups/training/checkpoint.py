@@ -33,6 +33,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+from ups.training.failures import writing
+
 MARKER = "COMPLETE"
 CHECKSUMS = "checksums.json"  # sha256 of every file of the folder, written before the marker
 log = logging.getLogger(__name__)
@@ -133,6 +135,7 @@ class Checkpointer:
     def __init__(self, root: str | Path, keep_last_k: int = 2, is_main: bool = True):
         self.root = Path(root)
         self.keep_last_k, self.is_main = keep_last_k, is_main
+        self.unreadable: list[Path] = []  # complete folders whose meta.json could not be read, at the last look
 
     def save(self, state: dict, name: str, step: int, consolidate: bool = False) -> Path:
         """Write ``state`` to ``checkpoints/<name>`` atomically; prune old step folders."""
@@ -141,32 +144,39 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         _barrier()  # the folder exists before anyone writes into it
-        with _quiet_single_process():
+        with _quiet_single_process(), writing(tmp):
             dcp.save(state, checkpoint_id=str(tmp), no_dist=not _distributed())
         _barrier()  # every rank's shards are on disk before the marker says so
         if self.is_main:
-            (tmp / "meta.json").write_text(json.dumps({"step": step}))
-            if consolidate:
-                export_model(tmp, tmp / "model.pt")
-            files = sorted(p for p in tmp.iterdir() if p.is_file())
-            (tmp / CHECKSUMS).write_text(json.dumps({p.name: _sha256(p) for p in files}, indent=1))
-            for p in [*files, tmp / CHECKSUMS]:
-                _fsync(p)  # on disk before the marker says the folder is complete
-            (tmp / MARKER).touch()
-            _fsync(tmp / MARKER)
-            _fsync(tmp)
+            with writing(tmp):
+                self._finish(tmp, step, consolidate)
             self._swap_in(tmp, final)
             _fsync(self.root)
             self._prune()
         _barrier()  # nobody looks for the checkpoint before it is in place
         return final
 
+    @staticmethod
+    def _finish(tmp: Path, step: int, consolidate: bool) -> None:
+        """Rank 0: metadata, checksums and the completion marker, each on disk before the next."""
+        (tmp / "meta.json").write_text(json.dumps({"step": step}))
+        if consolidate:
+            export_model(tmp, tmp / "model.pt")
+        files = sorted(p for p in tmp.iterdir() if p.is_file())
+        (tmp / CHECKSUMS).write_text(json.dumps({p.name: _sha256(p) for p in files}, indent=1))
+        for p in [*files, tmp / CHECKSUMS]:
+            _fsync(p)  # on disk before the marker says the folder is complete
+        (tmp / MARKER).touch()
+        _fsync(tmp / MARKER)
+        _fsync(tmp)
+
     def copy(self, src: str, dst: str) -> Path:
         """Copy a complete checkpoint folder to another name (e.g. a step to ``best``), atomically."""
         final, tmp = self.root / dst, self.root / f".{dst}.tmp"
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(self.root / src, tmp)
+            with writing(tmp):
+                shutil.copytree(self.root / src, tmp)
             self._swap_in(tmp, final)
         _barrier()
         return final
@@ -195,8 +205,9 @@ class Checkpointer:
             old.rename(final)
 
     def _complete(self, names: list[Path]) -> list[tuple[float, Path]]:
-        """(step, folder) of the complete folders among ``names``; an unreadable meta.json is skipped."""
-        out = []
+        """(step, folder) of the complete folders among ``names``; one with an unreadable meta.json is
+        skipped and listed in ``self.unreadable``."""
+        out, self.unreadable = [], []
         for p in names:
             if not (p / MARKER).exists():
                 continue
@@ -204,6 +215,7 @@ class Checkpointer:
                 out.append((_step_of(p) + (0.5 if p.name == "final" else 0.0), p))  # final wins a tie
             except (OSError, ValueError, KeyError, TypeError) as err:
                 log.warning("%s/meta.json is unreadable (%s); that checkpoint is skipped", p, err)
+                self.unreadable.append(p)
         return sorted(out, key=lambda sp: sp[0])
 
     def _steps(self) -> list[Path]:

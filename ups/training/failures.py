@@ -4,10 +4,14 @@ Which failures skip and which stop, per strategy, is tabled in docs/reliability.
 """
 from __future__ import annotations
 
+import errno
 import logging
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 if TYPE_CHECKING:
     from ups.training.trainer import Trainer
@@ -18,6 +22,28 @@ log = logging.getLogger(__name__)
 class StopTraining(RuntimeError):
     """Raised when training must stop: on every rank for an agreed policy, on one rank when no agreement
     is possible (the launcher then ends the others)."""
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Name ``path`` in an error raised while writing it. A full disk's OSError names no file, and
+    torch's checkpoint writer wraps it in a ``CheckpointException`` (a BaseException, so no
+    ``except Exception`` sees it) whose text is every rank's traceback."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename:
+            raise
+        raise OSError(err.errno, f"{err.strerror or err} while writing {path}{_hint(err.errno)}") from err
+    except CheckpointException as err:
+        first = next(iter(err.failures.values()))[0]
+        code = getattr(first, "errno", None)
+        raise OSError(code, f"{getattr(first, 'strerror', None) or first} while writing {path} "
+                            f"(rank {', '.join(map(str, sorted(err.failures)))}){_hint(code)}") from None
+
+
+def _hint(code: int | None) -> str:
+    return "; free some space and run the same command again to resume" if code == errno.ENOSPC else ""
 
 
 def is_oom(err: BaseException) -> bool:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from omegaconf import OmegaConf
 
 from ups.training.callbacks import Callback
+from ups.training.failures import writing
 
 if TYPE_CHECKING:
     from ups.training.trainer import Trainer
@@ -39,7 +40,7 @@ class JsonlLogger(Callback):
 
     def on_log(self, trainer: "Trainer", record: dict) -> None:
         if self.path is not None:
-            with self.path.open("a") as f:
+            with writing(self.path), self.path.open("a") as f:
                 f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
 
 

@@ -59,9 +59,10 @@ def usable_checkpoint(trainer: "Trainer") -> Path | None:
                         problem or "it failed its checksums on another rank")
             continue
         return path
-    if candidates:
+    bad = len(candidates) + len(trainer.checkpointer.unreadable)
+    if bad:
         raise CheckpointError(f"no usable checkpoint of stage {trainer.stage_name} in {trainer.checkpointer.root}: "
-                              f"all {len(candidates)} failed their checksums (warnings above name the files). Move "
+                              f"all {bad} failed their checks (warnings above name the files). Move "
                               "that folder away to start the stage afresh, or use another paths.output_dir")
     return None
 

@@ -3,7 +3,9 @@
 A scheduler's preemption signal (SLURM's ``--signal=USR2@120``), ``kill`` and Ctrl-C only set a flag
 here; the trainer agrees on it with the other ranks at the next step boundary, saves a step
 checkpoint and raises :class:`Interrupted`, and the command exits with ``128 + signal`` and one line.
-A second Ctrl-C exits at once.
+A second Ctrl-C exits at once, in a process of its own. Under a launcher (UPS's, torchrun) the
+launcher's agent passes the terminal's Ctrl-C on to the ranks once more as it shuts down, so there a
+rank keeps stopping cleanly and the launcher answers a second Ctrl-C (its ranks then exit with it).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from typing import Iterator
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 _received: int | None = None
+_second_interrupt_exits = True
+_quiet = False  # ranks other than 0 do not repeat rank 0's acknowledgement
 
 
 class Interrupted(Exception):
@@ -37,23 +41,28 @@ def received() -> int | None:
 
 def _handler(signum: int, frame: object) -> None:
     global _received
-    if _received is not None and signum == signal.SIGINT:
+    if _received is not None and signum == signal.SIGINT and _second_interrupt_exits:
         print("second interrupt: exiting now, without a checkpoint", file=sys.stderr, flush=True)
         os._exit(128 + signum)
     if _received is None:
         _received = signum
-        print(f"received {signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-              "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+        if not _quiet:
+            print(f"received {signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+                  "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Handle the stop signals for the block (main thread only; elsewhere a no-op), then restore."""
-    global _received
+def stop_on_signals(under_launcher: bool = False, quiet: bool = False) -> Iterator[None]:
+    """Handle the stop signals for the block (main thread only; elsewhere a no-op), then restore.
+
+    ``under_launcher``: this process is a rank started by a launcher, which owns the second Ctrl-C.
+    ``quiet``: do not print the acknowledgement (a rank other than 0).
+    """
+    global _received, _second_interrupt_exits, _quiet
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _received = None
+    _received, _second_interrupt_exits, _quiet = None, not under_launcher, quiet
     previous = {s: signal.signal(s, _handler) for s in STOP_SIGNALS}
     try:
         yield

@@ -250,7 +250,9 @@ class Trainer:
                 self.faults.after_step(self.global_step)
             if self._agree_stop():
                 break
-        if self.epoch_n:  # the sums are checkpointed, so a resumed epoch's mean covers all of it
+        # The sums are checkpointed, so a resumed epoch's mean covers all of it; an epoch cut by a
+        # signal stays open, its sums saved with the checkpoint for the rerun to continue.
+        if self.epoch_n and not self._interrupted:
             self.epoch_losses.append(self.epoch_sum / self.epoch_n)
             self.epoch_sum, self.epoch_n = 0.0, 0
         if self.batches_done >= self._micro_batches_per_epoch():

@@ -1,0 +1,34 @@
+"""Expected errors, as the user sees them: one paragraph on stderr, the traceback in the run's log.
+
+Shared by the command line (``ups/train.py``) and each rank of a launched job, so a data error on
+rank 1 reads the same as one in a single process.
+"""
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+# The exit status of a launched rank that stopped on an expected error and printed its paragraph, so
+# the launcher does not repeat it as a crash with torch's failure report.
+EXPECTED_EXIT = 3
+
+
+def user_message(err: BaseException) -> str | None:
+    """``"<kind>: <message>"`` for an error the user can act on; None for anything else (a bug, whose
+    traceback is the useful part)."""
+    from ups.config import ConfigError
+    from ups.data.readers import DataFileError
+    from ups.training.checkpoint import CheckpointError
+    from ups.training.failures import StopTraining
+
+    kinds = ((ConfigError, "Config error"), (CheckpointError, "Checkpoint error"), (StopTraining, "Training stopped"),
+             (DataFileError, "Data error"), (FileNotFoundError, "Data error"), (OSError, "I/O error"))
+    return next((f"{kind}: {err}" for cls, kind in kinds if isinstance(err, cls)), None)
+
+
+def traceback_to_log(log_file: Path) -> None:
+    """Append the exception being handled to the run's log (the console gets one paragraph)."""
+    if log_file.parent.is_dir():
+        with log_file.open("a") as f:
+            f.write(traceback.format_exc())
+
