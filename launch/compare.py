@@ -2,8 +2,10 @@
 
     python launch/compare.py --task pdebench2 --budget-s 120 --out compare/pdebench2
     python launch/compare.py --task pdebench11 --budget-s 300 --models tiny fno unet -- data.eval_samples=8
+    python launch/compare.py --task burgers1d --group stage --options operator operator_unrolled
 
-Each model is one ``python -m ups.train`` run (``model=<option>``, ``trainer.time_budget_s``, a
+Each model is one ``python -m ups.train`` run (``model=<option>``, or ``<group>=<option>`` to compare
+the options of another config group, e.g. stages; ``trainer.time_budget_s``, a
 constant learning rate after warm-up because the number of steps a budget buys is not known in
 advance) into ``<out>/<option>/``; the runs share the data directory, so they see the same files
 and splits. The table (``<out>/comparison.md``) takes each run's ``eval/final_test.json``: test
@@ -29,7 +31,7 @@ def train(option: str, args: argparse.Namespace, extra: list[str]) -> Path:
     if result.exists() and not args.force:
         print(f"{option}: reusing {result}", flush=True)
         return run_dir
-    cmd = [sys.executable, "-m", "ups.train", f"task={args.task}", f"model={option}", f"hardware={args.hardware}",
+    cmd = [sys.executable, "-m", "ups.train", f"task={args.task}", f"{args.group}={option}", f"hardware={args.hardware}",
            f"hardware.threads={args.threads}", f"trainer.time_budget_s={args.budget_s}", "trainer.max_steps=1000000",
            "optim.schedule=constant", f"paths.output_dir={run_dir}", f"paths.data_dir={args.data_dir}", "data.generate=true", *extra]
     print("$ " + " ".join(cmd), flush=True)
@@ -48,7 +50,8 @@ def table(runs: dict[str, Path], args: argparse.Namespace, extra: list[str]) -> 
     data = {name: json.loads((d / "eval" / "final_test.json").read_text()) for name, d in runs.items()}
     first, meta = next(iter(data.values()))["results"], next(iter(data.values()))["meta"]
     tasks = sorted({k.split("/")[1] for k in first["model"] if k.startswith("nrmse/") and k.count("/") == 1} - {"mean"})
-    lines = [f"Command: `python launch/compare.py --task {args.task} --budget-s {args.budget_s:g} --models "
+    vary = "--models" if args.group == "model" else f"--group {args.group} --options"
+    lines = [f"Command: `python launch/compare.py --task {args.task} --budget-s {args.budget_s:g} {vary} "
              f"{' '.join(runs)}" + (f" -- {' '.join(extra)}" if extra else "") + "`",
              f"Date: {dt.date.today().isoformat()}; machine: {_machine()}, "
              f"device {meta.get('device')}, hardware.threads={args.threads}; test split, autoregressive rollout "
@@ -64,7 +67,7 @@ def table(runs: dict[str, Path], args: argparse.Namespace, extra: list[str]) -> 
     for task in tasks + ["mean"]:
         lines.append(f"| {task} | " + " | ".join(
             _fmt(data[n]["results"]["model"].get(f"one_step/nrmse/{task}")) for n in runs) + " |")
-    lines += ["", "| model | parameters | steps | global batch | samples/s | training wall-clock (s) |",
+    lines += ["", f"| {args.group} | parameters | steps | global batch | samples/s | training wall-clock (s) |",
               "|---|---|---|---|---|---|"]
     for name, d in data.items():
         m = d["meta"]
@@ -90,7 +93,9 @@ def _fmt(v: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="pdebench2", help="a task group option (default pdebench2)")
-    p.add_argument("--models", nargs="+", default=["tiny", "fno", "unet"], help="model group options")
+    p.add_argument("--group", default="model", help="the config group whose options are compared (default model)")
+    p.add_argument("--options", "--models", nargs="+", default=["tiny", "fno", "unet"], dest="options",
+                   help="the options of --group to compare")
     p.add_argument("--budget-s", type=float, default=120.0, help="training wall-clock per model (s)")
     p.add_argument("--out", type=Path, default=Path("compare"), help="where the runs and the table go")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="shared data directory; absent task files are generated there (data.generate=true)")
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="retrain models whose run already finished")
     args, extra = p.parse_known_args(argv)
     extra = [e for e in extra if e != "--"]
-    runs = {option: train(option, args, extra) for option in args.models}
+    runs = {option: train(option, args, extra) for option in args.options}
     text = table(runs, args, extra)
     (args.out / "comparison.md").write_text(text)
     print(text)

@@ -52,12 +52,17 @@ class _TrajectorySource:
 
 
 class WindowDataset(Dataset):
-    """Every (trajectory, start) window: ``initial_step`` context frames and the frame after them."""
+    """Every (trajectory, start) window: ``initial_step`` context frames and the ``horizon`` frames
+    after them (``y`` is (P, horizon*C), time outermost; steady tasks have one target whatever the horizon)."""
 
-    def __init__(self, task: TaskData, split: str, preload_max_gb: float = 2.0):
+    def __init__(self, task: TaskData, split: str, preload_max_gb: float = 2.0, horizon: int = 1):
         self.task = task
+        self.horizon = 1 if task.family.steady else horizon
+        self.per_traj = task.n_steps - task.initial_step - (self.horizon - 1)
+        if self.per_traj < 1:
+            raise ValueError(f"{task.name}: horizon {horizon} needs {task.initial_step + horizon} frames per "
+                             f"trajectory, but it has {task.n_steps} (after reduced_resolution_t)")
         self.source = _TrajectorySource(task, task.splits[split], preload_max_gb)
-        self.per_traj = task.n_steps - task.initial_step
         self._conds = [task.cond(file_idx) for file_idx, _ in self.source.ids]
 
     def __len__(self) -> int:
@@ -68,7 +73,7 @@ class WindowDataset(Dataset):
         traj, k = self.source[j], self.task.initial_step
         return {
             "x": torch.from_numpy(to_points(traj[start: start + k])),
-            "y": torch.from_numpy(to_points(traj[start + k: start + k + 1])),
+            "y": torch.from_numpy(to_points(traj[start + k: start + k + self.horizon])),
             "cond": torch.from_numpy(self._conds[j]),
         }
 

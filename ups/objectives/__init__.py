@@ -8,8 +8,9 @@ from typing import Any
 
 from ups.objectives.base import Objective
 from ups.objectives.next_step import NextStep
+from ups.objectives.unrolled import Unrolled
 
-__all__ = ["NextStep", "Objective", "build_objective"]
+__all__ = ["NextStep", "Objective", "Unrolled", "build_objective"]
 
 
 def build_objective(cfg: Any, where: str) -> Objective:

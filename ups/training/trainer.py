@@ -20,10 +20,10 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 from torch.utils.data import DataLoader
 
 from ups.config import ConfigError
-from ups.data.datasets import MultiTaskDataset, TrajectoryDataset, WindowDataset
+from ups.data.datasets import MultiTaskDataset, TrajectoryDataset
 from ups.data.sampler import MultiTaskDistributedSampler
 from ups.data.tasks import TaskData
-from ups.distributed.collectives import all_reduce_max, all_reduce_sum, any_rank, main_first
+from ups.distributed.collectives import all_reduce_max, all_reduce_sum, any_rank
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import grad_sync
 from ups.evaluation.evaluate import evaluate
@@ -35,6 +35,7 @@ from ups.training.checkpoint import Checkpointer
 from ups.training.failures import StopTraining, is_oom, skip_or_stop, stop_if_sharded
 from ups.training.faults import FaultInjector
 from ups.training.optim import build_optimizer, build_scheduler, set_requires_grad
+from ups.training.train_sets import TrainSets
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ class Trainer:
         self.tasks, self.callbacks, self.run_dir = list(tasks), dict(callbacks), Path(run_dir)
         self.spec = spec_of(raw_model)
         pre = cfg.data.preload_max_gb
-        self.raw_train_set = MultiTaskDataset([WindowDataset(t, "train", pre) for t in tasks])
-        self.train_set: MultiTaskDataset = self.raw_train_set
+        self.train_sets = TrainSets(tasks, pre)
+        self.train_set: MultiTaskDataset = self.train_sets.raw
         self.eval_sets = {split: [TrajectoryDataset(t, split, cfg.data.eval_samples, pre) for t in tasks]
                           for split in ("val", "test")}
         self.faults = FaultInjector(cfg.faults, env)
@@ -138,22 +139,6 @@ class Trainer:
         set_model_state_dict(self.raw_model, state["model"])
         log.info("stage %s starts from the weights in %s", self.stage_name, path)
 
-    def _train_set_for(self, stage: Any) -> MultiTaskDataset:
-        """Windows from the data, or, with a frozen encoder, its latents from the cache (built once)."""
-        if "encoder" not in stage.freeze or not stage.latent_cache or self.spec.latent is None:
-            return self.raw_train_set
-        if self.cfg.parallelism.strategy == "fsdp2":
-            # The sharded encoder needs every rank in each forward; rank 0 alone cannot build the cache.
-            log.info("stage %s: encoder sharded by FSDP2, encoding on the fly instead of caching", self.stage_name)
-            return self.raw_train_set
-        from ups.data import latent_cache
-
-        root = Path(self.cfg.data.latent_cache_dir or self.run_dir / "latent_cache")
-        with main_first(self.env.is_main):  # rank 0 builds what is missing, then everyone opens it
-            cached = [latent_cache.load_or_build(self.raw_model, w, root, self.device, build=self.env.is_main)
-                      for w in self.raw_train_set.datasets]
-        return latent_cache.MultiTaskLatentDataset(cached)
-
     def _freeze(self, stage: Any) -> None:
         groups = self.spec.groups(self.raw_model)
         unknown = set(stage.freeze) - set(groups)
@@ -170,6 +155,7 @@ class Trainer:
         self.offset, self.stage_name = self.global_step, name
         self.total_steps = t.max_steps if stage.steps is None else stage.steps
         self.objective = build_objective(stage.objective, f"stages.{name}")
+        self.train_set = self.train_sets.windows(self.objective.horizon, f"stages.{name}")  # what the sampler sizes
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints" / name, t.keep_last_k, self.env.is_main)
         self.step = self.epoch = self.batches_done = self.skipped_steps = 0
         self.epoch_losses, self.last_val, self._stopped, self._stop_reason = [], {}, None, None
@@ -189,7 +175,9 @@ class Trainer:
             return self.last_val
         if self.step == 0 and (stage.init_from or prev):
             self._load_weights(stage.init_from or prev)
-        self.train_set = self._train_set_for(stage)  # after the weights are final: the cache key hashes them
+        self.train_set = self.train_sets.for_stage(name, stage, self.objective, self.raw_model,
+                                                   self.spec.latent is not None, self.cfg, self.env, self.device,
+                                                   self.run_dir)
         self._t0 = time.perf_counter()
         while self.step < self.total_steps and not self._agree_stop():
             self._run_epoch()
@@ -204,7 +192,7 @@ class Trainer:
         self.checkpointer.save(self.state_dict(stage_done=True), "final", self.global_step, consolidate=True)
         for cb in self.callbacks.values():
             cb.on_fit_end(self)
-        self.train_set = self.raw_train_set
+        self.train_set = self.train_sets.raw
         self.train_seconds, self._t0 = self._train_seconds(), None
         return self.last_val
 

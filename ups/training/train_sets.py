@@ -1,0 +1,59 @@
+"""What a stage trains on: windows holding as many target frames as its objective needs, or, with a
+frozen encoder, that encoder's latents from the cache (encoded once, then read from disk)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ups.config import ConfigError
+from ups.data.datasets import MultiTaskDataset, WindowDataset
+from ups.data.tasks import TaskData
+from ups.distributed.collectives import main_first
+from ups.distributed.env import DistEnv
+from ups.objectives import Objective
+
+log = logging.getLogger(__name__)
+
+
+class TrainSets:
+    """The training windows of every task, one set per horizon (built when first asked)."""
+
+    def __init__(self, tasks: Sequence[TaskData], preload_max_gb: float):
+        self.tasks, self.preload_max_gb = list(tasks), preload_max_gb
+        self.raw = MultiTaskDataset([WindowDataset(t, "train", preload_max_gb) for t in self.tasks])
+        self._by_horizon = {1: self.raw}
+
+    def windows(self, horizon: int, where: str) -> MultiTaskDataset:
+        """Windows with ``horizon`` target frames; a horizon longer than the trajectories names ``where``."""
+        if horizon not in self._by_horizon:
+            try:
+                self._by_horizon[horizon] = MultiTaskDataset([WindowDataset(t, "train", self.preload_max_gb, horizon)
+                                                              for t in self.tasks])
+            except ValueError as err:
+                raise ConfigError(f"{where}.objective: {err}") from None
+        return self._by_horizon[horizon]
+
+    def for_stage(self, name: str, stage: Any, objective: Objective, model: nn.Module, has_latent: bool,
+                  cfg: Any, env: DistEnv, device: torch.device, run_dir: Path) -> MultiTaskDataset:
+        """The stage's windows, or its frozen encoder's cached latents (call once the weights are final:
+        the cache key hashes them)."""
+        windows = self.windows(objective.horizon, f"stages.{name}")
+        if "encoder" not in stage.freeze or not stage.latent_cache or not has_latent:
+            return windows
+        if objective.horizon > 1:
+            raise ConfigError(f"stages.{name}: its objective unrolls {objective.horizon} steps from the context "
+                              f"fields, which the latent cache does not keep; set stages.{name}.latent_cache=false")
+        if cfg.parallelism.strategy == "fsdp2":
+            # The sharded encoder needs every rank in each forward; rank 0 alone cannot build the cache.
+            log.info("stage %s: encoder sharded by FSDP2, encoding on the fly instead of caching", name)
+            return windows
+        from ups.data import latent_cache
+
+        root = Path(cfg.data.latent_cache_dir or run_dir / "latent_cache")
+        with main_first(env.is_main):  # rank 0 builds what is missing, then everyone opens it
+            cached = [latent_cache.load_or_build(model, w, root, device, build=env.is_main) for w in self.raw.datasets]
+        return latent_cache.MultiTaskLatentDataset(cached)
