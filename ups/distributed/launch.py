@@ -26,8 +26,8 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from ups.config import ConfigError, validate
-from ups.errors import EXPECTED_EXIT, traceback_to_log, user_message
 from ups.distributed.env import RESTART_ENV, DistEnv, check_devices, export_slurm_env, in_launched_rank
+from ups.errors import EXPECTED_EXIT, traceback_to_log, user_message
 from ups.training.signals import Interrupted
 
 log = logging.getLogger(__name__)
@@ -202,8 +202,8 @@ def _launch_local(cfg: DictConfig, device_type: str) -> dict[str, Any]:
     """
     p = cfg.parallelism
     container = OmegaConf.to_container(cfg, resolve=True)
-    # torch's agent turns SIGTERM and SIGINT into SignalException and stops the ranks with SIGTERM,
-    # which they treat as a stop signal; SIGUSR2 it does not handle, so it is passed on here.
+    # torch's agent turns SIGTERM and SIGINT into SignalException and passes the same signal on to the
+    # ranks, which treat it as a stop signal; SIGUSR2 it does not handle, so it is passed on here.
     previous = signal.signal(signal.SIGUSR2, _forward_to_ranks)
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_not_an_expected_stop)
     try:

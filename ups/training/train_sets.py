@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 class TrainSets:
     """The training windows of every task, one set per horizon (built when first asked)."""
 
-    def __init__(self, tasks: Sequence[TaskData], preload_max_gb: float):
-        self.tasks, self.preload_max_gb = list(tasks), preload_max_gb
-        self.raw = MultiTaskDataset([WindowDataset(t, "train", preload_max_gb) for t in self.tasks])
+    def __init__(self, tasks: Sequence[TaskData], cfg: Any, env: DistEnv, device: torch.device, run_dir: Path):
+        self.tasks, self.cfg, self.env, self.device, self.run_dir = list(tasks), cfg, env, device, Path(run_dir)
+        self.preload_max_gb = cfg.data.preload_max_gb
+        self.raw = MultiTaskDataset([WindowDataset(t, "train", self.preload_max_gb) for t in self.tasks])
         self._by_horizon = {1: self.raw}
 
     def windows(self, horizon: int, where: str) -> MultiTaskDataset:
@@ -37,10 +38,11 @@ class TrainSets:
                 raise ConfigError(f"{where}.objective: {err}") from None
         return self._by_horizon[horizon]
 
-    def for_stage(self, name: str, stage: Any, objective: Objective, model: nn.Module, has_latent: bool,
-                  cfg: Any, env: DistEnv, device: torch.device, run_dir: Path) -> MultiTaskDataset:
+    def for_stage(self, name: str, stage: Any, objective: Objective, model: nn.Module,
+                  has_latent: bool) -> MultiTaskDataset:
         """The stage's windows, or its frozen encoder's cached latents (call once the weights are final:
         the cache key hashes them)."""
+        cfg, env = self.cfg, self.env
         windows = self.windows(objective.horizon, f"stages.{name}")
         if "encoder" not in stage.freeze or not stage.latent_cache or not has_latent:
             return windows
@@ -53,7 +55,8 @@ class TrainSets:
             return windows
         from ups.data import latent_cache
 
-        root = Path(cfg.data.latent_cache_dir or run_dir / "latent_cache")
+        root = Path(cfg.data.latent_cache_dir or self.run_dir / "latent_cache")
         with main_first(env.is_main):  # rank 0 builds what is missing, then everyone opens it
-            cached = [latent_cache.load_or_build(model, w, root, device, build=env.is_main) for w in self.raw.datasets]
+            cached = [latent_cache.load_or_build(model, w, root, self.device, build=env.is_main)
+                      for w in self.raw.datasets]
         return latent_cache.MultiTaskLatentDataset(cached)

@@ -53,7 +53,7 @@ class Trainer:
         self.tasks, self.callbacks, self.run_dir = list(tasks), dict(callbacks), Path(run_dir)
         self.spec = spec_of(raw_model)
         pre = cfg.data.preload_max_gb
-        self.train_sets = TrainSets(tasks, pre)
+        self.train_sets = TrainSets(tasks, cfg, env, device, self.run_dir)
         self.train_set: MultiTaskDataset = self.train_sets.raw
         self.eval_sets = {split: [TrajectoryDataset(t, split, cfg.data.eval_samples, pre) for t in tasks]
                           for split in ("val", "test")}
@@ -176,8 +176,7 @@ class Trainer:
         if self.step == 0 and (stage.init_from or prev):
             self._load_weights(stage.init_from or prev)
         self.train_set = self.train_sets.for_stage(name, stage, self.objective, self.raw_model,
-                                                   self.spec.latent is not None, self.cfg, self.env, self.device,
-                                                   self.run_dir)
+                                                   self.spec.latent is not None)
         self._t0 = time.perf_counter()
         while self.step < self.total_steps and not self._agree_stop():
             self._run_epoch()
