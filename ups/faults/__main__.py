@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ups.faults.harness import Ctx, Row, changed, data_checksums
+from ups.faults.harness import HUNG, Ctx, Row, changed, data_checksums
 from ups.faults.scenarios import SCENARIOS
 
 importlib.import_module("ups.faults.resume_scenarios")  # adds its scenarios to SCENARIOS
@@ -50,7 +50,7 @@ def run_one(ctx: Ctx, name: str, issue: str, expected: str, fn) -> Row:
     except Exception as err:  # noqa: BLE001 - the table reports it, the other scenarios go on
         row.ok, row.observed = False, f"harness error: {type(err).__name__}: {err}"
     row.data_changed = changed(before, data_checksums(ctx.data))
-    row.ok = (row.ok and row.exit != "hung (killed at the cap)" and not row.orphans and row.data_changed == 0)
+    row.ok = (row.ok and row.exit != HUNG and not row.orphans and row.data_changed == 0)
     row.notes.append(f"scenario took {time.monotonic() - start:.0f} s")
     return row
 

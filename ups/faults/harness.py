@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 MARKER = "UPS_FAULTS_TAG"
+HUNG = "hung (killed at the cap)"  # the exit column of a command still running at the cap
 # Run ``ups.train`` after executing the patch in UPS_FAULTS_PATCH (a fault that needs code, e.g. an
 # out-of-memory error in backward); only the first process of a command applies it.
 _PATCHED_MAIN = ("import os, runpy, sys\n"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ups.faults.harness import Ctx, Proc, Row, checkpoints, count_alive, epoch_line, final, last_step, records, tagged
-from ups.faults.scenarios import _exit, _first_line, expect_error, scenario
+from ups.faults.scenarios import exit_of, expect_error, message_of, scenario
 
 INTERVAL = 10  # trainer.eval_every of Ctx.base: a checkpoint every 10 steps
 
@@ -42,18 +42,18 @@ def interrupt_and_resume(ctx: Ctx, row: Row, name: str, fault: Callable[[subproc
     proc = ctx.start(args)
     if not ctx.wait_for(proc, lambda: last_step(run_dir) >= at_step and bool(checkpoints(run_dir))):
         p = ctx.finish(proc)
-        row.exit, row.observed = _exit(p), f"the run ended before step {at_step}: {_first_line(p, 80)}"
+        row.exit, row.observed = exit_of(p), f"the run ended before step {at_step}: {message_of(p, 80)}"
         return None
     t_fault = time.monotonic()
     fault(proc)
     p = ctx.finish(proc, since=t_fault)
-    row.exit, row.seconds, row.orphans = _exit(p), round(p.seconds, 1), p.orphans
+    row.exit, row.seconds, row.orphans = exit_of(p), round(p.seconds, 1), p.orphans
     done = last_step(run_dir)
     notes = [damage(run_dir)] if damage else []
     again = ctx.train(args)
     row.work_lost = redone_steps(run_dir)
     warned = [ln for ln in again.stderr.splitlines() if "WARNING" in ln and "checkpoint" in ln.lower()]
-    row.observed = (f"exit {row.exit} {p.seconds:.1f} s after the fault at step {done}; rerun exit {_exit(again)}, "
+    row.observed = (f"exit {row.exit} {p.seconds:.1f} s after the fault at step {done}; rerun exit {exit_of(again)}, "
                     f"{row.work_lost} steps redone")
     if warned:
         row.observed += f"; warned: {warned[0].split(' - ', 1)[-1][:90]}"
@@ -94,7 +94,7 @@ def _die_on_4th(fn):
         if 'checkpoints' in str(dst):
             _n[0] += 1
             if _n[0] == 4:  # mid-save: after two step checkpoints and the first 'best'
-                os._exit(137)
+                os.exit_of(137)
         return fn(src, dst, *a, **k)
     return wrapped
 os.rename, os.replace = _die_on_4th(_rename), _die_on_4th(_replace)
@@ -107,16 +107,16 @@ def kill_in_save(ctx: Ctx, row: Row) -> None:
     name = "kill-in-save"
     shutil.rmtree(ctx.run_dir(name), ignore_errors=True)
     p = ctx.train(ctx.base(name), patch=_KILL_IN_SAVE)
-    row.exit, row.seconds, row.orphans = _exit(p), round(p.seconds, 1), p.orphans
+    row.exit, row.seconds, row.orphans = exit_of(p), round(p.seconds, 1), p.orphans
     done = last_step(ctx.run_dir(name))
     again = ctx.train(ctx.base(name))
     ref = ctx.reference_of("single")
     same = final(ctx.run_dir(name)) == {k: ref[k] for k in ("step", "loss", "val")}
     row.work_lost = redone_steps(ctx.run_dir(name))
-    row.observed = (f"killed in a save at step {done} (exit {row.exit}); rerun exit {_exit(again)}, "
+    row.observed = (f"killed in a save at step {done} (exit {row.exit}); rerun exit {exit_of(again)}, "
                     f"{row.work_lost} steps redone, {'identical to' if same else 'DIFFERS from'} an uninterrupted run")
     if again.rc != 0:
-        row.observed += f": {_first_line(again, 80)}"
+        row.observed += f": {message_of(again, 80)}"
     row.ok = p.rc == 137 and again.rc == 0 and same and row.work_lost <= INTERVAL
 
 
@@ -141,8 +141,8 @@ def kill_launcher(ctx: Ctx, row: Row) -> None:
     for pid in tagged(tag):
         os.kill(pid, signal.SIGKILL)
     again = ctx.train(args)
-    row.exit, row.work_lost = f"-9, rerun {_exit(again)}", redone_steps(run_dir)
-    row.observed = (f"ranks gone {row.seconds} s after the launcher; rerun exit {_exit(again)}, "
+    row.exit, row.work_lost = f"-9, rerun {exit_of(again)}", redone_steps(run_dir)
+    row.observed = (f"ranks gone {row.seconds} s after the launcher; rerun exit {exit_of(again)}, "
                     f"{row.work_lost} steps redone")
     row.ok = row.seconds < 30 and again.rc == 0 and row.work_lost <= INTERVAL
 
@@ -154,7 +154,7 @@ def rank_crash(ctx: Ctx, row: Row) -> None:
     shutil.rmtree(ctx.run_dir(name), ignore_errors=True)
     p = ctx.train(ctx.base(name, "parallelism=ddp2", "parallelism.max_restarts=1", "faults.crash_rank=1",
                            "faults.crash_step=15"))
-    row.exit, row.seconds, row.orphans = _exit(p), round(p.seconds, 1), p.orphans
+    row.exit, row.seconds, row.orphans = exit_of(p), round(p.seconds, 1), p.orphans
     row.work_lost = redone_steps(ctx.run_dir(name))
     log = ctx.run_dir(name) / "train.log"
     restart_logged = log.exists() and "restart" in log.read_text().lower()
@@ -270,19 +270,19 @@ def leftover_swap(ctx: Ctx, row: Row) -> None:
     first = ctx.train(ctx.base(name, "trainer.max_steps=20"))
     folders = {p.name: p for p in root.rglob("*") if p.is_dir()}
     if first.rc != 0 or "best" not in folders or "final" not in folders:
-        row.observed = f"the first run failed: {_first_line(first, 80)}"
+        row.observed = f"the first run failed: {message_of(first, 80)}"
         return
     best, fin = folders["best"], folders["final"]
     shutil.copytree(best, best.parent / ".best.old")  # killed after the second rename of a swap
     fin.rename(fin.parent / ".final.old")  # killed between the two renames
     p = ctx.train(ctx.base(name, "trainer.max_steps=40"))
-    _exit_and = f"exit {_exit(p)}"
+    _exit_and = f"exit {exit_of(p)}"
     left = sorted(q.name for q in root.rglob(".*.old"))
     final_step = json.loads((fin / "meta.json").read_text()).get("step") if (fin / "meta.json").exists() else None
-    row.exit, row.seconds, row.orphans = _exit(p), round(p.seconds, 1), p.orphans
+    row.exit, row.seconds, row.orphans = exit_of(p), round(p.seconds, 1), p.orphans
     row.observed = f"{_exit_and}; leftovers now {left or 'none'}; final at step {final_step}"
     if p.rc != 0:
-        row.observed += f": {_first_line(p, 80)}"
+        row.observed += f": {message_of(p, 80)}"
     row.ok = p.rc == 0 and not left and final_step == 40
 
 
@@ -298,7 +298,7 @@ def two_runs(ctx: Ctx, row: Row) -> None:
     expect_error(row, second, str(first.pid))
     os.kill(first.pid, signal.SIGTERM)  # end the long first run early; it saves and exits 143
     p1 = ctx.finish(first)
-    row.observed += f"; the first run: exit {_exit(p1)}"
+    row.observed += f"; the first run: exit {exit_of(p1)}"
     row.ok = row.ok and p1.rc == 143
 
 
@@ -312,7 +312,7 @@ def torchrun_logging(ctx: Ctx, row: Row) -> None:
     log = ctx.run_dir(name) / "train.log"
     in_log = log.read_text().count("val nRMSE burgers1d=") if log.exists() else 0
     in_console = (p.stdout + p.stderr).count("val nRMSE burgers1d=")
-    row.exit, row.seconds, row.orphans = _exit(p), round(p.seconds, 1), p.orphans
+    row.exit, row.seconds, row.orphans = exit_of(p), round(p.seconds, 1), p.orphans
     row.observed = f"exit {row.exit}; 2 evaluations logged {in_console}x on the console, {in_log}x in train.log"
     row.ok = p.rc == 0 and in_log == 2 and in_console == 2
 

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from typing import Callable
 
-from ups.faults.harness import Ctx, Proc, Row, last_step, records
+from ups.faults.harness import HUNG, Ctx, Proc, Row, last_step, records
 
 SCENARIOS: list[tuple[str, str, str, Callable[[Ctx, Row], None]]] = []
 
@@ -26,11 +26,13 @@ def scenario(name: str, issue: str, expected: str):
     return wrap
 
 
-def _exit(p: Proc) -> str:
-    return "hung (killed at the cap)" if p.hung else str(p.rc)
+def exit_of(p: Proc) -> str:
+    """The exit column: the status, or that the command hung."""
+    return HUNG if p.hung else str(p.rc)
 
 
-def _first_line(p: Proc, width: int = 110) -> str:
+def message_of(p: Proc, width: int = 110) -> str:
+    """The line of stderr that says what happened, cut to ``width``."""
     # the message itself, not the library warnings or torch's own log lines ("W1202 03:22:45 ...") around it
     lines = [ln.strip() for ln in p.stderr.splitlines()
              if ln.strip() and "Warning" not in ln and not re.match(r"[WIE]\d{4} ", ln)]
@@ -41,7 +43,7 @@ def _first_line(p: Proc, width: int = 110) -> str:
 
 
 def _record(row: Row, p: Proc) -> None:
-    row.exit, row.seconds, row.orphans = _exit(p), round(p.seconds, 1), p.orphans
+    row.exit, row.seconds, row.orphans = exit_of(p), round(p.seconds, 1), p.orphans
 
 
 def expect_error(row: Row, p: Proc, *needles: str) -> None:
@@ -49,7 +51,7 @@ def expect_error(row: Row, p: Proc, *needles: str) -> None:
     _record(row, p)
     short, n = p.paragraph()
     found = all(nd.lower() in p.stderr.lower() for nd in needles)
-    row.observed = f"{_first_line(p)} [{n} stderr lines]"
+    row.observed = f"{message_of(p)} [{n} stderr lines]"
     row.ok = p.rc == 1 and short and found
     if not found:
         row.notes.append(f"stderr lacks one of {needles}")
@@ -59,10 +61,10 @@ def expect_error(row: Row, p: Proc, *needles: str) -> None:
 @scenario("fsdp2-oom-one-rank", "1", "the job stops within seconds (no agreed skip is possible mid-forward), one paragraph")
 def fsdp2_oom(ctx: Ctx, row: Row) -> None:
     p = ctx.train(ctx.base("fsdp2-oom", "parallelism=fsdp2_2", "trainer.max_steps=10", "faults.oom_rank=0",
-                           "faults.oom_step=3"), cap_s=min(ctx.cap_s, 180))
+                           "faults.oom_step=3"))
     _record(row, p)
     n = len([ln for ln in p.stderr.splitlines() if ln.strip()])
-    row.observed = f"exit {row.exit} after {p.seconds:.0f} s: {_first_line(p, 70)} [{n} stderr lines]"
+    row.observed = f"exit {row.exit} after {p.seconds:.0f} s: {message_of(p, 70)} [{n} stderr lines]"
     row.ok = p.rc == 1 and p.seconds < 60 and "out of memory" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -113,7 +115,7 @@ def cpu_oom(ctx: Ctx, row: Row) -> None:
     _record(row, p)
     skipped = max((r.get("skipped_steps", 0) for r in records(ctx.run_dir("cpu-oom"))), default=0)
     row.observed = (f"exit {row.exit}, {skipped} step skipped" if p.rc == 0 else
-                    f"exit {row.exit}: {_first_line(p, 80)}")
+                    f"exit {row.exit}: {message_of(p, 80)}")
     row.ok = p.rc == 0 and skipped == 1
 
 
@@ -124,7 +126,7 @@ def backward_oom(ctx: Ctx, row: Row) -> None:
     expect_error(row, p, "out of memory in backward")
     again = ctx.train(ctx.base("backward-oom"))
     row.ok = row.ok and again.rc == 0
-    row.observed += f"; rerun exit {_exit(again)}"
+    row.observed += f"; rerun exit {exit_of(again)}"
 
 
 # ------------------------------------------------------------------------------------ user data
@@ -160,9 +162,9 @@ def concurrent_generation(ctx: Ctx, row: Row) -> None:
     procs = [ctx.start(ctx.base(f"generate-{i}", *ctx.generate_flag(), "trainer.max_steps=5", data=shared))
              for i in range(2)]
     done = [ctx.finish(q) for q in procs]
-    row.exit = ", ".join(_exit(p) for p in done)
+    row.exit = ", ".join(exit_of(p) for p in done)
     row.seconds, row.orphans = round(max(p.seconds for p in done), 1), sum(p.orphans for p in done)
-    row.observed = "exits " + row.exit + "".join(f"; {_first_line(p, 60)}" for p in done if p.rc != 0)
+    row.observed = "exits " + row.exit + "".join(f"; {message_of(p, 60)}" for p in done if p.rc != 0)
     row.ok = all(p.rc == 0 for p in done)
 
 
@@ -222,7 +224,7 @@ def disk_full(ctx: Ctx, row: Row) -> None:
         p = ctx.train(args)
         expect_error(row, p, str(mount / "run"), "No space left")
         again = ctx.train(args)  # still full: it must fail the same way, not worse
-        row.observed += f"; rerun on the full disk: exit {_exit(again)}, {again.paragraph()[1]} stderr lines"
+        row.observed += f"; rerun on the full disk: exit {exit_of(again)}, {again.paragraph()[1]} stderr lines"
         row.ok = row.ok and again.rc == 1 and again.paragraph()[0]
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
