@@ -97,12 +97,12 @@ class Ctx:
         """``data.generate=true`` where it exists (the code before the fix generated anywhere)."""
         return [] if self.before else ["data.generate=true"]
 
-    def start(self, args: list[str], patch: str = "", module: bool = True, env: Optional[dict] = None,
+    def start(self, args: list[str], patch: str = "", module: bool = True,
               as_plain_user: bool = False) -> subprocess.Popen:
         """Start ``python -m ups.train <args>`` (or ``python <args>`` with ``module=False``)."""
         self._n += 1
         tag = f"{os.getpid()}-{self._n}"
-        full_env = dict(self.env, **(env or {}), **{MARKER: tag})
+        full_env = dict(self.env, **{MARKER: tag})
         if patch:
             full_env["UPS_FAULTS_PATCH"] = patch
             cmd = [self.python, "-c", _PATCHED_MAIN, *args]
@@ -114,13 +114,14 @@ class Ctx:
         with open(logs / f"{tag}.out", "w") as out, open(logs / f"{tag}.err", "w") as err:
             proc = subprocess.Popen(cmd, cwd=self.cwd, env=full_env, stdout=out, stderr=err, start_new_session=True,
                                     preexec_fn=_without_root_file_access if as_plain_user else None)
-        proc.ups_tag, proc.ups_logs = tag, logs / tag  # type: ignore[attr-defined]
+        proc.ups_tag, proc.ups_logs, proc.ups_t0 = tag, logs / tag, time.monotonic()  # type: ignore[attr-defined]
         return proc
 
     def finish(self, proc: subprocess.Popen, since: Optional[float] = None, cap_s: Optional[float] = None,
                orphan_wait_s: float = 30.0) -> Proc:
-        """Wait for ``proc`` (at most the cap, then kill its whole session: a hang) and count its orphans."""
-        start = time.monotonic() if since is None else since
+        """Wait for ``proc`` (at most the cap, then kill its whole session: a hang) and count its orphans.
+        The time to exit counts from ``since`` (the injected fault) or from the start."""
+        start = proc.ups_t0 if since is None else since  # type: ignore[attr-defined]
         tag = proc.ups_tag  # type: ignore[attr-defined]
         try:
             rc: Optional[int] = proc.wait(timeout=cap_s or self.cap_s)
