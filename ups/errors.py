@@ -5,6 +5,7 @@ rank 1 reads the same as one in a single process.
 """
 from __future__ import annotations
 
+import sys
 import traceback
 from pathlib import Path
 
@@ -26,9 +27,15 @@ def user_message(err: BaseException) -> str | None:
     return next((f"{kind}: {err}" for cls, kind in kinds if isinstance(err, cls)), None)
 
 
-def traceback_to_log(log_file: Path) -> None:
-    """Append the exception being handled to the run's log (the console gets one paragraph)."""
+def report_expected(err: BaseException, log_file: Path, prefix: str = "") -> bool:
+    """For an expected error (see :func:`user_message`): append the traceback being handled to the
+    run's log, print the one paragraph (after ``prefix``) to stderr and return True; else False."""
+    message = user_message(err)
+    if message is None:
+        return False
     if log_file.parent.is_dir():
         with log_file.open("a") as f:
             f.write(traceback.format_exc())
+    print(f"{prefix}{message}", file=sys.stderr, flush=True)
+    return True
 

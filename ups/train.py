@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ups.config import register_configs
-from ups.errors import EXPECTED_EXIT, traceback_to_log, user_message
+from ups.errors import EXPECTED_EXIT, report_expected
 
 register_configs()
 
@@ -43,11 +43,8 @@ def main(cfg: DictConfig) -> float | None:
             print(f"A rank failed (its traceback is above):\n{err.format_msg()}", file=sys.stderr)
         sys.exit(1)
     except Exception as err:  # noqa: BLE001 - expected errors get one paragraph; others re-raise
-        message = user_message(err)
-        if message is None:
+        if not report_expected(err, Path(cfg.paths.output_dir) / "train.log"):
             raise
-        traceback_to_log(Path(cfg.paths.output_dir) / "train.log")
-        print(message, file=sys.stderr)
         sys.exit(1)
     return metrics.get("val/nrmse/mean")
 

@@ -149,13 +149,10 @@ def process_group(env: DistEnv, device: torch.device, backend: str, timeout_s: i
     dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s),
                             device_id=device if device.type == "cuda" else None)
     log.info("rank %d/%d joined the %s process group", env.rank, env.world_size, backend)
-    try:
-        yield
-    except BaseException:
-        # A rank leaving on an error must not wait in a barrier: the others may be stuck in a
-        # collective it will never join (an FSDP2 all-gather), and the launcher ends them as soon
-        # as this process exits.
-        raise
+    # An error raised in the block leaves here, skipping the barrier: the other ranks may be stuck in a
+    # collective this one will never join (an FSDP2 all-gather), and the launcher ends them as soon
+    # as this process exits.
+    yield
     with contextlib.suppress(Exception):
         dist.barrier()
     dist.destroy_process_group()

@@ -27,7 +27,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from ups.config import ConfigError, validate
 from ups.distributed.env import RESTART_ENV, DistEnv, check_devices, export_slurm_env, in_launched_rank
-from ups.errors import EXPECTED_EXIT, traceback_to_log, user_message
+from ups.errors import EXPECTED_EXIT, report_expected
 from ups.training.signals import Interrupted
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,8 @@ def _worker(container: dict) -> dict:
             os._exit(err.exit_code)
         return {"interrupted": err.signum, "message": str(err)}  # SIGUSR2: the parent re-raises it
     except Exception as err:  # an expected error: one paragraph, the traceback to train.log, a known status
-        message = user_message(err)
-        if message is None:
+        if not report_expected(err, Path(cfg.paths.output_dir) / "train.log", prefix=f"rank {env.rank}: "):
             raise
-        traceback_to_log(Path(cfg.paths.output_dir) / "train.log")
-        print(f"rank {env.rank}: {message}", file=sys.stderr, flush=True)
         sys.exit(EXPECTED_EXIT)
 
 
@@ -144,11 +141,12 @@ def launch(cfg: DictConfig) -> dict[str, Any]:
     export_slurm_env()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if in_launched_rank():  # torchrun or srun started this rank: INFO from rank 0 only, one train.log
-        setup_worker_logging(DistEnv.from_env(), run_dir / "train.log")
+    launched = DistEnv.from_env() if in_launched_rank() else None
+    if launched is not None:  # torchrun or srun started this rank: INFO from rank 0 only, one train.log
+        setup_worker_logging(launched, run_dir / "train.log")
     else:
         log_to_run_dir(run_dir / "train.log")
-    with run_lock(run_dir, enabled=not in_launched_rank() or DistEnv.from_env().is_main):
+    with run_lock(run_dir, enabled=launched is None or launched.is_main):
         return _launch(cfg)
 
 
