@@ -58,7 +58,7 @@ def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, precisio
 
 def apply_ddp(model: nn.Module, device: torch.device, find_unused: bool) -> nn.Module:
     """Replicate the model. ``find_unused``: some parameters get no gradient in a step (other tasks'
-    heads, or a group a stage freezes after wrapping), and DDP must not wait for them."""
+    heads, a group a stage freezes after wrapping, another stage's head), and DDP must not wait for them."""
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=find_unused)
 
@@ -77,7 +77,9 @@ def parallelize(model: nn.Module, cfg: Any, env: DistEnv, device: torch.device) 
     if strategy == "fsdp2":
         return apply_fsdp(model, device, env.world_size, hw.precision)
     if strategy == "ddp" and env.distributed:
-        find_unused = len(cfg.task.datasets) > 1 or any(s.freeze for s in cfg.stages.values())
+        spec = spec_of(model)
+        heads = spec.stage_heads(model) if spec.stage_heads else {}
+        find_unused = len(cfg.task.datasets) > 1 or any(s.freeze for s in cfg.stages.values()) or bool(heads)
         return apply_ddp(model, device, find_unused)
     return model
 

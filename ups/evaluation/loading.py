@@ -50,7 +50,7 @@ def load_run(run_dir: str | Path, which: str = "final", data_dir: str | None = N
                                 "is gone; point at the data files (python -m ups.evaluate ... data_dir=DIR; the report: --data-dir DIR)")
     tasks = build_tasks(cfg, run_dir)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(cfg.model, tasks).to(device).eval()
+    model = build_model(cfg.model, tasks, cfg.stages).to(device).eval()
     model.load_state_dict(weights)
     stage = last_trained_stage(cfg.stages)
     objective = build_objective(cfg.stages[stage].objective, f"stages.{stage}")

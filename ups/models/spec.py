@@ -95,6 +95,9 @@ class ModelSpec:
     groups: Callable[[nn.Module], dict[str, nn.Module]]  # module groups a stage may freeze, by name
     shard_units: Callable[[nn.Module], list[nn.Module]] = field(default=lambda m: [])  # more FSDP2 units
     latent: LatentEncoder | None = None  # None: no encoder whose latents can be cached
+    # Where later stages attach their networks (a ModuleDict also listed in ``groups``); None: the
+    # family has no latent space to put a diffusion, consistency or steady-prior head on.
+    stage_heads: Callable[[nn.Module], nn.ModuleDict] | None = None
     single_task: bool = False  # one independent network per task, sharing nothing (documented baselines)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -69,6 +70,9 @@ class LatentSurrogate(nn.Module):
             hidden, depth, heads, self.cond_dim, list(self._keys.values()), mlp_ratio, dropout
         )
         self.decoder = QueryDecoder(hidden, heads, mlp_ratio, dropout, int(decoder_layers))
+        # Networks of later stages (diffusion, consistency, steady prior), attached by name before
+        # wrapping (ups.objectives.attach_heads); empty, it adds nothing to the state dict.
+        self.stage_heads = nn.ModuleDict()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -101,6 +105,10 @@ class LatentSurrogate(nn.Module):
             raise ValueError(f"task {task!r}: z must be [B, L, {self.hidden}], got shape {tuple(z.shape)}")
 
     # ------------------------------------------------------------------ public API
+    def task_key(self, task: str) -> str:
+        """The module key of a task (its name with '.' replaced), as heads index their per-task parts."""
+        return self._lookup(task)[1]
+
     def encode(self, task: str, fields: Tensor, coords: Tensor) -> Tensor:
         """fields [B, P, in_channels], coords [B or 1, P, dim] in [-1, 1] -> z [B, L, hidden]."""
         io, key = self._lookup(task)
@@ -138,14 +146,20 @@ class LatentSurrogate(nn.Module):
 
     def forward(
         self, task: str, fields: Tensor | None, coords: Tensor, cond: Tensor, query_coords: Tensor | None = None,
-        latents: Tensor | None = None, grid: tuple[int, ...] | None = None,
+        latents: Tensor | None = None, grid: tuple[int, ...] | None = None, run: Callable | None = None,
+        **run_args: Any,
     ) -> Tensor:
         """One step: decode(step(encode(fields, coords), cond), query_coords or coords).
 
         ``latents`` (e.g. from the latent cache) replace ``encode(fields, coords)``; going through
         ``forward`` either way keeps data-parallel wrappers in the loop. ``grid`` is not needed:
-        the model sees points and coordinates only.
+        the model sees points and coordinates only. ``run``: instead, return
+        ``run(self, task, fields, coords, cond, **run_args)``, so an objective's own composition of
+        encode/step/decode/heads (``ups/objectives/``) also runs inside the wrapped forward, where
+        DDP prepares its gradient reduction and FSDP2 gathers the root's parameters.
         """
+        if run is not None:
+            return run(self, task, fields, coords, cond, **run_args)
         z = self.encode(task, fields, coords) if latents is None else latents
         z = self.step(task, z, cond)
         return self.decode(task, z, coords if query_coords is None else query_coords)
@@ -193,7 +207,8 @@ SPEC = register(ModelSpec(
     blocks=lambda m: list(m.operator.blocks),
     shard_units=lambda m: [m.encoder, m.decoder],
     groups=lambda m: {"encoder": torch.nn.ModuleList(m.encoder_modules), "operator": m.operator,
-                      "decoder": torch.nn.ModuleList(m.decoder_modules)},
+                      "decoder": torch.nn.ModuleList(m.decoder_modules), **m.stage_heads},
+    stage_heads=lambda m: m.stage_heads,
     latent=LatentEncoder(encode=lambda m, task, x, coords: m.encode(task, x, coords),
                          shape=lambda m: (m.n_latents, m.hidden), state=_encoder_state),
 ))

@@ -7,10 +7,15 @@ A stage names its objective by ``_target_`` (``conf/stage/*.yaml``); the trainer
 from typing import Any
 
 from ups.objectives.base import Objective
+from ups.objectives.consistency import ConsistencyCorrection
+from ups.objectives.diffusion import DiffusionResidual
+from ups.objectives.inverse import Autoencoder, InverseConsistency
 from ups.objectives.next_step import NextStep
+from ups.objectives.steady import SteadyPrior
 from ups.objectives.unrolled import Unrolled
 
-__all__ = ["NextStep", "Objective", "Unrolled", "build_objective"]
+__all__ = ["Autoencoder", "ConsistencyCorrection", "DiffusionResidual", "InverseConsistency", "NextStep", "Objective",
+           "SteadyPrior", "Unrolled", "attach_heads", "build_objective", "check_stages"]
 
 
 def build_objective(cfg: Any, where: str) -> Objective:
@@ -26,3 +31,39 @@ def build_objective(cfg: Any, where: str) -> Objective:
     if not isinstance(objective, Objective):
         raise ConfigError(f"{where}.objective={cfg.get('_target_')} is not an ups.objectives.Objective")
     return objective
+
+
+def check_stages(stages: Any, strategy: str) -> None:
+    """Build every stage's objective once before any work, so a bad argument or a strategy the
+    objective cannot run under is a config error at compose time, naming the stage."""
+    from ups.config import ConfigError
+
+    for name, stage in (stages or {}).items():
+        reason = build_objective(stage.objective, f"stages.{name}").refuses(strategy)
+        if reason:
+            raise ConfigError(f"stages.{name}.objective under parallelism.strategy={strategy}: {reason}")
+
+
+def attach_heads(model: Any, stages: Any) -> None:
+    """Attach every stage objective's own network to the unwrapped model, in stage order, so that
+    checkpoints, wrapping and freezing see one model from the first stage on. A head on a model
+    family without a latent space is a config error naming the stage."""
+    from ups.config import ConfigError
+    from ups.models.spec import spec_of
+
+    for name, stage in (stages or {}).items():
+        objective = build_objective(stage.objective, f"stages.{name}")
+        if objective.head is None:
+            continue
+        spec = spec_of(model)
+        if spec.stage_heads is None:
+            raise ConfigError(f"stages.{name}: {type(objective).__name__} trains a network on a latent model's "
+                              f"tokens; model family {spec.name!r} has no latent space (use a latent model, "
+                              "e.g. model=tiny, or leave the stage out)")
+        heads = spec.stage_heads(model)
+        if objective.head in heads:
+            raise ConfigError(f"stages.{name}: another stage already attaches a head named {objective.head!r}")
+        try:
+            heads[objective.head] = objective.build_head(model)
+        except ValueError as err:
+            raise ConfigError(f"stages.{name}.objective: {err}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -19,6 +19,16 @@ from ups.objectives import Objective
 log = logging.getLogger(__name__)
 
 
+def fixed_batches(windows: MultiTaskDataset, device: torch.device, per_task: int = 32) -> list[dict]:
+    """Up to ``per_task`` evenly spaced windows of each task, one batch per task on the device: the
+    same on every rank, for :meth:`ups.objectives.Objective.setup`."""
+    batches = []
+    for t, n in enumerate(windows.sizes()):
+        items = [windows[t, i] for i in range(0, n, max(1, n // per_task))][:per_task]
+        batches += [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in windows.collate(items)]
+    return batches
+
+
 class TrainSets:
     """The training windows of every task, one set per horizon (built when first asked)."""
 
@@ -26,24 +36,31 @@ class TrainSets:
         self.tasks, self.cfg, self.env, self.device, self.run_dir = list(tasks), cfg, env, device, Path(run_dir)
         self.preload_max_gb = cfg.data.preload_max_gb
         self.raw = MultiTaskDataset([WindowDataset(t, "train", self.preload_max_gb) for t in self.tasks])
-        self._by_horizon = {1: self.raw}
+        self._windows = {(1, i): d for i, d in enumerate(self.raw.datasets)}
 
-    def windows(self, horizon: int, where: str) -> MultiTaskDataset:
-        """Windows with ``horizon`` target frames; a horizon longer than the trajectories names ``where``."""
-        if horizon not in self._by_horizon:
-            try:
-                self._by_horizon[horizon] = MultiTaskDataset([WindowDataset(t, "train", self.preload_max_gb, horizon)
-                                                              for t in self.tasks])
-            except ValueError as err:
-                raise ConfigError(f"{where}.objective: {err}") from None
-        return self._by_horizon[horizon]
+    def windows(self, horizon: int, where: str, applies: Callable[[bool], bool] | None = None) -> MultiTaskDataset:
+        """Windows with ``horizon`` target frames of the tasks the objective ``applies`` to (by
+        steadiness; all by default); a horizon longer than the trajectories names ``where``."""
+        if horizon == 1 and applies is None:
+            return self.raw
+        out = []
+        for i, task in enumerate(self.tasks):
+            if applies is not None and not applies(task.family.steady):
+                continue
+            if (horizon, i) not in self._windows:
+                try:
+                    self._windows[horizon, i] = WindowDataset(task, "train", self.preload_max_gb, horizon)
+                except ValueError as err:
+                    raise ConfigError(f"{where}.objective: {err}") from None
+            out.append(self._windows[horizon, i])
+        return MultiTaskDataset(out)
 
     def for_stage(self, name: str, stage: Any, objective: Objective, model: nn.Module,
                   has_latent: bool) -> MultiTaskDataset:
         """The stage's windows, or its frozen encoder's cached latents (call once the weights are final:
         the cache key hashes them)."""
         cfg, env = self.cfg, self.env
-        windows = self.windows(objective.horizon, f"stages.{name}")
+        windows = self.windows(objective.horizon, f"stages.{name}", objective.applies)
         if "encoder" not in stage.freeze or not stage.latent_cache or not has_latent:
             return windows
         if objective.horizon > 1:

@@ -35,7 +35,7 @@ from ups.training.checkpoint import Checkpointer
 from ups.training.failures import StopTraining, is_oom, skip_or_stop, stop_if_sharded
 from ups.training.faults import FaultInjector
 from ups.training.optim import build_optimizer, build_scheduler, set_requires_grad
-from ups.training.train_sets import TrainSets
+from ups.training.train_sets import TrainSets, fixed_batches
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +140,21 @@ class Trainer:
         log.info("stage %s starts from the weights in %s", self.stage_name, path)
 
     def _freeze(self, stage: Any) -> None:
+        """Freeze the stage's ``freeze`` groups and the later stages' heads, or, for an objective that
+        trains a head of its own, everything else."""
         groups = self.spec.groups(self.raw_model)
+        heads = set(self.spec.stage_heads(self.raw_model)) if self.spec.stage_heads else set()
+        own = self.objective.head
+        if own is not None and stage.freeze:
+            raise ConfigError(f"stages.{self.stage_name}.freeze={list(stage.freeze)}: its objective trains only the "
+                              f"head {own!r} and every other group stays frozen; leave freeze empty")
         unknown = set(stage.freeze) - set(groups)
         if unknown:
             raise ConfigError(f"stages.{self.stage_name}.freeze has {sorted(unknown)}; model family "
                               f"{self.spec.name!r} has the groups {', '.join(groups)}")
+        frozen = set(groups) - {own} if own is not None else set(stage.freeze) | heads
         set_requires_grad([self.raw_model], True)
-        set_requires_grad([groups[g] for g in stage.freeze], False)
+        set_requires_grad([groups[g] for g in sorted(frozen)], False)
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, name: str, stage: Any, prev: str | Path | None = None) -> dict:
@@ -155,7 +163,12 @@ class Trainer:
         self.offset, self.stage_name = self.global_step, name
         self.total_steps = t.max_steps if stage.steps is None else stage.steps
         self.objective = build_objective(stage.objective, f"stages.{name}")
-        self.train_set = self.train_sets.windows(self.objective.horizon, f"stages.{name}")  # what the sampler sizes
+        # what the sampler sizes: the windows of the tasks the objective trains on
+        self.train_set = self.train_sets.windows(self.objective.horizon, f"stages.{name}", self.objective.applies)
+        if not self.train_set.datasets:  # e.g. the steady prior on time-dependent tasks only
+            log.info("stage %s: %s trains on no task of this run; it keeps the previous weights", name,
+                     type(self.objective).__name__)
+            self.total_steps, self.train_set = 0, self.train_sets.raw
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints" / name, t.keep_last_k, self.env.is_main)
         self.step = self.epoch = self.batches_done = self.skipped_steps = 0
         self.epoch_losses, self.last_val, self._stopped, self._stop_reason = [], {}, None, None
@@ -175,6 +188,8 @@ class Trainer:
             return self.last_val
         if self.step == 0 and (stage.init_from or prev):
             self._load_weights(stage.init_from or prev)
+        if self.step == 0 and self.total_steps:
+            self.objective.setup(self.model, fixed_batches(self.train_set, self.device))
         self.train_set = self.train_sets.for_stage(name, stage, self.objective, self.raw_model,
                                                    self.spec.latent is not None)
         self._t0 = time.perf_counter()

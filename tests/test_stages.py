@@ -1,0 +1,179 @@
+"""The staged trainer (docs/stages.md): every stage's objective falls when its network trains, the
+frozen parts stay fixed, stage=all runs end to end with its table and plots, resumes bit-identically
+in the middle of the diffusion stage, and runs on 2 ranks under DDP and FSDP2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import crash_run
+from ups.config import ConfigError
+from ups.data.datasets import MultiTaskDataset, WindowDataset
+from ups.evaluation.ttc import TestTimeCorrection
+from ups.models.spec import spec_of
+from ups.objectives import (Autoencoder, ConsistencyCorrection, DiffusionResidual, InverseConsistency, NextStep,
+                            SteadyPrior)
+from ups.runner import build_model, build_tasks, run
+from ups.training.checkpoint import load_consolidated
+
+SMALL = ["task=pdebench2", "stage=all", "stages.operator.steps=6", "stages.diffusion.steps=8",
+         "stages.consistency.steps=4", "stages.steady.steps=4", "trainer.steps_per_epoch=3",
+         "stages.diffusion.objective.steps=2", "data.eval_samples=2"]
+
+
+@pytest.fixture
+def staged(tiny_cfg, tmp_path: Path):
+    cfg = tiny_cfg("task=pdebench2", "stage=all")
+    tasks = build_tasks(cfg, tmp_path)
+    torch.manual_seed(0)
+    return tasks, build_model(cfg.model, tasks, cfg.stages)
+
+
+def _batch(task, n: int = 8) -> dict:
+    windows = WindowDataset(task, "train")
+    return MultiTaskDataset([windows]).collate([{"task_index": 0, **windows[i * (len(windows) // n)]} for i in range(n)])[0]
+
+
+def _fixed_loss(objective, model, batch) -> float:
+    torch.manual_seed(123)  # the same noise levels and noise before and after training
+    with torch.no_grad():
+        return float(sum(objective.loss(model, batch) for _ in range(4)))
+
+
+def _train(objective, model, batch, steps: int = 40, lr: float = 2e-3) -> tuple[float, float, set[str]]:
+    """Loss on the batch before and after ``steps`` Adam steps on the parameters the objective trains;
+    and the names of the parameters that changed."""
+    groups = spec_of(model).groups(model)
+    trained = groups[objective.head].parameters() if objective.head else model.parameters()
+    objective.setup(model, [batch])
+    before_params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    before = _fixed_loss(objective, model, batch)
+    opt = torch.optim.Adam(list(trained), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        objective.loss(model, batch).backward()
+        opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before_params[n])}
+    return before, _fixed_loss(objective, model, batch), changed
+
+
+@pytest.mark.parametrize("name", ["inverse", "autoencoder", "diffusion", "diffusion_inverted", "consistency", "steady"])
+def test_each_stage_lowers_its_own_objective(staged, name: str) -> None:
+    tasks, model = staged
+    advection, darcy = tasks
+    objective, batch = {
+        "inverse": (InverseConsistency(), _batch(advection)),
+        "autoencoder": (Autoencoder(), _batch(advection)),
+        "diffusion": (DiffusionResidual(steps=2), _batch(advection)),
+        "diffusion_inverted": (DiffusionResidual(steps=2, invert_steps=5), _batch(advection)),
+        "consistency": (ConsistencyCorrection(), _batch(advection)),
+        "steady": (SteadyPrior(), _batch(darcy)),
+    }[name]
+    before, after, changed = _train(objective, model, batch)
+    assert after < 0.8 * before, (before, after)
+    if objective.head:  # only the stage's own network moved
+        assert changed and all(n.startswith(f"stage_heads.{objective.head}.") for n in changed), changed
+
+
+def test_inverse_losses_reach_the_encoder_and_decoder_beyond_next_step(staged) -> None:
+    tasks, model = staged
+    batch = _batch(tasks[0])
+
+    def grads(objective):
+        model.zero_grad()
+        objective.loss(model, batch).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads(NextStep())
+    for weights, moved in (((1.0, 0.0), ("encoder.", "decoder.")), ((0.0, 1.0), ("encoder.", "operator."))):
+        extra = grads(InverseConsistency(*weights))
+        for prefix in moved:
+            assert any(not torch.allclose(extra[n], plain[n]) for n in plain if n.startswith(prefix)), (weights, prefix)
+
+
+def test_ttc_never_keeps_a_candidate_scoring_worse_than_the_uncorrected(staged) -> None:
+    tasks, model = staged
+    corrector = DiffusionResidual(steps=2)
+    ttc = TestTimeCorrection(corrector, model.eval(), tasks, candidates=6)
+    batch = _batch(tasks[0], n=16)
+    with torch.no_grad():
+        chosen, rewards, best = ttc.choose(batch)
+        cands = corrector.candidates(model, batch, 6)
+    assert rewards.shape == (7, 16)
+    assert torch.all(rewards.gather(0, best[None])[0] >= rewards[0])
+    assert torch.equal(chosen, cands[best, torch.arange(16)])
+    assert ttc.stats["advection1d"]["samples"] == 16
+
+
+def test_heads_need_a_latent_model_and_a_teacher(tiny_cfg) -> None:
+    with pytest.raises(ConfigError, match="stages.diffusion: DiffusionResidual .* no latent space"):
+        run(tiny_cfg("task=advection1d", "stage=diffusion", "model=fno"))
+    with pytest.raises(ConfigError, match="teacher='diffusion'"):
+        run(tiny_cfg("task=advection1d", "stage=consistency"))
+    with pytest.raises(ConfigError, match="stages.diffusion.objective under parallelism.strategy=fsdp2: invert_steps"):
+        run(tiny_cfg("task=advection1d", "stage=all", "parallelism=fsdp2_2", "stages.diffusion.objective.invert_steps=5"))
+    with pytest.raises(ConfigError, match="its objective trains only the head"):
+        run(tiny_cfg("task=advection1d", "stage=[operator,diffusion]", "stages.operator.steps=2",
+                     "stages.diffusion.freeze=[encoder]"))
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_stage_all_trains_each_stage_and_writes_the_table(tiny_cfg, tmp_path: Path) -> None:
+    result = run(tiny_cfg(*SMALL, f"paths.output_dir={tmp_path / 'a'}"))
+    run_dir = Path(result["run_dir"])
+    trained = [(r["stage"], r["stage_step"]) for r in _records(run_dir) if r["kind"] == "train"]
+    assert [s for s, _ in trained] == ["operator"] * 6 + ["diffusion"] * 8 + ["consistency"] * 4 + ["steady"] * 4
+    final = {s: load_consolidated(run_dir / "checkpoints" / s / "final")["model"]
+             for s in ("operator", "diffusion", "consistency", "steady")}
+    for prev, stage in (("operator", "diffusion"), ("diffusion", "consistency"), ("consistency", "steady")):
+        moved = {k.split(".")[1] for k in final[stage] if k.startswith("stage_heads.")
+                 and not torch.equal(final[stage][k], final[prev][k])}
+        assert moved == {stage}, (stage, moved)  # the stage's own head, nothing else
+        assert all(torch.equal(final[stage][k], final[prev][k]) for k in final[stage] if not k.startswith("stage_heads."))
+    table = (run_dir / "eval" / "stages.md").read_text()
+    for row in ("| operator |", "operator + diffusion (2 Heun steps)", "operator + consistency (1 step)",
+                "operator + TTC", "| steady prior |", "| persistence |", "| training-mean field |"):
+        assert row in table, row
+    results = json.loads((run_dir / "eval" / "stages.json").read_text())["results"]
+    assert results["operator + diffusion (2 Heun steps)"]["nfe"] == 4
+    assert results["operator + consistency (1 step)"]["nfe"] == 2
+    pytest.importorskip("matplotlib")
+    for png in ("stages_nrmse_vs_step.png", "stages_fields_advection1d.png", "stages_fields_darcy2d.png"):
+        assert (run_dir / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stage_all_resumes_mid_diffusion_bit_identically(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
+    straight = run(tiny_cfg(*SMALL, f"paths.output_dir={tmp_path / 'a'}"))
+    cfg = tiny_cfg(*SMALL, f"paths.output_dir={tmp_path / 'b'}")
+    crash_run(cfg, lambda t: t.stage_name == "diffusion" and t.step == 5, monkeypatch)
+    resumed = run(cfg)
+    again = [(r["stage"], r["stage_step"]) for r in _records(tmp_path / "b") if r["kind"] == "train"]
+    assert again[:11] == [("operator", s) for s in range(1, 7)] + [("diffusion", s) for s in range(1, 6)]
+    assert again[11:14] == [("diffusion", s) for s in (4, 5, 6)]  # back to its step-3 checkpoint
+    for stage in ("diffusion", "consistency", "steady"):
+        a, b = (load_consolidated(tmp_path / d / "checkpoints" / stage / "final")["model"] for d in ("a", "b"))
+        assert all(torch.equal(a[k], b[k]) for k in a), stage
+    losses = lambda d: {r["step"]: r["loss"] for r in _records(tmp_path / d) if r["kind"] == "train"}  # noqa: E731
+    assert losses("a") == losses("b")
+    assert resumed["test/nrmse/advection1d"] == straight["test/nrmse/advection1d"]
+
+
+@pytest.mark.parametrize("layout", ["ddp2", "fsdp2_2"])
+def test_stage_all_runs_on_two_ranks(layout: str, data_dir: Path, tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "ups.train", "model=tiny", "hardware=cpu", "data.generate=true",
+            f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}", f"parallelism={layout}", *SMALL,
+            "stages.operator.steps=2", "stages.diffusion.steps=2", "stages.consistency.steps=2",
+            "stages.steady.steps=2", "trainer.batch_size=4", "parallelism.timeout_s=60"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    stages = {r["stage"] for r in _records(tmp_path / "run") if r["kind"] == "train"}
+    assert stages == {"operator", "diffusion", "consistency", "steady"}
+    assert "operator + TTC" in (tmp_path / "run" / "eval" / "stages.md").read_text()

@@ -1,0 +1,209 @@
+"""The staged trainer's evaluation table: every variant the trained stages offer, side by side.
+
+Variants, each a predictor scored by ``ups.evaluation.evaluate`` on the same trajectories:
+the operator alone; the operator corrected by the diffusion stage's sampler; by the consistency
+student; test-time correction (TTC) over the corrector's candidates; the steady prior (steady tasks
+only); and the trivial predictors (persistence, training-mean field). Each gets its rollout nRMSE
+per task, its network evaluations per rollout step (NFE) and its wall-clock time. Written as
+``eval/stages.json`` and ``eval/stages.md``, with ``stages_nrmse_vs_step.png`` and one
+``stages_fields_<task>.png`` per task (truth, predictions, errors on the first trajectory).
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import logging
+import math
+import platform
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ups.data.datasets import TrajectoryDataset, task_keys
+from ups.data.tasks import TaskData
+from ups.distributed.collectives import all_reduce_max
+from ups.evaluation.baselines import MeanField, persistence
+from ups.evaluation.evaluate import Predictor, evaluate, rollout
+from ups.evaluation.ttc import TestTimeCorrection
+from ups.objectives import Objective, SteadyPrior, build_objective
+from ups.objectives.diffusion import Corrector
+from ups.training.failures import writing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Variant:
+    """One row block of the table: a predictor, its NFE per step, the tasks it is reported on."""
+
+    name: str
+    predict: Predictor
+    evaluations: int | None  # None: no network (trivial predictors)
+    steady_only: bool = False
+    corrects: bool = False  # a corrector: on steady tasks it returns the operator's prediction
+    in_figures: bool = True  # drawn in the field figures (which show at most 5 variants)
+    extra: dict = field(default_factory=dict)
+
+
+def variants(stages: Any, model: nn.Module, tasks: Sequence[TaskData], ttc_candidates: int = 4, mean_of: int = 4,
+             preload_max_gb: float = 2.0) -> list[Variant]:
+    """The variants the run's trained stages offer, in pipeline order, then the trivial predictors."""
+    built = {name: build_objective(s.objective, f"stages.{name}") for name, s in stages.items() if s.steps != 0}
+    out: list[Variant] = []
+
+    def add(name: str, objective: Objective, **kw: Any) -> None:
+        out.append(Variant(name, lambda b, o=objective: o.predict(model, b), objective.evaluations, **kw))
+
+    operator = [o for o in built.values() if o.head is None]
+    if operator:
+        add("operator", operator[-1])
+    correctors = []
+    for obj in built.values():
+        if isinstance(obj, Corrector):
+            add(f"operator + {obj.label}", obj, corrects=True)
+            mean = copy.copy(obj)  # the mean of several corrections estimates the conditional mean
+            mean.samples = mean_of
+            add(f"operator + {obj.label}, mean of {mean_of}", mean, corrects=True, in_figures=False)
+            correctors.append(obj)
+    if correctors:  # TTC over the cheapest corrector's candidates
+        best = min(correctors, key=lambda o: o.evaluations)
+        ttc = TestTimeCorrection(best, model, tasks, ttc_candidates)
+        out.append(Variant(f"operator + TTC ({ttc_candidates} {best.head} candidates + uncorrected)", ttc,
+                           ttc.evaluations, corrects=True, extra={"ttc": ttc}))
+    for obj in built.values():
+        if isinstance(obj, SteadyPrior) and any(t.family.steady for t in tasks):
+            add("steady prior", obj, steady_only=True)
+    out.append(Variant("persistence", persistence, None))
+    out.append(Variant("training-mean field", MeanField(tasks, preload_max_gb), None))
+    return out
+
+
+def evaluate_variants(vs: Sequence[Variant], model: nn.Module, tasks: Sequence[TaskData], split: str,
+                      device: torch.device, autocast: Callable[[], AbstractContextManager], batch_size: int,
+                      eval_samples: int | None, preload_max_gb: float, rank: int = 0, world_size: int = 1) -> dict:
+    """{variant: {"metrics": evaluate(...) with full=True, "seconds": wall-clock, "nfe": ..., ...}}."""
+    sets = [TrajectoryDataset(t, split, eval_samples, preload_max_gb) for t in tasks]
+    results = {}
+    for v in vs:
+        chosen = [s for s in sets if s.task.family.steady] if v.steady_only else sets
+        t0 = time.perf_counter()
+        metrics = evaluate(v.predict, model if v.evaluations else None, chosen, device, autocast, batch_size,
+                           rank, world_size, full=True)
+        seconds = float(all_reduce_max(torch.tensor(time.perf_counter() - t0, device=device)))
+        row = {"metrics": metrics, "seconds": seconds, "nfe": v.evaluations}
+        if "ttc" in v.extra:
+            row["ttc"] = v.extra["ttc"].stats  # this rank's share of the samples
+        results[v.name] = row
+        log.info("evaluated %s in %.1f s: %s", v.name, seconds, "  ".join(
+            f"{k.split('/')[1]}={m:.4g}" for k, m in metrics.items() if k.startswith("nrmse/")))
+    return results
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+
+
+def markdown(results: dict, tasks: Sequence[TaskData], meta: dict) -> str:
+    """The table: rollout nRMSE per task for every variant, with NFE per step and time."""
+    names = [t.name for t in tasks]
+    lines = ["# Staged trainer: evaluation of every variant", ""] + [f"- {k}: {v}" for k, v in meta.items()]
+    lines += ["", "Rollout nRMSE in physical units, conditioning frames excluded (steady tasks: the one "
+              "solution). NFE: network evaluations per predicted frame (operator = 1, each denoiser or "
+              "student call = 1). Time: wall-clock of the variant's whole evaluation on this split. "
+              "– : not defined (persistence on steady tasks) or not this variant's task. The correctors "
+              "(diffusion, consistency, TTC) apply to time-dependent tasks; on steady ones they return the "
+              "operator's prediction.", "",
+              "| variant | " + " | ".join(names) + " | NFE per step | time (s) |",
+              "|---|" + "---|" * (len(names) + 2)]
+    for name, row in results.items():
+        m = row["metrics"]
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(f"nrmse/{t}")) for t in names)
+                     + f" | {row['nfe'] if row['nfe'] is not None else '–'} | {row['seconds']:.1f} |")
+    for name, row in results.items():
+        for task, s in (row.get("ttc") or {}).items():
+            if s["samples"]:
+                lines.append(f"\n{name}, {task}: kept the uncorrected prediction for "
+                             f"{s['kept_uncorrected']} of {s['samples']} sample-steps (rank 0's share); mean "
+                             f"reward gain {s['reward_gain'] / s['samples']:.4g}")
+    return "\n".join(lines) + "\n"
+
+
+def first_trajectories(vs: Sequence[Variant], tasks: Sequence[TaskData], split: str, device: torch.device,
+                       autocast: Callable[[], AbstractContextManager], preload_max_gb: float) -> dict:
+    """Per task: (context, truth, {variant: prediction}) of its first trajectory, physical units."""
+    out = {}
+    for task in tasks:
+        item = TrajectoryDataset(task, split, 1, preload_max_gb)[0]
+        traj, cond = item["traj"][None].to(device), item["cond"][None].to(device)
+        batch = {**task_keys(task), "coords": torch.as_tensor(task.coords, device=device)[None], "cond": cond}
+        in_mean, in_std, out_mean, out_std = (torch.as_tensor(a, device=device) for a in task.stats.arrays())
+        preds = {}
+        for v in vs:  # the networks only, and on steady tasks not the correctors (the operator again)
+            if (v.evaluations is None or not v.in_figures or (v.steady_only and not task.family.steady)
+                    or (v.corrects and task.family.steady)):
+                continue
+            with autocast():
+                pred = rollout(v.predict, batch, traj, task.initial_step)
+            if pred is not None:
+                preds[v.name] = (pred[0].float() * out_std + out_mean).cpu()
+        k = task.initial_step
+        out[task.name] = ((traj[0, :k] * in_std + in_mean).cpu(), (traj[0, k:] * out_std + out_mean).cpu(), preds)
+    return out
+
+
+def write_stage_table(out_dir: str | Path, results: dict, tasks: Sequence[TaskData], meta: dict,
+                      fields: dict | None = None) -> list[Path]:
+    """``stages.json``, ``stages.md`` and, with matplotlib, the plots; returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "written": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node()}
+    paths = [out / "stages.json", out / "stages.md"]
+    with writing(paths[0]):
+        paths[0].write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))
+    with writing(paths[1]):
+        paths[1].write_text(markdown(results, tasks, meta))
+    try:
+        from ups.evaluation.field_plots import plot_error_vs_step_variants, plot_fields
+
+        curves = {name: {t.name: row["metrics"].get(f"nrmse_t/{t.name}") or [] for t in tasks}
+                  for name, row in results.items()}
+        plot = plot_error_vs_step_variants(curves, out / "stages_nrmse_vs_step.png")
+        paths += [plot] if plot is not None else []
+        for task in tasks:
+            if fields and task.name in fields:
+                context, truth, preds = fields[task.name]
+                paths.append(plot_fields(task.name, task.family.dim, task.grid, task.family.channels,
+                                         task.family.steady, truth, preds, out / f"stages_fields_{task.name}.png",
+                                         context=context))
+    except ImportError as err:  # matplotlib is optional: the numbers are in the JSON anyway
+        log.info("stage plots not drawn: %s", err)
+    return paths
+
+
+def has_heads(model: nn.Module) -> bool:
+    """Whether the model carries networks of later stages, i.e. the run has a stage table to make."""
+    from ups.models.spec import spec_of
+
+    spec = spec_of(model)
+    return bool(spec.stage_heads and len(spec.stage_heads(model)))
+
+
+def evaluate_stages(stages: Any, model: nn.Module, tasks: Sequence[TaskData], split: str, device: torch.device,
+                    autocast: Callable[[], AbstractContextManager], batch_size: int, eval_samples: int | None,
+                    preload_max_gb: float, out_dir: Path | None, meta: dict, rank: int = 0,
+                    world_size: int = 1) -> dict:
+    """Evaluate every variant on ``split`` on all ranks; rank 0 (``out_dir`` set) writes the table and plots."""
+    vs = variants(stages, model, tasks, preload_max_gb=preload_max_gb)
+    results = evaluate_variants(vs, model, tasks, split, device, autocast, batch_size, eval_samples,
+                                preload_max_gb, rank, world_size)
+    # every rank rolls out the figures' trajectories: a sharded model needs all of them in each forward
+    fields = first_trajectories(vs, tasks, split, device, autocast, preload_max_gb)
+    if out_dir is not None:
+        write_stage_table(out_dir, results, tasks, {**meta, "split": split, "eval_samples": eval_samples}, fields)
+    return results
