@@ -177,3 +177,42 @@ def test_stage_all_runs_on_two_ranks(layout: str, data_dir: Path, tmp_path: Path
     stages = {r["stage"] for r in _records(tmp_path / "run") if r["kind"] == "train"}
     assert stages == {"operator", "diffusion", "consistency", "steady"}
     assert "operator + TTC" in (tmp_path / "run" / "eval" / "stages.md").read_text()
+
+
+def test_autoencoder_pretraining_then_the_operator_on_its_cached_latents(tiny_cfg, tmp_path: Path) -> None:
+    result = run(tiny_cfg("task=advection1d", "stage=autoencoder_pretrain", "stages.autoencoder.steps=6",
+                          "stages.operator.steps=6", "trainer.steps_per_epoch=3"))
+    run_dir = Path(result["run_dir"])
+    assert [r["stage"] for r in _records(run_dir) if r["kind"] == "train"] == ["autoencoder"] * 6 + ["operator"] * 6
+    ae, op = (load_consolidated(run_dir / "checkpoints" / s / "final")["model"] for s in ("autoencoder", "operator"))
+    assert all(torch.equal(ae[k], op[k]) for k in ae if k.startswith(("encoder.", "input_proj.")))
+    assert any(not torch.equal(ae[k], op[k]) for k in ae if k.startswith("decoder."))
+    assert list((run_dir / "latent_cache").glob("*")), "the operator stage did not read the latent cache"
+
+
+def test_evaluate_rewrites_the_stage_table_of_a_finished_run(tiny_cfg, tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from ups.evaluate import evaluate_run
+
+    result = run(tiny_cfg(*SMALL, "stages.operator.steps=2", "stages.diffusion.steps=2",
+                          "stages.consistency.steps=2", "stages.steady.steps=2"))
+    run_dir = Path(result["run_dir"])
+    written = evaluate_run(OmegaConf.create({"run": str(run_dir), "checkpoint": "final", "split": "test",
+                                             "device": "cpu", "eval_samples": None, "batch_size": None,
+                                             "data_dir": None}))
+    assert run_dir / "eval" / "final_test_stages.md" in written
+    again = json.loads((run_dir / "eval" / "final_test_stages.json").read_text())["results"]
+    trained = json.loads((run_dir / "eval" / "stages.json").read_text())["results"]
+    # the same weights, data and evaluation noise: the same numbers as at the end of training
+    assert again["operator"]["metrics"]["nrmse/advection1d"] == trained["operator"]["metrics"]["nrmse/advection1d"]
+    name = "operator + diffusion (2 Heun steps)"
+    assert again[name]["metrics"]["nrmse/advection1d"] == pytest.approx(trained[name]["metrics"]["nrmse/advection1d"])
+    from ups.evaluation.stage_diagnostics import diagnose
+
+    rows = {line.split(" | ")[1]: float(line.split(" | ")[2].rstrip(" |")) for line in
+            diagnose(run_dir, windows=8, k=3).splitlines() if line.startswith("| advection1d")}
+    label = "diffusion (2 Heun steps)"
+    assert rows[f"+ {label}, best of 3 + uncorrected by the truth (ceiling of TTC)"] <= min(
+        rows["operator"], rows[f"+ {label}, one sample"],
+        rows[f"+ {label}, best of 3 + uncorrected by the physics reward (TTC)"]) + 1e-6

@@ -23,6 +23,7 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
     import torch
 
     from ups.evaluation.loading import load_run
+    from ups.evaluation.stage_table import evaluate_stages, has_heads
     from ups.evaluation.suite import evaluate_suite, write_results
 
     if cfg.split not in ("test", "val"):
@@ -44,6 +45,12 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
         paths = write_results(Path(cfg.run) / "eval", f"{name}_{cfg.split}", results, run.tasks, meta)
         print((Path(cfg.run) / "eval" / f"{name}_{cfg.split}.md").read_text())
         written += paths
+        if has_heads(run.model):  # a staged run: every variant of its stages, as at the end of training
+            out, stem = Path(cfg.run) / "eval", f"{name}_{cfg.split}_stages"
+            evaluate_stages(run.cfg.stages, run.model, run.tasks, cfg.split, device, autocast, batch, samples,
+                            run.cfg.data.preload_max_gb, out, meta, stem=stem)
+            print((out / f"{stem}.md").read_text())
+            written += sorted(out.glob(f"{stem}*"))
     return written
 
 

@@ -4,9 +4,10 @@ Variants, each a predictor scored by ``ups.evaluation.evaluate`` on the same tra
 the operator alone; the operator corrected by the diffusion stage's sampler; by the consistency
 student; test-time correction (TTC) over the corrector's candidates; the steady prior (steady tasks
 only); and the trivial predictors (persistence, training-mean field). Each gets its rollout nRMSE
-per task, its network evaluations per rollout step (NFE) and its wall-clock time. Written as
-``eval/stages.json`` and ``eval/stages.md``, with ``stages_nrmse_vs_step.png`` and one
-``stages_fields_<task>.png`` per task (truth, predictions, errors on the first trajectory).
+per task, its network evaluations per rollout step (NFE) and its wall-clock time. A training run
+writes ``eval/stages.json`` and ``eval/stages.md``, with ``stages_nrmse_vs_step.png`` and one
+``stages_fields_<task>.png`` per task (truth, predictions, errors on the first trajectory);
+``python -m ups.evaluate`` the same as ``eval/<checkpoint>_<split>_stages*``.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from torch import nn
 
 from ups.data.datasets import TrajectoryDataset, task_keys
 from ups.data.tasks import TaskData
-from ups.distributed.collectives import all_reduce_max
+from ups.distributed.collectives import all_reduce_max, all_reduce_sum
 from ups.evaluation.baselines import MeanField, persistence
 from ups.evaluation.evaluate import Predictor, evaluate, rollout
 from ups.evaluation.ttc import TestTimeCorrection
@@ -97,8 +98,12 @@ def evaluate_variants(vs: Sequence[Variant], model: nn.Module, tasks: Sequence[T
                            rank, world_size, full=True)
         seconds = float(all_reduce_max(torch.tensor(time.perf_counter() - t0, device=device)))
         row = {"metrics": metrics, "seconds": seconds, "nfe": v.evaluations}
-        if "ttc" in v.extra:
-            row["ttc"] = v.extra["ttc"].stats  # this rank's share of the samples
+        if "ttc" in v.extra:  # summed over the ranks' shares of the samples (each rank has every task)
+            stats = v.extra["ttc"].stats
+            keys = ("samples", "kept_uncorrected", "reward_gain")
+            sums = all_reduce_sum(torch.tensor([[stats.get(t.name, {}).get(k, 0.0) for k in keys] for t in tasks],
+                                               dtype=torch.float64, device=device)).tolist()
+            row["ttc"] = {t.name: dict(zip(keys, row_sums)) for t, row_sums in zip(tasks, sums) if row_sums[0]}
         results[v.name] = row
         log.info("evaluated %s in %.1f s: %s", v.name, seconds, "  ".join(
             f"{k.split('/')[1]}={m:.4g}" for k, m in metrics.items() if k.startswith("nrmse/")))
@@ -128,9 +133,9 @@ def markdown(results: dict, tasks: Sequence[TaskData], meta: dict) -> str:
     for name, row in results.items():
         for task, s in (row.get("ttc") or {}).items():
             if s["samples"]:
-                lines.append(f"\n{name}, {task}: kept the uncorrected prediction for "
-                             f"{s['kept_uncorrected']} of {s['samples']} sample-steps (rank 0's share); mean "
-                             f"reward gain {s['reward_gain'] / s['samples']:.4g}")
+                lines.append(f"\n{name}, {task}: kept the uncorrected prediction in {s['kept_uncorrected']:.0f} of "
+                             f"{s['samples']:.0f} sample-steps; mean physics-reward gain over the uncorrected "
+                             f"prediction {s['reward_gain'] / s['samples']:.4g}")
     return "\n".join(lines) + "\n"
 
 
@@ -157,13 +162,14 @@ def first_trajectories(vs: Sequence[Variant], tasks: Sequence[TaskData], split: 
     return out
 
 
-def write_stage_table(out_dir: str | Path, results: dict, tasks: Sequence[TaskData], meta: dict,
+def write_stage_table(out_dir: str | Path, stem: str, results: dict, tasks: Sequence[TaskData], meta: dict,
                       fields: dict | None = None) -> list[Path]:
-    """``stages.json``, ``stages.md`` and, with matplotlib, the plots; returns the paths written."""
+    """``<stem>.json``, ``<stem>.md`` and, with matplotlib, ``<stem>_nrmse_vs_step.png`` and
+    ``<stem>_fields_<task>.png``; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "written": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node()}
-    paths = [out / "stages.json", out / "stages.md"]
+    paths = [out / f"{stem}.json", out / f"{stem}.md"]
     with writing(paths[0]):
         paths[0].write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))
     with writing(paths[1]):
@@ -173,13 +179,13 @@ def write_stage_table(out_dir: str | Path, results: dict, tasks: Sequence[TaskDa
 
         curves = {name: {t.name: row["metrics"].get(f"nrmse_t/{t.name}") or [] for t in tasks}
                   for name, row in results.items()}
-        plot = plot_error_vs_step_variants(curves, out / "stages_nrmse_vs_step.png")
+        plot = plot_error_vs_step_variants(curves, out / f"{stem}_nrmse_vs_step.png")
         paths += [plot] if plot is not None else []
         for task in tasks:
             if fields and task.name in fields:
                 context, truth, preds = fields[task.name]
                 paths.append(plot_fields(task.name, task.family.dim, task.grid, task.family.channels,
-                                         task.family.steady, truth, preds, out / f"stages_fields_{task.name}.png",
+                                         task.family.steady, truth, preds, out / f"{stem}_fields_{task.name}.png",
                                          context=context))
     except ImportError as err:  # matplotlib is optional: the numbers are in the JSON anyway
         log.info("stage plots not drawn: %s", err)
@@ -197,13 +203,14 @@ def has_heads(model: nn.Module) -> bool:
 def evaluate_stages(stages: Any, model: nn.Module, tasks: Sequence[TaskData], split: str, device: torch.device,
                     autocast: Callable[[], AbstractContextManager], batch_size: int, eval_samples: int | None,
                     preload_max_gb: float, out_dir: Path | None, meta: dict, rank: int = 0,
-                    world_size: int = 1) -> dict:
-    """Evaluate every variant on ``split`` on all ranks; rank 0 (``out_dir`` set) writes the table and plots."""
+                    world_size: int = 1, stem: str = "stages") -> dict:
+    """Evaluate every variant on ``split`` on all ranks; rank 0 (``out_dir`` set) writes the table and
+    plots as ``<out_dir>/<stem>*`` (:func:`write_stage_table`)."""
     vs = variants(stages, model, tasks, preload_max_gb=preload_max_gb)
     results = evaluate_variants(vs, model, tasks, split, device, autocast, batch_size, eval_samples,
                                 preload_max_gb, rank, world_size)
     # every rank rolls out the figures' trajectories: a sharded model needs all of them in each forward
     fields = first_trajectories(vs, tasks, split, device, autocast, preload_max_gb)
     if out_dir is not None:
-        write_stage_table(out_dir, results, tasks, {**meta, "split": split, "eval_samples": eval_samples}, fields)
+        write_stage_table(out_dir, stem, results, tasks, {**meta, "split": split, "eval_samples": eval_samples}, fields)
     return results
