@@ -110,6 +110,16 @@ def test_ttc_never_keeps_a_candidate_scoring_worse_than_the_uncorrected(staged) 
     assert ttc.stats["advection1d"]["samples"] == 16
 
 
+def test_a_stage_without_its_kind_of_task_keeps_the_weights(tiny_cfg) -> None:
+    result = run(tiny_cfg("task=advection1d", "stage=[operator,steady]", "stages.operator.steps=2",
+                          "stages.steady.steps=5"))
+    run_dir = Path(result["run_dir"])
+    assert {r["stage"] for r in _records(run_dir) if r["kind"] == "train"} == {"operator"}
+    a, b = (load_consolidated(run_dir / "checkpoints" / s / "final")["model"] for s in ("operator", "steady"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "steady prior" not in (run_dir / "eval" / "stages.md").read_text()  # no steady task to report
+
+
 def test_heads_need_a_latent_model_and_a_teacher(tiny_cfg) -> None:
     with pytest.raises(ConfigError, match="stages.diffusion: DiffusionResidual .* no latent space"):
         run(tiny_cfg("task=advection1d", "stage=diffusion", "model=fno"))

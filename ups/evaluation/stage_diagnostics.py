@@ -23,7 +23,7 @@ from ups.evaluation.loading import load_run
 from ups.evaluation.ttc import TestTimeCorrection
 from ups.objectives import build_objective
 from ups.objectives import latent_heads as programs
-from ups.objectives.diffusion import Corrector, run
+from ups.objectives.diffusion import Corrector
 
 
 def rmse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,7 @@ def diagnose(run_dir: str | Path, split: str = "val", windows: int = 128, k: int
         items = [{"task_index": 0, **w[i]} for i in range(0, len(w), max(1, len(w) // windows))][:windows]
         b = {**MultiTaskDataset([w]).collate(items)[0], "t": 0}
         y, rows = b["y"], []
-        z_pred = run(model, b, programs.operator_latents)
+        z_pred = programs.call(model, b, programs.operator_latents)
         rows.append(("operator", rmse(model.decode(task.name, z_pred, b["coords"]), y)))
         true_next = model.encode(task.name, programs.next_context(b["x"], y), b["coords"])
         rows.append(("operator + true encoder residual (ceiling of the default target)",

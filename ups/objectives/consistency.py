@@ -16,7 +16,7 @@ from torch import nn
 
 from ups.generative import ConsistencyDistillation
 from ups.objectives import latent_heads as programs
-from ups.objectives.diffusion import Corrector, run
+from ups.objectives.diffusion import Corrector
 
 
 class ConsistencyCorrection(Corrector):
@@ -43,11 +43,12 @@ class ConsistencyCorrection(Corrector):
 
     def setup(self, model: nn.Module, batches: Sequence[dict]) -> None:
         with torch.no_grad():
-            run(model, batches[0], programs.copy_weights, src=lambda m: m.stage_heads[self.teacher], dst=self.head)
+            programs.call(model, batches[0], programs.copy_weights, src=lambda m: m.stage_heads[self.teacher],
+                          dst=self.head)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return run(model, batch, programs.distillation_loss, y=batch["y"], head=self.head, teacher=self.teacher,
-                   n_levels=self.n_levels)
+        return programs.call(model, batch, programs.distillation_loss, y=batch["y"], head=self.head,
+                             teacher=self.teacher, n_levels=self.n_levels)
 
     def sample(self, net: nn.Module, noise: torch.Tensor, **conditioning) -> torch.Tensor:
         sigmas = (self.mid_sigma,) if self.steps == 2 else ()

@@ -4,9 +4,10 @@ For a window (context x, next frame y) of a time-dependent task, the residual is
 latent minus the operator's prediction ``z_pred = step(encode(x))``. The true next latent is the
 encoder's latent of the true next context, which the decoder reads back only as well as the
 autoencoder reconstructs; or, with ``invert_steps > 0``, the decoder's inverse of y:
-``invert_steps`` Adam steps on ``|decode(z) - y|^2`` from ``z_pred`` (docs/stages.md measures both). A :class:`~ups.models.heads.ResidualDenoiser` learns its distribution given the
+``invert_steps`` Adam steps on ``|decode(z) - y|^2`` from ``z_pred`` (docs/stages.md measures both).
+A :class:`~ups.models.heads.ResidualDenoiser` learns the residual's distribution given the
 operator's prediction, the PDE parameters and the task, with EDM (``ups/generative/edm.py``) on
-``r`` divided by its per-task RMS (measured when the stage starts). At test time each rollout step
+the residual divided by its per-task RMS (measured when the stage starts). At test time each rollout step
 draws a residual with ``steps`` Heun steps and decodes ``prediction + residual``. Steady tasks have
 no next latent; they sit the stage out and are predicted by the operator.
 """
@@ -29,13 +30,8 @@ def eval_generator(batch: dict, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(1_000_003 * int(batch.get("t", 0)) + 17)
 
 
-def run(model: nn.Module, batch: dict, program, **kw) -> torch.Tensor:
-    """Call a program of ``latent_heads`` through the (wrapped) model on a batch."""
-    return model(batch["task"], batch["x"], batch["coords"], batch["cond"], run=program, **kw)
-
-
 class Corrector(Objective):
-    """What the diffusion and consistency objectives share: residual calibration, corrected candidates."""
+    """What the diffusion and consistency objectives share: corrected candidates and predictions."""
 
     head = "diffusion"
     residual = False
@@ -60,7 +56,7 @@ class Corrector(Objective):
 
     def candidates(self, model: nn.Module, batch: dict, k: int) -> torch.Tensor:
         """(1 + k, B, P, C) normalised next frames: the operator's, then ``k`` corrected ones."""
-        out = run(model, batch, programs.corrected, head=self.head, sample=self.sample, k=k,
+        out = programs.call(model, batch, programs.corrected, head=self.head, sample=self.sample, k=k,
                   generator=eval_generator(batch, batch["x"].device)).float()
         if self.residual:
             out = out + batch["x"][..., -out.shape[-1]:].float()
@@ -107,10 +103,10 @@ class DiffusionResidual(Corrector):
     def setup(self, model: nn.Module, batches: Sequence[dict]) -> None:
         with torch.no_grad():
             for b in batches:
-                run(model, b, programs.calibrate, y=b["y"], head=self.head)
+                programs.call(model, b, programs.calibrate, y=b["y"], head=self.head)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return run(model, batch, programs.diffusion_loss, y=batch["y"], head=self.head)
+        return programs.call(model, batch, programs.diffusion_loss, y=batch["y"], head=self.head)
 
     def sample(self, net: nn.Module, noise: torch.Tensor, **conditioning) -> torch.Tensor:
         return net.edm.sample(net, noise, self.steps, **conditioning)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ups.objectives.base import Objective
-from ups.objectives.latent_heads import next_context
+from ups.objectives.latent_heads import call, next_context
 from ups.objectives.next_step import predict_next
 
 
@@ -54,8 +54,8 @@ class InverseConsistency(Objective):
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         if batch.get("steady", False) or "z" in batch:
             return nn.functional.mse_loss(self.predict(model, batch), batch["y"])
-        return model(batch["task"], batch["x"], batch["coords"], batch["cond"], run=_inverse_losses, y=batch["y"],
-                     decode_weight=self.decode_weight, encode_weight=self.encode_weight)
+        return call(model, batch, _inverse_losses, y=batch["y"], decode_weight=self.decode_weight,
+                    encode_weight=self.encode_weight)
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return predict_next(model, batch, residual=False)
@@ -70,11 +70,10 @@ class Autoencoder(Objective):
     """
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["task"], batch["x"], batch["coords"], batch["cond"], run=_reconstruction,
-                     channels=batch["y"].shape[-1])
+        return call(model, batch, _reconstruction, channels=batch["y"].shape[-1])
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         if batch.get("steady", False):
             return predict_next(model, batch, residual=False)
         c = batch.get("channels") or batch["y"].shape[-1]
-        return model(batch["task"], batch["x"], batch["coords"], batch["cond"], run=_reconstruct_only, channels=c)
+        return call(model, batch, _reconstruct_only, channels=c)

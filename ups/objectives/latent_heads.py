@@ -16,6 +16,11 @@ from torch import Tensor, nn
 from ups.generative import ConsistencyDistillation
 
 
+def call(model: nn.Module, batch: dict, program: Callable, **kw) -> Tensor:
+    """Run ``program`` on a batch through the (wrapped) model's forward."""
+    return model(batch["task"], batch["x"], batch["coords"], batch["cond"], run=program, **kw)
+
+
 def next_context(x: Tensor, y: Tensor) -> Tensor:
     """The context one frame later: drop the oldest frame of ``x``, append ``y`` (one frame)."""
     return torch.cat([x[..., y.shape[-1]:], y], dim=-1)
@@ -93,7 +98,8 @@ def distillation_loss(model: nn.Module, task: str, x: Tensor, coords: Tensor, co
     """Consistency-distillation loss of the student head against the frozen teacher head."""
     student, key = model.stage_heads[head], model.task_key(task)
     z_pred, r = residual(model, task, x, coords, cond, y, **student.target)
-    return ConsistencyDistillation(student.edm, n_levels).loss(student, model.stage_heads[teacher], r / student.scale(key), z_pred=z_pred, cond=cond,
+    distill = ConsistencyDistillation(student.edm, n_levels)
+    return distill.loss(student, model.stage_heads[teacher], r / student.scale(key), z_pred=z_pred, cond=cond,
                         task_key=key)
 
 

@@ -17,7 +17,6 @@ from torch import nn
 
 from ups.objectives import latent_heads as programs
 from ups.objectives.base import Objective
-from ups.objectives.diffusion import run
 from ups.objectives.next_step import predict_next
 
 
@@ -35,7 +34,7 @@ class SteadyPrior(Objective):
 
     def setup(self, model: nn.Module, batches: Sequence[dict]) -> None:
         with torch.no_grad():
-            run(model, batches[0], programs.copy_weights, src=lambda m: m.operator, dst=self.head)
+            programs.call(model, batches[0], programs.copy_weights, src=lambda m: m.operator, dst=self.head)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return nn.functional.mse_loss(self.predict(model, batch), batch["y"])
@@ -43,4 +42,4 @@ class SteadyPrior(Objective):
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         if not batch.get("steady", False):
             return predict_next(model, batch, self.residual)
-        return run(model, batch, programs.steady_map, head=self.head).float()
+        return programs.call(model, batch, programs.steady_map, head=self.head).float()
