@@ -142,6 +142,9 @@ class TrainerConfig:
     max_steps: int = 2000
     batch_size: int = 16  # per device
     accum_steps: int = 1
+    # Fixed global batch: accum_steps = global_batch / (batch_size x world size), derived at compose
+    # time and again from the ranks actually joined, so a sweep over GPU count compares like with like.
+    global_batch: Optional[int] = None
     eval_every: Optional[int] = None  # steps; None: once per epoch
     log_every: int = 10
     seed: int = 0
@@ -276,6 +279,23 @@ def _unknown_keys(node: Any, path: str = "") -> list[str]:
     return out
 
 
+def resolve_global_batch(cfg: Any, world_size: int) -> None:
+    """With ``trainer.global_batch`` set, set ``trainer.accum_steps`` so that per-device batch x
+    accumulation x ``world_size`` equals it; an impossible combination is a :class:`ConfigError`."""
+    t = cfg.trainer
+    if t.global_batch is None:
+        return
+    per_step = t.batch_size * world_size
+    if t.global_batch < 1 or t.global_batch % per_step:
+        fits = [b for b in range(1, t.global_batch // world_size + 1) if t.global_batch % (b * world_size) == 0]
+        raise ConfigError(
+            f"trainer.global_batch={t.global_batch} is not a multiple of trainer.batch_size x world size = "
+            f"{t.batch_size} x {world_size} = {per_step}, so no whole number of accumulation steps reaches it; "
+            + (f"per-device batches that do: {', '.join(map(str, fits[-6:]))}" if fits
+               else f"with {world_size} ranks the global batch must be at least {world_size}"))
+    t.accum_steps = t.global_batch // per_step
+
+
 def validate(cfg: Any) -> None:
     """Check the rules that tie fields together; raise :class:`ConfigError` naming the key."""
     import math
@@ -306,6 +326,7 @@ def validate(cfg: Any) -> None:
         if not 0.0 < get(key) < 0.5:
             raise ConfigError(f"{key} must lie in (0, 0.5), got {get(key)}")
     world = cfg.parallelism.nodes * cfg.parallelism.ranks_per_node
+    resolve_global_batch(cfg, world)
     if cfg.parallelism.strategy == "none" and world > 1:
         raise ConfigError(f"parallelism.strategy=none runs one process, but nodes x ranks_per_node = {world}; "
                           "choose parallelism=ddpN or fsdp2_N")

@@ -5,9 +5,12 @@ rank 1 reads the same as one in a single process.
 """
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from pathlib import Path
+
+JOB_STATUS = "job_status.json"  # a multirun job's outcome, read by the sweep report (ups/sweeps/report.py)
 
 # The exit status of a launched rank that stopped on an expected error and printed its paragraph, so
 # the launcher does not repeat it as a crash with torch's failure report.
@@ -27,15 +30,33 @@ def user_message(err: BaseException) -> str | None:
     return next((f"{kind}: {err}" for cls, kind in kinds if isinstance(err, cls)), None)
 
 
-def report_expected(err: BaseException, log_file: Path, prefix: str = "") -> bool:
+def report_expected(err: BaseException, log_file: Path, prefix: str = "") -> str | None:
     """For an expected error (see :func:`user_message`): append the traceback being handled to the
-    run's log, print the one paragraph (after ``prefix``) to stderr and return True; else False."""
+    run's log, print the one paragraph (after ``prefix``) to stderr and return it; else None."""
     message = user_message(err)
     if message is None:
-        return False
+        return None
     if log_file.parent.is_dir():
         with log_file.open("a") as f:
             f.write(traceback.format_exc())
     print(f"{prefix}{message}", file=sys.stderr, flush=True)
-    return True
+    return message
 
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (``-m``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def finish(output_dir: str | Path, code: int, message: str) -> None:
+    """Exit with status ``code``; in a multirun, write ``job_status.json`` into the job's directory and
+    return instead, so that Hydra goes on with the next job and the sweep report lists this one."""
+    if not in_multirun():
+        sys.exit(code)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / JOB_STATUS).write_text(json.dumps({"status": "failed", "exit_code": code, "error": message}))

@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ups.config import ConfigError, validate
+from ups.config import ConfigError, resolve_global_batch, validate
 from ups.data.registry import COND_DIM
 from ups.data.tasks import TaskData, build_task, log_task_note
 from ups.distributed.collectives import main_first
@@ -115,6 +115,7 @@ def run(cfg: DictConfig, env: DistEnv | None = None) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
+    resolve_global_batch(cfg, env.world_size)  # the ranks actually joined (torchrun, SLURM) decide
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if env.is_main:

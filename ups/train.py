@@ -6,13 +6,14 @@ the work, so tests and notebooks call it without a command line.
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from ups.config import register_configs
-from ups.errors import EXPECTED_EXIT, report_expected
+from ups.errors import EXPECTED_EXIT, finish, in_multirun, report_expected
 
 register_configs()
 
@@ -22,30 +23,36 @@ def main(cfg: DictConfig) -> float | None:
     """Train as configured; returns the mean validation nRMSE (the objective for sweepers).
 
     Every expected failure ends in one paragraph on stderr and exit status 1 (128 + signal for a
-    stop signal); the full traceback goes to the run's train.log.
+    stop signal); the full traceback goes to the run's train.log. In a multirun a failed job is
+    recorded in its ``job_status.json`` and the sweep goes on.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from ups.distributed.launch import launch  # heavy imports after composition: --help and --cfg stay fast
     from ups.training.signals import Interrupted
 
+    log_file = Path(cfg.paths.output_dir) / "train.log"
     try:
         metrics = launch(cfg)
     except Interrupted as err:
         print(err, file=sys.stderr)
-        sys.exit(err.exit_code)
+        return finish(cfg.paths.output_dir, err.exit_code, str(err))
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
         if failure.exitcode == EXPECTED_EXIT:  # the rank printed its one paragraph already
-            print(f"the job stopped: rank {rank} stopped with the error above (traceback in "
-                  f"{Path(cfg.paths.output_dir) / 'train.log'})", file=sys.stderr)
+            message = f"the job stopped: rank {rank} stopped with the error above (traceback in {log_file})"
         else:
-            print(f"A rank failed (its traceback is above):\n{err.format_msg()}", file=sys.stderr)
-        sys.exit(1)
+            message = f"A rank failed (its traceback is above):\n{err.format_msg()}"
+        print(message, file=sys.stderr)
+        return finish(cfg.paths.output_dir, 1, message)
     except Exception as err:  # noqa: BLE001 - expected errors get one paragraph; others re-raise
-        if not report_expected(err, Path(cfg.paths.output_dir) / "train.log"):
-            raise
-        sys.exit(1)
+        message = report_expected(err, log_file)
+        if message is None:
+            if not in_multirun():
+                raise
+            traceback.print_exc()  # a bug: its traceback, and the sweep goes on with the next job
+            message = f"{type(err).__name__}: {err}"
+        return finish(cfg.paths.output_dir, 1, message)
     return metrics.get("val/nrmse/mean")
 
 

@@ -5,6 +5,7 @@ its name in the ``callbacks`` config group, so adding or removing one never mixe
 """
 from __future__ import annotations
 
+import logging
 import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
@@ -13,6 +14,8 @@ import torch
 
 if TYPE_CHECKING:
     from ups.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 class Callback:
@@ -109,7 +112,9 @@ class EarlyStopping(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per stage on rank 0, only when stdout is a terminal (no noise in log files).
+    """Progress on rank 0: a tqdm bar per stage on a terminal; without one (a SLURM ``.out`` file, a
+    pipe), one log line per training record (every ``trainer.log_every`` steps) with the loss,
+    samples/s, the stage's ETA and peak memory, so a log file shows how a run is going.
 
     Log lines are routed through the bar while it runs, so they never glue onto it.
     """
@@ -140,6 +145,15 @@ class ProgressBar(Callback):
             self.bar.n = trainer.step  # also right after a resume, which starts mid-stage
             self.bar.set_postfix(epoch=trainer.epoch, loss=f"{trainer.last_loss:.4g}", refresh=False)
             self.bar.update(0)
+
+    def on_log(self, trainer: "Trainer", record: dict) -> None:
+        if self.bar is not None or not trainer.env.is_main or record.get("kind") != "train":
+            return
+        per_s = record["samples_per_s"] / max(record["global_batch"], 1)  # optimizer steps per second
+        eta = (trainer.total_steps - trainer.step) / per_s if per_s > 0 else float("nan")
+        log.info("%s step %d/%d  loss %.4g  %.1f samples/s  ETA %s  peak memory %.0f MB", trainer.stage_name,
+                 trainer.step, trainer.total_steps, record["loss"], record["samples_per_s"],
+                 f"{int(eta // 60)}:{int(eta % 60):02d}" if eta == eta else "?", record.get("peak_memory_mb", 0.0))
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         if self.bar is not None:

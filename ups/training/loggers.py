@@ -4,7 +4,8 @@ metrics.jsonl schema (one JSON object per line; docs/configuration.md):
   every record: ``step`` (optimizer steps done over all stages), ``stage_step`` (within the stage),
                 ``kind`` ("train" | "eval"), ``stage``, ``time``
   train:  ``loss``, ``loss/<task>``, ``samples_per_s``, ``lr``, ``epoch``, ``grad_norm``,
-          ``batch_size``, ``accum_steps``, ``world_size``, ``global_batch``, ``skipped_steps``
+          ``batch_size``, ``accum_steps``, ``world_size``, ``global_batch``, ``skipped_steps``,
+          ``peak_memory_mb`` (rank 0: CUDA's peak allocated, or on CPU the resident set at the record)
   eval:   ``split`` ("val" | "test"), ``nrmse/<task>`` for each task, ``nrmse/mean``; the closing
           test record also holds every metric of ``ups.evaluation`` (``<metric>/<task>``)
 """
@@ -13,11 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from omegaconf import OmegaConf
 
 from ups.training.callbacks import Callback
@@ -27,6 +30,21 @@ if TYPE_CHECKING:
     from ups.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Memory in MB: the peak allocated by torch on a CUDA device; on CPU the process's resident set
+    now (the report takes the largest over a run's records: the process-wide peak, ru_maxrss, would
+    carry over from earlier jobs of a sweep run in the same process)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/statm") as f:  # Linux: pages; the second field is the resident set
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: the process's peak is the best there is
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS reports bytes
 
 
 class JsonlLogger(Callback):

@@ -34,6 +34,7 @@ from ups.training import resume, signals
 from ups.training.checkpoint import Checkpointer
 from ups.training.failures import StopTraining, is_oom, skip_or_stop, stop_if_sharded
 from ups.training.faults import FaultInjector
+from ups.training.loggers import peak_memory_mb
 from ups.training.optim import build_optimizer, build_scheduler, set_requires_grad
 from ups.training.train_sets import TrainSets, fixed_batches
 
@@ -361,7 +362,7 @@ class Trainer:
             samples_per_s=window["samples"] / max(elapsed, 1e-9), lr=self.scheduler.get_last_lr()[0],
             grad_norm=window.get("grad_norm", float("nan")), batch_size=t.batch_size, accum_steps=t.accum_steps,
             world_size=self.env.world_size, global_batch=t.batch_size * t.accum_steps * self.env.world_size,
-            skipped_steps=self.skipped_steps)
+            skipped_steps=self.skipped_steps, peak_memory_mb=peak_memory_mb(self.device))
         record.update({f"loss/{k}": sum(v) / len(v) for k, v in window["tasks"].items()})
         self.log_record(record)
         window.update(loss=0.0, samples=0, steps=0, t0=time.perf_counter(), tasks={})
