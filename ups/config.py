@@ -164,6 +164,21 @@ class PathsConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """What a SLURM job asks for (``conf/cluster/``), read by ``hydra/launcher=slurm``; copy
+    ``conf/cluster/example.yaml`` and pass ``cluster=<yours>``. Unused without that launcher."""
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    timeout_min: int = 240  # the job's time limit
+    cpus_per_task: int = 8
+    mem_gb: Optional[int] = None
+    signal_delay_s: int = 120  # SIGUSR2 this long before the limit: checkpoint, then requeue
+    max_requeues: int = 3  # time-limit requeues of one job before it is left to end
+
+
+@dataclass
 class TrainConfig:
     task: TaskConfig = MISSING
     model: Any = MISSING  # typed by the family's own schema (ups/models/<family>.py), see register_configs
@@ -177,6 +192,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 @dataclass

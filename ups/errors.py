@@ -52,11 +52,12 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def finish(output_dir: str | Path, code: int, message: str) -> None:
-    """Exit with status ``code``; in a multirun, write ``job_status.json`` into the job's directory and
-    return instead, so that Hydra goes on with the next job and the sweep report lists this one."""
+def finish(output_dir: str | Path, code: int, message: str, status: str = "failed") -> None:
+    """Exit with status ``code``; in a multirun, write ``job_status.json`` (``status``: failed,
+    interrupted or requeued) into the job's directory and return instead, so that Hydra goes on
+    with the next job and the sweep report lists this one."""
     if not in_multirun():
         sys.exit(code)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / JOB_STATUS).write_text(json.dumps({"status": "failed", "exit_code": code, "error": message}))
+    (out / JOB_STATUS).write_text(json.dumps({"status": status, "exit_code": code, "error": message}))

@@ -1,8 +1,7 @@
 """Command-line entry point: ``python -m ups.train [overrides]``, also installed as ``ups-train``.
 
-Hydra composes the config from ``conf/`` (shipped as ``ups.conf``); :func:`ups.runner.run` does
-the work, so tests and notebooks call it without a command line.
-"""
+Hydra composes the config from ``conf/`` (shipped as ``ups.conf``); :func:`ups.runner.run` does the
+work, so tests and notebooks call it without a command line."""
 from __future__ import annotations
 
 import sys
@@ -22,21 +21,22 @@ register_configs()
 def main(cfg: DictConfig) -> float | None:
     """Train as configured; returns the mean validation nRMSE (the objective for sweepers).
 
-    Every expected failure ends in one paragraph on stderr and exit status 1 (128 + signal for a
-    stop signal); the full traceback goes to the run's train.log. In a multirun a failed job is
-    recorded in its ``job_status.json`` and the sweep goes on.
+    Expected failures: one paragraph on stderr, exit status 1 (128 + signal for a stop signal), the
+    traceback in train.log; in a multirun, ``job_status.json`` records them and the sweep goes on.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from ups.distributed.launch import launch  # heavy imports after composition: --help and --cfg stay fast
+    from ups.distributed.env import slurm_requeue  # heavy imports after composition: --help stays fast
+    from ups.distributed.launch import launch
     from ups.training.signals import Interrupted
 
     log_file = Path(cfg.paths.output_dir) / "train.log"
     try:
         metrics = launch(cfg)
     except Interrupted as err:
-        print(err, file=sys.stderr)
-        return finish(cfg.paths.output_dir, err.exit_code, str(err))
+        requeued = slurm_requeue(err.signum)  # SLURM's time-limit warning: requeue, resume from the checkpoint
+        print(err if requeued is None else f"{err}\n{requeued}", file=sys.stderr)
+        return finish(cfg.paths.output_dir, err.exit_code, str(err), "requeued" if requeued else "interrupted")
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
         if failure.exitcode == EXPECTED_EXIT:  # the rank printed its one paragraph already

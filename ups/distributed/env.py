@@ -56,22 +56,58 @@ def in_launched_rank(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def export_slurm_env() -> bool:
-    """Inside a multi-task SLURM step without torchrun, set RANK/WORLD_SIZE/MASTER_* from SLURM.
+    """Inside a multi-task SLURM step without torchrun, or a job of several tasks under submitit's
+    local executor, set RANK/WORLD_SIZE/MASTER_* from the scheduler's variables.
 
     Works for a plain ``srun`` as well as a submitit job (submitit's own helper only recognises the
-    latter); submitit's SLURM environment parses node lists such as ``gpu[01-04]``. The master port
-    is derived from the job id, the same on every task. Returns True if it exported.
+    latter); submitit's environment parses node lists such as ``gpu[01-04]``. The master port is
+    derived from the job id, the same on every task. Returns True if it exported.
     """
-    if in_launched_rank() or int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_JOB_ID" not in os.environ:
+    env = os.environ
+    slurm = int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env
+    local = env.get("SUBMITIT_EXECUTOR") == "local" and int(env.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1
+    if in_launched_rank() or not (slurm or local):
         return False
-    from submitit.slurm.slurm import SlurmJobEnvironment
+    if slurm:
+        from submitit.slurm.slurm import SlurmJobEnvironment as JobEnvironment
+    else:
+        from submitit.local.local import LocalJobEnvironment as JobEnvironment
 
-    job = SlurmJobEnvironment()
-    port = os.environ.get("MASTER_PORT") or str(20000 + int(job.job_id.split("_")[0]) % 40000)
-    os.environ.update(MASTER_ADDR=job.hostnames[0], MASTER_PORT=port, RANK=str(job.global_rank),
-                      WORLD_SIZE=str(job.num_tasks), LOCAL_RANK=str(job.local_rank),
-                      LOCAL_WORLD_SIZE=str(job.num_tasks // job.num_nodes))
+    job = JobEnvironment()
+    port = env.get("MASTER_PORT") or str(20000 + int(job.job_id.split("_")[0]) % 40000)
+    env.update(MASTER_ADDR=job.hostnames[0], MASTER_PORT=port, RANK=str(job.global_rank),
+               WORLD_SIZE=str(job.num_tasks), LOCAL_RANK=str(job.local_rank),
+               LOCAL_WORLD_SIZE=str(job.num_tasks // job.num_nodes))
     return True
+
+
+def slurm_requeue(signum: int, environ: Mapping[str, str] | None = None) -> str | None:
+    """After a clean stop on SIGUSR2 under SLURM (the time-limit warning of ``--signal=USR2@N``) or
+    submitit, have the job requeued, so that it starts again and resumes from the checkpoint just
+    saved. Under submitit the signal goes on to submitit's own handler, which requeues the same
+    submission (with its ``max_num_timeout`` budget; locally, it restarts the tasks); under a plain
+    ``sbatch``, rank 0 runs ``scontrol requeue``. SIGTERM (``scancel``, or a preemption SLURM requeues
+    by itself) never requeues. Returns what was done, or None; ``UPS_REQUEUE=0`` turns it off."""
+    import signal
+    import subprocess
+
+    env = os.environ if environ is None else environ
+    if signum != signal.SIGUSR2 or env.get("UPS_REQUEUE", "1") == "0":
+        return None
+    handler = signal.getsignal(signum)
+    if env.get("SUBMITIT_EXECUTOR") and callable(handler):  # ours is gone: training is over
+        signal.raise_signal(signum)  # submitit requeues (rank 0) or ignores it (other ranks)
+        return "handed the signal to submitit, which requeues the job"
+    if "SLURM_JOB_ID" not in env or int(env.get("RANK", env.get("SLURM_PROCID", "0"))) != 0:
+        return None
+    job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in env
+           else env["SLURM_JOB_ID"])
+    try:
+        subprocess.run(["scontrol", "requeue", job], check=True, timeout=60, capture_output=True, text=True)
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = getattr(err, "stderr", "") or err
+        return f"could not requeue SLURM job {job} ({str(detail).strip()}); submit it again to resume"
+    return f"requeued SLURM job {job}: it resumes from this checkpoint when it starts again"
 
 
 def _process_start(pid: int) -> dt.datetime | None:

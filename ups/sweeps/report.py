@@ -5,8 +5,9 @@ run directory. A row takes the job's overrides (``.hydra/overrides.yaml``), its 
 ``config.yaml``, the training records of ``metrics.jsonl`` (world size, per-device batch,
 accumulation, global batch, samples/s, peak memory), the last validation record and
 ``eval/final_test.json`` (test nRMSE, training wall-clock). Status: ``completed`` (a final test
-evaluation exists), ``failed`` (``job_status.json`` says so, with the error), or ``unfinished`` (a
-job that died or still runs; the last line of its ``train.log`` is shown). No job is dropped.
+evaluation exists), ``failed``, ``interrupted`` or ``requeued`` (``job_status.json`` says so, with
+the error or the stop), or ``unfinished`` (a job that died or still runs; the last line of its
+``train.log`` is shown). No job is dropped.
 """
 from __future__ import annotations
 
@@ -85,8 +86,8 @@ def job_row(job: Path) -> dict[str, Any]:
         row["status"], row["wall_clock_s"] = "completed", result["meta"].get("train_seconds")
         row.update({f"test/{k}": v for k, v in result["results"]["model"].items()
                     if k.startswith("nrmse/") and isinstance(v, (int, float))})
-    elif status.get("status") == "failed":
-        row["status"], row["error"] = "failed", ((status.get("error") or "").strip().splitlines() or [""])[-1]
+    elif status.get("status") in ("failed", "interrupted", "requeued"):  # requeued: it resumes when it restarts
+        row["status"], row["error"] = status["status"], ((status.get("error") or "").strip().splitlines() or [""])[-1]
     else:
         row["status"], row["error"] = "unfinished", _last_line(job / "train.log")
     return row
