@@ -179,6 +179,19 @@ class ClusterConfig:
 
 
 @dataclass
+class TuneConfig:
+    """``python -m ups.tune``: the batch-size search (ups/training/batch_tuner.py)."""
+
+    start: int = 1  # first per-device batch tried; doubled until one does not fit
+    max_batch: int = 4096
+    margin: float = 0.1  # kept below the largest batch that fits, and below the memory budget
+    memory_budget_gb: Optional[float] = None  # None: the GPU's memory; on CPU half the machine's
+    steps: int = 2  # training steps per trial and task
+    oom_above: Optional[int] = None  # tests: act as if any larger batch ran out of memory
+    out: str = "tuned_batch.yaml"  # the snippet, relative to the run directory
+
+
+@dataclass
 class TrainConfig:
     task: TaskConfig = MISSING
     model: Any = MISSING  # typed by the family's own schema (ups/models/<family>.py), see register_configs
@@ -193,6 +206,7 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 @dataclass
