@@ -82,3 +82,19 @@ def test_a_local_sweep_of_single_and_two_rank_jobs(tmp_path: Path, data_dir: Pat
     assert all(r["status"] == "completed" for r in rows)
     pytest.importorskip("matplotlib")
     assert (tmp_path / "sweep" / "sweep_scaling.png").exists()
+
+
+def test_the_sweep_notebook_runs_headless_on_a_sweeps_output(tmp_path: Path, data_dir: Path, monkeypatch,
+                                                              capsys) -> None:
+    pytest.importorskip("matplotlib")
+    proc = _sweep(tmp_path, data_dir, "trainer.batch_size=4,8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "sweep_analysis.ipynb").read_text())
+    monkeypatch.setenv("UPS_SWEEP_DIR", str(tmp_path / "sweep"))
+    namespace: dict = {}
+    for cell in (c for c in nb["cells"] if c["cell_type"] == "code"):
+        assert cell["outputs"] == [] and cell["execution_count"] is None
+        exec(compile("".join(cell["source"]), "sweep_analysis.ipynb", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "2 of 2 jobs completed" in out and "advection1d: job" in out
+    assert (tmp_path / "sweep" / "sweep_throughput.png").exists()
