@@ -43,7 +43,6 @@ def report_expected(err: BaseException, log_file: Path, prefix: str = "") -> str
     return message
 
 
-
 def in_multirun() -> bool:
     """Whether this process runs a job of a Hydra multirun (``-m``)."""
     from hydra.core.hydra_config import HydraConfig

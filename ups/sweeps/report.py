@@ -21,22 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ups.errors import JOB_STATUS
+from ups.evaluation.report import read_records
 
 log = logging.getLogger(__name__)
 
 BASE_COLUMNS = ("job", "status", "overrides", "world_size", "batch_size", "accum_steps", "global_batch",
                 "samples_per_s", "step_time_s", "peak_memory_mb", "wall_clock_s", "steps", "error")
-
-
-def _records(path: Path) -> list[dict]:
-    out = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a crash
-                continue
-    return out
 
 
 def _last_line(path: Path) -> str:
@@ -63,7 +53,7 @@ def job_row(job: Path) -> dict[str, Any]:
         p, t = cfg.get("parallelism", {}), cfg.get("trainer", {})
         row.update(world_size=p.get("nodes", 1) * p.get("ranks_per_node", 1), batch_size=t.get("batch_size"),
                    accum_steps=t.get("accum_steps"))
-    records = _records(job / "metrics.jsonl")
+    records = read_records(job) if (job / "metrics.jsonl").exists() else []
     train = [r for r in records if r.get("kind") == "train"]
     if train:
         last = train[-1]
