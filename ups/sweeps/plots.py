@@ -35,22 +35,22 @@ def plot_throughput(rows: list[dict], path: Path) -> Path | None:
 
 
 def plot_scaling(rows: list[dict], path: Path) -> Path | None:
-    """Scaling efficiency, samples/s at N ranks / (N x samples/s at 1 rank), per (per-device batch,
-    accumulation), against the rank count, with the ideal line; None without a 1-rank reference."""
-    groups = defaultdict(dict)
+    """Scaling efficiency, samples/s at N ranks / (N x samples/s at 1 rank), per per-device batch
+    (samples/s averaged over the jobs of that batch and rank count, e.g. several accumulations),
+    against the rank count, with the ideal line; None without a 1-rank reference."""
+    groups: dict = defaultdict(lambda: defaultdict(list))
     for r in _done(rows, "world_size"):
-        groups[(r["batch_size"], r["accum_steps"])][r["world_size"]] = r["samples_per_s"]
-    curves = {k: v for k, v in groups.items() if 1 in v and len(v) > 1}
+        groups[r["batch_size"]][r["world_size"]].append(r["samples_per_s"])
+    curves = {b: {w: sum(v) / len(v) for w, v in by.items()} for b, by in groups.items() if 1 in by and len(by) > 1}
     if not curves:
         return None
     fig = figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.subplots()
     worlds = sorted({w for v in curves.values() for w in v})
     ax.plot(worlds, [1.0] * len(worlds), "k--", label="ideal (linear scaling)")
-    for (batch, accum), by_world in sorted(curves.items()):
+    for batch, by_world in sorted(curves.items()):
         ws = sorted(by_world)
-        ax.plot(ws, [by_world[w] / (w * by_world[1]) for w in ws], marker="o",
-                label=f"per-device batch {batch}, accumulation {accum}")
+        ax.plot(ws, [by_world[w] / (w * by_world[1]) for w in ws], marker="o", label=f"per-device batch {batch}")
     ax.set(xlabel="ranks (GPUs, or CPU processes)", ylabel="scaling efficiency", xticks=worlds,
            title="samples/s at N ranks / (N x samples/s at 1 rank)")
     ax.set_ylim(bottom=0)
