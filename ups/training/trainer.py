@@ -65,6 +65,7 @@ class Trainer:
         self.stage_name = ""
         self.objective: Objective | None = None
         self.checkpointer: Checkpointer | None = None
+        self.loader: DataLoader | None = None  # the current stage's (its workers live for the stage)
         self.epoch_losses: list[float] = []
         self.epoch_sum, self.epoch_n = 0.0, 0  # losses of the current epoch's steps so far
         self.last_loss = float("nan")  # the latest step's loss, for the progress display
@@ -193,6 +194,12 @@ class Trainer:
             self.objective.setup(self.model, fixed_batches(self.train_set, self.device))
         self.train_set = self.train_sets.for_stage(name, stage, self.objective, self.raw_model,
                                                    self.spec.latent is not None)
+        # One loader for the stage: its workers live across epochs instead of starting again each
+        # epoch; pinned memory makes the host-to-GPU copies asynchronous.
+        workers = self.cfg.data.num_workers
+        self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=self.train_set.collate,
+                                 num_workers=workers, persistent_workers=workers > 0,
+                                 pin_memory=self.device.type == "cuda")
         self._t0 = time.perf_counter()
         while self.step < self.total_steps and not self._agree_stop():
             self._run_epoch()
@@ -207,7 +214,7 @@ class Trainer:
         self.checkpointer.save(self.state_dict(stage_done=True), "final", self.global_step, consolidate=True)
         for cb in self.callbacks.values():
             cb.on_fit_end(self)
-        self.train_set = self.train_sets.raw
+        self.train_set, self.loader = self.train_sets.raw, None  # the stage's workers exit
         self.train_seconds, self._t0 = self._train_seconds(), None
         return self.last_val
 
@@ -236,9 +243,7 @@ class Trainer:
         t = self.cfg.trainer
         if self.batches_done == 0:
             self.sampler.set_epoch(self.epoch)
-        loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=self.train_set.collate,
-                            num_workers=self.cfg.data.num_workers)
-        batches = iter(loader)
+        batches = iter(self.loader)  # the sampler yields this epoch's batches, from the resume point
         window = {"loss": 0.0, "samples": 0, "steps": 0, "t0": time.perf_counter(), "tasks": {}}
         while self.step < self.total_steps:
             loss = self._optimizer_step(batches, window)
