@@ -127,6 +127,8 @@ def test_heads_need_a_latent_model_and_a_teacher(tiny_cfg) -> None:
         run(tiny_cfg("task=advection1d", "stage=consistency"))
     with pytest.raises(ConfigError, match="stages.diffusion.objective under parallelism.strategy=fsdp2: invert_steps"):
         run(tiny_cfg("task=advection1d", "stage=all", "parallelism=fsdp2_2", "stages.diffusion.objective.invert_steps=5"))
+    with pytest.raises(ConfigError, match="need steps >= 1, samples >= 1"):
+        run(tiny_cfg("task=advection1d", "stage=diffusion", "stages.diffusion.objective.samples=0"))
     with pytest.raises(ConfigError, match="its objective trains only the head"):
         run(tiny_cfg("task=advection1d", "stage=[operator,diffusion]", "stages.operator.steps=2",
                      "stages.diffusion.freeze=[encoder]"))

@@ -28,6 +28,8 @@ class ConsistencyCorrection(Corrector):
             raise ValueError(f"steps must be 1 or 2, got {steps}")
         self.teacher, self.head, self.residual = str(teacher), str(head), bool(residual)
         self.steps, self.mid_sigma, self.n_levels = int(steps), float(mid_sigma), int(n_levels)
+        if int(samples) < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
         self.samples, self.per_sample = int(samples), self.steps
 
     @property

@@ -76,8 +76,9 @@ class DiffusionResidual(Corrector):
                  invert_steps: int = 0, invert_lr: float = 0.05, samples: int = 1, residual: bool = False,
                  head: str = "diffusion"):
         self.steps, self.residual, self.head, self.samples = int(steps), bool(residual), str(head), int(samples)
-        if int(invert_steps) < 0 or invert_lr <= 0:
-            raise ValueError(f"need invert_steps >= 0 and invert_lr > 0, got {invert_steps}, {invert_lr}")
+        if int(invert_steps) < 0 or invert_lr <= 0 or self.samples < 1 or self.steps < 1:
+            raise ValueError(f"need steps >= 1, samples >= 1, invert_steps >= 0 and invert_lr > 0, got {steps}, "
+                             f"{samples}, {invert_steps}, {invert_lr}")
         self.target = {"invert_steps": int(invert_steps), "invert_lr": float(invert_lr)}
         self.edm = EDM(sigma_data=1.0, sigma_min=sigma_min, sigma_max=sigma_max, p_mean=p_mean, p_std=p_std)
         self.net_args = dict(width=width, depth=int(depth), heads=int(heads))
