@@ -12,11 +12,8 @@ writes ``eval/stages.json`` and ``eval/stages.md``, with ``stages_nrmse_vs_step.
 from __future__ import annotations
 
 import copy
-import datetime as dt
-import json
 import logging
 import math
-import platform
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -31,10 +28,10 @@ from ups.data.tasks import TaskData
 from ups.distributed.collectives import all_reduce_max, all_reduce_sum
 from ups.evaluation.baselines import MeanField, persistence
 from ups.evaluation.evaluate import Predictor, evaluate, rollout
+from ups.evaluation.suite import write_tables
 from ups.evaluation.ttc import TestTimeCorrection
 from ups.objectives import Objective, SteadyPrior, build_objective
 from ups.objectives.diffusion import Corrector
-from ups.training.failures import writing
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +164,7 @@ def write_stage_table(out_dir: str | Path, stem: str, results: dict, tasks: Sequ
     """``<stem>.json``, ``<stem>.md`` and, with matplotlib, ``<stem>_nrmse_vs_step.png`` and
     ``<stem>_fields_<task>.png``; returns the paths written."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {**meta, "written": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node()}
-    paths = [out / f"{stem}.json", out / f"{stem}.md"]
-    with writing(paths[0]):
-        paths[0].write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))
-    with writing(paths[1]):
-        paths[1].write_text(markdown(results, tasks, meta))
+    paths = write_tables(out, stem, results, meta, lambda m: markdown(results, tasks, m))
     try:
         from ups.evaluation.field_plots import plot_error_vs_step_variants, plot_fields
 

@@ -20,7 +20,6 @@ from ups.data.tasks import TaskData
 from ups.evaluation.baselines import MeanField, persistence
 from ups.evaluation.evaluate import Predictor, evaluate
 from ups.evaluation.pdebench_metrics import METRICS
-from ups.evaluation.plots import plot_error_vs_step
 from ups.training.failures import writing
 
 log = logging.getLogger(__name__)
@@ -72,10 +71,9 @@ def markdown(results: dict[str, dict], tasks: Sequence[TaskData], meta: dict) ->
     return "\n".join(lines) + "\n"
 
 
-def write_results(out_dir: str | Path, stem: str, results: dict[str, dict], tasks: Sequence[TaskData],
-                  meta: dict) -> list[Path]:
-    """``<stem>.json`` (every number), ``<stem>.md`` (the tables) and, with matplotlib,
-    ``<stem>_nrmse_vs_step.png`` in ``out_dir``; returns their paths."""
+def write_tables(out_dir: str | Path, stem: str, results: dict, meta: dict, text: Callable[[dict], str]) -> list[Path]:
+    """``<stem>.json`` (``results`` and ``meta`` stamped with the time and host) and ``<stem>.md``
+    (``text(meta)``) in ``out_dir``; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "written": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node()}
@@ -83,10 +81,22 @@ def write_results(out_dir: str | Path, stem: str, results: dict[str, dict], task
     with writing(paths[0]):
         paths[0].write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))
     with writing(paths[1]):
-        paths[1].write_text(markdown(results, tasks, meta))
+        paths[1].write_text(text(meta))
+    return paths
+
+
+def write_results(out_dir: str | Path, stem: str, results: dict[str, dict], tasks: Sequence[TaskData],
+                  meta: dict) -> list[Path]:
+    """``<stem>.json`` (every number), ``<stem>.md`` (the tables) and, with matplotlib,
+    ``<stem>_nrmse_vs_step.png`` in ``out_dir``; returns their paths."""
+    paths = write_tables(out_dir, stem, results, meta, lambda m: markdown(results, tasks, m))
     try:
-        plot = plot_error_vs_step(results, tasks, out / f"{stem}_nrmse_vs_step.png")  # None: steady tasks only
-        if plot is not None:
+        from ups.evaluation.field_plots import plot_error_vs_step_variants
+
+        curves = {name: {t.name: results.get(name, {}).get(f"nrmse_t/{t.name}") or [] for t in tasks}
+                  for name in PREDICTORS}
+        plot = plot_error_vs_step_variants(curves, Path(out_dir) / f"{stem}_nrmse_vs_step.png")
+        if plot is not None:  # None: steady tasks only
             paths.append(plot)
     except ImportError as err:  # matplotlib is optional: the numbers are in the JSON anyway
         log.info("%s_nrmse_vs_step.png not drawn: %s", stem, err)

@@ -20,12 +20,12 @@ class SweepReport(Callback):
         from ups.sweeps.report import collect, write_report
 
         sweep_dir = config.hydra.sweep.dir
+        rows = collect(sweep_dir)
         try:
-            paths = write_report(sweep_dir)
+            paths = write_report(sweep_dir, rows)
         except FileNotFoundError as err:  # no job got as far as writing its directory
             log.warning("no sweep report: %s", err)
             return
-        rows = collect(sweep_dir)
         failed = [r for r in rows if r["status"] != "completed"]
         print(f"sweep report: {paths[1]} ({len(rows) - len(failed)} of {len(rows)} jobs completed)", flush=True)
         for r in failed:

@@ -125,12 +125,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(sweep_dir: str | Path) -> list[Path]:
-    """``sweep_report.csv``, ``sweep_report.md`` and, with matplotlib, ``sweep_*.png`` in the sweep dir."""
+def write_report(sweep_dir: str | Path, rows: list[dict] | None = None) -> list[Path]:
+    """``sweep_report.csv``, ``sweep_report.md`` and, with matplotlib, ``sweep_*.png`` in the sweep dir,
+    from ``rows`` (default: :func:`collect`)."""
     from ups.sweeps.plots import plot_sweep
 
     sweep = Path(sweep_dir)
-    rows = collect(sweep)
+    rows = collect(sweep) if rows is None else rows
     if not rows:
         raise FileNotFoundError(f"{sweep} holds no job directories (<job>/.hydra/overrides.yaml): not a sweep")
     meta = {"sweep": str(sweep.resolve()), "written": dt.datetime.now().isoformat(timespec="seconds"),
