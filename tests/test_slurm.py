@@ -1,8 +1,10 @@
 """SLURM: the launcher preset is sized from parallelism= and cluster=, a stop on SIGUSR2 requeues the
 job (scontrol under sbatch, submitit's handler under submitit), and the requeued job resumes to the
-same weights as an uninterrupted run."""
+same weights as an uninterrupted run, under sbatch and under submitit's local executor."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -98,14 +100,71 @@ def test_a_time_limit_warning_checkpoints_requeues_and_the_job_resumes_identical
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="submitit's local executor")
-def test_submitit_local_tasks_form_one_ddp_job(tmp_path: Path, data_dir: Path) -> None:
-    """Two tasks of submitit's local executor join one process group of 2 gloo ranks."""
-    args = [sys.executable, "-m", "ups.train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
-            "hydra.launcher.timeout_min=10", "parallelism=ddp2", "parallelism.timeout_s=60", *COMMON,
-            "trainer.max_steps=4", f"paths.data_dir={data_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=400, cwd=tmp_path,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
-    records = (tmp_path / "sweep" / "0" / "metrics.jsonl").read_text()
-    assert '"world_size": 2' in records
+def _descendants(root: int) -> list[int]:
+    """The processes below ``root`` (Linux ``/proc``): here, submitit's controller and its tasks."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def _submitit_tasks(root: int) -> list[int]:
+    tasks = []
+    for pid in _descendants(root):
+        try:
+            if b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                tasks.append(pid)
+        except OSError:
+            continue
+    return tasks
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="submitit's local executor, /proc")
+def test_submitit_local_ddp_job_is_preempted_requeued_and_resumes_identically(tmp_path: Path, data_dir: Path) -> None:
+    """Two tasks of submitit's local executor form one DDP job of 2 gloo ranks; SIGUSR2 to both (what
+    SLURM and submitit's controller send before the time limit) checkpoints, submitit requeues the job,
+    it resumes in the same job folder and ends with the weights of an uninterrupted run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [*COMMON, "parallelism=ddp2", "parallelism.timeout_s=60", f"paths.data_dir={data_dir}"]
+    straight = subprocess.run([sys.executable, "-m", "ups.train", *run, f"paths.output_dir={tmp_path / 'a'}"],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    job = subprocess.Popen([sys.executable, "-m", "ups.train", "-m", "hydra/launcher=submitit_local",
+                            "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=10", *run,
+                            f"hydra.sweep.dir={sweep}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, cwd=tmp_path, env=env)
+    try:
+        metrics, deadline = sweep / "0" / "metrics.jsonl", time.time() + 240
+        while time.time() < deadline and job.poll() is None:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 8:
+                break
+            time.sleep(0.2)
+        tasks = _submitit_tasks(job.pid)
+        assert len(tasks) == 2 and job.poll() is None, (tasks, job.poll())
+        for pid in tasks:
+            os.kill(pid, signal.SIGUSR2)
+        out, _ = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            for pid in _descendants(job.pid):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            job.kill()
+    assert job.returncode == 0, out[-3000:]
+    logs = "\n".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
+    assert "Requeued job" in logs, logs[-3000:]
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert {r.get("world_size") for r in records if "world_size" in r} == {2}
+    assert "resumed stage operator from" in (sweep / "0" / "train.log").read_text()
+    a, b = (load_consolidated(d / "checkpoints" / "operator" / "final")["model"] for d in (tmp_path / "a", sweep / "0"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
