@@ -27,6 +27,29 @@ def any_rank(*flags: bool, device: torch.device | None = None) -> bool | tuple[b
     return out[0] if len(out) == 1 else out
 
 
+_host_groups: dict[int, object] = {}
+
+
+def _host_group():
+    """A gloo group beside an NCCL default group (created on first use, by every rank at once)."""
+    if dist.get_backend() in ("gloo", "fake"):
+        return None  # the default group already works on host tensors
+    key = id(dist.group.WORLD)
+    if key not in _host_groups:
+        _host_groups[key] = dist.new_group(backend="gloo")
+    return _host_groups[key]
+
+
+def any_rank_on_host(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on one, agreed over host memory: for a decision the host
+    already knows (an exception it caught), so that asking the other ranks never waits for the GPU."""
+    if not _active():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_host_group())
+    return bool(t.item() > 0)
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks (returns a new tensor; the input is unchanged)."""
     out = values.detach().clone()

@@ -1,14 +1,16 @@
 """The training loop, shared by every stage, objective, model family and parallel layout.
 
 One optimizer step = ``accum_steps`` micro-batches on every rank. Decisions that change control
-flow (skip a step, stop) are agreed across ranks with :func:`any_rank` before anyone acts on them,
-so no rank ever waits in a collective the others skipped. What a step optimises is the stage's
+flow (skip a step, stop) are agreed across ranks before anyone acts on them, so no rank ever waits
+in a collective the others skipped: out-of-memory in forward per micro-batch on host memory, the
+rest in the step's one reduction (``step_totals.py``), its only host sync. What a step optimises is the stage's
 objective (``ups/objectives/``); which modules a stage may freeze, the model's spec says.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from ups.config import ConfigError
 from ups.data.datasets import MultiTaskDataset, TrajectoryDataset
 from ups.data.sampler import MultiTaskDistributedSampler
 from ups.data.tasks import TaskData
-from ups.distributed.collectives import all_reduce_max, all_reduce_sum, any_rank
+from ups.distributed.collectives import any_rank_on_host
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import grad_sync
 from ups.evaluation.evaluate import evaluate
@@ -36,6 +38,7 @@ from ups.training.failures import StopTraining, is_oom, skip_or_stop, stop_if_sh
 from ups.training.faults import FaultInjector
 from ups.training.loggers import peak_memory_mb
 from ups.training.optim import build_optimizer, build_scheduler, set_requires_grad
+from ups.training.step_totals import Agreed, StepTotals, agree_stop
 from ups.training.train_sets import TrainSets, fixed_batches
 
 log = logging.getLogger(__name__)
@@ -221,23 +224,26 @@ class Trainer:
     def _train_seconds(self) -> float:
         return self.train_seconds + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
 
-    def _agree_stop(self) -> bool:
-        """Whether every rank stops now: a callback asked, the time budget is spent, or a signal arrived.
-
-        One all-reduce of (stop, signal number) so that all ranks also learn which signal it was.
-        """
+    def _stop_requested(self) -> bool:
+        """This rank's own reason to stop (a callback's request, the time budget), before agreement."""
         budget = self.cfg.trainer.time_budget_s
         if budget is not None and self._stop_reason is None and self._train_seconds() >= budget:
             self._stop_reason = f"time budget of {budget:g} s reached"
-        own = signals.received() or 0
-        flags = torch.tensor([float(self._stop_reason is not None or own > 0), float(own)], device=self.device)
-        stop, sig = all_reduce_max(flags).tolist()
-        if sig:  # not a stop on purpose: the stage is not finished, and resumes from the checkpoint
-            self._interrupted = int(sig)
-        elif stop and self._stopped is None:
+        return self._stop_reason is not None
+
+    def _agree_stop(self, agreed: Agreed | None = None) -> bool:
+        """Whether every rank stops now: a callback asked, the time budget is spent, or a signal arrived.
+
+        ``agreed``: the decision already taken in the step's reduction; otherwise one all-reduce of
+        the flags (between steps), from which all ranks also learn which signal it was.
+        """
+        agreed = agreed or agree_stop(self._stop_requested(), self.device)
+        if agreed.signum:  # not a stop on purpose: the stage is not finished, and resumes from the checkpoint
+            self._interrupted = agreed.signum
+        elif agreed.stop and self._stopped is None:
             self._stopped = self._stop_reason or "stopped on another rank"
             log.info("stage %s stops at step %d: %s", self.stage_name, self.step, self._stopped)
-        return bool(stop)
+        return agreed.stop
 
     def _run_epoch(self) -> None:
         t = self.cfg.trainer
@@ -246,17 +252,21 @@ class Trainer:
         batches = iter(self.loader)  # the sampler yields this epoch's batches, from the resume point
         window = {"loss": 0.0, "samples": 0, "steps": 0, "t0": time.perf_counter(), "tasks": {}}
         while self.step < self.total_steps:
-            loss = self._optimizer_step(batches, window)
+            loss, agreed = self._optimizer_step(batches, window)
             if loss is None:  # the epoch's batches are used up
                 break
+            evaluated = False
             if loss == loss:  # a skipped step returns NaN and does not count
                 self.epoch_sum, self.epoch_n = self.epoch_sum + loss, self.epoch_n + 1
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
                     self._log_train(window)
-                if t.eval_every and self.step % t.eval_every == 0:
+                evaluated = bool(t.eval_every and self.step % t.eval_every == 0)
+                if evaluated:
                     self._eval_and_log()
                 self.faults.after_step(self.global_step)
-            if self._agree_stop():
+            # The step's reduction carried the stop flags; after an evaluation (the same steps on every
+            # rank) they are agreed once more, so that early stopping acts before the next step.
+            if self._agree_stop(agreed) or (evaluated and self._agree_stop()):
                 break
         # The sums are checkpointed, so a resumed epoch's mean covers all of it; an epoch cut by a
         # signal stays open, its sums saved with the checkpoint for the rerun to continue.
@@ -268,17 +278,16 @@ class Trainer:
             if not t.eval_every:
                 self._eval_and_log()
 
-    def _optimizer_step(self, batches: Any, window: dict) -> float | None:
-        """Accumulate ``accum_steps`` micro-batches and step; the step's mean loss, NaN if skipped, None at epoch end."""
+    def _optimizer_step(self, batches: Any, window: dict) -> tuple[float | None, Agreed | None]:
+        """Accumulate ``accum_steps`` micro-batches and step. Returns the step's mean loss (NaN if skipped,
+        None at the epoch's end) and the decisions its reduction carried (None when it did not reduce)."""
         t = self.cfg.trainer
-        # [step loss, per-task loss x samples, per-task samples]: one all-reduce after the step
-        names = [task.name for task in self.tasks]
-        sums = torch.zeros(1 + 2 * len(names), dtype=torch.float64, device=self.device)
+        totals = StepTotals([task.name for task in self.tasks], self.device, self.env.world_size)
         n_samples = 0
         for micro in range(t.accum_steps):
             batch = next(batches, None)
             if batch is None:
-                return None
+                return None, None
             self.batches_done += 1
             # Gradients are all-reduced only on the last micro-batch of a step.
             with grad_sync(self.model, enabled=micro == t.accum_steps - 1):
@@ -292,17 +301,14 @@ class Trainer:
                     if not is_oom(err):
                         raise
                     stop_if_sharded(self, err)
-                    oom, loss = True, None
+                    oom = True
                     log.warning("rank %d: %s", self.env.rank, err)
-                # Decided together before anyone starts backward, so no rank waits in a lone all-reduce.
-                any_oom, any_nonfinite = any_rank(oom, not oom and not torch.isfinite(loss).item(),
-                                                  device=self.device)
-                if any_oom:
-                    return skip_or_stop(self, "out of memory in forward", t.on_oom)
-                if any_nonfinite:
-                    return skip_or_stop(self, "non-finite loss", t.on_nonfinite)
+                # Agreed before anyone starts backward, so no rank waits in a lone gradient all-reduce;
+                # the host knows the answer, so asking the other ranks never waits for the GPU.
+                if any_rank_on_host(oom):
+                    return skip_or_stop(self, "out of memory in forward", t.on_oom), None
                 try:
-                    (loss / t.accum_steps).backward()
+                    (loss / t.accum_steps).backward()  # a non-finite loss is skipped after the reduction
                 except (torch.OutOfMemoryError, RuntimeError) as err:
                     if not is_oom(err):
                         raise
@@ -311,42 +317,35 @@ class Trainer:
                     raise StopTraining(f"rank {self.env.rank} ran out of memory in backward at step "
                                        f"{self.global_step + 1}; lower trainer.batch_size or turn on "
                                        f"hardware.activation_checkpointing ({err})") from None
-            sums[0] += loss.detach() / t.accum_steps
+            totals.add(loss, per_task, t.accum_steps)
             n_samples += n
-            for name, (v, count) in per_task.items():
-                i = names.index(name)
-                sums[1 + i] += v * count
-                sums[1 + len(names) + i] += count
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.raw_model.parameters() if p.requires_grad],
                                                    self.cfg.optim.grad_clip or float("inf"))
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        if any_rank(not torch.isfinite(grad_norm).item(), device=self.device):
-            return skip_or_stop(self, "non-finite gradient norm", t.on_nonfinite)
+        agreed = totals.reduce(grad_norm, self._stop_requested())  # the step's one host sync
+        if agreed.nonfinite_loss:
+            return skip_or_stop(self, "non-finite loss", t.on_nonfinite), agreed
+        if not math.isfinite(agreed.grad_norm):
+            return skip_or_stop(self, "non-finite gradient norm", t.on_nonfinite), agreed
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.consecutive_skips = 0
-        sums = all_reduce_sum(sums).tolist()  # one host sync for the step's numbers, over all ranks
-        mean_loss = sums[0] / self.env.world_size
-        self.last_loss = mean_loss
-        window["loss"] += mean_loss
+        self.last_loss = agreed.loss
+        window["loss"] += agreed.loss
         window["samples"] += n_samples * self.env.world_size
         window["steps"] += 1
-        window["grad_norm"] = float(grad_norm)
-        for i, name in enumerate(names):  # the tasks drawn in this step, averaged over all ranks' samples
-            if sums[1 + len(names) + i]:
-                window["tasks"].setdefault(name, []).append(sums[1 + i] / sums[1 + len(names) + i])
+        window["grad_norm"] = agreed.grad_norm
+        for name, value in agreed.task_losses.items():
+            window["tasks"].setdefault(name, []).append(value)
         for cb in self.callbacks.values():
             cb.on_step_end(self)
-        return mean_loss
+        return agreed.loss, agreed
 
     def _loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]], int]:
-        """The objective's loss per task group, weighted by the group's share of the micro-batch.
-
-        Also each task's (detached loss, samples), reduced with the step's loss so that no float()
-        forces a device sync per task.
-        """
+        """The objective's loss per task group, weighted by the group's share of the micro-batch, and
+        each task's (detached loss, samples) for the step's reduction."""
         total = torch.zeros((), device=self.device)
         n_all = sum(len(b["y"]) for b in batch)
         per_task = {}
