@@ -194,7 +194,7 @@ class TuneConfig:
 @dataclass
 class TrainConfig:
     task: TaskConfig = MISSING
-    model: Any = MISSING  # typed by the family's own schema (ups/models/<family>.py), see register_configs
+    model: Any = MISSING  # typed by the family's own schema (ups/models/schemas.py), see register_configs
     parallelism: ParallelismConfig = MISSING
     hardware: HardwareConfig = MISSING
     optim: OptimConfig = MISSING
@@ -230,14 +230,15 @@ def register_configs() -> None:
     """
     from omegaconf import OmegaConf
 
+    # Both import without torch: --help, --cfg and shell completion run this and compose, nothing more.
     from ups.distributed.env import run_dir_name
-    from ups.models.spec import specs
+    from ups.models.schemas import SCHEMAS
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
-    for spec in specs():
-        cs.store(group="schema/model", name=spec.name, node=spec.schema)
+    for name, schema in SCHEMAS.items():
+        cs.store(group="schema/model", name=name, node=schema)
     OmegaConf.register_new_resolver("ups.run_dir", run_dir_name, replace=True)
     OmegaConf.register_new_resolver("ups.sweep_group", _sweep_group, replace=True)
     OmegaConf.register_new_resolver("ups.job_name", _job_name, replace=True)

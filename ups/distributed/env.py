@@ -10,10 +10,13 @@ import datetime as dt
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that use it: run_dir_name is the resolver of hydra.run.dir,
+# registered with the config schemas, and --help, --cfg and shell completion should not import torch.
 
 log = logging.getLogger(__name__)
 RESTART_ENV = "UPS_RESTART_COUNT"  # set by our own restart loop (ups.distributed.launch)
@@ -143,6 +146,8 @@ def run_dir_name(environ: Mapping[str, str] | None = None) -> str:
 
 def resolve_device(name: str, env: DistEnv) -> torch.device:
     """``auto`` picks CUDA when present; a rank uses the GPU of its local rank."""
+    import torch
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -156,6 +161,8 @@ def check_devices(device_type: str, ranks_per_node: int) -> None:
     """Fail before launching when a node is asked for more GPUs than it has."""
     if device_type != "cuda":
         return
+    import torch
+
     have = torch.cuda.device_count()
     if ranks_per_node > have:
         if have == 0:
@@ -175,6 +182,9 @@ def process_group(env: DistEnv, device: torch.device, backend: str, timeout_s: i
     lets every rank finish its last collective (e.g. a checkpoint save) before the group is
     destroyed; without it gloo sometimes aborted the process. On an error there is no barrier.
     """
+    import torch
+    import torch.distributed as dist
+
     if not env.distributed or (dist.is_initialized() and dist.get_world_size() == env.world_size):
         yield
         return

@@ -1,19 +1,25 @@
 """Model families (pure nn.Module code, no distributed logic), each registering a spec.
 
-Every non-private module of this package is imported here, so a new family registers itself by
-being a file in ``ups/models/`` that calls :func:`ups.models.spec.register`.
+The package imports lazily, so that ``ups.models.schemas`` (the families' config schemas) loads
+without torch: composing a config for ``--help``, ``--cfg`` or shell completion needs only those.
+The names below import their module on first use. :func:`ups.models.spec.specs` imports every
+non-private module of the package, so a new family registers itself by being a file in
+``ups/models/`` that calls :func:`ups.models.spec.register` (its schema goes in ``schemas.py``).
 """
+from __future__ import annotations
 
 import importlib
-import pkgutil
+from typing import Any
 
-from ups.models.spec import ModelSpec, TaskIO, build, register, spec_of
-from ups.models.surrogate import LatentSurrogate
-from ups.models.utils import count_parameters, parameter_breakdown
+_EXPORTS = {"LatentSurrogate": "surrogate", "ModelSpec": "spec", "TaskIO": "spec", "build": "spec",
+            "register": "spec", "spec_of": "spec", "count_parameters": "utils", "parameter_breakdown": "utils"}
 
-for _info in pkgutil.iter_modules(__path__):
-    if not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["LatentSurrogate", "ModelSpec", "TaskIO", "build", "count_parameters", "parameter_breakdown",
-           "register", "spec_of"]
+def __getattr__(name: str) -> Any:
+    """``from ups.models import X``: import X's module now (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+__all__ = sorted(_EXPORTS)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ups.models.schemas import FNOConfig  # torch-free: configs compose without importing torch
 from ups.models.spec import ModelSpec, TaskIO, as_task_io, grid_to_points, module_keys, points_to_grid, register
 
 HEAD_HIDDEN = 128  # PDEBench's fc1 width
@@ -173,17 +173,6 @@ class FNO(GridBaseline):
                              f"got {tuple(coords.shape)}")
         coords = coords.to(x.dtype).expand(x.shape[0], -1, -1)
         return self.nets[key](x, coords, grid)
-
-
-@dataclass
-class FNOConfig:
-    """``conf/model/fno*.yaml``: FNO sizes (tasks and cond_dim come from the data)."""
-
-    _target_: str = "ups.models.fno.FNO"
-    modes: int = 12  # Fourier modes kept per axis (clamped to the grid)
-    width: int = 20  # channels of the Fourier layers
-    layers: int = 4  # Fourier layers
-    padding: int = 0  # zeros appended to every axis before the Fourier layers (non-periodic problems)
 
 
 SPEC = register(ModelSpec(

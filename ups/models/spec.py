@@ -1,8 +1,9 @@
 """What the training stack needs to know about a model family, besides its ``nn.Module`` code.
 
-A model family is one module file in ``ups/models/`` holding the network, a config dataclass
-(its typed schema) and a :class:`ModelSpec` passed to :func:`register`. ``parallelize``, the dry
-run, stage freezing and the latent cache ask the spec; none of them reads a model's attributes.
+A model family is one module file in ``ups/models/`` holding the network and a :class:`ModelSpec`
+passed to :func:`register`, plus its config dataclass (its typed schema) in the torch-free
+``ups/models/schemas.py``. ``parallelize``, the dry run, stage freezing and the latent cache ask
+the spec; none of them reads a model's attributes.
 
 Every model is called the same way by the objectives::
 
@@ -16,6 +17,7 @@ stage reads cached latents (only models with a :class:`LatentEncoder`).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -90,7 +92,7 @@ class ModelSpec:
 
     name: str  # the schema's name: conf/model/<x>.yaml lists ``/schema/model/<name>@_here_`` first
     model: type  # the nn.Module class (the spec of an instance is looked up by its class)
-    schema: type  # dataclass of the config fields, with ``_target_``
+    schema: type  # dataclass of the config fields, with ``_target_``: ``SCHEMAS[name]`` of ups/models/schemas.py
     blocks: Callable[[nn.Module], list[nn.Module]]  # repeated blocks: activation checkpointing, compile, FSDP2
     groups: Callable[[nn.Module], dict[str, nn.Module]]  # module groups a stage may freeze, by name
     shard_units: Callable[[nn.Module], list[nn.Module]] = field(default=lambda m: [])  # more FSDP2 units
@@ -111,10 +113,22 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 def specs() -> list[ModelSpec]:
-    """Every registered family (importing ``ups.models`` registers the built-in ones)."""
-    import ups.models  # noqa: F401  (registers the package's families)
-
+    """Every registered family: the first call imports each non-private module of ``ups.models``,
+    whose families register themselves (the package itself imports nothing, see its docstring)."""
+    _import_families()
     return list(_SPECS.values())
+
+
+@functools.cache
+def _import_families() -> None:
+    import importlib
+    import pkgutil
+
+    import ups.models
+
+    for info in pkgutil.iter_modules(ups.models.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"ups.models.{info.name}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,6 +13,7 @@ from ups.models.decoder import QueryDecoder
 from ups.models.encoder import PerceiverEncoder, PointEmbedding
 from ups.models.layers import FourierFeatures, ZeroLinear, init_weights
 from ups.models.operator import LatentOperator
+from ups.models.schemas import LatentSurrogateConfig  # torch-free: configs compose without importing torch
 from ups.models.spec import LatentEncoder, ModelSpec, TaskIO, as_task_io, module_keys, register
 
 
@@ -173,22 +173,6 @@ class LatentSurrogate(nn.Module):
     def decoder_modules(self) -> list[nn.Module]:
         """Modules holding every decoder parameter (shared decoder + task query projections and heads)."""
         return [self.decoder, self.query_proj, self.output_head]
-
-
-@dataclass
-class LatentSurrogateConfig:
-    """``conf/model/{tiny,small,base,large}.yaml``: sizes of the latent surrogate (tasks and cond_dim come from the data)."""
-
-    _target_: str = "ups.models.surrogate.LatentSurrogate"
-    hidden: int = 128
-    depth: int = 4
-    heads: int = 4
-    n_latents: int = 32
-    fourier_features: int = 16
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    encoder_layers: int = 1
-    decoder_layers: int = 1
 
 
 def _encoder_state(model: LatentSurrogate, task: str) -> dict[str, Tensor]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ups.models.fno import GridBaseline
+from ups.models.schemas import UNetConfig  # torch-free: configs compose without importing torch
 from ups.models.spec import ModelSpec, TaskIO, grid_to_points, points_to_grid, register
 
 LEVELS = 4  # poolings, so every axis must be a multiple of 2**LEVELS
@@ -148,16 +148,6 @@ class UNet(GridBaseline):
         if padded != grid:
             y = y[(Ellipsis, *(slice(0, n) for n in grid))]
         return grid_to_points(y)
-
-
-@dataclass
-class UNetConfig:
-    """``conf/model/unet*.yaml``: U-Net sizes (tasks and cond_dim come from the data)."""
-
-    _target_: str = "ups.models.unet.UNet"
-    init_features: int = 32  # channels of the first level (doubling per level, 16x at the bottleneck)
-    norm: str = "batch"  # "batch" (PDEBench) or "group"
-    max_3d_sample_gib: float = 2.0  # refuse a 3D task whose one-sample forward/backward needs more
 
 
 SPEC = register(ModelSpec(
