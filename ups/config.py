@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from ups.tool_configs import BenchConfig, TuneConfig
+
 
 class ConfigError(ValueError):
     """A config that composes but breaks a rule between fields."""
@@ -62,6 +64,7 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     num_workers: int = 0
+    prefetch_factor: Optional[int] = None  # batches each loader worker reads ahead (None: torch's 2)
     preload_max_gb: float = 2.0  # read a task into memory when its split is smaller than this
     eval_samples: Optional[int] = None  # cap on trajectories per task in validation rollouts
     latent_cache_dir: Optional[str] = None  # None: <run dir>/latent_cache
@@ -114,7 +117,10 @@ class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead | max-autotune | ...
     activation_checkpointing: bool = False
+    checkpoint_every: int = 1  # with activation_checkpointing: every k-th block recomputes
+    sdpa_backend: str = "auto"  # attention kernel: auto (torch picks) | flash | efficient | math | cudnn
     threads: Optional[int] = None  # torch intra-op threads; None: torch's default
 
 
@@ -179,19 +185,6 @@ class ClusterConfig:
 
 
 @dataclass
-class TuneConfig:
-    """``python -m ups.tune``: the batch-size search (ups/training/batch_tuner.py)."""
-
-    start: int = 1  # first per-device batch tried; doubled until one does not fit
-    max_batch: int = 4096
-    margin: float = 0.1  # kept below the largest batch that fits, and below the memory budget
-    memory_budget_gb: Optional[float] = None  # None: the GPU's memory; on CPU half the machine's
-    steps: int = 2  # training steps per trial and task
-    oom_above: Optional[int] = None  # tests: act as if any larger batch ran out of memory
-    out: str = "tuned_batch.yaml"  # the snippet, relative to the run directory
-
-
-@dataclass
 class TrainConfig:
     task: TaskConfig = MISSING
     model: Any = MISSING  # typed by the family's own schema (ups/models/schemas.py), see register_configs
@@ -207,6 +200,7 @@ class TrainConfig:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 @dataclass
@@ -273,6 +267,7 @@ _CHOICES = {
     "data.sampler.mode": ("task", "mixed"),
     "hardware.device": ("auto", "cpu", "cuda"),
     "hardware.precision": ("fp32", "bf16"),
+    "hardware.sdpa_backend": ("auto", "flash", "efficient", "math", "cudnn"),
     "optim.name": ("adamw",),
     "optim.schedule": ("cosine", "constant"),
     "parallelism.strategy": ("none", "ddp", "fsdp2"),
@@ -282,7 +277,7 @@ _CHOICES = {
 }
 _POSITIVE = ("trainer.max_steps", "trainer.batch_size", "trainer.accum_steps", "trainer.log_every",
              "trainer.max_consecutive_skips",
-             "trainer.keep_last_k", "parallelism.nodes", "parallelism.ranks_per_node", "parallelism.timeout_s")
+             "trainer.keep_last_k", "hardware.checkpoint_every", "parallelism.nodes", "parallelism.ranks_per_node", "parallelism.timeout_s")
 
 
 def _unknown_keys(node: Any, path: str = "") -> list[str]:

@@ -20,17 +20,25 @@ from ups.distributed.env import DistEnv
 from ups.models.spec import spec_of
 
 
-def apply_ac(model: nn.Module) -> None:
-    """Recompute each block's activations (the model's spec names its blocks) in backward instead of storing them."""
-    for block in spec_of(model).blocks(model):
+def apply_ac(model: nn.Module, every: int = 1) -> None:
+    """Recompute the activations of every ``every``-th block (the model's spec names its blocks) in
+    backward instead of storing them: 1 saves the most memory, larger values cost less recompute."""
+    for i, block in enumerate(spec_of(model).blocks(model)):
+        if i % every:
+            continue
         forward = block.forward
         block.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
 
-def apply_compile(model: nn.Module) -> None:
-    """Compile each block: small graphs compile fast and identical blocks share code."""
+def apply_compile(model: nn.Module, mode: str = "default") -> None:
+    """Compile each block: small graphs compile fast and identical blocks share code. A block that
+    fails to compile (no C compiler, an unsupported operation) runs eagerly, with dynamo's warning
+    in the log, instead of ending the run."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
     for block in spec_of(model).blocks(model):
-        block.compile()
+        block.compile(mode=None if mode == "default" else mode)
 
 
 def fsdp_policy(precision: str) -> MixedPrecisionPolicy:
@@ -71,9 +79,9 @@ def parallelize(model: nn.Module, cfg: Any, env: DistEnv, device: torch.device) 
     """
     hw, strategy = cfg.hardware, cfg.parallelism.strategy
     if hw.activation_checkpointing:
-        apply_ac(model)
+        apply_ac(model, hw.checkpoint_every)
     if hw.compile:
-        apply_compile(model)
+        apply_compile(model, hw.compile_mode)
     if strategy == "fsdp2":
         return apply_fsdp(model, device, env.world_size, hw.precision)
     if strategy == "ddp" and env.distributed:

@@ -10,9 +10,10 @@ any rank), stop (a signal, a callback's request, the time budget), and what to l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
+from torch import nn
 
 from ups.distributed.collectives import all_reduce_sum
 from ups.training import signals
@@ -80,3 +81,18 @@ class StepTotals:
         out.nonfinite_loss, out.grad_norm, out.loss = sums[1] > 0, sums[2] / w, sums[0] / w
         out.task_losses = {name: sums[3 + i] / sums[3 + n + i] for i, name in enumerate(self.names) if sums[3 + n + i]}
         return out
+
+
+def batch_loss(objective: Any, model: nn.Module, batch: list[dict], device: torch.device
+               ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]], int]:
+    """A micro-batch's loss: the objective's loss per task group, weighted by the group's share of
+    the samples; also each task's (detached loss, samples) for the step's reduction, and the samples."""
+    total = torch.zeros((), device=device)
+    n_all = sum(len(b["y"]) for b in batch)
+    per_task = {}
+    for b in batch:
+        b = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+        loss = objective.loss(model, b)
+        total = total + loss * (len(b["y"]) / n_all)
+        per_task[b["task"]] = (loss.detach().double(), len(b["y"]))
+    return total, per_task, n_all

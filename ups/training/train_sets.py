@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ups.config import ConfigError
 from ups.data.datasets import MultiTaskDataset, WindowDataset
@@ -77,3 +78,12 @@ class TrainSets:
             cached = [latent_cache.load_or_build(model, w, root, self.device, build=env.is_main)
                       for w in self.raw.datasets]
         return latent_cache.MultiTaskLatentDataset(cached)
+
+
+def stage_loader(train_set: MultiTaskDataset, sampler: Any, data_cfg: Any, device: torch.device) -> DataLoader:
+    """The loader of a stage. One for the whole stage, so its workers live across epochs instead of
+    starting again each epoch; pinned memory makes the host-to-GPU copies asynchronous."""
+    workers = data_cfg.num_workers
+    return DataLoader(train_set, batch_sampler=sampler, collate_fn=train_set.collate, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                      prefetch_factor=data_cfg.prefetch_factor if workers > 0 else None)

@@ -18,8 +18,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from torch.utils.data import DataLoader
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from ups.config import ConfigError
 from ups.data.datasets import MultiTaskDataset, TrajectoryDataset
@@ -34,12 +34,13 @@ from ups.objectives import Objective, build_objective
 from ups.training.callbacks import Callback
 from ups.training import resume, signals
 from ups.training.checkpoint import Checkpointer
+from ups.training.compute import compute_context
 from ups.training.failures import StopTraining, is_oom, skip_or_stop, stop_if_sharded
 from ups.training.faults import FaultInjector
 from ups.training.loggers import peak_memory_mb
 from ups.training.optim import build_optimizer, build_scheduler, set_requires_grad
-from ups.training.step_totals import Agreed, StepTotals, agree_stop
-from ups.training.train_sets import TrainSets, fixed_batches
+from ups.training.step_totals import Agreed, StepTotals, agree_stop, batch_loss
+from ups.training.train_sets import TrainSets, fixed_batches, stage_loader
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ class Trainer:
 
     # -- helpers ---------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        bf16 = self.cfg.hardware.precision == "bf16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        """The forward passes' context: bf16 autocast and the attention backend, as configured."""
+        return compute_context(self.cfg.hardware, self.device)()
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop after this step (callbacks call this; the loop agrees it across ranks)."""
@@ -197,12 +198,7 @@ class Trainer:
             self.objective.setup(self.model, fixed_batches(self.train_set, self.device))
         self.train_set = self.train_sets.for_stage(name, stage, self.objective, self.raw_model,
                                                    self.spec.latent is not None)
-        # One loader for the stage: its workers live across epochs instead of starting again each
-        # epoch; pinned memory makes the host-to-GPU copies asynchronous.
-        workers = self.cfg.data.num_workers
-        self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=self.train_set.collate,
-                                 num_workers=workers, persistent_workers=workers > 0,
-                                 pin_memory=self.device.type == "cuda")
+        self.loader = stage_loader(self.train_set, self.sampler, self.cfg.data, self.device)
         self._t0 = time.perf_counter()
         while self.step < self.total_steps and not self._agree_stop():
             self._run_epoch()
@@ -295,7 +291,7 @@ class Trainer:
                 try:
                     self.faults.before_forward(self.global_step + 1)
                     with self.autocast():
-                        loss, per_task, n = self._loss(batch)
+                        loss, per_task, n = batch_loss(self.objective, self.model, batch, self.device)
                     loss = self.faults.corrupt_loss(self.global_step + 1, loss)
                 except (torch.OutOfMemoryError, RuntimeError) as err:
                     if not is_oom(err):
@@ -342,19 +338,6 @@ class Trainer:
         for cb in self.callbacks.values():
             cb.on_step_end(self)
         return agreed.loss, agreed
-
-    def _loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]], int]:
-        """The objective's loss per task group, weighted by the group's share of the micro-batch, and
-        each task's (detached loss, samples) for the step's reduction."""
-        total = torch.zeros((), device=self.device)
-        n_all = sum(len(b["y"]) for b in batch)
-        per_task = {}
-        for b in batch:
-            b = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
-            loss = self.objective.loss(self.model, b)
-            total = total + loss * (len(b["y"]) / n_all)
-            per_task[b["task"]] = (loss.detach().double(), len(b["y"]))
-        return total, per_task, n_all
 
     def _log_train(self, window: dict) -> None:
         t = self.cfg.trainer

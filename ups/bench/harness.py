@@ -1,0 +1,251 @@
+"""Measure one configuration's training step the way the trainer runs it.
+
+The pieces are the trainer's own: tasks, model, ``parallelize()``, the stage's training set (latent
+cache included), the multi-task sampler and a DataLoader built like the trainer's, the objective's
+loss (:func:`ups.training.step_totals.batch_loss`) and the optimizer. In order, after warm-up:
+
+1. the real figure: ``steps`` steps fed by the loader, synchronised only at the ends;
+2. the split: ``steps`` more with a device synchronisation between the parts (waiting for data,
+   forward, backward, optimizer), whose sum is checked against the split pass's own wall time;
+3. a validation loss on fixed validation windows (after the same number of steps for every variant);
+4. the loader alone (batches moved to the device, no model) and the model alone (the next batches
+   put on the device first, then stepped on), to see whether the pipeline starves the model.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from ups.bench.flops import analytic_step_flops, counted_step_flops
+from ups.data.datasets import MultiTaskDataset, WindowDataset
+from ups.data.sampler import MultiTaskDistributedSampler
+from ups.distributed.env import DistEnv
+from ups.distributed.parallelize import parallelize
+from ups.models.spec import spec_of
+from ups.objectives import build_objective
+from ups.runner import build_model, build_tasks, seed_everything
+from ups.training.compute import compute_context
+from ups.training.optim import build_optimizer
+from ups.training.step_totals import batch_loss
+from ups.training.train_sets import TrainSets, fixed_batches, stage_loader
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: torch's allocator statistics on CUDA, the resident-set high-water mark on Linux."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The peak since :func:`reset_peak_memory`: allocated by torch on CUDA, resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _forever(loader: DataLoader, sampler: MultiTaskDistributedSampler) -> Iterator[list[dict]]:
+    epoch = 0
+    while True:
+        sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _to_device(batch: list[dict], device: torch.device) -> list[dict]:
+    return [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()} for b in batch]
+
+
+class Bench:
+    """One configuration, built as the trainer builds it, with timers around every start-up part."""
+
+    def __init__(self, cfg: DictConfig, device: torch.device, work_dir: Path):
+        self.cfg, self.device, self.startup = cfg, device, {}
+        env = DistEnv()
+        seed_everything(cfg.trainer.seed)
+        stage_name, stage = next(iter(cfg.stages.items()))
+        t0 = time.perf_counter()
+        self.tasks = build_tasks(cfg, work_dir)
+        self.startup["data_open_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.raw = build_model(cfg.model, self.tasks, cfg.stages).to(device)
+        sync(device)
+        self.startup["model_build_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.model = parallelize(self.raw, cfg, env, device)
+        self.startup["parallelize_s"] = time.perf_counter() - t0
+        self.objective = build_objective(stage.objective, f"stages.{stage_name}")
+        spec = spec_of(self.raw)
+        for group, module in spec.groups(self.raw).items():
+            module.requires_grad_(group not in stage.freeze)
+        t0 = time.perf_counter()
+        sets = TrainSets(self.tasks, cfg, env, device, work_dir)
+        windows = sets.windows(self.objective.horizon, f"stages.{stage_name}", self.objective.applies)
+        self.objective.setup(self.model, fixed_batches(windows, device))
+        self.train_set = sets.for_stage(stage_name, stage, self.objective, self.raw, spec.latent is not None)
+        self.startup["train_set_s"] = time.perf_counter() - t0  # a latent cache is built here
+        t = cfg.trainer
+        self.sampler = MultiTaskDistributedSampler(
+            self.train_set.sizes(), t.batch_size, num_replicas=1, rank=0, strategy=cfg.data.sampler.strategy,
+            temperature=cfg.data.sampler.temperature, mode=cfg.data.sampler.mode, seed=t.seed)
+        self.loader = stage_loader(self.train_set, self.sampler, cfg.data, device)
+        self.batches = _forever(self.loader, self.sampler)
+        self.optimizer = build_optimizer(self.raw, cfg.optim, stage.lr, device)
+        self.context = compute_context(cfg.hardware, device)
+        self.val = [MultiTaskDataset([WindowDataset(task, "val", cfg.data.preload_max_gb)]) for task in self.tasks]
+
+    # -- one step, in parts ------------------------------------------------------------------------
+    def forward(self, batch: list[dict]) -> tuple[torch.Tensor, int]:
+        with self.context():
+            loss, _, n = batch_loss(self.objective, self.model, batch, self.device)
+        return loss, n
+
+    def update(self) -> None:
+        params = [p for p in self.raw.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, batch: list[dict]) -> int:
+        loss, n = self.forward(batch)
+        loss.backward()
+        self.update()
+        return n
+
+    # -- passes ------------------------------------------------------------------------------------
+    def first_step(self) -> dict[str, float]:
+        """The first batch and the first step (with compilation, when on), timed apart."""
+        t0 = time.perf_counter()
+        batch = next(self.batches)
+        t1 = time.perf_counter()
+        self.step(batch)
+        sync(self.device)
+        return {"first_batch_s": t1 - t0, "first_step_s": time.perf_counter() - t1}
+
+    def real(self, steps: int) -> tuple[float, int]:
+        """Seconds and samples of ``steps`` loader-fed steps, synchronised only at the ends."""
+        sync(self.device)
+        t0, n = time.perf_counter(), 0
+        for _ in range(steps):
+            n += self.step(next(self.batches))
+        sync(self.device)
+        return time.perf_counter() - t0, n
+
+    def split(self, steps: int) -> dict[str, float]:
+        """Mean milliseconds per step of each part, and of the whole pass, with synchronisations between."""
+        parts = {"data_ms": [], "forward_ms": [], "backward_ms": [], "optimizer_ms": []}
+        sync(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            batch = _to_device(next(self.batches), self.device)
+            sync(self.device)
+            t1 = time.perf_counter()
+            loss, _ = self.forward(batch)
+            sync(self.device)
+            t2 = time.perf_counter()
+            loss.backward()
+            sync(self.device)
+            t3 = time.perf_counter()
+            self.update()
+            sync(self.device)
+            t4 = time.perf_counter()
+            for key, (a, b) in zip(parts, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
+                parts[key].append(1000 * (b - a))
+        out = {k: statistics.fmean(v) for k, v in parts.items()}
+        out["split_step_ms"] = 1000 * (time.perf_counter() - start) / steps
+        return out
+
+    def loader_only(self, steps: int) -> float:
+        """Samples/s of the loader alone, batches moved to the device."""
+        t0, n = time.perf_counter(), 0
+        for _ in range(steps):
+            batch = _to_device(next(self.batches), self.device)
+            n += sum(len(b["y"]) for b in batch)
+        sync(self.device)
+        return n / (time.perf_counter() - t0)
+
+    def model_only(self, steps: int) -> float:
+        """Samples/s of steps on batches already on the device (the loader's next ``steps``, read
+        first, so the task mix is the real one), with no data loading at all."""
+        batches = [_to_device(next(self.batches), self.device) for _ in range(steps)]
+        sync(self.device)
+        t0, n = time.perf_counter(), 0
+        for batch in batches:
+            n += self.step(batch)
+        sync(self.device)
+        return n / (time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def val_loss(self, windows: int = 8) -> float:
+        """The objective's mean loss on the first windows of each task's validation split."""
+        losses = []
+        for ds in self.val:
+            items = [ds[(0, i)] for i in range(min(windows, len(ds.datasets[0])))]
+            if items:
+                losses.append(float(self.forward(ds.collate(items))[0]))
+        return statistics.fmean(losses) if losses else float("nan")
+
+    def flops(self) -> dict[str, float]:
+        """The step's FLOPs from the layer formulas and from torch's counter, on one batch."""
+        batch = _to_device(next(self.batches), self.device)
+        analytic = analytic_step_flops(self.raw, lambda: batch_loss(self.objective, self.raw, batch, self.device))
+
+        def step() -> None:
+            loss, _, _ = batch_loss(self.objective, self.raw, batch, self.device)
+            loss.backward()
+        counted = counted_step_flops(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"analytic": analytic, "counted": counted, "samples": sum(len(b["y"]) for b in batch)}
+
+
+def measure(cfg: DictConfig, device: torch.device, warmup: int, steps: int,
+            flops: Callable[[Bench], dict] | None = None) -> dict[str, Any]:
+    """Every figure of one configuration (see the module's docstring)."""
+    reset_peak_memory(device)
+    with tempfile.TemporaryDirectory(prefix="ups-bench-") as work:
+        bench = Bench(cfg, device, Path(work))
+        out: dict[str, Any] = {"startup": dict(bench.startup)}
+        out["startup"].update(bench.first_step())
+        for _ in range(warmup):
+            bench.step(next(bench.batches))
+        seconds, samples = bench.real(steps)
+        out.update(samples_per_s=samples / seconds, step_ms=1000 * seconds / steps, batch_samples=samples / steps)
+        out.update(bench.split(steps))
+        out["startup"]["compile_s"] = max(0.0, out["startup"]["first_step_s"] - out["step_ms"] / 1000) \
+            if cfg.hardware.compile else 0.0
+        out["val_loss"] = bench.val_loss()
+        out["loader_samples_per_s"] = bench.loader_only(steps)
+        out["model_samples_per_s"] = bench.model_only(steps)
+        out["peak_memory_mb"] = peak_memory_mb(device)
+        if flops is not None:
+            out["flops"] = flops(bench)
+        del bench  # the loader's workers exit before the folder goes
+    out["parts_sum_ms"] = sum(out[k] for k in ("data_ms", "forward_ms", "backward_ms", "optimizer_ms"))
+    out["tokens_per_s"] = out["samples_per_s"] * cfg.model.get("n_latents", 1)
+    if not math.isfinite(out["val_loss"]):
+        out["val_loss"] = None
+    return out

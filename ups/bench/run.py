@@ -1,0 +1,167 @@
+"""``python -m ups.bench``: every variant of the composed run measured in one process, or one
+scaling axis (``bench.axis``), with the date, the device and the exact command beside the figures."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ups.bench.flops import datasheet_peak, measured_matmul_flops
+from ups.bench.harness import measure
+from ups.bench.loader import cpu_model
+from ups.bench.variants import VARIANTS, check_names, variant_overrides
+from ups.config import ConfigError, validate
+from ups.distributed.env import DistEnv, resolve_device
+from ups.training.startup import process_age_s
+
+AXES = {"batch": "trainer.batch_size={}", "model": "model={}", "tasks": "task={}", "ranks": "parallelism={}"}
+
+
+def environment(device: torch.device, cfg: DictConfig) -> dict[str, Any]:
+    """Where and when the figures were measured, and the command that measured them."""
+    return {"date": dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
+            "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "command": " ".join(["python -m ups.bench", *HydraConfig.get().overrides.task]),
+            "model": cfg.model._target_, "task": cfg.task.name, "batch_size": cfg.trainer.batch_size,
+            "loadavg_before": round(os.getloadavg()[0], 2)}
+
+
+def peaks(device: torch.device) -> dict[str, Any]:
+    """The device's peaks: its data sheet's bf16 figure (GPUs) and matmuls measured in this process."""
+    sheet, name = datasheet_peak(device)
+    out = {"datasheet_bf16": sheet, "device_name": name,
+           "measured_fp32": measured_matmul_flops(device, torch.float32)}
+    if device.type == "cuda":
+        out["measured_bf16"] = measured_matmul_flops(device, torch.bfloat16)
+    return out
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    cfg = compose(config_name="train", overrides=list(HydraConfig.get().overrides.task) + overrides)
+    validate(cfg)
+    return cfg
+
+
+def _flops_per_sample(result: dict) -> float:
+    f = result["flops"]
+    return f["analytic"] / f["samples"]
+
+
+def run_variants(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """Measure each of ``bench.variants``; a variant that fails is a row with its error, not the end."""
+    b = cfg.bench
+    check_names(b.variants)
+    stage = next(iter(cfg.stages))
+    out = {"info": environment(device, cfg), "peaks": peaks(device), "rows": []}
+    flops = None
+    for name in b.variants:
+        print(f"[bench] {name}: {VARIANTS[name][1]}", flush=True)
+        row: dict[str, Any] = {"variant": name, "what": VARIANTS[name][1]}
+        try:
+            vcfg = _compose(variant_overrides(name, stage))
+            want_flops = flops is None and not vcfg.hardware.compile
+            result = measure(vcfg, device, b.warmup_steps, b.steps,
+                             flops=(lambda bench: bench.flops()) if want_flops else None)
+            if want_flops:
+                flops = result["flops"]
+            row.update(result, status="ok")
+        except (RuntimeError, ConfigError, ValueError, NotImplementedError) as err:
+            print(f"[bench] {name} failed: {type(err).__name__}: {err}", flush=True)  # e.g. a kernel this device lacks
+            row.update(status="failed", error=f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}")
+        out["rows"].append(row)
+    out["flops"] = flops
+    rate = flops and flops["analytic"] / flops["samples"]
+    base = next((r for r in out["rows"] if r["variant"] == "baseline" and r["status"] == "ok"), None)
+    for row in out["rows"]:
+        if row["status"] != "ok":
+            continue
+        if base:
+            row["ratio"] = row["samples_per_s"] / base["samples_per_s"]
+        if rate:
+            achieved = rate * row["samples_per_s"]
+            row["model_flops_per_s"] = achieved
+            matmul = out["peaks"]["measured_bf16" if "bf16" in str(row.get("what")) and device.type == "cuda"
+                                  else "measured_fp32"]
+            row["mfu_measured"] = achieved / matmul
+            if out["peaks"]["datasheet_bf16"]:
+                row["mfu_datasheet_bf16"] = achieved / out["peaks"]["datasheet_bf16"]
+    out["info"]["loadavg_after"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def _train_rate(overrides: list[str], work: Path) -> dict[str, Any]:
+    """Samples/s of a real ``ups.train`` run (for an axis that needs more than one process)."""
+    run_dir = work / "run"
+    cmd = [sys.executable, "-m", "ups.train", *HydraConfig.get().overrides.task, *overrides,
+           f"paths.output_dir={run_dir}", "trainer.log_every=5"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r.get("kind") == "train"][1:]  # the first window holds the start-up
+    return {"samples_per_s": sum(r["samples_per_s"] for r in train) / len(train),
+            "peak_memory_mb": max(r["peak_memory_mb"] for r in train), "world_size": train[-1]["world_size"],
+            "global_batch": train[-1]["global_batch"]}
+
+
+def run_axis(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """Samples/s and peak memory of the composed run at each of ``bench.points`` along ``bench.axis``."""
+    b = cfg.bench
+    if b.axis not in AXES or not b.points:
+        raise ConfigError(f"bench.axis must be one of {', '.join(AXES)} with bench.points set, got {b.axis!r} "
+                          f"and {list(b.points)}")
+    out = {"info": environment(device, cfg), "axis": b.axis, "rows": []}
+    for value in b.points:
+        print(f"[bench] {b.axis}={value}", flush=True)
+        row: dict[str, Any] = {"value": str(value)}
+        try:
+            override = AXES[b.axis].format(value)
+            if b.axis == "ranks":
+                import tempfile
+
+                with tempfile.TemporaryDirectory(prefix="ups-bench-") as work:
+                    row.update(_train_rate([override, f"trainer.max_steps={b.warmup_steps + b.steps}"], Path(work)))
+            else:
+                row.update(measure(_compose([override]), device, b.warmup_steps, b.steps))
+            row["status"] = "ok"
+        except (RuntimeError, ConfigError, ValueError) as err:
+            print(f"[bench] {b.axis}={value} failed: {type(err).__name__}: {err}", flush=True)
+            row.update(status="failed", error=f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}")
+        out["rows"].append(row)
+    out["info"]["loadavg_after"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def bench(cfg: DictConfig) -> dict[str, Any]:
+    """Measure as configured, print the tables, write JSON (run directory) and the docs section."""
+    from ups.bench import report
+
+    started = process_age_s()
+    device = resolve_device(cfg.hardware.device, DistEnv())
+    if cfg.hardware.threads:
+        torch.set_num_threads(cfg.hardware.threads)
+    t0 = time.perf_counter()
+    result = run_axis(cfg, device) if cfg.bench.axis else run_variants(cfg, device)
+    result["info"].update(config_s=started, bench_s=round(time.perf_counter() - t0, 1))
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = f"bench_{cfg.bench.axis}" if cfg.bench.axis else "bench"
+    (run_dir / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
+    text = report.axis_markdown(result, cfg.bench.plot_dir) if cfg.bench.axis else report.variants_markdown(result)
+    print(text, flush=True)
+    if cfg.bench.docs:
+        key = f"{name}:{'gpu' if device.type == 'cuda' else 'cpu'}"
+        report.replace_section(Path(cfg.bench.docs), key, text)
+        print(f"[bench] wrote the section {key!r} of {cfg.bench.docs}; JSON: {run_dir / (name + '.json')}", flush=True)
+    return result
