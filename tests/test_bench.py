@@ -70,3 +70,12 @@ def test_a_docs_section_is_replaced_and_the_rest_kept(tmp_path: Path) -> None:
     replace_section(doc, "bench:cpu", "three")
     text = doc.read_text()
     assert "hand-written" in text and "three" in text and "one" not in text and "two" in text
+
+
+def test_cpu_threads_leave_the_busy_cores_alone() -> None:
+    from ups.training.compute import cpu_threads
+
+    assert cpu_threads(2, 0.1, 1) == 2  # a quiet machine: every core
+    assert cpu_threads(2, 1.4, 1) == 1  # one core busy with other work
+    assert cpu_threads(2, 5.0, 1) == 1  # never below one
+    assert cpu_threads(16, 0.0, 4) == 4  # shared among the node's ranks

@@ -28,6 +28,7 @@ from ups.objectives import attach_heads, check_stages
 from ups.training.callbacks import Callback
 from ups.training.checkpoint import last_trained_stage
 from ups.training.signals import stop_on_signals
+from ups.training.compute import cpu_threads
 from ups.training.startup import Startup, StartupReport
 from ups.training.trainer import Trainer
 
@@ -125,9 +126,13 @@ def _run(cfg: DictConfig, env: DistEnv, device: torch.device, startup: Startup) 
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     if cfg.hardware.threads:
         torch.set_num_threads(cfg.hardware.threads)
-    elif device.type == "cpu" and env.local_world_size > 1:
-        # N CPU ranks each using every core would oversubscribe them many times over.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
+    elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # a value set there is kept
+        # Oversubscribed cores (other work, or N ranks each using every core) cost 5x (compute.py).
+        threads = cpu_threads(os.cpu_count() or 1, os.getloadavg()[0], env.local_world_size)
+        torch.set_num_threads(threads)
+        if env.is_main:
+            log.info("CPU: %d torch threads per rank (%d cores, load average %.1f; hardware.threads sets it)",
+                     threads, os.cpu_count() or 1, os.getloadavg()[0])
     seed_everything(cfg.trainer.seed)
     log_task_note(cfg.task, is_main=env.is_main)
     callbacks = build_callbacks(cfg)  # before the data: a config error should not wait for generation
