@@ -1,9 +1,11 @@
 """Readers for the three PDEBench storage layouts, returning trajectories as (T, *space, C).
 
-Files are opened lazily and once per process (h5py handles cannot cross a fork). A sample is read
-as whole frames: the time stride is a hyperslab selection (each selected frame is one contiguous
-block on disk, so ``reduced_resolution_t`` also cuts I/O), the spatial stride is applied in memory
-(a strided spatial selection would turn one block into thousands of tiny reads). Keys, shapes,
+Files and their datasets are opened lazily and once per process (h5py handles cannot cross a
+fork). A sample is read as whole frames: the time stride and a window's frame range are a hyperslab
+selection (each selected frame is one contiguous block on disk, so ``reduced_resolution_t`` and a
+short window also cut I/O), the spatial stride is applied in memory (a strided spatial selection
+would turn one block into thousands of tiny reads). ``read_many`` reads many samples of a
+single-file layout with one hyperslab per key and block of samples. Keys, shapes,
 coordinates and the time step are checked when the reader is built, so a broken file fails at
 dataset construction with the file and key named, never deep inside a DataLoader worker; the
 deeper per-sample checks (readability, NaN/Inf) live in ``ups.data.validate``.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -61,6 +64,7 @@ class TrajectoryFile:
         self.rr, self.rr_t, self.rb, self.max_samples = rr, rr_t, rb, max_samples
         self._handle: h5py.File | None = None
         self._pid = -1
+        self._datasets: dict[str, h5py.Dataset] = {}  # opened by _dataset, belong to _handle
         self._keys: list[str] = []
         self.params = family.parse_params(self.path)
         with _open(self.path) as f:
@@ -179,8 +183,19 @@ class TrajectoryFile:
     def _file(self) -> h5py.File:
         # Reopen after a fork: a DataLoader worker must not reuse its parent's handle.
         if self._handle is None or self._pid != os.getpid():
-            self._handle, self._pid = _open(self.path), os.getpid()
+            self._handle, self._pid, self._datasets = _open(self.path), os.getpid(), {}
         return self._handle
+
+    def _dataset(self, key: str) -> h5py.Dataset:
+        # Opening a dataset by name costs more than reading a window of a small one (~0.4 ms), so the
+        # few keys of a single-file layout stay open. Not a group file's one per sample: an open
+        # chunked dataset keeps its chunk cache (up to 1 MiB), which over thousands of groups is GBs.
+        f = self._file()
+        if self.family.layout == "group":
+            return f[key]
+        if key not in self._datasets:
+            self._datasets[key] = f[key]
+        return self._datasets[key]
 
     def sample_name(self, i: int) -> str:
         """How sample ``i`` (after striding) is addressed in the file, for messages."""
@@ -204,30 +219,82 @@ class TrajectoryFile:
         """Index in the file of frame ``frame`` after the time stride."""
         return frame if self.family.steady else frame * self.rr_t
 
-    def read(self, i: int) -> np.ndarray:
-        """Trajectory ``i`` (after striding) as float32 (T, *space, C)."""
+    def read(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Trajectory ``i`` (after striding) as float32 (T, *space, C), or only its frames ``start:stop``.
+
+        Frames are counted after the time stride; a window asks for its own frames only, and only
+        those are read from disk (they are part of the hyperslab, not sliced after the read).
+        """
+        stop = self.n_steps if stop is None else stop
         if not 0 <= i < self.n_samples:
             raise IndexError(f"{self.path}: sample {i} out of range 0..{self.n_samples - 1}")
+        if not 0 <= start < stop <= self.n_steps:
+            raise IndexError(f"{self.path}: frames {start}:{stop} out of range 0..{self.n_steps}")
         try:
-            out = self._read(i)
+            if self.family.steady:  # two "frames" from two keys; a window needs both anyway
+                return self._assemble(self._fetch(i * self.rb, slice(None)))[start:stop]
+            tsel = slice(start * self.rr_t, (stop - 1) * self.rr_t + 1, self.rr_t)
+            return self._assemble(self._fetch(i * self.rb, tsel))
         except (OSError, KeyError, RuntimeError) as err:  # h5py's read errors: corrupt chunk, cut file
             raise DataFileError(f"{self.path}: {self.sample_name(i)} cannot be read ({err}); the file is "
                                 f"truncated or corrupted: download or generate it again") from None
-        return np.ascontiguousarray(out, dtype=np.float32)
 
-    def _read(self, i: int) -> np.ndarray:
-        f, j, fam = self._file(), i * self.rb, self.family
-        space = (slice(None, None, self.rr),) * fam.dim
+    def read_many(self, indices: Sequence[int], max_block_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(i, read(i))`` for every index, in ascending order, with few large reads.
+
+        In the single-file layouts every field is read once per block of consecutive samples (one
+        hyperslab for the block instead of one per sample); a block spans at most
+        ``max_block_bytes`` of stored data (at least one sample), so the transient memory stays
+        bounded whatever the file size. The group layout stores a sample per group: one read each.
+        """
+        wanted = sorted(set(indices))
+        if wanted and not 0 <= wanted[0] <= wanted[-1] < self.n_samples:
+            raise IndexError(f"{self.path}: samples {wanted[0]}..{wanted[-1]} out of range 0..{self.n_samples - 1}")
+        if self.family.layout == "group":
+            yield from ((i, self.read(i)) for i in wanted)
+            return
+        per_sample = self.n_steps * int(np.prod(self.raw_space)) * self.channels * 4
+        span = max(1, max_block_bytes // per_sample)  # samples per block, counting the ones skipped
+        tsel = slice(None) if self.family.steady else slice(None, None, self.rr_t)
+        k = 0
+        while k < len(wanted):
+            block = [i for i in wanted[k:] if i < wanted[k] + span]
+            k += len(block)
+            rows = slice(block[0] * self.rb, block[-1] * self.rb + 1, self.rb)
+            try:
+                parts = self._fetch(rows, tsel)
+            except (OSError, KeyError, RuntimeError):  # one by one: the error names the sample; unwanted ones pass
+                yield from ((i, self.read(i)) for i in block)
+                continue
+            yield from ((i, self._assemble([p[i - block[0]] for p in parts])) for i in block)
+
+    def _fetch(self, rows: int | slice, tsel: slice) -> list[np.ndarray]:
+        """The stored arrays of sample(s) ``rows`` (stored indices), one per key, frames ``tsel``, full space.
+
+        The time stride is a hyperslab (each frame is one contiguous block on disk, so it cuts
+        I/O); the spatial stride is left to ``_assemble`` (in a selection it would turn a block
+        into thousands of tiny reads).
+        """
+        fam, ds = self.family, self._dataset
         if fam.steady:  # Darcy: [coefficient a, solution u] as two "frames", PDEBench's convention
-            return np.stack([f["nu"][j], f["tensor"][j, 0]], axis=0)[(slice(None),) + space][..., None]
-        tsel = slice(None, None, self.rr_t)  # a hyperslab: only the frames used are read from disk
+            return [ds("nu")[rows], ds("tensor")[rows, 0]]
         if fam.layout == "group":
-            out = f[self._keys[j]]["data"][tsel]
+            return [ds(f"{self._keys[rows]}/data")[tsel]]
+        return [ds(k)[rows, tsel] for k in fam.fields]
+
+    def _assemble(self, parts: list[np.ndarray]) -> np.ndarray:
+        """One sample's (T, *space, C) float32 trajectory from its ``_fetch`` arrays, spatially strided."""
+        fam = self.family
+        space = (slice(None),) + (slice(None, None, self.rr),) * fam.dim
+        if fam.steady:
+            out = np.stack(parts, axis=0)[space][..., None]
+        elif fam.layout == "group":
+            out = parts[0][space]
         elif fam.layout == "ns_incom":
-            out = np.concatenate([f[k][j, tsel] for k in fam.fields], axis=-1)
+            out = np.concatenate(parts, axis=-1)[space]
         else:
-            out = np.stack([f[k][j, tsel] for k in fam.fields], axis=-1)
-        return out[(slice(None),) + space]
+            out = np.stack(parts, axis=-1)[space]
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     def probe(self) -> None:
         """Read the first and last value of every data key of the first and last sample.
@@ -261,9 +328,9 @@ class TrajectoryFile:
         """Close this process's handle (a forked child's inherited one is left to the parent)."""
         if self._handle is not None and self._pid == os.getpid():
             self._handle.close()
-        self._handle = None
+        self._handle, self._datasets = None, {}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_handle"], state["_pid"] = None, -1  # handles are per process
+        state["_handle"], state["_pid"], state["_datasets"] = None, -1, {}  # handles are per process
         return state
