@@ -45,10 +45,14 @@ def _bench(tmp_path: Path, data_dir: Path, *overrides: str) -> subprocess.Comple
 def test_the_app_prints_ratios_and_keeps_a_failed_variant(tmp_path: Path, data_dir: Path) -> None:
     # the memory-efficient attention kernel has no CPU implementation: a row with its error, not a crash
     proc = _bench(tmp_path, data_dir, "bench.variants=[baseline,fused_adamw,sdpa_efficient]")
-    assert "| baseline |" in proc.stdout and "1.00×" in proc.stdout and "| fused_adamw |" in proc.stdout
+    assert "| baseline |" in proc.stdout and "| fused_adamw |" in proc.stdout and "× baseline" in proc.stdout
     result = json.loads((tmp_path / "run" / "bench.json").read_text())
-    status = {r["variant"]: r["status"] for r in result["rows"]}
-    assert status["baseline"] == "ok" and status["sdpa_efficient"] in ("ok", "failed")
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == ["baseline", "fused_adamw", "sdpa_efficient", "baseline (again)"]
+    assert rows["sdpa_efficient"]["status"] in ("ok", "failed")
+    # ratios are against the mean of the baseline's first and last runs
+    assert abs(rows["baseline"]["ratio"] + rows["baseline (again)"]["ratio"] - 2) < 1e-9
+    assert "baseline_drift" in result and "differ by" in proc.stdout
     doc = (tmp_path / "benchmarks.md").read_text()
     assert "<!-- bench:cpu -->" in doc and "Command: `python -m ups.bench" in doc
     assert result["info"]["torch"] == torch.__version__ and result["info"]["date"]

@@ -37,8 +37,12 @@ def variants_markdown(result: dict) -> str:
             f"{_f(r['samples_per_s'] / model, '{:.2f}')} | {_f(r['loader_samples_per_s'] / model, '{:.2f}')} | "
             f"{_f(r['peak_memory_mb'], '{:,.0f}')} | {_f(r['val_loss'], '{:.4g}')} | "
             f"{_f(r.get('mfu_measured'), '{:.1%}')} | {_f(r.get('mfu_datasheet_bf16'), '{:.1%}')} |")
+    if "baseline_drift" in result:
+        lines += ["", f"× baseline is against the mean of the baseline's two runs, first and last; they differ by "
+                      f"{result['baseline_drift']:+.1%}, which is how much the machine itself changed meanwhile: "
+                      "ratios closer to 1 than that are noise."]
     lines += ["", "What each variant is (each is the baseline plus its switch):", ""]
-    lines += [f"- `{r['variant']}`: {r['what']}" for r in result["rows"]]
+    lines += [f"- `{r['variant']}`: {r['what']}" for r in result["rows"] if r["variant"] != "baseline (again)"]
     if flops:
         lines += ["", f"FLOPs per step of {flops['samples']} samples: {flops['analytic']:.4g} from the layer formulas, "
                       f"{flops['counted']:.4g} counted by `torch.utils.flop_counter` (ratio "

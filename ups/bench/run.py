@@ -65,9 +65,13 @@ def run_variants(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     stage = next(iter(cfg.stages))
     out = {"info": environment(device, cfg), "peaks": peaks(device), "rows": []}
     flops = None
-    for name in b.variants:
+    # The baseline again at the end: the drift between its two runs is how much the machine changed
+    # meanwhile (other work, clocks), and the ratios are taken against their mean.
+    names = list(b.variants) + (["baseline"] if "baseline" in b.variants and len(b.variants) > 1 else [])
+    for i, name in enumerate(names):
         print(f"[bench] {name}: {VARIANTS[name][1]}", flush=True)
-        row: dict[str, Any] = {"variant": name, "what": VARIANTS[name][1]}
+        again = i == len(names) - 1 and name == "baseline" and i > 0
+        row: dict[str, Any] = {"variant": "baseline (again)" if again else name, "what": VARIANTS[name][1]}
         try:
             vcfg = _compose(variant_overrides(name, stage))
             want_flops = flops is None and not vcfg.hardware.compile
@@ -75,24 +79,26 @@ def run_variants(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
                              flops=(lambda bench: bench.flops()) if want_flops else None)
             if want_flops:
                 flops = result["flops"]
-            row.update(result, status="ok")
+            row.update(result, status="ok", precision=vcfg.hardware.precision)
         except (RuntimeError, ConfigError, ValueError, NotImplementedError) as err:
             print(f"[bench] {name} failed: {type(err).__name__}: {err}", flush=True)  # e.g. a kernel this device lacks
             row.update(status="failed", error=f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}")
         out["rows"].append(row)
     out["flops"] = flops
     rate = flops and flops["analytic"] / flops["samples"]
-    base = next((r for r in out["rows"] if r["variant"] == "baseline" and r["status"] == "ok"), None)
+    bases = [r["samples_per_s"] for r in out["rows"] if r["variant"].startswith("baseline") and r["status"] == "ok"]
+    base = sum(bases) / len(bases) if bases else None
+    if len(bases) == 2:
+        out["baseline_drift"] = bases[1] / bases[0] - 1
     for row in out["rows"]:
         if row["status"] != "ok":
             continue
         if base:
-            row["ratio"] = row["samples_per_s"] / base["samples_per_s"]
+            row["ratio"] = row["samples_per_s"] / base
         if rate:
             achieved = rate * row["samples_per_s"]
             row["model_flops_per_s"] = achieved
-            matmul = out["peaks"]["measured_bf16" if "bf16" in str(row.get("what")) and device.type == "cuda"
-                                  else "measured_fp32"]
+            matmul = out["peaks"].get(f"measured_{row['precision']}", out["peaks"]["measured_fp32"])
             row["mfu_measured"] = achieved / matmul
             if out["peaks"]["datasheet_bf16"]:
                 row["mfu_datasheet_bf16"] = achieved / out["peaks"]["datasheet_bf16"]
