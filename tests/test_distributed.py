@@ -69,7 +69,8 @@ def test_two_ranks_match_one_process_with_twice_the_batch(layout: str, single_b8
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-6), f"step {step}"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert records[0]["world_size"] == 2 and records[0]["global_batch"] == 8
+    first = next(r for r in records if r["kind"] == "train")
+    assert first["world_size"] == 2 and first["global_batch"] == 8
     # One task per step (sampler mode "task"): its loss is the step's, averaged over both ranks' samples.
     for r in (r for r in records if r["kind"] == "train"):
         (task_loss,) = [v for k, v in r.items() if k.startswith("loss/")]
@@ -217,7 +218,8 @@ def test_four_ranks_from_a_plain_shell_write_one_run_dir(data_dir: Path, tmp_pat
     elsewhere = tmp_path / "elsewhere"  # a run directory that is not Hydra's: the launcher still logs there
     ok(launch(elsewhere, data_dir, "parallelism=ddp2", "trainer.max_steps=2", "trainer.batch_size=2"))
     assert "launching 2 ranks" in (elsewhere / "train.log").read_text()
-    assert json.loads((run_dirs[0] / "metrics.jsonl").read_text().splitlines()[0])["world_size"] == 4
+    records = [json.loads(line) for line in (run_dirs[0] / "metrics.jsonl").read_text().splitlines()]
+    assert next(r for r in records if r["kind"] == "train")["world_size"] == 4
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")

@@ -46,10 +46,13 @@ class StepCounts(Callback):
     """Snapshots of the counters at every step's end: their differences are one step's cost."""
 
     def __init__(self, counts: Counter):
-        self.counts, self.snapshots = counts, []
+        self.counts, self.snapshots, self.records = counts, [], []
 
     def on_step_end(self, trainer) -> None:
         self.snapshots.append(Counter(self.counts))
+
+    def on_log(self, trainer, record: dict) -> None:
+        self.records.append(record)
 
 
 @pytest.mark.parametrize("accum", [1, 2])
@@ -61,6 +64,10 @@ def test_a_step_costs_one_sync_and_one_collective(tiny_cfg, monkeypatch, accum: 
     monkeypatch.setattr("ups.runner.build_callbacks", lambda c: {"probe": probe})
     with counting(monkeypatch, counts):
         run(cfg)
+    # the run's start-up split, logged once, at its first step: its parts add up to the whole
+    (startup,) = [r for r in probe.records if r["kind"] == "startup"]
+    parts = [v for k, v in startup.items() if k.endswith("_s")]
+    assert startup["step"] == 1 and len(parts) == 5 and abs(sum(parts) - startup["seconds"]) < 0.05
     steps = [b - a for a, b in zip(probe.snapshots[1:], probe.snapshots[2:])]  # steady state
     assert len(steps) == 10
     for cost in steps:

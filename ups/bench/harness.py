@@ -8,8 +8,8 @@ loss (:func:`ups.training.step_totals.batch_loss`) and the optimizer. In order, 
 2. the split: ``steps`` more with a device synchronisation between the parts (waiting for data,
    forward, backward, optimizer), whose sum is checked against the split pass's own wall time;
 3. a validation loss on fixed validation windows (after the same number of steps for every variant);
-4. the loader alone (batches moved to the device, no model) and the model alone (the next batches
-   put on the device first, then stepped on), to see whether the pipeline starves the model.
+4. the loader alone (batches moved to the device, no model) and the model alone (the real pass's
+   batches put on the device first, then stepped on), to see whether the pipeline starves the model.
 """
 from __future__ import annotations
 
@@ -146,11 +146,16 @@ class Bench:
         return {"first_batch_s": t1 - t0, "first_step_s": time.perf_counter() - t1}
 
     def real(self, steps: int) -> tuple[float, int]:
-        """Seconds and samples of ``steps`` loader-fed steps, synchronised only at the ends."""
+        """Seconds and samples of ``steps`` loader-fed steps, synchronised only at the ends. Keeps the
+        batches, so that the model-only pass steps on the same ones (one batch holds one task, and
+        tasks differ in cost: other batches would make another mix, not another speed)."""
+        self.replay: list[list[dict]] = []
         sync(self.device)
         t0, n = time.perf_counter(), 0
         for _ in range(steps):
-            n += self.step(next(self.batches))
+            batch = next(self.batches)
+            self.replay.append(batch)
+            n += self.step(batch)
         sync(self.device)
         return time.perf_counter() - t0, n
 
@@ -188,10 +193,9 @@ class Bench:
         sync(self.device)
         return n / (time.perf_counter() - t0)
 
-    def model_only(self, steps: int) -> float:
-        """Samples/s of steps on batches already on the device (the loader's next ``steps``, read
-        first, so the task mix is the real one), with no data loading at all."""
-        batches = [_to_device(next(self.batches), self.device) for _ in range(steps)]
+    def model_only(self) -> float:
+        """Samples/s of steps on the real pass's batches, all put on the device first: no data loading."""
+        batches = [_to_device(batch, self.device) for batch in self.replay]
         sync(self.device)
         t0, n = time.perf_counter(), 0
         for batch in batches:
@@ -239,7 +243,7 @@ def measure(cfg: DictConfig, device: torch.device, warmup: int, steps: int,
             if cfg.hardware.compile else 0.0
         out["val_loss"] = bench.val_loss()
         out["loader_samples_per_s"] = bench.loader_only(steps)
-        out["model_samples_per_s"] = bench.model_only(steps)
+        out["model_samples_per_s"] = bench.model_only()
         out["peak_memory_mb"] = peak_memory_mb(device)
         if flops is not None:
             out["flops"] = flops(bench)

@@ -15,7 +15,8 @@ def _header(info: dict) -> list[str]:
                                                                               f"torch threads of {info['cpu_count']} CPUs)")
     return [f"Measured {info['date']} on {device}, torch {info['torch']}; load average {info['loadavg_before']} → "
             f"{info.get('loadavg_after', '?')}.", "", f"Command: `{info['command']}`", "",
-            f"Model {info['model']}, task {info['task']}, per-device batch {info['batch_size']}."]
+            f"Composed run: model {info['model']}, task {info['task']}, per-device batch {info['batch_size']}"
+            + (" (the axis changes one of them)." if "axis" in info else ".")]
 
 
 def variants_markdown(result: dict) -> str:
@@ -67,10 +68,15 @@ def variants_markdown(result: dict) -> str:
 def axis_markdown(result: dict, plot_dir: str | Path) -> str:
     """The scaling table of one axis, and its plot (samples/s and peak memory against the axis)."""
     info, axis = result["info"], result["axis"]
-    lines = _header(info) + ["", f"| {axis} | samples/s | step ms | peak MB | status |", "|---|---|---|---|---|"]
+    ranks = axis == "ranks"  # real training runs: samples/s over all ranks, from their metrics.jsonl
+    extra = " world size | global batch |" if ranks else ""
+    lines = _header(info) + ["", f"| {axis} | samples/s | step ms | peak MB |{extra} status |",
+                             "|---|---|---|---|" + ("---|---|" if ranks else "") + "---|"]
     for r in result["rows"]:
+        cells = f" {r.get('world_size', '–')} | {r.get('global_batch', '–')} |" if ranks else ""
         lines.append(f"| {r['value']} | {_f(r.get('samples_per_s'))} | {_f(r.get('step_ms'))} | "
-                     f"{_f(r.get('peak_memory_mb'), '{:,.0f}')} | {r['status']}{': ' + r['error'] if r.get('error') else ''} |")
+                     f"{_f(r.get('peak_memory_mb'), '{:,.0f}')} |{cells} {r['status']}"
+                     f"{': ' + r['error'] if r.get('error') else ''} |")
     png = plot_axis(result, Path(plot_dir) / f"bench_{axis}.png")
     if png:
         lines += ["", f"![samples/s and peak memory against {axis}]({png.name})"]
@@ -91,6 +97,9 @@ def plot_axis(result: dict, path: Path) -> Path | None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
     a.plot(labels, [r["samples_per_s"] for r in rows], "o-")
     a.set(xlabel=result["axis"], ylabel="samples/s", title="throughput")
+    rates = [r["samples_per_s"] for r in rows]
+    if max(rates) > 20 * min(rates):  # e.g. model sizes: orders of magnitude apart
+        a.set_yscale("log")
     b.plot(labels, [r["peak_memory_mb"] for r in rows], "s-", color="tab:red")
     b.set(xlabel=result["axis"], ylabel="MB", title="peak memory")
     i = result["info"]

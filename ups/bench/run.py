@@ -127,7 +127,7 @@ def run_axis(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     if b.axis not in AXES or not b.points:
         raise ConfigError(f"bench.axis must be one of {', '.join(AXES)} with bench.points set, got {b.axis!r} "
                           f"and {list(b.points)}")
-    out = {"info": environment(device, cfg), "axis": b.axis, "rows": []}
+    out = {"info": {**environment(device, cfg), "axis": b.axis}, "axis": b.axis, "rows": []}
     for value in b.points:
         print(f"[bench] {b.axis}={value}", flush=True)
         row: dict[str, Any] = {"value": str(value)}

@@ -63,8 +63,8 @@ class JsonlLogger(Callback):
 
 
 def wandb_keys(record: dict) -> dict[str, float]:
-    """A record's numbers under ``train/``, ``val/`` or ``test/``, so the splits never share a key."""
-    prefix = "train" if record["kind"] == "train" else record.get("split", "val")
+    """A record's numbers under ``train/``, ``startup/``, ``val/`` or ``test/``, so the splits never share a key."""
+    prefix = record["kind"] if record["kind"] in ("train", "startup") else record.get("split", "val")
     skip = {"step", "kind", "split", "stage", "time"}
     return {f"{prefix}/{k}": v for k, v in record.items()
             if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)

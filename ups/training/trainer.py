@@ -3,8 +3,8 @@
 One optimizer step = ``accum_steps`` micro-batches on every rank. Decisions that change control
 flow (skip a step, stop) are agreed across ranks before anyone acts on them, so no rank ever waits
 in a collective the others skipped: out-of-memory in forward per micro-batch on host memory, the
-rest in the step's one reduction (``step_totals.py``), its only host sync. What a step optimises is the stage's
-objective (``ups/objectives/``); which modules a stage may freeze, the model's spec says.
+rest in the step's one reduction (``step_totals.py``), its only host sync. What a step optimises
+is the stage's objective (``ups/objectives/``); which modules a stage may freeze, the model's spec says.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+from torch.utils.data import DataLoader
 
 from ups.config import ConfigError
 from ups.data.datasets import MultiTaskDataset, TrajectoryDataset
