@@ -7,11 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import compose_cfg
 from ups.bench.harness import measure
 from ups.bench.report import replace_section
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bench's own data: its default-size files must not stand in for the 16-sample files that
+    other tests generate into the session's shared data directory."""
+    return tmp_path_factory.mktemp("bench_data")
 
 
 def test_the_step_split_adds_up_and_the_flop_formulas_match_the_counter(data_dir: Path, tmp_path: Path) -> None:

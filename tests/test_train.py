@@ -178,11 +178,11 @@ def test_a_cpu_out_of_memory_error_follows_the_oom_policy(tiny_cfg, monkeypatch)
 
 
 def test_one_loader_per_stage_with_persistent_workers_trains_like_no_workers(tiny_cfg, tmp_path, monkeypatch) -> None:
-    import ups.training.trainer as trainer_module
+    import ups.training.train_sets as train_sets_module
 
     built = []
-    real = trainer_module.DataLoader
-    monkeypatch.setattr(trainer_module, "DataLoader", lambda *a, **k: built.append(k) or real(*a, **k))
+    real = train_sets_module.DataLoader
+    monkeypatch.setattr(train_sets_module, "DataLoader", lambda *a, **k: built.append(k) or real(*a, **k))
     runs = [run(tiny_cfg("task=advection1d", "trainer.steps_per_epoch=3", "trainer.max_steps=9",
                          f"data.num_workers={w}", f"paths.output_dir={tmp_path / str(w)}")) for w in (0, 1)]
     assert len(built) == 2 and built[1]["persistent_workers"] and not built[0]["persistent_workers"]  # 3 epochs each
