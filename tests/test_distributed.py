@@ -77,7 +77,7 @@ def test_two_ranks_match_one_process_with_twice_the_batch(layout: str, single_b8
         assert task_loss == pytest.approx(r["loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("layout", ["ddp2", "fsdp2_2"])
+@pytest.mark.parametrize("layout", ["ddp2", pytest.param("fsdp2_2", marks=pytest.mark.slow)])
 def test_crash_and_restart_resumes_bit_identically(layout: str, data_dir: Path, tmp_path: Path) -> None:
     common = [f"parallelism={layout}", "trainer.max_steps=12", "trainer.batch_size=4", "model.dropout=0.1"]
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
@@ -98,6 +98,7 @@ def test_crash_and_restart_resumes_bit_identically(layout: str, data_dir: Path, 
         assert losses(control)[12] != losses(straight)[12]
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: pytest -m slow (the default suite stays near 15 min)
 def test_two_stage_pipeline_crashed_in_stage_two_resumes_there_under_ddp(data_dir: Path, tmp_path: Path) -> None:
     # operator (6 steps) then finetune with a frozen encoder read from the latent cache (6 steps), 4 steps
     # an epoch; rank 1 dies after global step 11 = finetune step 5, after finetune's step-4 checkpoint.
@@ -113,7 +114,7 @@ def test_two_stage_pipeline_crashed_in_stage_two_resumes_there_under_ddp(data_di
     assert losses(straight) == losses(crashed) and sorted(losses(crashed)) == list(range(1, 13))
 
 
-@pytest.mark.parametrize("layout", ["ddp2", "fsdp2_2"])
+@pytest.mark.parametrize("layout", ["ddp2", pytest.param("fsdp2_2", marks=pytest.mark.slow)])
 def test_fno_on_two_ranks_matches_one_process(layout: str, data_dir: Path, tmp_path: Path) -> None:
     common = ["model=fno", "trainer.max_steps=4"]
     one, two = tmp_path / "one", tmp_path / "two"
@@ -207,6 +208,7 @@ def test_nonfinite_loss_with_stop_policy_stops_every_rank(data_dir: Path, tmp_pa
     assert "stopping at step 2 on all ranks: non-finite loss" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: pytest -m slow (the default suite stays near 15 min)
 def test_four_ranks_from_a_plain_shell_write_one_run_dir(data_dir: Path, tmp_path: Path) -> None:
     args = [sys.executable, "-m", "ups.train", "parallelism=ddp4", *COMMON, f"paths.data_dir={data_dir}",
             "trainer.max_steps=2", "trainer.batch_size=2"]
@@ -276,6 +278,7 @@ def test_one_wandb_run_per_job_in_the_run_dir(data_dir: Path, tmp_path: Path) ->
     assert len(runs) == 1, runs  # rank 0 only, no account needed, mode left to WANDB_MODE
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: pytest -m slow (the default suite stays near 15 min)
 def test_resume_on_another_world_size_continues_or_refuses(data_dir: Path, tmp_path: Path) -> None:
     common = ["trainer.max_steps=8", "trainer.eval_every=3", "trainer.steps_per_epoch=6"]
     straight, run_dir = tmp_path / "straight", tmp_path / "run"

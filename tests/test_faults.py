@@ -45,6 +45,7 @@ def _faults(tmp_path: Path, *args: str, timeout: int) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: pytest -m slow (the default suite stays near 15 min)
 def test_cheap_scenarios_pass_end_to_end(tmp_path: Path) -> None:
     out = _faults(tmp_path, "--only", "lr-nan,mistyped-data-dir,group-file-test-split-n48", timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -70,6 +70,7 @@ COMMON = ["hardware=cpu", "hardware.threads=1", "model=tiny", "task=advection1d"
           "trainer.eval_every=10"]
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: pytest -m slow (the default suite stays near 15 min)
 def test_a_time_limit_warning_checkpoints_requeues_and_the_job_resumes_identically(tmp_path: Path,
                                                                                    data_dir: Path) -> None:
     path, calls = _fake_scontrol(tmp_path)

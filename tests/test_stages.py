@@ -190,6 +190,7 @@ def test_stage_all_trains_each_stage_and_writes_the_table(tiny_cfg, tmp_path: Pa
         assert (run_dir / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: pytest -m slow (the default suite stays near 15 min)
 def test_stage_all_resumes_mid_diffusion_bit_identically(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
     straight = run(tiny_cfg(*SMALL, f"paths.output_dir={tmp_path / 'a'}"))
     cfg = tiny_cfg(*SMALL, f"paths.output_dir={tmp_path / 'b'}")
