@@ -208,7 +208,8 @@ def test_stage_all_resumes_mid_diffusion_bit_identically(tiny_cfg, tmp_path: Pat
 
 
 # DDP is also covered by the unrolled stage's two-rank test; FSDP2 is the stricter layout for heads
-@pytest.mark.parametrize("layout", [pytest.param("ddp2", marks=pytest.mark.slow), "fsdp2_2"])
+@pytest.mark.parametrize("layout", [pytest.param("ddp2", marks=pytest.mark.slow),
+                                    pytest.param("fsdp2_2", marks=pytest.mark.slow)])  # 54 s
 def test_stage_all_runs_on_two_ranks(layout: str, data_dir: Path, tmp_path: Path) -> None:
     args = [sys.executable, "-m", "ups.train", "model=tiny", "hardware=cpu", "data.generate=true",
             f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}", f"parallelism={layout}", *SMALL,

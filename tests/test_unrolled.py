@@ -104,7 +104,7 @@ def test_an_unrolled_stage_trains_and_refuses_the_latent_cache(tiny_cfg, tmp_pat
         run(tiny_cfg("task=advection1d", *frozen))
 
 
-@pytest.mark.parametrize("layout", ["ddp2", "fsdp2_2"])
+@pytest.mark.parametrize("layout", ["ddp2", pytest.param("fsdp2_2", marks=pytest.mark.slow)])
 def test_an_unrolled_stage_runs_on_two_ranks(layout: str, data_dir: Path, tmp_path: Path) -> None:
     # several forwards before one backward: DDP's reducer and FSDP2's reshard must both allow it
     args = [sys.executable, "-m", "ups.train", "model=tiny", "hardware=cpu", "task=pdebench2", "data.generate=true",
