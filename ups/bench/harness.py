@@ -34,7 +34,7 @@ from ups.objectives import build_objective
 from ups.runner import build_model, build_tasks, seed_everything
 from ups.training.compute import compute_context
 from ups.training.optim import build_optimizer
-from ups.training.step_totals import batch_loss
+from ups.training.step_totals import batch_loss, to_device
 from ups.training.train_sets import TrainSets, fixed_batches, stage_loader
 
 
@@ -76,7 +76,7 @@ def _forever(loader: DataLoader, sampler: MultiTaskDistributedSampler) -> Iterat
 
 
 def _to_device(batch: list[dict], device: torch.device) -> list[dict]:
-    return [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()} for b in batch]
+    return [to_device(b, device) for b in batch]
 
 
 class Bench:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,6 @@ def run_axis(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         try:
             override = AXES[b.axis].format(value)
             if b.axis == "ranks":
-                import tempfile
-
                 with tempfile.TemporaryDirectory(prefix="ups-bench-") as work:
                     row.update(_train_rate([override, f"trainer.max_steps={b.warmup_steps + b.steps}"], Path(work)))
             else:

@@ -91,8 +91,13 @@ def batch_loss(objective: Any, model: nn.Module, batch: list[dict], device: torc
     n_all = sum(len(b["y"]) for b in batch)
     per_task = {}
     for b in batch:
-        b = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+        b = to_device(b, device)
         loss = objective.loss(model, b)
         total = total + loss * (len(b["y"]) / n_all)
         per_task[b["task"]] = (loss.detach().double(), len(b["y"]))
     return total, per_task, n_all
+
+
+def to_device(group: dict, device: torch.device) -> dict:
+    """A task group of a batch with its tensors on ``device`` (asynchronous from pinned memory)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in group.items()}
