@@ -83,3 +83,19 @@ def test_every_family_schema_is_in_the_torch_free_registry() -> None:
     from ups.models.spec import specs
 
     assert {s.name: s.schema for s in specs()} == SCHEMAS
+
+
+def test_repository_copies_share_the_config_store() -> None:
+    """Hydra copies its repository once per listed group; the store must not be copied with it
+    (that was 2 of the 3 s of ``--help``), and launchers must still be able to pickle it."""
+    import copy
+    import pickle
+
+    from hydra.core.config_store import ConfigStore
+
+    from ups.config import register_configs
+
+    register_configs()
+    store = ConfigStore.instance()
+    assert copy.deepcopy({"store": store})["store"] is store
+    assert "train_schema.yaml" in pickle.loads(pickle.dumps(store)).repo  # launchers send it to each job
