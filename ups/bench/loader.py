@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,33 +25,17 @@ import torch
 from hydra import compose, initialize_config_module
 from torch.utils.data import DataLoader
 
+from ups.bench.common import load_average, machine_info, named_tasks
 from ups.config import register_configs
 from ups.data import latent_cache as lc
 from ups.data.datasets import WindowDataset
-from ups.data.tasks import TaskData, build_task
+from ups.data.tasks import TaskData
 from ups.runner import build_model
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (the platform string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_tasks(data_dir: Path, names: list[str]) -> list[TaskData]:
     """The named tasks' default configs (synthetic files generated when absent), split and normalised."""
-    overrides = [f"paths.data_dir={data_dir}", "data.generate=true", f"task={names[0] if len(names) == 1 else 'pdebench2'}"]
-    with initialize_config_module(config_module="ups.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    missing = set(names) - set(cfg.task.datasets)
-    if missing:
-        raise SystemExit(f"unknown task(s) {sorted(missing)}; this benchmark knows {sorted(cfg.task.datasets)}")
-    return [build_task(n, cfg.task.datasets[n], cfg.data, data_dir, [data_dir]) for n in names]
+    return named_tasks(data_dir, names, names[0] if len(names) == 1 else "pdebench2")
 
 
 def fresh_model(size: str, tasks: list[TaskData], device: torch.device) -> torch.nn.Module:
@@ -146,10 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data_dir = Path(args.data_dir or Path(tmp) / "data")
         t0 = time.perf_counter()
         tasks = load_tasks(data_dir, names)
-        info = {"date": dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-                "device": str(device), "cpu": cpu_model(), "threads": torch.get_num_threads(),
-                "cpu_count": os.cpu_count(), "data_dir": str(data_dir), "repeats": args.repeats,
-                "loadavg_before": round(os.getloadavg()[0], 2),
+        info = {**machine_info(), "device": str(device), "data_dir": str(data_dir), "repeats": args.repeats,
                 "data_seconds": round(time.perf_counter() - t0, 2),
                 "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
         rows = []
@@ -179,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows.append(row)
                 lc.prune_cache(cache_root, keep_keys=[])  # caches of one model are not reused by the next
                 print(f"  measured {size}/{task.name}", flush=True)
-    info["loadavg_after"] = round(os.getloadavg()[0], 2)  # other work on the host skews every number
+    info["loadavg_after"] = load_average()  # other work on the host skews every number
     return {"info": info, "rows": rows}
 
 

@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import importlib.util
 import json
 import multiprocessing as mp
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -42,12 +40,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_module
 
-from ups.bench.loader import cpu_model
+from ups.bench.common import load_average, machine_info, named_tasks
 from ups.config import register_configs
 from ups.data.datasets import TrajectoryDataset, WindowDataset
-from ups.data.tasks import TaskData, build_task
+from ups.data.tasks import TaskData
 
 PIP_COMMAND = ["pip", "download", "--no-deps", "--python-version", "3.10", "--only-binary=:all:", "pdebench==0.1.0"]
 WHEEL_MEMBER = "pdebench/models/fno/utils.py"
@@ -104,15 +101,8 @@ def pdebench_module(path: Path | None, fetch: bool = True) -> ModuleType:
 
 def load_tasks(data_dir: Path, names: list[str]) -> list[TaskData]:
     """The named tasks with their default configs and a split holding PDEBench's training samples."""
-    with initialize_config_module(config_module="ups.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"paths.data_dir={data_dir}", "data.generate=true",
-                                                      "task=pdebench11"])
-    unknown = set(names) - set(cfg.task.datasets)
-    if unknown:
-        raise SystemExit(f"unknown task(s) {sorted(unknown)}; this benchmark knows {sorted(cfg.task.datasets)}")
     tasks = []
-    for name in names:
-        task = build_task(name, cfg.task.datasets[name], cfg.data, data_dir, [data_dir])
+    for task in named_tasks(data_dir, names, "pdebench11"):
         ids = [(0, i) for i in pdebench_train(task.files[0].n_samples, task.family.layout)]
         tasks.append(dataclasses.replace(task, splits={**task.splits, BENCH_SPLIT: ids}))
     return tasks
@@ -217,11 +207,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         tasks = load_tasks(data_dir, args.tasks.split(","))
         for task in tasks:
             task.files[0].path.read_bytes()  # warm the page cache: every reader then sees the same
-        info = {"date": dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-                "python": platform.python_version(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-                "threads": torch.get_num_threads(), "repeats": args.repeats, "preload_max_gb": args.preload_gb,
+        info = {**machine_info(), "repeats": args.repeats, "preload_max_gb": args.preload_gb,
                 "command": shlex.join(["python", "-m", "ups.bench.reads", *argv]),
-                "loadavg_before": round(os.getloadavg()[0], 2), "pdebench": getattr(module, "__file__", None)}
+                "pdebench": getattr(module, "__file__", None)}
         rows = []
         for task in tasks:
             f = task.files[0]
@@ -233,7 +221,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                     row["same_values"] = same_values(task, factory())
                 rows.append(row)
                 print(f"  measured {task.name}: {name}", flush=True)
-    info["loadavg_after"] = round(os.getloadavg()[0], 2)  # other work on the host skews every number
+    info["loadavg_after"] = load_average()  # other work on the host skews every number
     return {"info": info, "rows": add_ratios(rows)}
 
 

@@ -2,9 +2,7 @@
 scaling axis (``bench.axis``), with the date, the device and the exact command beside the figures."""
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,7 +17,7 @@ from omegaconf import DictConfig
 
 from ups.bench.flops import datasheet_peak, measured_matmul_flops
 from ups.bench.harness import measure
-from ups.bench.loader import cpu_model
+from ups.bench.common import load_average, machine_info
 from ups.bench.variants import VARIANTS, check_names, variant_overrides
 from ups.config import ConfigError, validate
 from ups.distributed.env import DistEnv, resolve_device
@@ -30,12 +28,10 @@ AXES = {"batch": "trainer.batch_size={}", "model": "model={}", "tasks": "task={}
 
 def environment(device: torch.device, cfg: DictConfig) -> dict[str, Any]:
     """Where and when the figures were measured, and the command that measured them."""
-    return {"date": dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-            "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+    return {**machine_info(), "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "command": " ".join(["python -m ups.bench", *HydraConfig.get().overrides.task]),
-            "model": cfg.model._target_, "task": cfg.task.name, "batch_size": cfg.trainer.batch_size,
-            "loadavg_before": round(os.getloadavg()[0], 2)}
+            "model": cfg.model._target_, "task": cfg.task.name, "batch_size": cfg.trainer.batch_size}
 
 
 def peaks(device: torch.device) -> dict[str, Any]:
@@ -71,7 +67,7 @@ def run_variants(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     names = list(b.variants) + (["baseline"] if "baseline" in b.variants and len(b.variants) > 1 else [])
     for i, name in enumerate(names):
         print(f"[bench] {name}: {VARIANTS[name][1]}", flush=True)
-        again = i == len(names) - 1 and name == "baseline" and i > 0
+        again = i == len(b.variants)  # the appended baseline
         row: dict[str, Any] = {"variant": "baseline (again)" if again else name, "what": VARIANTS[name][1]}
         try:
             vcfg = _compose(variant_overrides(name, stage))
@@ -103,7 +99,7 @@ def run_variants(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
             row["mfu_measured"] = achieved / matmul
             if out["peaks"]["datasheet_bf16"]:
                 row["mfu_datasheet_bf16"] = achieved / out["peaks"]["datasheet_bf16"]
-    out["info"]["loadavg_after"] = round(os.getloadavg()[0], 2)
+    out["info"]["loadavg_after"] = load_average()
     return out
 
 
@@ -144,7 +140,7 @@ def run_axis(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
             print(f"[bench] {b.axis}={value} failed: {type(err).__name__}: {err}", flush=True)
             row.update(status="failed", error=f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}")
         out["rows"].append(row)
-    out["info"]["loadavg_after"] = round(os.getloadavg()[0], 2)
+    out["info"]["loadavg_after"] = load_average()
     return out
 
 

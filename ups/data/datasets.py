@@ -61,14 +61,14 @@ class _TrajectorySource:
         # steady (Darcy): normalise tells the input frame from the solution by its position
         if self._cache is not None or self.task.family.steady:
             return self[j][start:stop]
-        file_idx, i = self.ids[j]
-        return normalise(self.task, self.task.files[file_idx].read(i, start, stop))
+        return self._read(j, start, stop)
 
     def __getitem__(self, j: int) -> np.ndarray:
-        if self._cache is not None:
-            return self._cache[j]
+        return self._cache[j] if self._cache is not None else self._read(j)
+
+    def _read(self, j: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         file_idx, i = self.ids[j]
-        return normalise(self.task, self.task.files[file_idx].read(i))
+        return normalise(self.task, self.task.files[file_idx].read(i, start, stop))
 
     def __len__(self) -> int:
         return len(self.ids)
