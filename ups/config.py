@@ -80,7 +80,7 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     fused: Optional[bool] = None  # None: fused on CUDA, foreach elsewhere
     warmup_steps: int = 50
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"  # cosine | constant | cosine_time (over trainer.time_budget_s)
     min_lr_ratio: float = 0.05
     grad_clip: Optional[float] = 1.0
 
@@ -283,7 +283,7 @@ _CHOICES = {
     "hardware.precision": ("fp32", "bf16"),
     "hardware.sdpa_backend": ("auto", "flash", "efficient", "math", "cudnn"),
     "optim.name": ("adamw",),
-    "optim.schedule": ("cosine", "constant"),
+    "optim.schedule": ("cosine", "constant", "cosine_time"),
     "parallelism.strategy": ("none", "ddp", "fsdp2"),
     "parallelism.backend": ("auto", "nccl", "gloo"),
     "trainer.on_oom": ("skip", "stop"),
@@ -390,6 +390,9 @@ def validate(cfg: Any) -> None:
                           "(defaults: [/schema/model/<family>@_here_]); see docs/architecture.md")
     if cfg.trainer.time_budget_s is not None and cfg.trainer.time_budget_s <= 0:
         raise ConfigError(f"trainer.time_budget_s must be positive, got {cfg.trainer.time_budget_s}")
+    if cfg.optim.schedule == "cosine_time" and cfg.trainer.time_budget_s is None:
+        raise ConfigError("optim.schedule=cosine_time decays over the wall-clock budget: set trainer.time_budget_s "
+                          "(or choose optim.schedule=cosine, which decays over trainer.max_steps)")
     for name, ds in cfg.task.datasets.items():
         from ups.data.registry import FAMILIES
 

@@ -1,4 +1,6 @@
-"""AdamW with decoupled decay only on matrices, and a warmup + cosine learning-rate schedule."""
+"""AdamW with decoupled decay only on matrices, and learning-rate schedules: warm-up, then cosine over
+the steps (``cosine``), constant (``constant``), or cosine over the elapsed training time
+(``cosine_time``), which reaches its floor exactly when ``trainer.time_budget_s`` is spent."""
 from __future__ import annotations
 
 import math
@@ -32,11 +34,57 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: Any, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR whose state (its step count) goes into checkpoints with the optimizer's."""
+def time_lr_factor(step: int, warmup: int, elapsed_s: float, budget_s: float, min_ratio: float) -> float:
+    """Multiplier at ``step`` after ``elapsed_s`` of a ``budget_s`` budget: linear warm-up over steps,
+    times a cosine over time that is ``min_ratio`` from the moment the budget is spent."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    progress = min(1.0, max(0.0, elapsed_s / budget_s))
+    return warm * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+class TimeCosineLR(torch.optim.lr_scheduler.LRScheduler):
+    """Warm-up, then cosine over elapsed training time (how many steps a budget buys is unknown).
+
+    ``elapsed_s`` is set before each :meth:`step` (see :func:`advance`) and saved in the state
+    dict; the trainer restores its own ``train_seconds`` on resume, so a resumed run continues the
+    curve where it stopped.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, warmup: int, budget_s: float, min_ratio: float):
+        self.warmup, self.budget_s, self.min_ratio, self.elapsed_s = warmup, budget_s, min_ratio, 0.0
+        super().__init__(opt)
+
+    def get_lr(self) -> list[float]:
+        f = time_lr_factor(self.last_epoch, self.warmup, self.elapsed_s, self.budget_s, self.min_ratio)
+        return [base * f for base in self.base_lrs]
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue the saved position (steps, elapsed time) under the current config's warm-up, budget
+        and floor, so that a resumed run with a raised ``trainer.time_budget_s`` stretches its curve."""
+        config = self.warmup, self.budget_s, self.min_ratio
+        super().load_state_dict(state_dict)
+        self.warmup, self.budget_s, self.min_ratio = config
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: Any, total_steps: int,
+                    budget_s: float | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """The configured schedule; its state (step count, and elapsed time for ``cosine_time``) goes
+    into checkpoints with the optimizer's."""
+    if cfg.schedule == "cosine_time":
+        if budget_s is None:  # validate() refuses this at compose time; a direct caller gets it here
+            raise ValueError("optim.schedule=cosine_time needs trainer.time_budget_s")
+        return TimeCosineLR(opt, cfg.warmup_steps, budget_s, cfg.min_lr_ratio)
     warmup = min(cfg.warmup_steps, max(total_steps // 10, 1))
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, warmup, total_steps, cfg.schedule, cfg.min_lr_ratio))
+
+
+def advance(scheduler: torch.optim.lr_scheduler.LRScheduler, elapsed_s: float) -> None:
+    """Step the schedule after an optimizer step. A time-based one takes the training time the ranks
+    agreed on, so every rank of a data-parallel run applies the same learning rate."""
+    if isinstance(scheduler, TimeCosineLR):
+        scheduler.elapsed_s = elapsed_s
+    scheduler.step()
 
 
 def set_requires_grad(modules: Iterable[nn.Module], flag: bool) -> None:

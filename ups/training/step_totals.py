@@ -38,6 +38,7 @@ class Agreed:
     grad_norm: float = float("nan")
     loss: float = float("nan")  # the step's mean loss over ranks
     task_losses: dict[str, float] = field(default_factory=dict)  # tasks drawn this step, over all ranks' samples
+    elapsed_s: float = float("nan")  # training time, mean over ranks: one clock for a time-based lr schedule
 
 
 def agree(flags: Sequence[float]) -> Agreed:
@@ -70,14 +71,15 @@ class StepTotals:
             self.sums[3 + i] += value * count
             self.sums[3 + n + i] += count
 
-    def reduce(self, grad_norm: torch.Tensor, stop_requested: bool) -> Agreed:
+    def reduce(self, grad_norm: torch.Tensor, stop_requested: bool, elapsed_s: float = 0.0) -> Agreed:
         """Sum over ranks and read once: the only host sync of a step."""
         self.sums[2] = grad_norm.detach().double()  # the same on every rank (gradients are synchronised)
         # A host-to-device copy of a few numbers: it queues behind the step's kernels, waits for none.
-        flags = torch.tensor(stop_flags(stop_requested), dtype=torch.float64, device=self.device)
+        flags = torch.tensor(stop_flags(stop_requested) + [elapsed_s], dtype=torch.float64, device=self.device)
         values = all_reduce_sum(torch.cat([flags, self.sums])).tolist()
         out = agree(values[:_N_FLAGS])
-        sums, n, w = values[_N_FLAGS:], len(self.names), self.world_size
+        sums, n, w = values[_N_FLAGS + 1:], len(self.names), self.world_size
+        out.elapsed_s = values[_N_FLAGS] / w
         out.nonfinite_loss, out.grad_norm, out.loss = sums[1] > 0, sums[2] / w, sums[0] / w
         out.task_losses = {name: sums[3 + i] / sums[3 + n + i] for i, name in enumerate(self.names) if sums[3 + n + i]}
         return out

@@ -38,7 +38,7 @@ from ups.training.compute import compute_context
 from ups.training.failures import StopTraining, is_oom, skip_or_stop, stop_if_sharded
 from ups.training.faults import FaultInjector
 from ups.training.loggers import peak_memory_mb
-from ups.training.optim import build_optimizer, build_scheduler, set_requires_grad
+from ups.training.optim import advance, build_optimizer, build_scheduler, set_requires_grad
 from ups.training.step_totals import Agreed, StepTotals, agree_stop, batch_loss
 from ups.training.train_sets import TrainSets, fixed_batches, stage_loader
 
@@ -181,7 +181,7 @@ class Trainer:
         self.epoch_sum, self.epoch_n = 0.0, 0
         self._freeze(stage)
         self.optimizer = build_optimizer(self.raw_model, self.cfg.optim, stage.lr, self.device)
-        self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, self.total_steps)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, self.total_steps, t.time_budget_s)
         s = self.cfg.data.sampler
         self.sampler = MultiTaskDistributedSampler(
             self.train_set.sizes(), t.batch_size, num_replicas=self.env.world_size, rank=self.env.rank,
@@ -318,13 +318,13 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.raw_model.parameters() if p.requires_grad],
                                                    self.cfg.optim.grad_clip or float("inf"))
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        agreed = totals.reduce(grad_norm, self._stop_requested())  # the step's one host sync
+        agreed = totals.reduce(grad_norm, self._stop_requested(), self._train_seconds())  # the step's one host sync
         if agreed.nonfinite_loss:
             return skip_or_stop(self, "non-finite loss", t.on_nonfinite), agreed
         if not math.isfinite(agreed.grad_norm):
             return skip_or_stop(self, "non-finite gradient norm", t.on_nonfinite), agreed
         self.optimizer.step()
-        self.scheduler.step()
+        advance(self.scheduler, agreed.elapsed_s)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.consecutive_skips = 0
