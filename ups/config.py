@@ -161,6 +161,10 @@ class TrainerConfig:
     time_budget_s: Optional[float] = None  # stop training (then evaluate) after this much wall-clock time
     keep_last_k: int = 2  # step checkpoints kept per stage
     resume: bool = True  # continue from the newest complete checkpoint in the run directory
+    overwrite: bool = False  # with resume=false: delete a run directory's checkpoints and metrics and start clean
+    allow_unverified_checkpoints: bool = False  # load checkpoints that lack checksums.json (trusted sources only)
+    allow_data_change: bool = False  # resume although the data files differ from those the checkpoint recorded
+    check_memory: bool = True  # refuse a batch whose estimated step memory exceeds the memory available
 
 
 @dataclass
@@ -214,6 +218,7 @@ class EvaluateConfig:
     batch_size: Optional[int] = None  # None: the run's trainer.batch_size
     data_dir: Optional[str] = None  # None: the run's paths.data_dir
     device: str = "auto"  # auto | cpu | cuda
+    allow_unverified_checkpoints: bool = False  # load checkpoints that lack checksums.json (trusted sources only)
 
 
 def register_configs() -> None:

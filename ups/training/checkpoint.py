@@ -10,6 +10,13 @@ Every rank writes its shards into a temporary folder; after a barrier rank 0 wri
 ``COMPLETE`` marker and renames the folder into place, so a crash mid-save leaves nothing that
 :meth:`Checkpointer.latest` would load. DCP merges identical keys across ranks, so state that
 differs per rank (RNG) is saved under a per-rank key.
+
+Nothing in a checkpoint can run code when it is loaded: a run directory may come from someone else
+(a shared file system, a download). Tensors are read by torch with ``weights_only=True``; the
+bookkeeping is JSON (:func:`pack`), never a pickle; other non-tensor leaves are read with
+``torch.load(weights_only=True)`` (:class:`SafeLoadPlanner`), and DCP's ``.metadata`` pickle through
+an unpickler that admits only DCP's own metadata classes (:class:`SafeReader`). A folder without
+``checksums.json`` is refused unless the caller allows unverified checkpoints.
 """
 from __future__ import annotations
 
@@ -18,10 +25,8 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import random
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,17 +36,15 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from ups.training.failures import writing
+from ups.training.safe_load import CheckpointError, SafeEmptyPlanner, SafeLoadPlanner, SafeReader, read_metadata
 
 MARKER = "COMPLETE"
 CHECKSUMS = "checksums.json"  # sha256 of every file of the folder, written before the marker
+UNVERIFIED_OPTION = "trainer.allow_unverified_checkpoints=true"  # ups.evaluate: allow_unverified_checkpoints=true
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used (corrupt, truncated, a file missing); the message names the file."""
 
 
 def _sha256(path: Path) -> str:
@@ -62,19 +65,27 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def verify(path: str | Path) -> None:
+def verify(path: str | Path, allow_unverified: bool = False) -> None:
     """Check every file of a checkpoint against the checksums written when it was saved.
 
-    Raises CheckpointError naming the first bad file. A folder saved before checksums existed has
-    none and passes (its load still fails loudly if it is damaged).
+    Raises CheckpointError naming the first bad file. A folder without ``checksums.json`` (saved
+    before checksums existed, or with them removed) is refused unless ``allow_unverified``.
     """
     path = Path(path)
     try:
         sums = json.loads((path / CHECKSUMS).read_text())
     except FileNotFoundError:
-        return
+        if allow_unverified:
+            log.warning("%s has no %s: loading it unchecked, as allowed", path, CHECKSUMS)
+            return
+        raise CheckpointError(f"{path} has no {CHECKSUMS}, so a damaged or replaced file in it cannot be detected; "
+                              f"it is not loaded. If you trust where it came from, allow it with "
+                              f"{UNVERIFIED_OPTION} (python -m ups.evaluate: allow_unverified_checkpoints=true)") from None
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path / CHECKSUMS} is unreadable ({err})") from None
+    if not isinstance(sums, dict) or not all(isinstance(k, str) and "/" not in k and k not in ("", ".", "..")
+                                             for k in sums):
+        raise CheckpointError(f"{path / CHECKSUMS} is malformed")
     for name, digest in sums.items():
         f = path / name
         if not f.is_file():
@@ -84,19 +95,25 @@ def verify(path: str | Path) -> None:
 
 
 def rng_state() -> dict:
-    """Every random generator a step can draw from."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every random generator a step can draw from: torch's as a tensor, the others packed as JSON."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    other = {"numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+             "python": [version, list(internal), py_gauss]}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        other["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return {"torch": torch.get_rng_state(), "other": pack(other)}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    other = unpack(state["other"])
+    name, keys, pos, has_gauss, gauss = other["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, py_gauss = other["python"]
+    random.setstate((version, tuple(internal), py_gauss))
+    if "cuda" in other and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in other["cuda"]])
 
 
 def rank_key(rank: int) -> str:
@@ -104,12 +121,20 @@ def rank_key(rank: int) -> str:
 
 
 def pack(obj: Any) -> bytes:
-    """Non-tensor state as one opaque leaf, so DCP neither flattens nor reshapes it."""
-    return pickle.dumps(obj)
+    """Non-tensor state as one opaque leaf, so DCP neither flattens nor reshapes it: JSON, never a
+    pickle (loading a pickle can run code). Tuples come back as lists; NaN and infinities survive."""
+    return json.dumps(obj).encode()
 
 
 def unpack(blob: bytes) -> Any:
-    return pickle.loads(blob)
+    if isinstance(blob, (bytes, bytearray)) and blob[:1] == b"\x80":
+        raise CheckpointError("this checkpoint's trainer state is a pickle, written by a UPS before 2026-12-04; it "
+                              "is not loaded because unpickling can run code. Start a new run (or a new "
+                              "paths.output_dir), or export its weights with the UPS that wrote it")
+    try:
+        return json.loads(bytes(blob).decode())
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"the checkpoint's trainer state is not valid JSON ({err})") from None
 
 
 def _distributed() -> bool:
@@ -144,12 +169,18 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         _barrier()  # the folder exists before anyone writes into it
-        with _quiet_single_process(), writing(tmp):
-            dcp.save(state, checkpoint_id=str(tmp), no_dist=not _distributed())
-        _barrier()  # every rank's shards are on disk before the marker says so
+        try:
+            with _quiet_single_process(), writing(tmp):
+                dcp.save(state, checkpoint_id=str(tmp), no_dist=not _distributed())
+            _barrier()  # every rank's shards are on disk before the marker says so
+            if self.is_main:
+                with writing(tmp):
+                    self._finish(tmp, step, consolidate)
+        except BaseException:
+            if self.is_main:  # e.g. a full disk: the partial folder only takes space
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if self.is_main:
-            with writing(tmp):
-                self._finish(tmp, step, consolidate)
             self._swap_in(tmp, final)
             _fsync(self.root)
             self._prune()
@@ -161,7 +192,7 @@ class Checkpointer:
         """Rank 0: metadata, checksums and the completion marker, each on disk before the next."""
         (tmp / "meta.json").write_text(json.dumps({"step": step}))
         if consolidate:
-            export_model(tmp, tmp / "model.pt")
+            export_model(tmp, tmp / "model.pt", check=False)
         files = sorted(p for p in tmp.iterdir() if p.is_file())
         (tmp / CHECKSUMS).write_text(json.dumps({p.name: _sha256(p) for p in files}, indent=1))
         for p in [*files, tmp / CHECKSUMS]:
@@ -175,8 +206,12 @@ class Checkpointer:
         final, tmp = self.root / dst, self.root / f".{dst}.tmp"
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-            with writing(tmp):
-                shutil.copytree(self.root / src, tmp)
+            try:
+                with writing(tmp):
+                    shutil.copytree(self.root / src, tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # a partial copy holds the marker: never leave it
+                raise
             self._swap_in(tmp, final)
         _barrier()
         return final
@@ -229,6 +264,9 @@ class Checkpointer:
         """Complete checkpoints newest first: ``final`` if training finished, then the step folders."""
         for name in ("final", "best"):
             self._recover(self.root / name)
+        if self.is_main:  # a save or copy cut short (a kill, a full disk) leaves its temporary folder
+            for tmp in self.root.glob(".*.tmp"):
+                shutil.rmtree(tmp, ignore_errors=True)
         _barrier()  # rank 0 may have moved a folder back: everyone looks after it did
         return [p for _, p in reversed(self._complete([*self.root.glob("step_*"), self.root / "final"]))]
 
@@ -238,19 +276,22 @@ class Checkpointer:
         return found[0] if found else None
 
     @staticmethod
-    def load_into(path: str | Path, state: dict) -> dict:
+    def load_into(path: str | Path, state: dict, allow_unverified: bool = False, local: bool = False) -> dict:
         """Fill ``state`` (a template with the keys to read) from a complete, verified checkpoint, in place.
 
         Raises CheckpointError naming the file when the folder is incomplete, fails its checksums
-        or cannot be read.
+        or cannot be read. ``local``: this rank alone reads (not a collective, even in a process group).
         """
         path = Path(path)
         if not (path / MARKER).exists():
             raise CheckpointError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
-        verify(path)
+        verify(path, allow_unverified)
         try:
             with _quiet_single_process():
-                dcp.load(state, checkpoint_id=str(path), no_dist=not _distributed())
+                dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner(),
+                         no_dist=local or not _distributed())
+        except CheckpointError:
+            raise
         except (Exception, CheckpointException) as err:  # torch's CheckpointException is a BaseException
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise CheckpointError(f"{path} cannot be loaded: {type(err).__name__}: {first}") from err
@@ -259,8 +300,7 @@ class Checkpointer:
     @staticmethod
     def saved_keys(path: str | Path) -> set[str]:
         """Top-level keys stored in a checkpoint (e.g. which ranks saved RNG state)."""
-        meta = dcp.FileSystemReader(str(path)).read_metadata()
-        return {k.split(".")[0] for k in meta.state_dict_metadata}
+        return {k.split(".")[0] for k in read_metadata(path).state_dict_metadata}
 
 
 def _step_of(path: Path) -> int:
@@ -278,29 +318,50 @@ def run_checkpoint(run_dir: str | Path, stages: Any, which: str = "final") -> Pa
     ``which`` is ``final``, ``best`` or a ``step_*`` folder name. Raises FileNotFoundError, naming
     what exists, when that checkpoint is not complete.
     """
+    if not _plain_name(which):
+        raise FileNotFoundError(f"checkpoint={which!r} is not a checkpoint name of the run: use final, best or a "
+                                "step folder name such as step_00000400 (no paths)")
     path = Path(run_dir) / "checkpoints" / last_trained_stage(stages) / which
     if not (path / MARKER).exists():
-        done = sorted(str(p.parent.relative_to(run_dir)) for p in Path(run_dir).glob(f"checkpoints/*/*/{MARKER}"))
+        done = sorted(str(p.parent.relative_to(run_dir)) for p in Path(run_dir).glob(f"checkpoints/*/*/{MARKER}")
+                      if not p.parent.name.startswith("."))  # temporary and swap folders are not checkpoints
         raise FileNotFoundError(f"no complete checkpoint {path}; complete ones: {', '.join(done) or 'none'}")
     return path
 
 
-def load_consolidated(path: str | Path) -> dict:
+def _plain_name(name: str) -> bool:
+    """A folder name inside a stage's checkpoints (final, best, step_N), not a path out of it."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name \
+        and not name.startswith(".")
+
+
+def load_consolidated(path: str | Path, allow_unverified: bool = False) -> dict:
     """A whole DCP checkpoint as one plain dict in this process (no process group needed)."""
-    verify(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "full.pt"
+    path = Path(path)
+    verify(path, allow_unverified)
+    return _consolidate(path)
+
+
+def _consolidate(path: Path) -> dict:
+    state: dict = {}
+    try:
         with _quiet_single_process():
-            dcp_to_torch_save(str(path), str(out))
-        state = torch.load(out, weights_only=False)
+            _load_state_dict(state, storage_reader=SafeReader(str(path)), planner=SafeEmptyPlanner(), no_dist=True)
+    except CheckpointError:
+        raise
+    except (Exception, CheckpointException) as err:  # torch's CheckpointException is a BaseException
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{path} cannot be loaded: {type(err).__name__}: {first}") from err
     if isinstance(state.get("trainer"), bytes):
         state["trainer"] = unpack(state["trainer"])
     return state
 
 
-def export_model(path: str | Path, out: str | Path) -> Path:
-    """Write the model weights and resolved config of a checkpoint to one ``torch.save`` file."""
-    state = load_consolidated(path)
+def export_model(path: str | Path, out: str | Path, check: bool = True) -> Path:
+    """Write the model weights and resolved config of a checkpoint to one ``torch.save`` file.
+
+    ``check=False`` only for the folder being written, whose checksums come after this file."""
+    state = load_consolidated(path) if check else _consolidate(Path(path))
     torch.save({"model": state["model"], "config": state["trainer"]["config"], "step": state["trainer"]["step"]},
                out)
     return Path(out)
@@ -314,14 +375,14 @@ if __name__ == "__main__":  # python -m ups.training.checkpoint <checkpoint dir>
     print(export_model(sys.argv[1], sys.argv[2]))
 
 
-def load_eval_weights(path: str | Path) -> tuple[dict, str]:
+def load_eval_weights(path: str | Path, allow_unverified: bool = False) -> tuple[dict, str]:
     """The weights a run evaluates with from a checkpoint folder, and a description of their source.
 
     ``model.pt`` (written into ``final``) is the quick path; a run that averaged its weights (EMA)
     evaluated with the average, which only the full checkpoint holds, so that is consolidated here.
     """
     path = Path(path)
-    state = load_consolidated(path)
+    state = load_consolidated(path, allow_unverified)
     shadow = next((v["shadow"] for v in state.get("callbacks", {}).values() if isinstance(v, dict) and v.get("shadow")),
                   None)
     if shadow:
