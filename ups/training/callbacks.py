@@ -170,27 +170,59 @@ class ProgressBar(Callback):
 class ModelCheckpoint(Callback):
     """After each evaluation: save a step checkpoint, and ``best`` when validation nRMSE improves.
 
-    Both go into the stage's own folder, ``checkpoints/<stage>/``; each stage has its own best.
+    Both go into the stage's own folder, ``checkpoints/<stage>/``; each stage has its own best. The
+    new best value is kept only once ``best/`` holds it: a copy that fails (a full disk) leaves the
+    old value, so the next evaluation that beats it, or the rerun, writes ``best/`` again.
     """
 
     def __init__(self, metric: str = "nrmse/mean"):
-        self.metric, self.best = metric, float("inf")
+        self.metric, self.best, self.best_step = metric, float("inf"), -1
 
     def on_fit_start(self, trainer: "Trainer") -> None:
-        self.best = float("inf")  # a new stage's best (a resumed stage loads its own afterwards)
+        self.best, self.best_step = float("inf"), -1  # a new stage's best (a resumed stage loads its own afterwards)
+
+    def _best_missing(self, trainer: "Trainer") -> bool:
+        """Whether ``best/`` lacks the best this state records (a copy cut short before a resume)."""
+        if self.best_step < 0:
+            return False
+        import json
+
+        from ups.training.checkpoint import MARKER
+
+        best = trainer.checkpointer.root / "best"
+        try:
+            return not (best / MARKER).exists() or json.loads((best / "meta.json").read_text())["step"] != self.best_step
+        except (OSError, ValueError, KeyError, TypeError):
+            return True
 
     def on_eval_end(self, trainer: "Trainer", metrics: dict) -> None:
+        from ups.distributed.collectives import any_rank
+
+        if any_rank(self._best_missing(trainer), device=trainer.device):  # rank 0's file system decides
+            source = trainer.checkpointer.root / f"step_{self.best_step:08d}"
+            if any_rank((source / "COMPLETE").exists(), device=trainer.device):
+                log.warning("best/ does not hold the best checkpoint (step %d), which a failed copy left out; "
+                            "copying it again", self.best_step)
+                trainer.checkpointer.copy(source.name, "best")
+            else:
+                log.warning("best/ lacks the best checkpoint (step %d) and that step folder is gone; the next "
+                            "evaluation becomes the best", self.best_step)
+                self.best, self.best_step = float("inf"), -1
         improved = metrics[self.metric] < self.best
-        if improved:
-            self.best = metrics[self.metric]
+        previous = (self.best, self.best_step)
         name = f"step_{trainer.global_step:08d}"
-        # After updating best, so the saved callback state has it. Every rank calls save (collective).
-        trainer.checkpointer.save(trainer.state_dict(), name, trainer.global_step)
-        if improved:
-            trainer.checkpointer.copy(name, "best")
+        if improved:  # in the saved state, so that a resume from this step knows its best
+            self.best, self.best_step = metrics[self.metric], trainer.global_step
+        try:
+            trainer.checkpointer.save(trainer.state_dict(), name, trainer.global_step)  # every rank (collective)
+            if improved:
+                trainer.checkpointer.copy(name, "best")
+        except BaseException:
+            self.best, self.best_step = previous  # not recorded: the next evaluation may still become best
+            raise
 
     def state_dict(self) -> dict:
-        return {"best": self.best}
+        return {"best": self.best, "best_step": self.best_step}
 
     def load_state_dict(self, state: dict) -> None:
-        self.best = state["best"]
+        self.best, self.best_step = state["best"], int(state.get("best_step", -1))

@@ -82,3 +82,105 @@ def skip_or_stop(trainer: "Trainer", reason: str, policy: str) -> float:
             f"{trainer.cfg.optim.lr:g} too large?) or every batch runs out of memory (lower trainer.batch_size); "
             f"trainer.max_consecutive_skips sets the limit")
     return float("nan")
+
+
+# -- a batch that cannot fit ---------------------------------------------------------------------
+def available_memory_mb(device: torch.device, local_ranks: int = 1) -> float:
+    """Memory a new allocation of this rank can still get: the GPU's free memory, or on the CPU the
+    kernel's MemAvailable (capped by a cgroup limit), shared among the node's ranks."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2**20
+    avail = float("inf")
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:  # a container's limit (cgroup v2) is often far below the machine's memory
+        limit, used = (open(f"/sys/fs/cgroup/memory.{k}").read().strip() for k in ("max", "current"))
+        if limit != "max":
+            avail = min(avail, (int(limit) - int(used)) / 2**20)
+    except (OSError, ValueError):
+        pass
+    return avail / max(1, local_ranks)
+
+
+def _saved_bytes(trainer: "Trainer", batch_size: int, task: int) -> tuple[int, int]:
+    """(bytes saved for backward by one forward of ``batch_size`` windows of ``task``, bytes of the batch)."""
+    sets = trainer.train_set
+    n = sets.sizes()[task]
+    (batch,) = sets.collate([sets[task, i % n] for i in range(batch_size)])
+    batch = {k: v.to(trainer.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    params = {p.untyped_storage().data_ptr() for p in trainer.raw_model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), trainer.autocast():
+        loss = trainer.objective.loss(trainer.raw_model, batch)
+    del loss
+    return sum(storages.values()), sum(v.nbytes for v in batch.values() if torch.is_tensor(v))
+
+
+def estimate_step_mb(trainer: "Trainer") -> tuple[float, float, str]:
+    """(MB one optimizer step of ``trainer.batch_size`` needs, MB per sample, the task that needs most).
+
+    The activations autograd keeps for backward are measured in two forward passes of 1 and 2
+    windows per task on the real model (the tuner's measure, without a step: weights, buffers and
+    random generators are restored), extrapolated linearly; weights, gradients and AdamW's two
+    moments add four times the parameters."""
+    from ups.training.checkpoint import rng_state, set_rng_state
+
+    model = trainer.raw_model
+    rng, buffers = rng_state(), {n: b.detach().clone() for n, b in model.named_buffers()}
+    try:
+        per_sample, worst = 0.0, ""
+        for t, ds in enumerate(trainer.train_set.datasets):
+            (a1, x1), (a2, x2) = _saved_bytes(trainer, 1, t), _saved_bytes(trainer, 2, t)
+            slope = max(a2 - a1, 0) + 2 * max(x2 - x1, 0)  # the batch itself, and the next one being read
+            if slope >= per_sample:
+                per_sample, worst = slope, ds.task.name
+    finally:
+        set_rng_state(rng)
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
+        trainer.optimizer.zero_grad(set_to_none=True)
+    weights = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
+    micro = trainer.cfg.trainer.batch_size
+    return (weights + micro * per_sample) / 2**20, per_sample / 2**20, worst
+
+
+def check_batch_fits(trainer: "Trainer") -> None:
+    """Refuse, before the first step, a batch whose step cannot fit in the memory available: a run
+    that grows past it is killed by the kernel without a word (and takes other jobs' memory first)."""
+    from ups.config import ConfigError
+    from ups.distributed.collectives import any_rank
+
+    cfg = trainer.cfg
+    if not cfg.trainer.get("check_memory", True) or trainer.step >= trainer.total_steps:
+        return
+    if cfg.parallelism.strategy == "fsdp2" or cfg.hardware.get("compile"):
+        return  # a probe forward would gather shards or compile for two more shapes; not estimated there
+    try:
+        need, per_sample, task = estimate_step_mb(trainer)
+    except Exception as err:  # noqa: BLE001 - an estimate must never stop a run that would work
+        log.debug("no memory estimate: %s", err)
+        need, per_sample, task = 0.0, 0.0, ""
+    have = available_memory_mb(trainer.device, trainer.env.local_world_size)
+    if any_rank(need > have, device=trainer.device):
+        where = "GPU" if trainer.device.type == "cuda" else "machine"
+        raise ConfigError(
+            f"trainer.batch_size={cfg.trainer.batch_size} cannot fit: one training step needs about "
+            f"{need / 1024:.1f} GB ({per_sample:.2f} MB per sample of task {task}, measured on this model, plus "
+            f"weights, gradients and optimizer state), but this {where} has {have / 1024:.1f} GB available per rank; the "
+            f"run would be killed for lack of memory. Lower trainer.batch_size (python -m ups.tune with the same "
+            f"overrides finds the largest that fits) or, if the estimate is wrong, set trainer.check_memory=false")
+    if need and trainer.env.is_main:
+        log.info("memory estimate for a step of batch %d: %.0f MB (%.0f MB available per rank)",
+                 cfg.trainer.batch_size, need, have)

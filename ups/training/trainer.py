@@ -35,7 +35,7 @@ from ups.training.callbacks import Callback
 from ups.training import resume, signals
 from ups.training.checkpoint import Checkpointer
 from ups.training.compute import compute_context
-from ups.training.failures import StopTraining, is_oom, skip_or_stop, stop_if_sharded
+from ups.training.failures import StopTraining, check_batch_fits, is_oom, skip_or_stop, stop_if_sharded
 from ups.training.faults import FaultInjector
 from ups.training.loggers import peak_memory_mb
 from ups.training.optim import advance, build_optimizer, build_scheduler, set_requires_grad
@@ -141,7 +141,8 @@ class Trainer:
 
     def _load_weights(self, path: str | Path) -> None:
         """Start from a checkpoint's model weights (a previous stage or another run), not its training state."""
-        state = Checkpointer.load_into(path, {"model": get_model_state_dict(self.raw_model)})
+        state = Checkpointer.load_into(path, {"model": get_model_state_dict(self.raw_model)},
+                                       self.cfg.trainer.get("allow_unverified_checkpoints", False))
         set_model_state_dict(self.raw_model, state["model"])
         log.info("stage %s starts from the weights in %s", self.stage_name, path)
 
@@ -199,6 +200,7 @@ class Trainer:
         self.train_set = self.train_sets.for_stage(name, stage, self.objective, self.raw_model,
                                                    self.spec.latent is not None)
         self.loader = stage_loader(self.train_set, self.sampler, self.cfg.data, self.device)
+        check_batch_fits(self)  # before the first step: a batch that cannot fit is refused, not killed
         self._t0 = time.perf_counter()
         while self.step < self.total_steps and not self._agree_stop():
             self._run_epoch()
