@@ -29,11 +29,20 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split={cfg.split!r} is not one of test, val")
     which = ["final", "best"] if cfg.checkpoint == "both" else [cfg.checkpoint]
+    if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
+        raise ValueError(f"device={cfg.device!r} is not one of auto, cpu, cuda")
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={cfg.device} but this machine has no usable CUDA GPU (torch "
+                         f"{torch.__version__}); use device=cpu or device=auto")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if cfg.device == "auto" else cfg.device)
     written = []
     for name in which:
-        run = load_run(cfg.run, name, cfg.data_dir, device)
+        if cfg.checkpoint == "both" and name == "best" and not _has_best(Path(cfg.run)):
+            print(f"{cfg.run}: no complete best checkpoint (the run never saved one); evaluated final only",
+                  file=sys.stderr)
+            continue
+        run = load_run(cfg.run, name, cfg.data_dir, device, cfg.get("allow_unverified_checkpoints", False))
         bf16 = run.cfg.hardware.get("precision") == "bf16"  # evaluate as the run did
         samples = run.cfg.data.eval_samples if cfg.eval_samples is None else (cfg.eval_samples or None)
         batch = cfg.batch_size or run.cfg.trainer.batch_size
@@ -54,6 +63,18 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
     return written
 
 
+def _has_best(run: Path) -> bool:
+    from omegaconf import OmegaConf
+
+    from ups.training.checkpoint import run_checkpoint
+
+    try:
+        run_checkpoint(run, OmegaConf.load(run / "config.yaml").stages, "best")
+        return True
+    except Exception:  # noqa: BLE001 - evaluating best then reports what is wrong
+        return (run / "config.yaml").exists() is False
+
+
 @hydra.main(version_base="1.3", config_path="pkg://ups.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     """Evaluate; a missing run, checkpoint or data directory is one paragraph on stderr and exit 1."""
@@ -64,9 +85,12 @@ def main(cfg: DictConfig) -> None:
     try:
         for path in evaluate_run(cfg):
             print(path)
-    except (FileNotFoundError, DataFileError, ConfigError, CheckpointError, ValueError) as err:
+    except (FileNotFoundError, DataFileError, ConfigError, CheckpointError, ValueError, OSError) as err:
         print(f"Cannot evaluate {cfg.run}: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"interrupted: the evaluation of {cfg.run} stopped; files written so far are complete", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,30 @@ class TrajectoryFile:
         self.raw_space = raw_space
         self.n_steps = 2 if family.steady else len(range(0, raw_t, rr_t))
         self.channels = len(family.channels)
+        self._stat = self._identity()  # what the file was when checked; a read compares (check_unchanged)
+
+    def _identity(self) -> tuple[int, int, int]:
+        st = os.stat(self.path)
+        return st.st_size, st.st_mtime_ns, st.st_ino
+
+    def check_unchanged(self) -> None:
+        """Raise DataFileError if the file was truncated, rewritten or replaced since it was checked.
+
+        HDF5 reads past a truncated end return zeros rather than fail, so a run would go on training
+        on zeros; a stat per read (microseconds) catches it before the next batch is made of them."""
+        try:
+            now = self._identity()
+        except OSError as err:
+            raise DataFileError(f"{self.path} disappeared while the run was reading it ({err.strerror}); "
+                                "stopping rather than training on partial data") from None
+        if now != self._stat:
+            (size, mtime, ino), (nsize, nmtime, nino) = self._stat, now
+            what = (f"its size went from {size} to {nsize} bytes" if nsize != size else
+                    "it was replaced by another file" if nino != ino else "it was rewritten (modification time changed)")
+            raise DataFileError(f"{self.path} changed while the run was reading it: {what}. Stopping rather than "
+                                "training on data that changed under the run (a cut file reads as zeros). Put the "
+                                "file back and rerun to resume from the last checkpoint, or start a new run "
+                                "(another paths.output_dir) on the new data")
 
     # -- layout inspection -------------------------------------------------------------------
     def _inspect(self, f: h5py.File) -> tuple[int, int, tuple[int, ...]]:
@@ -230,6 +254,7 @@ class TrajectoryFile:
             raise IndexError(f"{self.path}: sample {i} out of range 0..{self.n_samples - 1}")
         if not 0 <= start < stop <= self.n_steps:
             raise IndexError(f"{self.path}: frames {start}:{stop} out of range 0..{self.n_steps}")
+        self.check_unchanged()
         try:
             if self.family.steady:  # two "frames" from two keys; a window needs both anyway
                 return self._assemble(self._fetch(i * self.rb, slice(None)))[start:stop]
@@ -261,6 +286,7 @@ class TrajectoryFile:
             block = [i for i in wanted[k:] if i < wanted[k] + span]
             k += len(block)
             rows = slice(block[0] * self.rb, block[-1] * self.rb + 1, self.rb)
+            self.check_unchanged()
             try:
                 parts = self._fetch(rows, tsel)
             except (OSError, KeyError, RuntimeError):  # one by one: the error names the sample; unwanted ones pass

@@ -116,6 +116,52 @@ def load_or_scan(f: TrajectoryFile, store_dirs: Sequence[Path]) -> list[list[int
     return bad
 
 
+_SAMPLE_BYTES = 1 << 20  # content fingerprints read this much at the start, middle and end of a file
+_fingerprints: dict[tuple[str, int, int, int], str] = {}
+
+
+def content_fingerprint(path: str | Path) -> str:
+    """``"<size> bytes, sha256 <16 hex>"`` of a file's size and 1 MiB at its start, middle and end.
+
+    Cheap at any file size (3 MiB read, cached per size and modification time), and it sees what a
+    modification time misses: another file copied over this one (``cp -p`` keeps the time) holds
+    other bytes in those blocks, while a touched or re-copied identical file keeps its fingerprint.
+    """
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _fingerprints:
+        h = hashlib.sha256(str(st.st_size).encode())
+        with open(path, "rb") as f:
+            for start in sorted({0, max(0, st.st_size // 2 - _SAMPLE_BYTES // 2), max(0, st.st_size - _SAMPLE_BYTES)}):
+                f.seek(start)
+                h.update(f.read(_SAMPLE_BYTES))
+        _fingerprints[key] = f"{st.st_size} bytes, sha256 {h.hexdigest()[:16]}"
+    return _fingerprints[key]
+
+
+def data_fingerprints(tasks: Sequence) -> dict[str, str]:
+    """``{"<task>/<file name>": content_fingerprint}`` of every file the tasks read (checkpoints record it)."""
+    return {f"{t.name}/{f.path.name}": content_fingerprint(f.path) for t in tasks for f in t.files}
+
+
+def warn_duplicates(task: str, files: Sequence[TrajectoryFile]) -> list[tuple[str, str]]:
+    """Warn about files of one task with the same content (``name (1).hdf5`` beside ``name.hdf5``, a
+    second download): both match the task's patterns, so every sample would count twice. Returns the pairs."""
+    seen: dict[str, Path] = {}
+    pairs = []
+    for f in files:
+        fp = content_fingerprint(f.path)
+        if fp in seen:
+            pairs.append((seen[fp].name, f.path.name))
+        else:
+            seen[fp] = f.path
+    for a, b in pairs:
+        log.warning("task %s: %s and %s hold the same content (a duplicate download?); both match the task's file "
+                    "patterns, so their samples count twice in every split. Remove or move one of them", task, a, b)
+    return pairs
+
+
 def nonfinite_samples(task: str, files: Sequence[TrajectoryFile], store_dirs: Sequence[Path],
                       policy: str) -> set[tuple[int, int]]:
     """Check every file of a task; return the (file index, sample) pairs to leave out.
@@ -127,6 +173,7 @@ def nonfinite_samples(task: str, files: Sequence[TrajectoryFile], store_dirs: Se
         raise ValueError(f"data.nonfinite={policy!r} is not one of {', '.join(NONFINITE_POLICIES)}")
     for f in files:
         probe_ends(f)
+    warn_duplicates(task, files)
     skipped: set[tuple[int, int]] = set()
     for k, f in enumerate(files):
         bad = load_or_scan(f, store_dirs)

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from ups.data.tasks import TaskData
 from ups.objectives import Objective, build_objective
 from ups.runner import build_model, build_tasks
-from ups.training.checkpoint import last_trained_stage, load_eval_weights, run_checkpoint
+from ups.config import ConfigError
+from ups.training.checkpoint import CheckpointError, last_trained_stage, load_eval_weights, run_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +32,25 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, which: str = "final", data_dir: str | None = None,
-             device: torch.device | None = None) -> LoadedRun:
+             device: torch.device | None = None, allow_unverified: bool = False) -> LoadedRun:
     """The run's model at ``checkpoints/<last stage>/<which>`` on its own data, in eval mode.
 
     The data is read from the run's ``paths.data_dir`` (or ``data_dir``) and never generated.
-    Raises FileNotFoundError naming what is missing (config, checkpoint, data).
+    Raises FileNotFoundError naming what is missing (config, checkpoint, data), ConfigError for an
+    unreadable config.yaml, CheckpointError for a checkpoint that does not fit the config's model.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise FileNotFoundError(f"no config.yaml in {run_dir}: not a UPS run directory")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    try:
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        cfg.stages, cfg.model, cfg.data, cfg.paths  # noqa: B018 - the keys evaluation reads
+    except Exception as err:  # noqa: BLE001 - YAML and OmegaConf raise many kinds
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{run_dir / 'config.yaml'} cannot be read as a UPS run config ({first}); restore it "
+                          "from the run's checkpoint with python -m ups.training.checkpoint, or from a backup") from None
     checkpoint = run_checkpoint(run_dir, cfg.stages, which)
-    weights, source = load_eval_weights(checkpoint)
+    weights, source = load_eval_weights(checkpoint, allow_unverified)
     cfg.data.generate = False  # never write synthetic files into a data dir just to evaluate
     cfg.paths.data_dir = str(data_dir or cfg.paths.data_dir)
     if not Path(cfg.paths.data_dir).is_dir():
@@ -51,7 +59,13 @@ def load_run(run_dir: str | Path, which: str = "final", data_dir: str | None = N
     tasks = build_tasks(cfg, run_dir)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg.model, tasks, cfg.stages).to(device).eval()
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:  # missing/unexpected keys or size mismatches: config.yaml is of another model
+        lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()]
+        raise CheckpointError(f"{checkpoint} does not fit the model that {run_dir / 'config.yaml'} describes "
+                              f"({cfg.model.get('_target_')}): {len(lines)} differences, e.g. {lines[0][:160] if lines else err}. "
+                              "The config and the checkpoint are from different runs; restore the run's config.yaml") from None
     stage = last_trained_stage(cfg.stages)
     objective = build_objective(cfg.stages[stage].objective, f"stages.{stage}")
     log.info("evaluating %s on %s", source, device)
