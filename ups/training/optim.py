@@ -35,11 +35,13 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
 
 
 def time_lr_factor(step: int, warmup: int, elapsed_s: float, budget_s: float, min_ratio: float) -> float:
-    """Multiplier at ``step`` after ``elapsed_s`` of a ``budget_s`` budget: linear warm-up over steps,
-    times a cosine over time that is ``min_ratio`` from the moment the budget is spent."""
-    warm = min(1.0, (step + 1) / max(1, warmup))
+    """Multiplier at ``step`` after ``elapsed_s`` of a ``budget_s`` budget: a linear warm-up over steps that
+    meets a cosine over time, which is ``min_ratio`` from the moment the budget is spent.
+
+    The lower of the two, so a budget too short to finish the warm-up still ends on the floor."""
+    warm = (step + 1) / max(1, warmup)
     progress = min(1.0, max(0.0, elapsed_s / budget_s))
-    return warm * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return min(warm, min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 class TimeCosineLR(torch.optim.lr_scheduler.LRScheduler):
