@@ -115,7 +115,8 @@ class FaultsConfig:
 @dataclass
 class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 (autocast; parameters stay fp32)
+    tf32: bool = True  # CUDA: fp32 matmuls and convolutions on TF32 tensor cores; false: full fp32
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead | max-autotune | ...
     activation_checkpointing: bool = False

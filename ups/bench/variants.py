@@ -25,7 +25,9 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
                  "activation checkpointing, every block"),
     "ac_every_2": (["hardware.activation_checkpointing=true", "hardware.checkpoint_every=2"],
                    "activation checkpointing, every 2nd block"),
-    "sdpa_flash": (["hardware.sdpa_backend=flash"], "attention: flash kernel only"),
+    # flash takes only bf16/fp16 inputs on CUDA: in bf16, so its reference is the bf16 variant
+    "sdpa_flash": (["hardware.sdpa_backend=flash", "hardware.precision=bf16"],
+                   "attention: flash kernel only, bf16 autocast (compare with bf16)"),
     "sdpa_efficient": (["hardware.sdpa_backend=efficient"], "attention: memory-efficient kernel only"),
     "sdpa_math": (["hardware.sdpa_backend=math"], "attention: the math (reference) implementation only"),
     "preload": (["data.preload_max_gb=2"], "training split read into memory once"),
