@@ -25,16 +25,21 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_step_split_adds_up_and_the_flop_formulas_match_the_counter(data_dir: Path, tmp_path: Path) -> None:
     cfg = compose_cfg(["hardware=cpu", "model=tiny", "task=pdebench2", f"paths.data_dir={data_dir}", "data.generate=true",
                        "trainer.batch_size=4"])
-    out = measure(cfg, torch.device("cpu"), warmup=1, steps=3, flops=lambda bench: bench.flops())
+    out = measure(cfg, torch.device("cpu"), warmup=1, steps=3, work=True)
     # the parts are timed back to back, so they make up the split pass's step (within the loop's own cost)
     assert abs(out["parts_sum_ms"] - out["split_step_ms"]) <= 0.1 * out["split_step_ms"], out
     assert min(out[k] for k in ("data_ms", "forward_ms", "backward_ms", "optimizer_ms")) >= 0
     assert out["batch_samples"] == 4 and out["samples_per_s"] > 0 and out["model_samples_per_s"] > 0
     assert out["tokens_per_s"] == out["samples_per_s"] * cfg.model.n_latents
-    f = out["flops"]
+    f = out["work"]
     # forward + backward = 3x the forward's matmuls; the counter sees what actually ran (no input
     # gradient for the first layers), so the formulas may exceed it a little, never by much
     assert 0.9 <= f["analytic"] / f["counted"] <= 1.3, f
+    # the work is the real pass's: its steps and samples, each task's share weighted by its batches
+    assert f["steps"] == 3 and f["samples"] == out["real_samples"] == 12
+    assert sum(t["steps"] for t in f["per_task"].values()) == 3
+    assert abs(sum(t["flops"] for t in f["per_task"].values()) - f["analytic"]) <= 1e-6 * f["analytic"]
+    assert f["flops_per_sample"] == f["analytic"] / 12 and f["ops_per_step"] > 0
     assert out["val_loss"] is not None and out["peak_memory_mb"] > 0
     assert set(out["startup"]) >= {"data_open_s", "model_build_s", "parallelize_s", "first_batch_s", "first_step_s"}
 

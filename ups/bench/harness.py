@@ -9,22 +9,28 @@ loss (:func:`ups.training.step_totals.batch_loss`) and the optimizer. In order, 
    forward, backward, optimizer), whose sum is checked against the split pass's own wall time;
 3. a validation loss on fixed validation windows (after the same number of steps for every variant);
 4. the loader alone (batches moved to the device, no model) and the model alone (the real pass's
-   batches put on the device first, then stepped on), to see whether the pipeline starves the model.
+   batches put on the device first, then stepped on), to see whether the pipeline starves the model;
+5. the work of the real pass (:meth:`Bench.work`): FLOPs and ops per step of each kind of batch it ran
+   (one task's batch costs what its shapes cost), weighted by how many of each it ran. Each variant
+   counts its own (a latent cache skips the encoder), so MFU divides each variant's own FLOPs.
 """
 from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
-from ups.bench.flops import analytic_step_flops, counted_step_flops
+from ups.bench.flops import analytic_step_flops
+from ups.bench.ops import OpCounter, eager
 from ups.data.datasets import MultiTaskDataset, WindowDataset
 from ups.data.sampler import MultiTaskDistributedSampler
 from ups.distributed.env import DistEnv
@@ -32,7 +38,7 @@ from ups.distributed.parallelize import parallelize
 from ups.models.spec import spec_of
 from ups.objectives import build_objective
 from ups.runner import build_model, build_tasks, seed_everything
-from ups.training.compute import compute_context
+from ups.training.compute import compile_counts, compile_report, compute_context
 from ups.training.optim import build_optimizer
 from ups.training.step_totals import batch_loss, to_device
 from ups.training.train_sets import TrainSets, fixed_batches, stage_loader
@@ -106,6 +112,7 @@ class Bench:
         windows = sets.windows(self.objective.horizon, f"stages.{stage_name}", self.objective.applies)
         self.objective.setup(self.model, fixed_batches(windows, device))
         self.train_set = sets.for_stage(stage_name, stage, self.objective, self.raw, spec.latent is not None)
+        self.uses_latent_cache = type(self.train_set).__name__ == "MultiTaskLatentDataset"
         self.startup["train_set_s"] = time.perf_counter() - t0  # a latent cache is built here
         t = cfg.trainer
         self.sampler = MultiTaskDistributedSampler(
@@ -140,10 +147,14 @@ class Bench:
         """The first batch and the first step (with compilation, when on), timed apart."""
         t0 = time.perf_counter()
         batch = next(self.batches)
+        before = compile_counts()
         t1 = time.perf_counter()
         self.step(batch)
         sync(self.device)
-        return {"first_batch_s": t1 - t0, "first_step_s": time.perf_counter() - t1}
+        out = {"first_batch_s": t1 - t0, "first_step_s": time.perf_counter() - t1}
+        if self.cfg.hardware.compile:
+            self.compiled = compile_report(before, compile_counts(), reused=before["frames_ok"] > 0)
+        return out
 
     def real(self, steps: int) -> tuple[float, int]:
         """Seconds and samples of ``steps`` loader-fed steps, synchronised only at the ends. Keeps the
@@ -213,22 +224,47 @@ class Bench:
                 losses.append(float(self.forward(ds.collate(items))[0]))
         return statistics.fmean(losses) if losses else float("nan")
 
-    def flops(self) -> dict[str, float]:
-        """The step's FLOPs from the layer formulas and from torch's counter, on one batch."""
-        batch = _to_device(next(self.batches), self.device)
-        analytic = analytic_step_flops(self.raw, lambda: batch_loss(self.objective, self.raw, batch, self.device))
+    def work(self) -> dict[str, Any]:
+        """FLOPs and ops of the real pass's steps: one step of each kind of batch it ran (same task,
+        same shapes: same cost), weighted by how many of that kind it ran. Compiled blocks run eagerly
+        here, so that the layer formulas' hooks and the counters see every operation. Counting steps
+        update the weights: call it after the timed passes."""
+        kinds: dict[tuple, list] = {}
+        for batch in self.replay:
+            key = tuple((b["task"], tuple((k, tuple(v.shape)) for k, v in sorted(b.items()) if torch.is_tensor(v)))
+                        for b in batch)
+            kinds.setdefault(key, [batch, 0])[1] += 1
+        flops = counted = 0.0
+        launches, views = Counter(), 0
+        per_task: dict[str, dict[str, float]] = {}
+        for batch, runs in kinds.values():
+            batch = _to_device(batch, self.device)
+            with eager():
+                analytic = analytic_step_flops(
+                    self.raw, lambda: batch_loss(self.objective, self.raw, batch, self.device))
+                with FlopCounterMode(display=False) as fc, OpCounter() as ops:
+                    self.step(batch)
+            sync(self.device)
+            flops, counted = flops + runs * analytic, counted + runs * fc.get_total_flops()
+            launches.update({k: runs * v for k, v in ops.launches.items()})
+            views += runs * sum(ops.views.values())
+            task = "+".join(b["task"] for b in batch)
+            row = per_task.setdefault(task, {"steps": 0, "samples": 0, "flops": 0.0, "ops": 0})
+            row["steps"] += runs
+            row["samples"] += runs * sum(len(b["y"]) for b in batch)
+            row["flops"] += runs * analytic
+            row["ops"] += runs * sum(ops.launches.values())
+        steps = len(self.replay)
+        samples = sum(len(b["y"]) for batch in self.replay for b in batch)
+        return {"steps": steps, "samples": samples, "analytic": flops, "counted": counted,
+                "flops_per_sample": flops / samples, "ops_per_step": sum(launches.values()) / steps,
+                "views_per_step": views / steps, "top_ops": [(k, v / steps) for k, v in launches.most_common(8)],
+                "per_task": per_task}
 
-        def step() -> None:
-            loss, _, _ = batch_loss(self.objective, self.raw, batch, self.device)
-            loss.backward()
-        counted = counted_step_flops(step)
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"analytic": analytic, "counted": counted, "samples": sum(len(b["y"]) for b in batch)}
 
-
-def measure(cfg: DictConfig, device: torch.device, warmup: int, steps: int,
-            flops: Callable[[Bench], dict] | None = None) -> dict[str, Any]:
-    """Every figure of one configuration (see the module's docstring)."""
+def measure(cfg: DictConfig, device: torch.device, warmup: int, steps: int, work: bool = False) -> dict[str, Any]:
+    """Every figure of one configuration (see the module's docstring); ``work``: also count the real
+    pass's FLOPs and ops (:meth:`Bench.work`)."""
     reset_peak_memory(device)
     with tempfile.TemporaryDirectory(prefix="ups-bench-") as work:
         bench = Bench(cfg, device, Path(work))
@@ -237,7 +273,9 @@ def measure(cfg: DictConfig, device: torch.device, warmup: int, steps: int,
         for _ in range(warmup):
             bench.step(next(bench.batches))
         seconds, samples = bench.real(steps)
-        out.update(samples_per_s=samples / seconds, step_ms=1000 * seconds / steps, batch_samples=samples / steps)
+        # the raw figures too: two rows with the same seconds to the nanosecond are one measurement
+        out.update(samples_per_s=samples / seconds, step_ms=1000 * seconds / steps, batch_samples=samples / steps,
+                   real_s=seconds, real_samples=samples, real_steps=steps)
         out.update(bench.split(steps))
         out["startup"]["compile_s"] = max(0.0, out["startup"]["first_step_s"] - out["step_ms"] / 1000) \
             if cfg.hardware.compile else 0.0
@@ -245,8 +283,11 @@ def measure(cfg: DictConfig, device: torch.device, warmup: int, steps: int,
         out["loader_samples_per_s"] = bench.loader_only(steps)
         out["model_samples_per_s"] = bench.model_only()
         out["peak_memory_mb"] = peak_memory_mb(device)
-        if flops is not None:
-            out["flops"] = flops(bench)
+        out["latent_cache_used"] = bench.uses_latent_cache
+        if cfg.hardware.compile:
+            out["compile"] = bench.compiled
+        if work:
+            out["work"] = bench.work()
         del bench  # the loader's workers exit before the folder goes
     out["parts_sum_ms"] = sum(out[k] for k in ("data_ms", "forward_ms", "backward_ms", "optimizer_ms"))
     out["tokens_per_s"] = out["samples_per_s"] * cfg.model.get("n_latents", 1)

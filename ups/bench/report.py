@@ -25,11 +25,13 @@ def variants_markdown(result: dict) -> str:
     lines = _header(info) + ["", "| variant | samples/s | × baseline | latent tokens/s | step ms | data ms | "
                                  "forward ms | backward ms | optimizer ms | loader-only samples/s | model-only "
                                  "samples/s | real / model-only | loader / model-only | peak MB | val loss | MFU "
-                                 "(measured matmul) | MFU (bf16 data sheet) |", "|" + "---|" * 17]
+                                 "(measured matmul) | MFU (bf16 data sheet) | GFLOP/sample | ops/step |",
+                             "|" + "---|" * 19]
     for r in result["rows"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['variant']} | failed: {r['error']} |" + " |" * 15)
+            lines.append(f"| {r['variant']} | failed: {r['error']} |" + " |" * 17)
             continue
+        w = r.get("work") or {}
         model = r["model_samples_per_s"]
         lines.append(
             f"| {r['variant']} | {_f(r['samples_per_s'])} | {_f(r.get('ratio'), '{:.2f}×')} | {_f(r['tokens_per_s'], '{:,.0f}')} | "
@@ -37,17 +39,39 @@ def variants_markdown(result: dict) -> str:
             f"{_f(r['optimizer_ms'])} | {_f(r['loader_samples_per_s'])} | {_f(model)} | "
             f"{_f(r['samples_per_s'] / model, '{:.2f}')} | {_f(r['loader_samples_per_s'] / model, '{:.2f}')} | "
             f"{_f(r['peak_memory_mb'], '{:,.0f}')} | {_f(r['val_loss'], '{:.4g}')} | "
-            f"{_f(r.get('mfu_measured'), '{:.1%}')} | {_f(r.get('mfu_datasheet_bf16'), '{:.1%}')} |")
+            f"{_f(r.get('mfu_measured'), '{:.1%}')} | {_f(r.get('mfu_datasheet_bf16'), '{:.1%}')} | "
+            f"{_f(w.get('flops_per_sample') and w['flops_per_sample'] / 1e9, '{:.3g}')} | "
+            f"{_f(w.get('ops_per_step'), '{:,.0f}')} |")
     if "baseline_drift" in result:
         lines += ["", f"× baseline is against the mean of the baseline's two runs, first and last; they differ by "
                       f"{result['baseline_drift']:+.1%}, which is how much the machine itself changed meanwhile: "
                       "ratios closer to 1 than that are noise."]
     lines += ["", "What each variant is (each is the baseline plus its switch):", ""]
     lines += [f"- `{r['variant']}`: {r['what']}" for r in result["rows"] if r["variant"] != "baseline (again)"]
+    for a, c in result.get("same_measurement", []):
+        lines += ["", f"**Warning: `{a}` and `{c}` report the same real-pass time to the nanosecond: one "
+                      "measurement reported twice, not two.**"]
+    notes = [f"`{r['variant']}`: {r['compile']['message']}" for r in result["rows"]
+             if r["status"] == "ok" and r.get("compile", {}).get("message")]
+    notes += [f"`{r['variant']}`: the latent cache was not used (the model has no cacheable encoder, or the "
+              "stage does not allow it), so it measured the frozen encoder" for r in result["rows"]
+              if r["status"] == "ok" and r["variant"] == "latent_cache" and not r.get("latent_cache_used")]
+    if notes:
+        lines += ["", "Checks: " + "; ".join(notes) + "."]
     if flops:
-        lines += ["", f"FLOPs per step of {flops['samples']} samples: {flops['analytic']:.4g} from the layer formulas, "
+        lines += ["", f"GFLOP/sample and MFU are each variant's own: the FLOPs of the steps its real pass ran "
+                      f"({flops['steps']} steps, {flops['samples']} samples), one step of each task's batch counted and "
+                      "weighted by how many such batches ran (tasks differ in cost; a latent cache skips the "
+                      "encoder). ops/step: aten ops that launch a kernel in one eager training step (forward, "
+                      "backward, optimizer; views apart), weighted the same way: device-independent, and the "
+                      "same for a compiled variant, which fuses them afterwards.",
+                  "", f"FLOPs of the first variant's real pass: {flops['analytic']:.4g} from the layer formulas, "
                       f"{flops['counted']:.4g} counted by `torch.utils.flop_counter` (ratio "
-                      f"{flops['analytic'] / flops['counted']:.3f}). Peaks: matmul measured here "
+                      f"{flops['analytic'] / flops['counted']:.3f}); per task: "
+                      + ", ".join(f"{t} {v['steps']} steps, {v['flops'] / v['samples'] / 1e9:.3g} GFLOP/sample, "
+                                  f"{v['ops'] / v['steps']:,.0f} ops/step" for t, v in flops["per_task"].items())
+                      + ". Most frequent ops per step: "
+                      + ", ".join(f"{k} {v:,.0f}" for k, v in flops["top_ops"]) + ". Peaks: matmul measured here "
                       f"{peaks['measured_fp32'] / 1e9:,.1f} GFLOP/s fp32"
                       + (f", {peaks['measured_bf16'] / 1e12:,.1f} TFLOP/s bf16" if peaks.get("measured_bf16") else "")
                       + (f"; data sheet {peaks['datasheet_bf16'] / 1e12:,.0f} TFLOP/s bf16 ({peaks['device_name']})"

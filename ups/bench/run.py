@@ -50,9 +50,20 @@ def _compose(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def _flops_per_sample(result: dict) -> float:
-    f = result["flops"]
-    return f["analytic"] / f["samples"]
+def same_measurements(rows: list[dict]) -> list[tuple[str, str]]:
+    """Pairs of rows whose real pass took exactly the same seconds for the same samples: two timed
+    passes of real work never agree to the nanosecond, so such a pair is one figure reported twice."""
+    seen: dict[tuple, str] = {}
+    pairs = []
+    for r in rows:
+        if r.get("status") != "ok" or "real_s" not in r:
+            continue
+        key = (r["real_s"], r["real_samples"])
+        if key in seen:
+            pairs.append((seen[key], r["variant"]))
+        else:
+            seen[key] = r["variant"]
+    return pairs
 
 
 def run_variants(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
@@ -61,7 +72,6 @@ def run_variants(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     check_names(b.variants)
     stage = next(iter(cfg.stages))
     out = {"info": environment(device, cfg), "peaks": peaks(device), "rows": []}
-    flops = None
     # The baseline again at the end: the drift between its two runs is how much the machine changed
     # meanwhile (other work, clocks), and the ratios are taken against their mean.
     names = list(b.variants) + (["baseline"] if "baseline" in b.variants and len(b.variants) > 1 else [])
@@ -71,34 +81,34 @@ def run_variants(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         row: dict[str, Any] = {"variant": "baseline (again)" if again else name, "what": VARIANTS[name][1]}
         try:
             vcfg = _compose(variant_overrides(name, stage))
-            want_flops = flops is None and not vcfg.hardware.compile
-            result = measure(vcfg, device, b.warmup_steps, b.steps,
-                             flops=(lambda bench: bench.flops()) if want_flops else None)
-            if want_flops:
-                flops = result["flops"]
+            # every variant counts its own work: a latent cache skips the encoder, and the batches
+            # of a pass are a mix of tasks whose steps cost differently
+            result = measure(vcfg, device, b.warmup_steps, b.steps, work=True)
             row.update(result, status="ok", precision=vcfg.hardware.precision)
         except (RuntimeError, ConfigError, ValueError, NotImplementedError) as err:
             print(f"[bench] {name} failed: {type(err).__name__}: {err}", flush=True)  # e.g. a kernel this device lacks
             row.update(status="failed", error=f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}")
         out["rows"].append(row)
-    out["flops"] = flops
-    rate = flops and flops["analytic"] / flops["samples"]
-    bases = [r["samples_per_s"] for r in out["rows"] if r["variant"].startswith("baseline") and r["status"] == "ok"]
+    ok = [r for r in out["rows"] if r["status"] == "ok"]
+    out["flops"] = ok[0]["work"] if ok else None  # the first variant's, for the formulas-vs-counter line
+    out["same_measurement"] = same_measurements(out["rows"])
+    for a, c in out["same_measurement"]:
+        print(f"[bench] WARNING: {a} and {c} report the same real-pass time to the nanosecond: one measurement "
+              "reported twice, not two", flush=True)
+    bases = [r["samples_per_s"] for r in ok if r["variant"].startswith("baseline")]
     base = sum(bases) / len(bases) if bases else None
     if len(bases) == 2:
         out["baseline_drift"] = bases[1] / bases[0] - 1
-    for row in out["rows"]:
-        if row["status"] != "ok":
-            continue
+    for row in ok:
         if base:
             row["ratio"] = row["samples_per_s"] / base
-        if rate:
-            achieved = rate * row["samples_per_s"]
-            row["model_flops_per_s"] = achieved
-            matmul = out["peaks"].get(f"measured_{row['precision']}", out["peaks"]["measured_fp32"])
-            row["mfu_measured"] = achieved / matmul
-            if out["peaks"]["datasheet_bf16"]:
-                row["mfu_datasheet_bf16"] = achieved / out["peaks"]["datasheet_bf16"]
+        # the FLOPs this variant's real pass did, over the seconds it took
+        achieved = row["work"]["analytic"] / row["real_s"]
+        row["model_flops_per_s"] = achieved
+        matmul = out["peaks"].get(f"measured_{row['precision']}", out["peaks"]["measured_fp32"])
+        row["mfu_measured"] = achieved / matmul
+        if out["peaks"]["datasheet_bf16"]:
+            row["mfu_datasheet_bf16"] = achieved / out["peaks"]["datasheet_bf16"]
     out["info"]["loadavg_after"] = load_average()
     return out
 
