@@ -200,6 +200,7 @@ def _run(cfg: DictConfig, env: DistEnv, device: torch.device, startup: Startup) 
         with stop_on_signals(under_launcher=env.under_agent, quiet=not env.is_main):
             last = trainer.run_stages(cfg.stages)
             val = {k: v for k, v in last.items() if k.startswith("nrmse/")}  # the last stage's final evaluation
+            signals.acknowledge_as("stopping the closing evaluation (training is complete and saved)")
             with trainer.eval_weights():
                 objective, net = trainer.objective, raw_model
                 predict = _stops_on_signal(lambda b: objective.predict(net, b), trainer)

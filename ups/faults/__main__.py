@@ -30,6 +30,7 @@ from ups.faults.harness import HUNG, Ctx, Row, changed, data_checksums
 from ups.faults.scenarios import SCENARIOS
 
 importlib.import_module("ups.faults.resume_scenarios")  # adds its scenarios to SCENARIOS
+importlib.import_module("ups.faults.reliability_scenarios")  # issue 19's
 
 
 def prepare(ctx: Ctx) -> None:
@@ -59,7 +60,11 @@ def markdown(rows: list[Row], header: str) -> str:
     cell = lambda v: "-" if v is None else str(v).replace("|", "\\|")  # noqa: E731
     lines = [header, "", "| # | scenario | expected | observed | exit | time to exit (s) | orphans after 30 s "
              "| data files modified | steps redone | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: int(r.issue.split(",")[0]) if r.issue[0].isdigit() else 99):
+    def order(r: Row) -> tuple:  # "4", "4, 8", "19.3": by the first number, then its item; "-" last
+        first = r.issue.split(",")[0].strip()
+        return tuple(int(x) for x in first.split(".")) if first.replace(".", "").isdigit() else (999,)
+
+    for r in sorted(rows, key=order):
         lines.append("| " + " | ".join(cell(v) for v in (r.issue, r.scenario, r.expected, r.observed, r.exit,
                                                             r.seconds, r.orphans, r.data_changed, r.work_lost,
                                                             "pass" if r.ok else "FAIL")) + " |")

@@ -290,17 +290,25 @@ class Checkpointer:
             with _quiet_single_process():
                 dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner(),
                          no_dist=local or not _distributed())
-        except CheckpointError:
-            raise
         except (Exception, CheckpointException) as err:  # torch's CheckpointException is a BaseException
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise CheckpointError(f"{path} cannot be loaded: {type(err).__name__}: {first}") from err
+            raise _load_error(path, err) from None
         return state
 
     @staticmethod
     def saved_keys(path: str | Path) -> set[str]:
         """Top-level keys stored in a checkpoint (e.g. which ranks saved RNG state)."""
         return {k.split(".")[0] for k in read_metadata(path).state_dict_metadata}
+
+
+def _load_error(path: Path, err: BaseException) -> CheckpointError:
+    """One paragraph for a failed load: DCP wraps every rank's error in a CheckpointException whose
+    text is their tracebacks; the first rank's own error says what happened."""
+    if isinstance(err, CheckpointException) and err.failures:
+        err = next(iter(err.failures.values()))[0]
+    if isinstance(err, CheckpointError):
+        return err
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return CheckpointError(f"{path} cannot be loaded: {type(err).__name__}: {first[:300]}")
 
 
 def _step_of(path: Path) -> int:
@@ -347,11 +355,8 @@ def _consolidate(path: Path) -> dict:
     try:
         with _quiet_single_process():
             _load_state_dict(state, storage_reader=SafeReader(str(path)), planner=SafeEmptyPlanner(), no_dist=True)
-    except CheckpointError:
-        raise
     except (Exception, CheckpointException) as err:  # torch's CheckpointException is a BaseException
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise CheckpointError(f"{path} cannot be loaded: {type(err).__name__}: {first}") from err
+        raise _load_error(path, err) from None
     if isinstance(state.get("trainer"), bytes):
         state["trainer"] = unpack(state["trainer"])
     return state

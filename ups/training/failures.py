@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -31,6 +32,10 @@ def writing(path: str | Path) -> Iterator[None]:
     ``except Exception`` sees it) whose text is every rank's traceback."""
     try:
         yield
+    except shutil.Error as err:  # copytree gathers (source, destination, reason) per failed file
+        reason = str(err.args[0][0][2]) if err.args and isinstance(err.args[0], list) and err.args[0] else str(err)
+        code = errno.ENOSPC if "No space left" in reason else None
+        raise OSError(code, f"{reason} while writing {path}{_hint(code)}") from None
     except OSError as err:
         if err.filename:
             raise

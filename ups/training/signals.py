@@ -20,6 +20,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 _received: int | None = None
 _second_interrupt_exits = True
 _quiet = False  # ranks other than 0 do not repeat rank 0's acknowledgement
+_STEP_ACK = "stopping after this step and saving a checkpoint"
+_ack = _STEP_ACK  # what the acknowledgement says the run will do (the closing evaluation says otherwise)
 
 
 class Interrupted(Exception):
@@ -47,8 +49,14 @@ def _handler(signum: int, frame: object) -> None:
     if _received is None:
         _received = signum
         if not _quiet:
-            print(f"received {signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-                  "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+            print(f"received {signal.Signals(signum).name}: {_ack} (Ctrl-C again to exit at once)", file=sys.stderr,
+                  flush=True)
+
+
+def acknowledge_as(text: str) -> None:
+    """Set what the acknowledgement of a signal says the run does next (until the handlers are restored)."""
+    global _ack
+    _ack = text
 
 
 @contextlib.contextmanager
@@ -58,11 +66,11 @@ def stop_on_signals(under_launcher: bool = False, quiet: bool = False) -> Iterat
     ``under_launcher``: this process is a rank started by a launcher, which owns the second Ctrl-C.
     ``quiet``: do not print the acknowledgement (a rank other than 0).
     """
-    global _received, _second_interrupt_exits, _quiet
+    global _received, _second_interrupt_exits, _quiet, _ack
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _received, _second_interrupt_exits, _quiet = None, not under_launcher, quiet
+    _received, _second_interrupt_exits, _quiet, _ack = None, not under_launcher, quiet, _STEP_ACK
     previous = {s: signal.signal(s, _handler) for s in STOP_SIGNALS}
     try:
         yield
