@@ -66,8 +66,9 @@ def same_measurements(rows: list[dict]) -> list[tuple[str, str]]:
     return pairs
 
 
-def run_variants(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
-    """Measure each of ``bench.variants``; a variant that fails is a row with its error, not the end."""
+def run_variants(cfg: DictConfig, device: torch.device, partial: Path | None = None) -> dict[str, Any]:
+    """Measure each of ``bench.variants``; a variant that fails is a row with its error, not the end.
+    ``partial``: a JSON file rewritten after each variant."""
     b = cfg.bench
     check_names(b.variants)
     stage = next(iter(cfg.stages))
@@ -89,6 +90,8 @@ def run_variants(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
             print(f"[bench] {name} failed: {type(err).__name__}: {err}", flush=True)  # e.g. a kernel this device lacks
             row.update(status="failed", error=f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}")
         out["rows"].append(row)
+        if partial is not None:  # what a run cut short by its time limit still leaves behind
+            partial.write_text(json.dumps(out, indent=1, default=str))
     ok = [r for r in out["rows"] if r["status"] == "ok"]
     out["flops"] = ok[0]["work"] if ok else None  # the first variant's, for the formulas-vs-counter line
     out["same_measurement"] = same_measurements(out["rows"])
@@ -163,10 +166,10 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     if cfg.hardware.threads:
         torch.set_num_threads(cfg.hardware.threads)
     t0 = time.perf_counter()
-    result = run_axis(cfg, device) if cfg.bench.axis else run_variants(cfg, device)
-    result["info"].update(config_s=started, bench_s=round(time.perf_counter() - t0, 1))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    result = run_axis(cfg, device) if cfg.bench.axis else run_variants(cfg, device, run_dir / "bench_partial.json")
+    result["info"].update(config_s=started, bench_s=round(time.perf_counter() - t0, 1))
     name = f"bench_{cfg.bench.axis}" if cfg.bench.axis else "bench"
     (run_dir / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
     text = report.axis_markdown(result, cfg.bench.plot_dir) if cfg.bench.axis else report.variants_markdown(result)
