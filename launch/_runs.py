@@ -23,6 +23,11 @@ class Job:
     name: str
     run_dir: Path
     cmd: list[str] = field(default_factory=list)
+    done: Path | None = None  # the file that says the job is finished; None: the run's final evaluation
+
+    def finished(self) -> bool:
+        """Whether the job's output exists already (then it is reused, not rerun)."""
+        return (self.done or self.run_dir / "eval" / "final_test.json").exists()
 
 
 def train_cmd(task: str, run_dir: Path, data_dir: Path, hardware: str, threads: int,
@@ -30,11 +35,6 @@ def train_cmd(task: str, run_dir: Path, data_dir: Path, hardware: str, threads: 
     """``python -m ups.train`` for one run into ``run_dir`` on the shared data directory (same files, same splits)."""
     return [sys.executable, "-m", "ups.train", f"task={task}", f"hardware={hardware}", f"hardware.threads={threads}",
             f"paths.output_dir={run_dir}", f"paths.data_dir={data_dir}", "data.generate=true", *overrides]
-
-
-def finished(run_dir: Path) -> bool:
-    """Whether a run wrote its final test evaluation (its training is complete)."""
-    return (run_dir / "eval" / "final_test.json").exists()
 
 
 def run_jobs(jobs: list[Job], parallel: int = 1, threads: int = 1, force: bool = False) -> None:
@@ -47,7 +47,7 @@ def run_jobs(jobs: list[Job], parallel: int = 1, threads: int = 1, force: bool =
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # each run's torch threads, before torch starts
     todo = []
     for job in jobs:
-        if finished(job.run_dir) and not force:
+        if job.finished() and not force:
             print(f"{job.name}: reusing {job.run_dir}", flush=True)
         else:
             todo.append(job)

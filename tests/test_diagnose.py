@@ -64,3 +64,25 @@ def test_cli_without_a_run_is_one_paragraph(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "ups.diagnose", f"run={tmp_path / 'none'}"], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 1 and "Cannot diagnose" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_launch_diagnose_end_to_end(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "diag"
+    cmd = [sys.executable, str(ROOT / "launch" / "diagnose.py"), "--task", "pdebench2", "--budget-s", "4",
+           "--out", str(out), "--data-dir", str(data_dir), "--hardware", "cpu", "--eval-samples", "2",
+           "--invert-steps", "5", "--", "data.eval_samples=2", "task.datasets.advection1d.synth.n_samples=16",
+           "task.datasets.darcy2d.synth.n_samples=16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (out / "diagnosis.md").read_text()
+    assert (out / "val_nrmse_vs_step.png").stat().st_size > 0
+    steps = {}
+    for task in ("advection1d", "darcy2d"):
+        row = [c.strip() for c in next(line for line in md.splitlines() if line.startswith(f"| {task} |")).split("|")]
+        steps[task] = int(row[2])
+        config = (out / "single" / task / "config.yaml").read_text()
+        assert f"max_steps: {steps[task]}" in config  # trained alone for the steps it got in the multi-task run
+        assert float(row[3]) > 0 and float(row[4]) > 0 and float(row[6]) > 0  # multi, single, reference rollouts
+    multi = [json.loads(line) for line in (out / "multitask" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(steps.values()) == max(r["step"] for r in multi if r.get("kind") == "train")  # one task per step
