@@ -116,3 +116,15 @@ def test_the_report_shows_each_variants_work_and_warns_of_a_duplicate() -> None:
     assert "| 1 | 900 |" in text  # GFLOP/sample and ops/step columns
     assert "`compile` and `all` report the same real-pass time" in text
     assert "failed on 2 of 4 frames" in text and "darcy2d 1 steps, 1.5 GFLOP/sample, 1,000 ops/step" in text
+
+
+def test_the_profile_summary_tables_kernels_and_a_failed_variant() -> None:
+    from ups.bench.profile import markdown
+
+    info = {"date": "2026-12-04", "device": "cuda:0", "gpu": "H200", "torch": "t", "command": "python -m ups.bench.profile"}
+    rows = {"baseline": {"steps": 5, "wall_ms_per_step": 43.0, "ops_per_step": 1656.0, "kernels_per_step": 2100.0,
+                         "mean_kernel_us": 12.5, "gpu_busy_share": 0.61, "syncs_per_step": 1.0, "top_ops_table": "T"},
+            "all": {"error": "RuntimeError: x"}}
+    text = markdown(info, rows)
+    assert "| baseline | 43.0 | 1,656 | 2,100 | 12.5 | 61% | 1.0 |" in text
+    assert "| all | failed: RuntimeError: x |" in text and "H200" in text

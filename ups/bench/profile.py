@@ -6,7 +6,8 @@ and ``bench.steps`` loader-fed steps run under ``torch.profiler``. Printed and w
 ``profile.json`` / ``profile.md`` in the run directory:
 
 - ops per step: aten ops that launch a kernel in one eager step (device-independent, ``ups.bench.ops``);
-- on CUDA, kernels per step (what the GPU ran: after compilation and fusion), the GPU's busy share of
+- on CUDA, kernels per step (what the GPU ran: after compilation and fusion; copies and memsets
+  counted apart), the GPU's busy share of
   the wall time (the rest is launch overhead, host work and waiting), host-device syncs per step;
 - the top operations by self time (device time on CUDA, CPU time otherwise).
 """
@@ -62,9 +63,11 @@ def profile_variant(cfg: DictConfig, device: torch.device, warmup: int, steps: i
     wall_us = max(e.time_range.end for e in events) - min(e.time_range.start for e in events)
     out["wall_ms_per_step"] = wall_us / 1000 / steps
     if cuda:
-        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-        busy_us = sum(e.time_range.end - e.time_range.start for e in kernels)
-        out.update(kernels_per_step=len(kernels) / steps, gpu_busy_share=busy_us / wall_us,
+        on_gpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        kernels = [e for e in on_gpu if not e.name.startswith(("Memcpy", "Memset"))]  # copies apart
+        busy_us = sum(e.time_range.end - e.time_range.start for e in on_gpu)
+        out.update(kernels_per_step=len(kernels) / steps, copies_per_step=(len(on_gpu) - len(kernels)) / steps,
+                   gpu_busy_share=busy_us / wall_us,
                    syncs_per_step=sum(1 for e in events if e.name in _SYNCS) / steps,
                    mean_kernel_us=busy_us / max(1, len(kernels)))
         by_name: Counter[str] = Counter()
@@ -86,7 +89,9 @@ def markdown(info: dict, rows: dict[str, dict]) -> str:
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error']} | | | | | |")
             continue
-        f = lambda k, fmt: fmt.format(r[k]) if k in r else "–"  # noqa: E731
+        def f(k: str, fmt: str) -> str:
+            return fmt.format(r[k]) if k in r else "–"
+
         lines.append(f"| {name} | {r['wall_ms_per_step']:.1f} | {r['ops_per_step']:,.0f} | "
                      f"{f('kernels_per_step', '{:,.0f}')} | {f('mean_kernel_us', '{:.1f}')} | "
                      f"{f('gpu_busy_share', '{:.0%}')} | {f('syncs_per_step', '{:.1f}')} |")
