@@ -142,9 +142,19 @@ def run(cfg: DictConfig, env: DistEnv | None = None) -> dict[str, Any]:
     validate(cfg)
     check_stages(cfg.stages, cfg.parallelism.strategy)
     env = env or DistEnv.from_env()
-    device = resolve_device(cfg.hardware.device, env)
-    with process_group(env, device, cfg.parallelism.backend, cfg.parallelism.timeout_s):
-        return _run(cfg, env, device, startup)
+    try:
+        device = resolve_device(cfg.hardware.device, env)
+    except RuntimeError as err:  # hardware=gpu on a machine without CUDA: the user's to change
+        raise ConfigError(str(err)) from None
+    try:
+        with process_group(env, device, cfg.parallelism.backend, cfg.parallelism.timeout_s):
+            return _run(cfg, env, device, startup)
+    except KeyboardInterrupt:  # Ctrl-C outside training's handlers (start-up: data, model; the final writes)
+        import signal
+
+        raise signals.Interrupted(signal.SIGINT, "stopped by SIGINT outside training (during start-up or the final "
+                                                 "writes); checkpoints are complete or absent, never torn. Run the "
+                                                 "same command again to continue") from None
 
 
 def _run(cfg: DictConfig, env: DistEnv, device: torch.device, startup: Startup) -> dict[str, Any]:

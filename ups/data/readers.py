@@ -91,7 +91,11 @@ class TrajectoryFile:
         """Raise DataFileError if the file was truncated, rewritten or replaced since it was checked.
 
         HDF5 reads past a truncated end return zeros rather than fail, so a run would go on training
-        on zeros; a stat per read (microseconds) catches it before the next batch is made of them."""
+        on zeros; a stat per read (microseconds) catches it before the next batch is made of them.
+        After :meth:`close` the file as it is then becomes the reference (a caller that closed it knows)."""
+        if self._stat is None:
+            self._stat = self._identity()
+            return
         try:
             now = self._identity()
         except OSError as err:
@@ -355,6 +359,7 @@ class TrajectoryFile:
         if self._handle is not None and self._pid == os.getpid():
             self._handle.close()
         self._handle, self._datasets = None, {}
+        self._stat = None  # the next read takes the file as it is then as the reference
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
