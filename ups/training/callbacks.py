@@ -195,7 +195,8 @@ class ModelCheckpoint(Callback):
         except (OSError, ValueError, KeyError, TypeError):
             return True
 
-    def on_eval_end(self, trainer: "Trainer", metrics: dict) -> None:
+    def _repair(self, trainer: "Trainer") -> None:
+        """Copy the recorded best step to ``best/`` again if a failed copy left it out (all ranks call this)."""
         from ups.distributed.collectives import any_rank
 
         if any_rank(self._best_missing(trainer), device=trainer.device):  # rank 0's file system decides
@@ -208,6 +209,12 @@ class ModelCheckpoint(Callback):
                 log.warning("best/ lacks the best checkpoint (step %d) and that step folder is gone; the next "
                             "evaluation becomes the best", self.best_step)
                 self.best, self.best_step = float("inf"), -1
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        self._repair(trainer)  # a resumed stage may end without another evaluation
+
+    def on_eval_end(self, trainer: "Trainer", metrics: dict) -> None:
+        self._repair(trainer)
         improved = metrics[self.metric] < self.best
         previous = (self.best, self.best_step)
         name = f"step_{trainer.global_step:08d}"
