@@ -9,7 +9,7 @@ reports exit status, time to exit, processes alive 30 s after exit, data files m
 every file in the data directory before and after; UPS's own ``.ups_stats`` cache excluded) and
 optimizer steps done twice after a resume. A row passes only with no hang, no orphan and no data
 file modified, on top of its own expectation. ``--pythonpath`` runs another checkout's code (the
-table before a fix). The whole table takes about 10 minutes on 2 cores.
+table before a fix). The whole table (45 rows) takes about 15 minutes on 2 cores.
 """
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ def _die_on_4th(fn):
         if 'checkpoints' in str(dst):
             _n[0] += 1
             if _n[0] == 4:  # mid-save: after two step checkpoints and the first 'best'
-                os.exit_of(137)
+                os._exit(137)
         return fn(src, dst, *a, **k)
     return wrapped
 os.rename, os.replace = _die_on_4th(_rename), _die_on_4th(_replace)

@@ -308,6 +308,9 @@ def _load_error(path: Path, err: BaseException) -> CheckpointError:
     if isinstance(err, CheckpointError):
         return err
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    wrapped = "global metadata read failed: "  # torch 2.13 re-raises a .metadata error as an AssertionError
+    if wrapped in first:
+        return CheckpointError(first.split(wrapped, 1)[1])
     return CheckpointError(f"{path} cannot be loaded: {type(err).__name__}: {first[:300]}")
 
 

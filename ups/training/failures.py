@@ -35,6 +35,7 @@ def writing(path: str | Path) -> Iterator[None]:
     except shutil.Error as err:  # copytree gathers (source, destination, reason) per failed file
         reason = str(err.args[0][0][2]) if err.args and isinstance(err.args[0], list) and err.args[0] else str(err)
         code = errno.ENOSPC if "No space left" in reason else None
+        reason = reason.split("] ", 1)[1] if reason.startswith("[Errno") else reason  # OSError adds it again
         raise OSError(code, f"{reason} while writing {path}{_hint(code)}") from None
     except OSError as err:
         if err.filename:
