@@ -89,7 +89,7 @@ def latent_key(model: nn.Module, task: TaskData, split: str, extra: dict | None 
         "version": CACHE_VERSION, "task": task.name, "split": split, "ids": ids,
         "data": stats_key(task.files, task.splits[split]), "family": task.family.name,
         "initial_step": task.initial_step, "n_steps": task.n_steps, "dt": task.dt, "stats": asdict(task.stats),
-        "latent_shape": list(latent.shape(m)),
+        "latent_shape": list(latent.shape(m, task.name)),
         "io": asdict(io) if io is not None else None,
         "fourier": [getattr(fourier, "n_freqs", None), getattr(fourier, "max_freq", None)],
         "dtype": _DTYPES[dtype][0], "extra": extra or {},
@@ -119,7 +119,7 @@ def infer_split(dataset: WindowDataset) -> str:
 def cache_nbytes(dataset: WindowDataset, model: nn.Module, dtype: torch.dtype = torch.float32) -> int:
     """Bytes a cache of ``dataset`` takes: latents (the bulk for wide models) plus frames and cond."""
     (m, latent), task = _latent(model), dataset.task
-    z = len(dataset) * int(np.prod(latent.shape(m))) * torch.empty((), dtype=dtype).element_size()
+    z = len(dataset) * int(np.prod(latent.shape(m, task.name))) * torch.empty((), dtype=dtype).element_size()
     return z + len(dataset.source) * (task.n_steps * task.coords.shape[0] * task.channels + len(task.cond(0))) * 4
 
 
@@ -188,7 +188,7 @@ def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Pat
         n_traj, per_traj, k = len(dataset.source), dataset.per_traj, task.initial_step
         n, n_pts, c = len(dataset), task.coords.shape[0], task.channels
         zname, znp = _DTYPES[dtype]
-        z_mm = np.lib.format.open_memmap(tmp / "z.npy", mode="w+", dtype=znp, shape=(n, *latent.shape(m)))
+        z_mm = np.lib.format.open_memmap(tmp / "z.npy", mode="w+", dtype=znp, shape=(n, *latent.shape(m, task.name)))
         f_mm = np.lib.format.open_memmap(tmp / "frames.npy", mode="w+", dtype=np.float32,
                                          shape=(n_traj, task.n_steps, n_pts, c))
         conds = np.stack([task.cond(file_idx) for file_idx, _ in dataset.source.ids]).astype(np.float32)
@@ -228,7 +228,7 @@ def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Pat
         meta = {"version": CACHE_VERSION, "key": key, "task": task.name, "split": split,
                 "created": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname(),
                 "n_windows": n, "n_traj": n_traj, "per_traj": per_traj, "initial_step": k,
-                "z_shape": [n, *latent.shape(m)], "z_dtype": zname, "frames_shape": [n_traj, task.n_steps, n_pts, c],
+                "z_shape": [n, *latent.shape(m, task.name)], "z_dtype": zname, "frames_shape": [n_traj, task.n_steps, n_pts, c],
                 "cond_shape": list(conds.shape), "build_seconds": round(time.perf_counter() - t0, 3),
                 "file_sizes": {f: (tmp / f).stat().st_size for f in files}, "torch": torch.__version__}
         with open(tmp / MARKER, "w") as fh:  # the marker goes last: without it the folder is not a cache

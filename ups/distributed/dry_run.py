@@ -14,6 +14,7 @@ import torch.distributed as dist
 from ups.data.registry import COND_DIM, get_family
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import parallelize
+from ups.models.lattice import token_shape
 from ups.models.spec import TaskIO, build, spec_of
 
 GB = 2**30
@@ -35,24 +36,24 @@ def task_io(cfg: Any) -> tuple[dict[str, TaskIO], int]:
     return io, points
 
 
-def activation_bytes(cfg: Any, points: int) -> float | None:
+def activation_bytes(cfg: Any, io: dict[str, TaskIO], points: int) -> float | None:
     """Rough activation memory of one micro-batch: s*b*h*(34 + 5*a*s/h) bytes per transformer layer
-    in 16-bit (Korthikanti et al. 2022), doubled for fp32; only layer inputs when checkpointing.
-    None for a model without the latent surrogate's sizes (no formula for it here)."""
+    in 16-bit (Korthikanti et al. 2022) over the largest task's s tokens, doubled for fp32; only
+    layer inputs when checkpointing. None for a model without the latent surrogate's sizes."""
     m, b = cfg.model, cfg.trainer.batch_size
-    if not all(k in m for k in ("hidden", "heads", "depth", "n_latents", "encoder_layers", "decoder_layers")):
+    if not all(k in m for k in ("hidden", "heads", "depth", "patch", "lattice", "encoder_layers", "decoder_layers")):
         return None
     width = 2 if cfg.hardware.precision == "bf16" else 4
+    s = max(math.prod(token_shape(t.dim, t.grid, m.patch, m.lattice)) for t in io.values())
 
-    def layer(s: int) -> float:
-        return s * b * m.hidden * (34 + 5 * m.heads * s / m.hidden) * width / 2
+    def layer(n: int) -> float:
+        return n * b * m.hidden * (34 + 5 * m.heads * n / m.hidden) * width / 2
 
-    operator = m.depth * (2 * m.n_latents * b * m.hidden * width if cfg.hardware.activation_checkpointing
-                          else layer(m.n_latents))
-    # Cross-attention onto P points: the point features dominate; count them like a layer over P
-    # without the s^2 attention term (queries are the few latents).
-    points_term = (m.encoder_layers + m.decoder_layers) * points * b * m.hidden * 34 * width / 2
-    return operator + points_term
+    blocks = m.depth + m.encoder_layers + m.decoder_layers
+    tokens = blocks * (2 * s * b * m.hidden * width if cfg.hardware.activation_checkpointing else layer(s))
+    # Every point is embedded (a two-layer MLP) and decoded (its cell's coefficients times a basis):
+    # a few hidden-wide vectors per point, which dominate on fine grids.
+    return tokens + 4 * points * b * m.hidden * width
 
 
 def dry_run(cfg: Any) -> dict:
@@ -79,7 +80,7 @@ def dry_run(cfg: Any) -> dict:
     width = 2 if cfg.hardware.precision == "bf16" else 4
     mem = {"params": local * 4, "grads": local * 4, "adamw_state": local * 8,
            "gathered_block": 2 * gathered * width}
-    activations = activation_bytes(cfg, points)
+    activations = activation_bytes(cfg, io, points)
     if activations is not None:
         mem["activations"] = activations
     report = {"layout": p.name, "strategy": p.strategy, "nodes": p.nodes, "ranks_per_node": p.ranks_per_node,

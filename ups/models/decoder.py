@@ -1,29 +1,45 @@
-"""The query decoder: field values at arbitrary coordinates from the latent tokens."""
+"""The local-field decoder: field values at arbitrary coordinates from the token of their cell."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
-from ups.models.layers import CrossAttentionBlock
+from ups.models import lattice
+from ups.models.layers import SelfAttentionBlock
 
 
-class QueryDecoder(nn.Module):
-    """Query embeddings cross-attend to the latent tokens (attention + MLP per layer).
+class LocalFieldDecoder(nn.Module):
+    """Each token becomes the coefficients of a small field over its own cell.
 
-    Queries never attend to each other, so each output depends only on its own coordinate
-    and z: any set of points (finer grid, random points, a subset) can be decoded.
+    A query reads the token of the cell it falls in: ``value(q) = sum_k coef[c, k] * basis_k(offset)``,
+    where ``offset`` is the query's place inside the cell and ``basis`` a learned function of it.
+    (Blending the 2^d surrounding cells with tent weights, for a field continuous across cell
+    faces, was tried and did no better: docs/results.md.)
+    Queries never interact, so any point set (finer grid, random points, a subset) can be decoded,
+    and with as many basis functions as grid points per cell a token can reproduce its patch exactly.
+    The shared part (optional self-attention) is here; the per-task coefficient heads and
+    bases live in the surrogate's ModuleDicts.
     """
 
-    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, layers: int = 1):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, layers: int = 0):
         super().__init__()
-        if layers < 1:
-            raise ValueError(f"decoder_layers must be >= 1, got {layers}")
-        self.blocks = nn.ModuleList(CrossAttentionBlock(hidden, heads, mlp_ratio, dropout) for _ in range(layers))
-        self.norm_out = nn.LayerNorm(hidden)
+        if layers < 0:
+            raise ValueError(f"decoder_layers must be >= 0, got {layers}")
+        self.blocks = nn.ModuleList(SelfAttentionBlock(hidden, heads, mlp_ratio, dropout) for _ in range(layers))
+        # No LayerNorm before the heads: the coefficients must scale with the token (see the encoder).
 
-    def forward(self, queries: Tensor, z: Tensor) -> Tensor:
-        """queries [B or 1, Q, hidden], z [B, L, hidden] -> [B, Q, hidden]."""
-        x = queries
+    def forward(self, z: Tensor, coef_head: nn.Module, basis: nn.Module, features: Callable[[Tensor], Tensor],
+                cells: tuple[Tensor, Tensor], channels: int) -> Tensor:
+        """z [B, L, hidden] -> [B, Q, channels] at queries in ``cells`` = (cell index [b, Q], offset in the
+        cell [b, Q, d]) (:func:`ups.models.lattice.locate`); ``basis(features(offset))`` gives the K cell
+        functions at an offset."""
         for block in self.blocks:
-            x = block(x, z)
-        return self.norm_out(x)
+            z = block(z)
+        coef = coef_head(z)  # [B, L, channels * (K + 1)]: per-cell basis weights and a bias
+        index, offset = cells
+        phi = basis(features(offset))  # [b, Q, K]
+        k = phi.shape[-1]
+        per_query = lattice.gather(coef, index).unflatten(-1, (channels, k + 1))
+        return (per_query[..., :k] * phi.unsqueeze(-2).to(per_query.dtype)).sum(-1) + per_query[..., k]

@@ -1,17 +1,16 @@
-"""Point embeddings and the perceiver-style encoder: a point cloud to a fixed set of latent tokens."""
+"""Point embeddings and the lattice encoder: fields on any point set to one latent token per cell."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from ups.models.layers import CrossAttentionBlock, SelfAttentionBlock
+from ups.models.layers import SelfAttentionBlock
 
 
 class PointEmbedding(nn.Module):
     """Task-specific lift of [field values, coordinate features] at each point to `hidden`.
 
-    With `in_channels=0` it embeds coordinates only (decoder queries).
+    With `in_channels=0` it embeds coordinates only (token positions).
     """
 
     def __init__(self, in_channels: int, coord_features: int, hidden: int):
@@ -33,44 +32,27 @@ class PointEmbedding(nn.Module):
         return self.out(self.act(h))
 
 
-class PerceiverEncoder(nn.Module):
-    """L learned queries cross-attend to point features, then optional latent self-attention.
+class LatticeEncoder(nn.Module):
+    """The shared part of encoding: add each cell's position to its pooled token, then optional
+    self-attention over the tokens.
 
-    The cost is linear in the number of points, and the result does not depend on point order
-    or on the grid the points came from.
+    A token summarises its own neighbourhood (as a patch embedding does on a grid), so the
+    operator sees the field's spatial structure instead of a few global summaries; the result
+    depends neither on point order nor on the grid the points came from.
     """
 
-    def __init__(
-        self,
-        hidden: int,
-        heads: int,
-        n_latents: int,
-        mlp_ratio: float = 4.0,
-        dropout: float = 0.0,
-        layers: int = 1,
-    ):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, layers: int = 0):
         super().__init__()
-        if n_latents < 1:
-            raise ValueError(f"n_latents must be >= 1, got {n_latents}")
         if layers < 0:
             raise ValueError(f"encoder_layers must be >= 0, got {layers}")
-        self.latents = nn.Parameter(torch.empty(n_latents, hidden))
-        self.cross = CrossAttentionBlock(hidden, heads, mlp_ratio, dropout)
         self.blocks = nn.ModuleList(SelfAttentionBlock(hidden, heads, mlp_ratio, dropout) for _ in range(layers))
-        # Normalised latents give the operator the same input scale for every task.
-        self.norm_out = nn.LayerNorm(hidden)
-        self.reset_latents()
+        # No LayerNorm on the way out: it would divide each token by its own spread, so the operator
+        # could no longer tell a patch from a scaled copy, while the change of a field over a step
+        # scales with the field (advection rollout 0.25 with it, 0.10 without: docs/results.md).
 
-    def reset_latents(self) -> None:
-        """Re-draw the learned latent queries."""
-        # Unit scale (not the usual 0.02): the latents also enter the residual stream, and
-        # distinct tokens there stop the decoder seeing L near-copies of one pooled vector,
-        # which measurably shortens the initial plateau of training.
-        nn.init.normal_(self.latents, std=1.0)
-
-    def forward(self, points: Tensor) -> Tensor:
-        """points [B, P, hidden] -> z [B, L, hidden]."""
-        z = self.cross(self.latents.unsqueeze(0), points)
+    def forward(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """tokens [B, L, hidden] (each cell's pooled points), positions [1, L, hidden] -> z [B, L, hidden]."""
+        z = tokens + positions
         for block in self.blocks:
             z = block(z)
-        return self.norm_out(z)
+        return z

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ups.models.layers import MLP, Attention, ZeroLinear
+from ups.models.spectral import SpectralMix
 
 
 class AdaLNBlock(nn.Module):
@@ -16,20 +17,28 @@ class AdaLNBlock(nn.Module):
     identity at init: a deep operator starts as z_next = z and learns the increment.
     """
 
-    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 spectral_modes: tuple[int, int, int] | None = None, spectral_channels: str = "full",
+                 dims: tuple[int, ...] = (1, 2, 3)):
         super().__init__()
         self.norm_attn = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden, heads, dropout)
+        # Token mixing: attention (content-based, any range) plus, optionally, a spectral filter over
+        # the lattice (position-based, global, periodic), summed under one gate.
+        self.spectral = SpectralMix(hidden, spectral_modes, spectral_channels, dims) if spectral_modes else None
         self.norm_mlp = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.mlp = MLP(hidden, mlp_ratio, dropout)
         self.modulation = ZeroLinear(hidden, 6 * hidden)
 
-    def forward(self, z: Tensor, c: Tensor) -> Tensor:
-        """z [B, L, hidden], c [B or 1, hidden] -> [B, L, hidden]."""
+    def forward(self, z: Tensor, c: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
+        """z [B, L, hidden] (on a lattice of ``shape``), c [B or 1, hidden] -> [B, L, hidden]."""
         mods = self.modulation(F.silu(c)).unsqueeze(1).chunk(6, dim=-1)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
         h = self.norm_attn(z) * (1 + scale_a) + shift_a
-        z = z + gate_a * self.attn(h, h)
+        mixed = self.attn(h, h)
+        if self.spectral is not None and shape is not None:
+            mixed = mixed + self.spectral(h, shape)
+        z = z + gate_a * mixed
         h = self.norm_mlp(z) * (1 + scale_m) + shift_m
         return z + gate_m * self.mlp(h)
 
@@ -51,6 +60,9 @@ class LatentOperator(nn.Module):
         task_keys: list[str],
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
+        spectral_modes: tuple[int, int, int] | None = None,
+        spectral_channels: str = "full",
+        dims: tuple[int, ...] = (1, 2, 3),
     ):
         super().__init__()
         if depth < 1:
@@ -60,7 +72,9 @@ class LatentOperator(nn.Module):
         self.cond_dim = cond_dim
         self.cond_embed = nn.Sequential(nn.Linear(cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.task_embed = nn.ParameterDict({key: nn.Parameter(torch.empty(hidden)) for key in task_keys})
-        self.blocks = nn.ModuleList(AdaLNBlock(hidden, heads, mlp_ratio, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(hidden, heads, mlp_ratio, dropout, spectral_modes, spectral_channels, dims) for _ in range(depth)
+        )
         self.reset_task_embeddings()
 
     def reset_task_embeddings(self) -> None:
@@ -73,9 +87,9 @@ class LatentOperator(nn.Module):
         cond = cond.to(self.cond_embed[0].weight.dtype)
         return self.cond_embed(cond) + self.task_embed[task_key]
 
-    def forward(self, z: Tensor, cond: Tensor, task_key: str) -> Tensor:
-        """z [B, L, hidden], cond [B, cond_dim] -> z_next [B, L, hidden]."""
+    def forward(self, z: Tensor, cond: Tensor, task_key: str, shape: tuple[int, ...] | None = None) -> Tensor:
+        """z [B, L, hidden] (tokens on a lattice of ``shape``), cond [B, cond_dim] -> z_next [B, L, hidden]."""
         c = self.condition(cond, task_key)
         for block in self.blocks:
-            z = block(z, c)
+            z = block(z, c, shape)
         return z

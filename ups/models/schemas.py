@@ -7,7 +7,8 @@ here and name it in their :class:`~ups.models.spec.ModelSpec`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import List
 
 
 @dataclass
@@ -18,12 +19,22 @@ class LatentSurrogateConfig:
     hidden: int = 128
     depth: int = 4
     heads: int = 4
-    n_latents: int = 32
-    fourier_features: int = 16
+    # Grid points per token along each axis, for 1D, 2D and 3D tasks: a task's lattice is its grid
+    # divided by these (docs/architecture.md); ``lattice`` gives the cells per axis of a task whose
+    # points form no known grid.
+    patch: List[int] = field(default_factory=lambda: [4, 4, 2])
+    lattice: List[int] = field(default_factory=lambda: [16, 8, 4])
+    fourier_features: int = 4  # sin/cos frequencies of positions (inside a cell, and of the cells)
+    basis: int = 16  # functions per cell the decoder combines (>= grid points per cell to reproduce a patch)
     mlp_ratio: float = 4.0
     dropout: float = 0.0
-    encoder_layers: int = 1
-    decoder_layers: int = 1
+    encoder_layers: int = 0  # self-attention blocks after pooling
+    decoder_layers: int = 0  # self-attention blocks before the coefficient heads
+    # Fourier modes per lattice axis the operator's spectral mixing keeps, for 1D, 2D and 3D tasks
+    # (empty: attention only); channels: "full" (a mixing matrix per mode, as FNO) or "depthwise".
+    spectral_modes: List[int] = field(default_factory=lambda: [8, 8, 4])
+    spectral_channels: str = "full"
+    predict_change: bool = True  # the network outputs next frame - last frame (the objectives add it back)
 
 
 @dataclass

@@ -82,7 +82,7 @@ class LatentEncoder:
     """How a model's encoder runs alone, so a stage that freezes it can cache its latents."""
 
     encode: Callable[[nn.Module, str, Tensor, Tensor], Tensor]  # (model, task, x, coords) -> z
-    shape: Callable[[nn.Module], tuple[int, ...]]  # shape of one window's latents
+    shape: Callable[[nn.Module, str], tuple[int, ...]]  # shape of one window's latents of a task
     state: Callable[[nn.Module, str], dict[str, Tensor]]  # tensors the task's encoding reads (cache key)
 
 

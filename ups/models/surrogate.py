@@ -1,29 +1,39 @@
-"""LatentSurrogate: a grid-agnostic, multi-task encode -> step -> decode PDE surrogate."""
+"""LatentSurrogate: a grid-agnostic, multi-task encode -> step -> decode PDE surrogate on lattice tokens."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from torch import Tensor, nn
 
-from ups.models.decoder import QueryDecoder
-from ups.models.encoder import PerceiverEncoder, PointEmbedding
+from ups.models.decoder import LocalFieldDecoder
+from ups.models.encoder import LatticeEncoder, PointEmbedding
+from ups.models.lattice import centres, locate, pool, token_shape
 from ups.models.layers import FourierFeatures, ZeroLinear, init_weights
 from ups.models.operator import LatentOperator
+from ups.models.spectral import SpectralMix
 from ups.models.schemas import LatentSurrogateConfig  # torch-free: configs compose without importing torch
 from ups.models.spec import LatentEncoder, ModelSpec, TaskIO, as_task_io, module_keys, register
 
 
 class LatentSurrogate(nn.Module):
-    """Encode fields on any point set to L latent tokens, step them in time, decode anywhere.
+    """Encode fields on any point set to a lattice of latent tokens, step them in time, decode anywhere.
 
-    Task-specific: input projections, query projections, output heads (ModuleDicts keyed by
-    task) and a task embedding in the operator's condition. Shared: the encoder's latent
-    queries and attention, the latent operator, and the decoder's attention/MLP, so tasks
-    of different dimension and channel count train one operator.
+    Each task gets a lattice of cells sized from its grid (``patch`` grid points per cell and axis);
+    its points are pooled into the token of the cell that holds them (``encode``), the shared
+    transformer operator steps all tokens at once (``step``), and a query anywhere reads the token
+    of its cell as the coefficients of a small field over that cell (``decode``). With
+    ``predict_change`` the objectives add the last context frame to what the model outputs, so the
+    network learns the change of the field over one step.
+
+    Task-specific: point and position embeddings, coefficient heads and cell bases (ModuleDicts
+    keyed by task) and a task embedding in the operator's condition. Shared: the operator and the
+    encoder's and decoder's attention blocks, so tasks of different dimension and channel count
+    train one operator.
     """
 
     def __init__(
@@ -32,44 +42,60 @@ class LatentSurrogate(nn.Module):
         hidden: int = 128,
         depth: int = 4,
         heads: int = 4,
-        n_latents: int = 32,
         cond_dim: int = 4,
-        fourier_features: int = 16,
+        patch: Sequence[int] = (4, 4, 2),
+        lattice: Sequence[int] = (16, 8, 4),
+        fourier_features: int = 4,
+        basis: int = 16,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
-        encoder_layers: int = 1,
-        decoder_layers: int = 1,
-        max_freq: float = 128.0,
+        encoder_layers: int = 0,
+        decoder_layers: int = 0,
+        spectral_modes: Sequence[int] | None = (8, 8, 4),
+        spectral_channels: str = "full",
+        predict_change: bool = True,
     ):
         super().__init__()
         self.tasks: dict[str, TaskIO] = {str(name): as_task_io(spec) for name, spec in tasks.items()}
         if not self.tasks:
             raise ValueError("LatentSurrogate needs at least one task")
         self._keys = module_keys(list(self.tasks))
-        hidden, depth, heads, n_latents = int(hidden), int(depth), int(heads), int(n_latents)
+        hidden, depth, heads, basis = int(hidden), int(depth), int(heads), int(basis)
         if hidden % heads != 0:
             raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
-        self.hidden, self.n_latents, self.cond_dim = hidden, n_latents, int(cond_dim)
+        if basis < 1:
+            raise ValueError(f"basis must be >= 1, got {basis}")
+        patch, lattice_default = [int(p) for p in patch], [int(n) for n in lattice]
+        if len(patch) != 3 or len(lattice_default) != 3 or min(lattice_default) < 1:
+            raise ValueError(f"patch and lattice need one positive entry per dimension 1, 2, 3; got {patch}, {lattice_default}")
+        self.hidden, self.cond_dim = hidden, int(cond_dim)
+        self.predict_change = bool(predict_change)
         mlp_ratio, dropout = float(mlp_ratio), float(dropout)
+        self.token_shapes = {name: token_shape(io.dim, io.grid, patch, lattice_default) for name, io in self.tasks.items()}
 
-        self.fourier = FourierFeatures(int(fourier_features), float(max_freq))
-        self.input_proj = nn.ModuleDict(
-            {
-                self._keys[name]: PointEmbedding(io.in_channels, self.fourier.out_dim(io.dim), hidden)
-                for name, io in self.tasks.items()
-            }
+        # Offsets inside a cell need a few low frequencies; cell centres span up to the finest lattice.
+        self.local_fourier = FourierFeatures(int(fourier_features), 2.0 ** (int(fourier_features) - 1))
+        self.position_fourier = FourierFeatures(int(fourier_features), float(max(max(s) for s in self.token_shapes.values())))
+        per_task = {name: (self._keys[name], io) for name, io in self.tasks.items()}
+        # Encoder: each point's values times K learned functions of its place in the cell, averaged per
+        # cell (the patch's first K "moments"), then one linear map to the token: linear in the field,
+        # as a patch embedding is, and exact on a grid with at most K points per cell.
+        self.encode_basis = nn.ModuleDict({key: self._basis_net(io.dim, hidden, basis) for key, io in per_task.values()})
+        self.input_proj = nn.ModuleDict({key: nn.Linear(basis * io.in_channels, hidden) for key, io in per_task.values()})
+        self.position_proj = nn.ModuleDict(
+            {key: PointEmbedding(0, self.position_fourier.out_dim(io.dim), hidden) for key, io in per_task.values()}
         )
-        self.query_proj = nn.ModuleDict(
-            {self._keys[name]: PointEmbedding(0, self.fourier.out_dim(io.dim), hidden) for name, io in self.tasks.items()}
-        )
+        self.basis = nn.ModuleDict({key: self._basis_net(io.dim, hidden, basis) for key, io in per_task.values()})
         self.output_head = nn.ModuleDict(
-            {self._keys[name]: nn.Linear(hidden, io.out_channels) for name, io in self.tasks.items()}
+            {key: nn.Linear(hidden, io.out_channels * (basis + 1)) for key, io in per_task.values()}
         )
-        self.encoder = PerceiverEncoder(hidden, heads, n_latents, mlp_ratio, dropout, int(encoder_layers))
+        self.encoder = LatticeEncoder(hidden, heads, mlp_ratio, dropout, int(encoder_layers))
         self.operator = LatentOperator(
-            hidden, depth, heads, self.cond_dim, list(self._keys.values()), mlp_ratio, dropout
+            hidden, depth, heads, self.cond_dim, list(self._keys.values()), mlp_ratio, dropout,
+            tuple(spectral_modes) if spectral_modes else None, spectral_channels,
+            tuple(sorted({io.dim for io in self.tasks.values()})),
         )
-        self.decoder = QueryDecoder(hidden, heads, mlp_ratio, dropout, int(decoder_layers))
+        self.decoder = LocalFieldDecoder(hidden, heads, mlp_ratio, dropout, int(decoder_layers))
         # Networks of later stages (diffusion, consistency, steady prior), attached by name before
         # wrapping (ups.objectives.attach_heads); empty, it adds nothing to the state dict.
         self.stage_heads = nn.ModuleDict()
@@ -78,11 +104,20 @@ class LatentSurrogate(nn.Module):
     def reset_parameters(self) -> None:
         """(Re)initialise every parameter; the operator's gates come out zero (identity blocks)."""
         for module in self.modules():
-            if isinstance(module, nn.LayerNorm | nn.RMSNorm | ZeroLinear):
+            if isinstance(module, nn.LayerNorm | nn.RMSNorm | ZeroLinear | SpectralMix):
                 module.reset_parameters()
         self.apply(init_weights)
-        self.encoder.reset_latents()
         self.operator.reset_task_embeddings()
+
+    def _basis_net(self, dim: int, hidden: int, basis: int) -> nn.Module:
+        """K learned functions of a point's offset inside its cell (from its Fourier features)."""
+        return nn.Sequential(nn.Linear(self.local_fourier.out_dim(dim), hidden), nn.GELU(approximate="tanh"),
+                             nn.Linear(hidden, basis))
+
+    def n_tokens(self, task: str) -> int:
+        """Latent tokens of a task (cells of its lattice)."""
+        self._lookup(task)
+        return math.prod(self.token_shapes[task])
 
     # ------------------------------------------------------------------ validation helpers
     def _lookup(self, task: str) -> tuple[TaskIO, str]:
@@ -101,8 +136,9 @@ class LatentSurrogate(nn.Module):
             raise ValueError(f"task {task!r}: {what} batch must be 1 or {batch}, got {coords.shape[0]}")
 
     def _check_latents(self, task: str, z: Tensor) -> None:
-        if z.dim() != 3 or z.shape[-1] != self.hidden:
-            raise ValueError(f"task {task!r}: z must be [B, L, {self.hidden}], got shape {tuple(z.shape)}")
+        if z.dim() != 3 or z.shape[-1] != self.hidden or z.shape[1] != self.n_tokens(task):
+            raise ValueError(f"task {task!r}: z must be [B, {self.n_tokens(task)}, {self.hidden}] (its lattice is "
+                             f"{self.token_shapes[task]}), got shape {tuple(z.shape)}")
 
     # ------------------------------------------------------------------ public API
     def task_key(self, task: str) -> str:
@@ -110,7 +146,7 @@ class LatentSurrogate(nn.Module):
         return self._lookup(task)[1]
 
     def encode(self, task: str, fields: Tensor, coords: Tensor) -> Tensor:
-        """fields [B, P, in_channels], coords [B or 1, P, dim] in [-1, 1] -> z [B, L, hidden]."""
+        """fields [B, P, in_channels], coords [B or 1, P, dim] in [-1, 1] -> z [B, L, hidden] (L: the task's cells)."""
         io, key = self._lookup(task)
         if fields.dim() != 3 or fields.shape[-1] != io.in_channels:
             raise ValueError(
@@ -122,8 +158,12 @@ class LatentSurrogate(nn.Module):
             raise ValueError(
                 f"task {task!r}: coords have {coords.shape[1]} points but fields have {fields.shape[1]}"
             )
-        points = self.input_proj[key](self.fourier(coords), fields)
-        return self.encoder(points)
+        shape = self.token_shapes[task]
+        index, offset = locate(coords, shape)
+        phi = self.encode_basis[key](self.local_fourier(offset))  # [b, P, K]
+        moments = pool((phi.unsqueeze(-1) * fields.to(phi.dtype).unsqueeze(-2)).flatten(-2), index, math.prod(shape))
+        positions = self.position_proj[key](self.position_fourier(centres(shape, coords.device)))
+        return self.encoder(self.input_proj[key](moments), positions.unsqueeze(0))
 
     def step(self, task: str, z: Tensor, cond: Tensor) -> Tensor:
         """z [B, L, hidden], cond [B or 1, cond_dim] -> z_next [B, L, hidden] (one time step)."""
@@ -134,15 +174,15 @@ class LatentSurrogate(nn.Module):
                 f"task {task!r}: cond must be [{z.shape[0]}, {self.cond_dim}] (cond_dim={self.cond_dim}), "
                 f"got shape {tuple(cond.shape)}"
             )
-        return self.operator(z, cond, key)
+        return self.operator(z, cond, key, self.token_shapes[task])
 
     def decode(self, task: str, z: Tensor, coords: Tensor) -> Tensor:
         """z [B, L, hidden], coords [B or 1, Q, dim] -> fields [B, Q, out_channels] at those coords."""
         io, key = self._lookup(task)
         self._check_latents(task, z)
         self._check_coords(task, io, coords, "query coords", z.shape[0])
-        queries = self.query_proj[key](self.fourier(coords))
-        return self.output_head[key](self.decoder(queries, z))
+        return self.decoder(z, self.output_head[key], self.basis[key], self.local_fourier,
+                            locate(coords, self.token_shapes[task]), io.out_channels)
 
     def forward(
         self, task: str, fields: Tensor | None, coords: Tensor, cond: Tensor, query_coords: Tensor | None = None,
@@ -167,12 +207,12 @@ class LatentSurrogate(nn.Module):
     @property
     def encoder_modules(self) -> list[nn.Module]:
         """Modules holding every encoder parameter (shared encoder + task input projections)."""
-        return [self.encoder, self.input_proj]
+        return [self.encoder, self.encode_basis, self.input_proj, self.position_proj]
 
     @property
     def decoder_modules(self) -> list[nn.Module]:
         """Modules holding every decoder parameter (shared decoder + task query projections and heads)."""
-        return [self.decoder, self.query_proj, self.output_head]
+        return [self.decoder, self.basis, self.output_head]
 
 
 def _encoder_state(model: LatentSurrogate, task: str) -> dict[str, Tensor]:
@@ -180,7 +220,8 @@ def _encoder_state(model: LatentSurrogate, task: str) -> dict[str, Tensor]:
     training another task's projection does not invalidate this task's cached latents."""
     state = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
     key = model._lookup(task)[1]
-    state.update({f"input_proj.{key}.{k}": v for k, v in model.input_proj[key].state_dict().items()})
+    for name in ("encode_basis", "input_proj", "position_proj"):
+        state.update({f"{name}.{key}.{k}": v for k, v in getattr(model, name)[key].state_dict().items()})
     return state
 
 
@@ -194,5 +235,5 @@ SPEC = register(ModelSpec(
                       "decoder": torch.nn.ModuleList(m.decoder_modules), **m.stage_heads},
     stage_heads=lambda m: m.stage_heads,
     latent=LatentEncoder(encode=lambda m, task, x, coords: m.encode(task, x, coords),
-                         shape=lambda m: (m.n_latents, m.hidden), state=_encoder_state),
+                         shape=lambda m, task: (m.n_tokens(task), m.hidden), state=_encoder_state),
 ))

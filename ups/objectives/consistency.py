@@ -23,10 +23,10 @@ class ConsistencyCorrection(Corrector):
     """Consistency distillation of the ``teacher`` head into this stage's ``head``."""
 
     def __init__(self, teacher: str = "diffusion", steps: int = 1, mid_sigma: float = 1.0, n_levels: int = 18,
-                 samples: int = 1, residual: bool = False, head: str = "consistency"):
+                 samples: int = 1, residual: bool | None = None, head: str = "consistency"):
         if int(steps) not in (1, 2):
             raise ValueError(f"steps must be 1 or 2, got {steps}")
-        self.teacher, self.head, self.residual = str(teacher), str(head), bool(residual)
+        self.teacher, self.head, self.residual = str(teacher), str(head), residual
         self.steps, self.mid_sigma, self.n_levels = int(steps), float(mid_sigma), int(n_levels)
         if int(samples) < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")

@@ -22,7 +22,7 @@ from ups.generative import EDM
 from ups.models.heads import ResidualDenoiser
 from ups.objectives import latent_heads as programs
 from ups.objectives.base import Objective
-from ups.objectives.next_step import predict_next
+from ups.objectives.next_step import predict_next, predicts_change
 
 
 def eval_generator(batch: dict, device: torch.device) -> torch.Generator:
@@ -34,7 +34,7 @@ class Corrector(Objective):
     """What the diffusion and consistency objectives share: corrected candidates and predictions."""
 
     head = "diffusion"
-    residual = False
+    residual: bool | None = None  # None: the model says (its predict_change)
     samples = 1  # corrected samples averaged into the prediction (their mean estimates the conditional mean)
     per_sample = 1  # network evaluations to draw one corrected sample
 
@@ -58,7 +58,7 @@ class Corrector(Objective):
         """(1 + k, B, P, C) normalised next frames: the operator's, then ``k`` corrected ones."""
         out = programs.call(model, batch, programs.corrected, head=self.head, sample=self.sample, k=k,
                   generator=eval_generator(batch, batch["x"].device)).float()
-        if self.residual:
+        if predicts_change(model, self.residual):
             out = out + batch["x"][..., -out.shape[-1]:].float()
         return out
 
@@ -73,9 +73,9 @@ class DiffusionResidual(Corrector):
 
     def __init__(self, steps: int = 8, width: int | None = None, depth: int = 2, heads: int = 4,
                  sigma_min: float = 0.002, sigma_max: float = 20.0, p_mean: float = -1.2, p_std: float = 1.2,
-                 invert_steps: int = 0, invert_lr: float = 0.05, samples: int = 1, residual: bool = False,
+                 invert_steps: int = 0, invert_lr: float = 0.05, samples: int = 1, residual: bool | None = None,
                  head: str = "diffusion"):
-        self.steps, self.residual, self.head, self.samples = int(steps), bool(residual), str(head), int(samples)
+        self.steps, self.residual, self.head, self.samples = int(steps), residual, str(head), int(samples)
         if int(invert_steps) < 0 or invert_lr <= 0 or self.samples < 1 or self.steps < 1:
             raise ValueError(f"need steps >= 1, samples >= 1, invert_steps >= 0 and invert_lr > 0, got {steps}, "
                              f"{samples}, {invert_steps}, {invert_lr}")

@@ -58,7 +58,7 @@ class InverseConsistency(Objective):
                     encode_weight=self.encode_weight)
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return predict_next(model, batch, residual=False)
+        return predict_next(model, batch, residual=None)
 
 
 class Autoencoder(Objective):
@@ -74,6 +74,6 @@ class Autoencoder(Objective):
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         if batch.get("steady", False):
-            return predict_next(model, batch, residual=False)
+            return predict_next(model, batch, residual=None)
         c = batch.get("channels") or batch["y"].shape[-1]
         return call(model, batch, _reconstruct_only, channels=c)

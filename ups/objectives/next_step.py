@@ -1,19 +1,26 @@
 """Next-frame regression: MSE between the predicted and the true next frame, in normalised units.
 
-With ``residual`` the model predicts the change from the last context frame; steady tasks
-(Darcy) map a coefficient to a solution, so there the model always predicts the field itself.
+With ``residual`` the model predicts the change from the last context frame (``None``: as the model
+says, its ``predict_change``); steady tasks (Darcy) map a coefficient to a solution, so there the
+model always predicts the field itself.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ups.models.spec import unwrap
 from ups.objectives.base import Objective
 
 
-def predict_next(model: nn.Module, batch: dict, residual: bool) -> torch.Tensor:
+def predicts_change(model: nn.Module, residual: bool | None) -> bool:
+    """Whether predictions add the last context frame: ``residual`` if set, else the model's choice."""
+    return bool(getattr(unwrap(model), "predict_change", False)) if residual is None else bool(residual)
+
+
+def predict_next(model: nn.Module, batch: dict, residual: bool | None) -> torch.Tensor:
     """The next normalised frame (B, P, C) for a batch already on the device."""
-    residual = residual and not batch.get("steady", False)
+    residual = predicts_change(model, residual) and not batch.get("steady", False)
     grid = batch.get("grid")
     if "z" in batch:
         out = model(batch["task"], None, batch["coords"], batch["cond"], latents=batch["z"], grid=grid).float()
@@ -28,14 +35,22 @@ def predict_next(model: nn.Module, batch: dict, residual: bool) -> torch.Tensor:
 class NextStep(Objective):
     """One-step teacher-forced MSE; evaluation rolls the same prediction out autoregressively.
 
-    ``residual``: off by default; on the default run it gave advection1d validation nRMSE 0.98
-    against 0.35 without it (1500 steps, tiny model, 2-core CPU; docs/configuration.md).
+    ``residual``: ``None`` (default) lets the model decide (the latent surrogate predicts the change,
+    docs/results.md); ``true``/``false`` force it for any model. ``noise``: the standard deviation
+    (normalised units) of Gaussian noise added to the context frames while training, so the model
+    learns to map slightly wrong inputs to the true next frame, as its own rollouts will feed it
+    (DPOT's auto-regressive denoising); steady tasks and cached latents train without it.
     """
 
-    def __init__(self, residual: bool = False):
-        self.residual = bool(residual)
+    def __init__(self, residual: bool | None = None, noise: float = 0.0):
+        self.residual = residual
+        self.noise = float(noise)
+        if self.noise < 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        if self.noise > 0 and "x" in batch and not batch.get("steady", False):
+            batch = {**batch, "x": batch["x"] + self.noise * torch.randn_like(batch["x"])}
         return torch.nn.functional.mse_loss(self.predict(model, batch), batch["y"])
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:

@@ -23,8 +23,8 @@ from ups.objectives.next_step import predict_next
 class SteadyPrior(Objective):
     """MSE of the steady head's decoded solution; ``residual`` is the operator stage's setting."""
 
-    def __init__(self, head: str = "steady", residual: bool = False):
-        self.head, self.residual = str(head), bool(residual)
+    def __init__(self, head: str = "steady", residual: bool | None = None):
+        self.head, self.residual = str(head), residual
 
     def applies(self, steady: bool) -> bool:
         return steady

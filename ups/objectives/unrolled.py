@@ -27,10 +27,10 @@ from ups.objectives.next_step import predict_next
 class Unrolled(Objective):
     """``steps`` autoregressive predictions per window, fitted to the next ``steps`` true frames."""
 
-    def __init__(self, steps: int = 2, pushforward: bool = False, residual: bool = False):
+    def __init__(self, steps: int = 2, pushforward: bool = False, residual: bool | None = None):
         if int(steps) < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        self.steps, self.pushforward, self.residual = int(steps), bool(pushforward), bool(residual)
+        self.steps, self.pushforward, self.residual = int(steps), bool(pushforward), residual
 
     @property
     def horizon(self) -> int:

@@ -1,0 +1,65 @@
+"""Where latent tokens live: a regular lattice of cells over [-1, 1]^d, sized from each task's grid.
+
+Each token owns one cell. A point (of the input or a query) belongs to the cell that contains its
+coordinates, whatever grid it came from, so the encoder pools points into tokens and the decoder
+reads a token back at any coordinate; nothing depends on the points forming a grid.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def token_shape(dim: int, grid: Sequence[int], patch: Sequence[int], lattice: Sequence[int]) -> tuple[int, ...]:
+    """Cells per axis for a task: its grid divided by the patch of its dimension (at least 1 cell,
+    rounded so each cell holds a whole number of grid points where the grid allows); ``lattice`` of
+    its dimension where the grid is unknown (a bare point set)."""
+    p = int(patch[dim - 1])
+    if p < 1:
+        raise ValueError(f"patch must be >= 1 for every dimension, got {list(patch)}")
+    if not grid:
+        return (int(lattice[dim - 1]),) * dim
+    return tuple(max(1, _divisor_near(int(n), p)) for n in grid)
+
+
+def _divisor_near(n: int, patch: int) -> int:
+    """``n // p`` for the divisor ``p`` of ``n`` closest to ``patch`` (ties: the larger cell count)."""
+    best = min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - patch), d))
+    return n // best
+
+
+def locate(coords: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """coords [b, P, d] in [-1, 1] -> (cell index [b, P] in C order, offset [b, P, d] in [-1, 1]
+    from the cell's centre to its faces). Points on the upper boundary belong to the last cell."""
+    n = torch.tensor(shape, device=coords.device, dtype=torch.float32)
+    u = (coords.float() + 1.0) * 0.5 * n  # in cell units, [0, n]
+    cell = u.floor().clamp(min=torch.zeros_like(n), max=n - 1)
+    offset = 2.0 * (u - cell) - 1.0
+    strides = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        strides[i] = strides[i + 1] * shape[i + 1]
+    index = (cell.long() * torch.tensor(strides, device=coords.device)).sum(-1)
+    return index, offset
+
+
+def centres(shape: tuple[int, ...], device: torch.device | None = None) -> Tensor:
+    """[L, d] cell centres in [-1, 1], in the C order of :func:`locate`'s index."""
+    axes = [(torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n * 2.0 - 1.0 for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
+
+
+def pool(values: Tensor, index: Tensor, cells: int) -> Tensor:
+    """Mean of values [B, P, H] per cell (index [b, P], b in {1, B}) -> [B, cells, H]; empty cells are 0."""
+    b, p, h = values.shape
+    index = index.expand(b, p)
+    out = values.new_zeros(b, cells, h).scatter_add_(1, index.unsqueeze(-1).expand(b, p, h), values)
+    count = values.new_zeros(b, cells).scatter_add_(1, index, values.new_ones(b, p))
+    return out / count.clamp_min(1.0).unsqueeze(-1)
+
+
+def gather(tokens: Tensor, index: Tensor) -> Tensor:
+    """tokens [B, L, H], index [b, Q] -> the token of each query's cell, [B, Q, H]."""
+    b, q = tokens.shape[0], index.shape[1]
+    return tokens.gather(1, index.expand(b, q).unsqueeze(-1).expand(b, q, tokens.shape[-1]))

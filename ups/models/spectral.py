@@ -1,0 +1,83 @@
+"""Spectral mixing over the token lattice: a learned filter on the lowest Fourier modes of each channel.
+
+The latent tokens of a task sit on a regular lattice (``ups/models/lattice.py``), so the FFT over
+its axes is defined whatever grid the data came on. A depthwise filter per mode can shift,
+smooth and sharpen each channel across the whole domain in one step (what an FNO layer does with
+full channel mixing; the channels mix in the block's MLP), which attention has to learn from
+positions. One filter per dimension (1D, 2D, 3D) is shared by every task of that dimension;
+mode ``k`` means ``k`` periods over the domain on every lattice, so lattices of different sizes
+read the same filter.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor, nn
+
+
+class SpectralMix(nn.Module):
+    """``x -> irfftn(W * rfftn(x))`` over the lattice axes, for signed modes ``|k| < modes[d - 1]`` on a
+    d-dimensional lattice (modes beyond are dropped, as in an FNO layer). ``channels="depthwise"``: W
+    is one complex number per channel and mode; ``"full"``: a complex channel-mixing matrix per mode,
+    as in an FNO layer, which can move a pattern across cells while it rearranges what the channels
+    hold inside a cell."""
+
+    def __init__(self, hidden: int, modes: tuple[int, int, int], channels: str = "full", dims: tuple[int, ...] = (1, 2, 3)):
+        super().__init__()
+        self.modes = tuple(int(m) for m in modes)
+        if len(self.modes) != 3 or min(self.modes) < 1:
+            raise ValueError(f"spectral modes need one entry >= 1 per dimension 1, 2, 3; got {list(modes)}")
+        if channels not in ("depthwise", "full"):
+            raise ValueError(f"spectral channels must be 'depthwise' or 'full', got {channels!r}")
+        self.hidden, self.full = int(hidden), channels == "full"
+        lead = (hidden, hidden) if self.full else (hidden,)
+        # Real and imaginary parts stored as a trailing axis of 2 (real parameters shard and
+        # checkpoint like every other). Per dimension d: d-1 signed axes and one rfft axis.
+        # Only the dimensions of the run's tasks get a filter (a 3D one is the largest by far).
+        self.filters = nn.ParameterDict({
+            str(d): nn.Parameter(torch.empty(*lead, *([2 * m - 1] * (d - 1)), m, 2))
+            for d, m in zip((1, 2, 3), self.modes) if d in dims
+        })
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Depthwise: a low-pass identity (every kept mode passes unchanged); full: small random
+        mixing (the block's zero gate keeps the operator the identity at first either way)."""
+        for w in self.filters.values():
+            with torch.no_grad():
+                if self.full:
+                    w.normal_(std=(2 * self.hidden) ** -0.5)
+                else:
+                    w.zero_()
+                    w[..., 0] = 1.0
+
+    def forward(self, x: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """x [B, L, H] on a lattice of ``shape`` (C order) -> [B, L, H]."""
+        b, n, h = x.shape
+        d = len(shape)
+        axes = tuple(range(2, 2 + d))
+        grid = x.float().transpose(1, 2).reshape(b, h, *shape)
+        spec = torch.fft.rfftn(grid, dim=axes, norm="ortho")
+        index, keep = _mode_index(shape, self.modes[d - 1], str(x.device))
+        lead = (slice(None),) * (2 if self.full else 1)
+        w = torch.view_as_complex(self.filters[str(d)].float())[(*lead, *index)] * keep
+        spec = torch.einsum("bi...,io...->bo...", spec, w) if self.full else spec * w
+        out = torch.fft.irfftn(spec, s=shape, dim=axes, norm="ortho")
+        return out.reshape(b, h, n).transpose(1, 2).to(x.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _mode_index(shape: tuple[int, ...], modes: int, device: str) -> tuple[tuple[Tensor, ...], Tensor]:
+    """Index of each rfftn mode of a lattice into the filter, and a 0/1 mask of the modes it keeps."""
+    axes = []
+    for i, n in enumerate(shape):
+        last = i == len(shape) - 1
+        k = torch.arange(n // 2 + 1) if last else torch.fft.fftfreq(n, 1.0 / n).round().long()
+        axes.append((k if last else k + modes - 1, k.abs() < modes))
+    grids = torch.meshgrid(*[a[0] for a in axes], indexing="ij")
+    masks = torch.meshgrid(*[a[1] for a in axes], indexing="ij")
+    keep = torch.stack(masks).all(0)
+    size = [modes if i == len(shape) - 1 else 2 * modes - 1 for i in range(len(shape))]
+    index = tuple(g.clamp(0, s - 1).to(device) for g, s in zip(grids, size))
+    return index, keep.to(device)
