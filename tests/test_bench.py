@@ -30,7 +30,8 @@ def test_the_step_split_adds_up_and_the_flop_formulas_match_the_counter(data_dir
     assert abs(out["parts_sum_ms"] - out["split_step_ms"]) <= 0.1 * out["split_step_ms"], out
     assert min(out[k] for k in ("data_ms", "forward_ms", "backward_ms", "optimizer_ms")) >= 0
     assert out["batch_samples"] == 4 and out["samples_per_s"] > 0 and out["model_samples_per_s"] > 0
-    assert out["tokens_per_s"] == out["samples_per_s"] * cfg.model.n_latents
+    # tiny on pdebench2: advection1d 64 points / patch 4 = 16 tokens, darcy2d 32^2 / 4^2 = 64
+    assert out["tokens_per_s"] == pytest.approx(out["samples_per_s"] * (16 + 64) / 2)
     f = out["work"]
     # forward + backward = 3x the forward's matmuls; the counter sees what actually ran (no input
     # gradient for the first layers), so the formulas may exceed it a little, never by much

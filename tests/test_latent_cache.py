@@ -29,7 +29,7 @@ def _tasks(data_dir: Path, names: str = "pdebench2") -> list[TaskData]:
 def _model(tasks: list[TaskData]) -> LatentSurrogate:
     torch.manual_seed(0)
     io = {t.name: TaskIO(t.initial_step * t.channels, t.channels, t.family.dim) for t in tasks}
-    return LatentSurrogate(tasks=io, hidden=32, depth=2, heads=2, n_latents=16, fourier_features=8)
+    return LatentSurrogate(tasks=io, hidden=32, depth=2, heads=2, encoder_layers=1)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_cached_latents_equal_encode_and_training_from_them_equals_the_full_forw
     assert lat_set.sizes() == raw_set.sizes()
     keys = [(0, 0), (1, 0), (0, 5), (1, 2), (0, len(windows[0]) - 1)]
     for rb, lb in zip(raw_set.collate([raw_set[k] for k in keys]), lat_set.collate([lat_set[k] for k in keys])):
-        assert rb["task"] == lb["task"] and "x" not in lb and lb["z"].shape[1:] == (16, 32)
+        assert rb["task"] == lb["task"] and "x" not in lb and lb["z"].shape[1:] == (model.n_tokens(lb["task"]), 32)
         assert torch.equal(rb["y"], lb["y"]) and torch.equal(rb["coords"], lb["coords"])
         for residual in (False, True):
             with torch.no_grad():
@@ -78,8 +78,8 @@ def test_key_follows_encoder_weights_split_and_settings_only(tasks) -> None:
     assert key == lc.latent_key(model, adv, "train", {}) and len(key) == 20
     with torch.no_grad():
         next(model.operator.parameters()).add_(1.0)
-        next(model.decoder.parameters()).add_(1.0)
-        model.input_proj[model._keys[darcy.name]].out.weight.add_(1.0)  # another task's projection
+        next(model.output_head.parameters()).add_(1.0)
+        model.input_proj[model._keys[darcy.name]].weight.add_(1.0)  # another task's projection
     assert lc.latent_key(model, adv, "train") == key
     wrapper = torch.nn.Module()
     wrapper.module = model  # as DDP holds it
@@ -93,10 +93,13 @@ def test_key_follows_encoder_weights_split_and_settings_only(tasks) -> None:
         "initial_step": lc.latent_key(model, dataclasses.replace(adv, initial_step=adv.initial_step - 1), "train"),
     }
     with torch.no_grad():
-        model.input_proj[model._keys[adv.name]].out.bias.add_(1e-3)
+        model.input_proj[model._keys[adv.name]].bias.add_(1e-3)
     changed["own input projection"] = lc.latent_key(model, adv, "train")
     with torch.no_grad():
-        model.encoder.latents.add_(1e-3)
+        model.position_proj[model._keys[adv.name]].out.bias.add_(1e-3)
+    changed["own positions"] = lc.latent_key(model, adv, "train")
+    with torch.no_grad():
+        model.encoder.blocks[0].attn.proj.bias.add_(1e-3)
     changed["shared encoder"] = lc.latent_key(model, adv, "train")
     assert key not in changed.values() and len(set(changed.values())) == len(changed), changed
 
@@ -116,7 +119,7 @@ def test_a_cache_from_other_weights_cannot_be_read(tasks, tmp_path: Path) -> Non
     windows = WindowDataset(tasks[0], "val", preload_max_gb=0)
     old = lc.load_or_build(model, windows, tmp_path, "cpu")
     with torch.no_grad():
-        model.encoder.latents.mul_(1.5)
+        model.encoder.blocks[0].attn.proj.weight.mul_(1.5)
     with pytest.raises(FileNotFoundError):
         lc.load_or_build(model, windows, tmp_path, "cpu", build=False)
     new_key = lc.latent_key(model, tasks[0], "val")

@@ -12,7 +12,7 @@ import torch
 
 from ups.models import LatentSurrogate, TaskIO, count_parameters
 
-TINY = dict(hidden=32, depth=2, heads=2, n_latents=16, fourier_features=8)
+TINY = dict(hidden=32, depth=2, heads=2)
 MODELS_DIR = Path(__file__).resolve().parents[1] / "ups" / "models"
 
 
@@ -56,7 +56,8 @@ def test_shapes_and_fine_query(model, task):
     fields, coords, cond = sample(task)
     io, n = TASKS[task], coords.shape[1]
     z = model.encode(task, fields, coords)
-    assert z.shape == (3, 16, 32)
+    # No grid given: the default lattice, 16 cells in 1D, 8x8 in 2D, 4x4x4 in 3D.
+    assert z.shape == (3, {1: 16, 2: 64, 3: 64}[io.dim], 32) == (3, model.n_tokens(task), 32)
     assert model.step(task, z, cond).shape == z.shape
     assert model(task, fields, coords, cond).shape == (3, n, io.out_channels)
     fine = FINE[task]
@@ -94,6 +95,30 @@ def test_cond_and_task_change_step_once_gates_nonzero():
     assert not torch.allclose(out, z, atol=1e-4)
     assert not torch.allclose(out, model.step("a", z, cond + 1.0), atol=1e-4)
     assert not torch.allclose(out, model.step("b", z, cond), atol=1e-5)
+
+
+def test_token_lattice_follows_the_grid():
+    tasks = {"a": TaskIO(10, 1, 1, (64,)), "b": TaskIO(2, 2, 2, (32, 32)), "c": TaskIO(5, 5, 3, (8, 8, 8)),
+             "d": TaskIO(4, 4, 2, (24, 24)), "e": TaskIO(1, 1, 1, (30,))}
+    model = make_model(tasks=tasks)
+    # patch [4, 4, 2]; 30 points: the divisor of 30 nearest 4 is 3 (tie with 5: more cells).
+    assert model.token_shapes == {"a": (16,), "b": (8, 8), "c": (4, 4, 4), "d": (6, 6), "e": (10,)}
+    coarse = make_model(tasks=tasks, patch=[8, 8, 4])
+    assert coarse.token_shapes["a"] == (8,) and coarse.token_shapes["c"] == (2, 2, 2)
+
+
+def test_encoding_is_local_and_affine_in_the_field():
+    """A token reads only the points of its own cell, and (no norm on the tokens) scales with them:
+    a LayerNorm there cost 2.5x in rollout error (docs/results.md)."""
+    model = make_model(tasks={"a": TaskIO(10, 1, 1, (64,))})
+    coords, fields = grid(64), torch.randn(2, 64, 10)
+    z = model.encode("a", fields, coords)
+    bumped = fields.clone()
+    bumped[:, 8:12] += 1.0  # grid points 8..11 are cell 2 of 16
+    changed = (model.encode("a", bumped, coords) - z).abs().amax(dim=(0, 2)) > 1e-6
+    assert changed.tolist() == [i == 2 for i in range(16)]
+    zero = model.encode("a", torch.zeros_like(fields), coords)
+    torch.testing.assert_close(model.encode("a", 3.0 * fields, coords), 3.0 * z - 2.0 * zero, atol=1e-4, rtol=1e-4)
 
 
 def test_encoder_permutation_invariant_and_decoder_pointwise(model):
@@ -159,7 +184,7 @@ def test_gradients_reach_task_and_shared_parameters():
     fields, coords, cond = torch.randn(2, 20, 3), torch.rand(1, 20, 1) * 2 - 1, torch.randn(2, 4)
     model("a", fields, coords, cond, query_coords=torch.rand(1, 9, 1) * 2 - 1).square().mean().backward()
     for name, p in model.named_parameters():
-        if name.endswith(".b") or ".b." in name:
+        if name.endswith(".b") or ".b." in name or ".filters.2" in name:  # task b's, or the 2D spectral filter
             assert p.grad is None, f"task b parameter {name} got a gradient"
         else:
             assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {name}"
@@ -177,8 +202,9 @@ def test_bf16_autocast_cpu(model):
 
 
 def test_yaml_style_kwargs_and_parameter_count():
-    kwargs = {"hidden": 32, "depth": 2, "heads": 2, "n_latents": 16, "cond_dim": 3, "fourier_features": 8,
-              "mlp_ratio": 2.0, "dropout": 0.1, "encoder_layers": 0, "decoder_layers": 1}
+    kwargs = {"hidden": 32, "depth": 2, "heads": 2, "patch": [2, 4, 2], "lattice": [8, 4, 2], "cond_dim": 3,
+              "fourier_features": 3, "basis": 8, "spectral_modes": [4, 4, 2], "spectral_group": 8,
+              "mlp_ratio": 2.0, "dropout": 0.1, "encoder_layers": 0, "decoder_layers": 1, "predict_change": False}
     model = LatentSurrogate(**kwargs, tasks={"burgers_nu0.01": {"in_channels": 2, "out_channels": 1, "dim": 1}})
     assert len(model.operator.blocks) == 2 and isinstance(model.operator.blocks, torch.nn.ModuleList)
     n = count_parameters(model)

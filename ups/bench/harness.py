@@ -126,6 +126,14 @@ class Bench:
         self.val = [MultiTaskDataset([WindowDataset(task, "val", cfg.data.preload_max_gb)]) for task in self.tasks]
 
     # -- one step, in parts ------------------------------------------------------------------------
+    def tokens_per_sample(self) -> float:
+        """Latent tokens per sample, averaged over the run's tasks (the balanced sampler draws them
+        equally); 1 for a model without a latent encoder."""
+        latent = spec_of(self.raw).latent
+        if latent is None:
+            return 1.0
+        return sum(latent.shape(self.raw, t.name)[0] for t in self.tasks) / len(self.tasks)
+
     def forward(self, batch: list[dict]) -> tuple[torch.Tensor, int]:
         with self.context():
             loss, _, n = batch_loss(self.objective, self.model, batch, self.device)
@@ -290,13 +298,13 @@ def measure(cfg: DictConfig, device: torch.device, warmup: int, steps: int, work
         out["model_samples_per_s"] = bench.model_only()
         out["peak_memory_mb"] = peak_memory_mb(device)
         out["latent_cache_used"] = bench.uses_latent_cache
+        out["tokens_per_s"] = out["samples_per_s"] * bench.tokens_per_sample()
         if cfg.hardware.compile:
             out["compile"] = bench.compiled
         if work:
             out["work"] = bench.work()
         del bench  # the loader's workers exit before the folder goes
     out["parts_sum_ms"] = sum(out[k] for k in ("data_ms", "forward_ms", "backward_ms", "optimizer_ms"))
-    out["tokens_per_s"] = out["samples_per_s"] * cfg.model.get("n_latents", 1)
     if not math.isfinite(out["val_loss"]):
         out["val_loss"] = None
     return out

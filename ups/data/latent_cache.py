@@ -83,7 +83,7 @@ def latent_key(model: nn.Module, task: TaskData, split: str, extra: dict | None 
     m, latent = _latent(model)
     ids = [list(i) for i in task.splits[split]]
     io = getattr(m, "tasks", {}).get(task.name)
-    fourier = getattr(m, "fourier", None)
+    fourier = [f for f in (getattr(m, n, None) for n in ("local_fourier", "position_fourier")) if f is not None]
     h = hashlib.sha256()
     h.update(json.dumps({
         "version": CACHE_VERSION, "task": task.name, "split": split, "ids": ids,
@@ -91,7 +91,7 @@ def latent_key(model: nn.Module, task: TaskData, split: str, extra: dict | None 
         "initial_step": task.initial_step, "n_steps": task.n_steps, "dt": task.dt, "stats": asdict(task.stats),
         "latent_shape": list(latent.shape(m, task.name)),
         "io": asdict(io) if io is not None else None,
-        "fourier": [getattr(fourier, "n_freqs", None), getattr(fourier, "max_freq", None)],
+        "fourier": [[getattr(f, "n_freqs", None), getattr(f, "max_freq", None)] for f in fourier],
         "dtype": _DTYPES[dtype][0], "extra": extra or {},
     }, sort_keys=True, default=str).encode())
     h.update(np.ascontiguousarray(task.coords, dtype=np.float32).tobytes())

@@ -18,14 +18,14 @@ class AdaLNBlock(nn.Module):
     """
 
     def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 spectral_modes: tuple[int, int, int] | None = None, spectral_channels: str = "full",
+                 spectral_modes: tuple[int, int, int] | None = None, spectral_group: int = 32,
                  dims: tuple[int, ...] = (1, 2, 3)):
         super().__init__()
         self.norm_attn = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden, heads, dropout)
         # Token mixing: attention (content-based, any range) plus, optionally, a spectral filter over
         # the lattice (position-based, global, periodic), summed under one gate.
-        self.spectral = SpectralMix(hidden, spectral_modes, spectral_channels, dims) if spectral_modes else None
+        self.spectral = SpectralMix(hidden, spectral_modes, spectral_group, dims) if spectral_modes else None
         self.norm_mlp = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.mlp = MLP(hidden, mlp_ratio, dropout)
         self.modulation = ZeroLinear(hidden, 6 * hidden)
@@ -61,7 +61,7 @@ class LatentOperator(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         spectral_modes: tuple[int, int, int] | None = None,
-        spectral_channels: str = "full",
+        spectral_group: int = 32,
         dims: tuple[int, ...] = (1, 2, 3),
     ):
         super().__init__()
@@ -73,7 +73,7 @@ class LatentOperator(nn.Module):
         self.cond_embed = nn.Sequential(nn.Linear(cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.task_embed = nn.ParameterDict({key: nn.Parameter(torch.empty(hidden)) for key in task_keys})
         self.blocks = nn.ModuleList(
-            AdaLNBlock(hidden, heads, mlp_ratio, dropout, spectral_modes, spectral_channels, dims) for _ in range(depth)
+            AdaLNBlock(hidden, heads, mlp_ratio, dropout, spectral_modes, spectral_group, dims) for _ in range(depth)
         )
         self.reset_task_embeddings()
 

@@ -31,9 +31,9 @@ class LatentSurrogateConfig:
     encoder_layers: int = 0  # self-attention blocks after pooling
     decoder_layers: int = 0  # self-attention blocks before the coefficient heads
     # Fourier modes per lattice axis the operator's spectral mixing keeps, for 1D, 2D and 3D tasks
-    # (empty: attention only); channels: "full" (a mixing matrix per mode, as FNO) or "depthwise".
+    # (empty: attention only), and the channels mixed together per mode (hidden: all, as FNO; 1: depthwise).
     spectral_modes: List[int] = field(default_factory=lambda: [8, 8, 4])
-    spectral_channels: str = "full"
+    spectral_group: int = 32
     predict_change: bool = True  # the network outputs next frame - last frame (the objectives add it back)
 
 

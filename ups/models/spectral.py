@@ -18,23 +18,24 @@ from torch import Tensor, nn
 
 class SpectralMix(nn.Module):
     """``x -> irfftn(W * rfftn(x))`` over the lattice axes, for signed modes ``|k| < modes[d - 1]`` on a
-    d-dimensional lattice (modes beyond are dropped, as in an FNO layer). ``channels="depthwise"``: W
-    is one complex number per channel and mode; ``"full"``: a complex channel-mixing matrix per mode,
-    as in an FNO layer, which can move a pattern across cells while it rearranges what the channels
-    hold inside a cell."""
+    d-dimensional lattice (modes beyond are dropped, as in an FNO layer). W mixes the channels per
+    mode within groups of ``group`` channels (block-diagonal, as AFNO's blocks): ``group = hidden``
+    is an FNO layer's full mixing, ``group = 1`` a depthwise filter. Mixing per mode lets a pattern
+    move across cells while the channels rearrange what they hold inside a cell; groups keep the
+    parameters linear in the width."""
 
-    def __init__(self, hidden: int, modes: tuple[int, int, int], channels: str = "full", dims: tuple[int, ...] = (1, 2, 3)):
+    def __init__(self, hidden: int, modes: tuple[int, int, int], group: int = 32, dims: tuple[int, ...] = (1, 2, 3)):
         super().__init__()
         self.modes = tuple(int(m) for m in modes)
         if len(self.modes) != 3 or min(self.modes) < 1:
             raise ValueError(f"spectral modes need one entry >= 1 per dimension 1, 2, 3; got {list(modes)}")
-        if channels not in ("depthwise", "full"):
-            raise ValueError(f"spectral channels must be 'depthwise' or 'full', got {channels!r}")
-        self.hidden, self.full = int(hidden), channels == "full"
-        lead = (hidden, hidden) if self.full else (hidden,)
+        self.group = min(int(group), int(hidden))
+        if self.group < 1 or hidden % self.group:
+            raise ValueError(f"spectral_group ({group}) must divide hidden ({hidden})")
         # Real and imaginary parts stored as a trailing axis of 2 (real parameters shard and
-        # checkpoint like every other). Per dimension d: d-1 signed axes and one rfft axis.
-        # Only the dimensions of the run's tasks get a filter (a 3D one is the largest by far).
+        # checkpoint like every other). Per dimension d: d-1 signed axes and one rfft axis. Only the
+        # dimensions of the run's tasks get a filter (a 3D one is the largest by far).
+        lead = (hidden // self.group, self.group, self.group)
         self.filters = nn.ParameterDict({
             str(d): nn.Parameter(torch.empty(*lead, *([2 * m - 1] * (d - 1)), m, 2))
             for d, m in zip((1, 2, 3), self.modes) if d in dims
@@ -42,15 +43,9 @@ class SpectralMix(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Depthwise: a low-pass identity (every kept mode passes unchanged); full: small random
-        mixing (the block's zero gate keeps the operator the identity at first either way)."""
+        """Small random mixing (the block's zero gate keeps the operator the identity at first)."""
         for w in self.filters.values():
-            with torch.no_grad():
-                if self.full:
-                    w.normal_(std=(2 * self.hidden) ** -0.5)
-                else:
-                    w.zero_()
-                    w[..., 0] = 1.0
+            nn.init.normal_(w, std=(2 * self.group) ** -0.5)
 
     def forward(self, x: Tensor, shape: tuple[int, ...]) -> Tensor:
         """x [B, L, H] on a lattice of ``shape`` (C order) -> [B, L, H]."""
@@ -60,9 +55,9 @@ class SpectralMix(nn.Module):
         grid = x.float().transpose(1, 2).reshape(b, h, *shape)
         spec = torch.fft.rfftn(grid, dim=axes, norm="ortho")
         index, keep = _mode_index(shape, self.modes[d - 1], str(x.device))
-        lead = (slice(None),) * (2 if self.full else 1)
-        w = torch.view_as_complex(self.filters[str(d)].float())[(*lead, *index)] * keep
-        spec = torch.einsum("bi...,io...->bo...", spec, w) if self.full else spec * w
+        w = torch.view_as_complex(self.filters[str(d)].float())[(slice(None),) * 3 + index] * keep
+        spec = spec.unflatten(1, (h // self.group, self.group))
+        spec = torch.einsum("bgi...,gio...->bgo...", spec, w).flatten(1, 2)
         out = torch.fft.irfftn(spec, s=shape, dim=axes, norm="ortho")
         return out.reshape(b, h, n).transpose(1, 2).to(x.dtype)
 

@@ -52,7 +52,7 @@ class LatentSurrogate(nn.Module):
         encoder_layers: int = 0,
         decoder_layers: int = 0,
         spectral_modes: Sequence[int] | None = (8, 8, 4),
-        spectral_channels: str = "full",
+        spectral_group: int = 32,
         predict_change: bool = True,
     ):
         super().__init__()
@@ -92,7 +92,7 @@ class LatentSurrogate(nn.Module):
         self.encoder = LatticeEncoder(hidden, heads, mlp_ratio, dropout, int(encoder_layers))
         self.operator = LatentOperator(
             hidden, depth, heads, self.cond_dim, list(self._keys.values()), mlp_ratio, dropout,
-            tuple(spectral_modes) if spectral_modes else None, spectral_channels,
+            tuple(spectral_modes) if spectral_modes else None, int(spectral_group),
             tuple(sorted({io.dim for io in self.tasks.values()})),
         )
         self.decoder = LocalFieldDecoder(hidden, heads, mlp_ratio, dropout, int(decoder_layers))

@@ -121,4 +121,5 @@ def steady_map(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Ten
     """The steady prior: encode the coefficient, map its tokens with the head, decode the solution."""
     with torch.no_grad():
         z = model.encode(task, x, coords)
-    return model.decode(task, model.stage_heads[head](z, cond, model.task_key(task)), coords)
+    z = model.stage_heads[head](z, cond, model.task_key(task), model.token_shapes[task])
+    return model.decode(task, z, coords)

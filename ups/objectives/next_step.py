@@ -42,16 +42,24 @@ class NextStep(Objective):
     (DPOT's auto-regressive denoising); steady tasks and cached latents train without it.
     """
 
-    def __init__(self, residual: bool | None = None, noise: float = 0.0):
+    def __init__(self, residual: bool | None = None, noise: float = 0.0, relative: bool = False):
         self.residual = residual
         self.noise = float(noise)
+        self.relative = bool(relative)
         if self.noise < 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         if self.noise > 0 and "x" in batch and not batch.get("steady", False):
             batch = {**batch, "x": batch["x"] + self.noise * torch.randn_like(batch["x"])}
-        return torch.nn.functional.mse_loss(self.predict(model, batch), batch["y"])
+        mse = torch.nn.functional.mse_loss(self.predict(model, batch), batch["y"])
+        if not self.relative:
+            return mse
+        # Relative to the batch's own scale of what is to be learnt: the change over the step
+        # (time-dependent tasks) or the field (steady ones), so every task weighs the same.
+        y = batch["y"].float()
+        base = y - batch["x"][..., -y.shape[-1]:].float() if "x" in batch and not batch.get("steady", False) else y
+        return mse / base.pow(2).mean().clamp_min(1e-8).detach()
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return predict_next(model, batch, self.residual)
