@@ -294,3 +294,25 @@ def test_resume_on_another_world_size_continues_or_refuses(data_dir: Path, tmp_p
     a, b = losses(straight), losses(run_dir)
     assert sorted(b) == list(range(1, 9))
     assert [b[s] for s in range(4, 9)] == pytest.approx([a[s] for s in range(4, 9)], rel=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["ddp2", pytest.param("fsdp2_2", marks=pytest.mark.slow)])
+def test_latent_model_trains_1d_2d_3d_together_and_resumes_bit_identically(layout: str, data_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """One latent network on a 1D, a 2D and a 3D task, two ranks: every task trains, and a crash
+    and restart ends with the straight run's weights and losses."""
+    common = [f"parallelism={layout}", "task=dims3", "task.datasets.cfd3d.synth.n_samples=4",
+              "trainer.max_steps=12", "trainer.batch_size=2"]
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    ok(launch(straight, data_dir, *common))
+    proc = ok(launch(crashed, data_dir, *common, "faults.crash_rank=1", "faults.crash_step=10",
+                     "parallelism.max_restarts=1"))
+    assert "resumed stage operator" in proc.stdout + proc.stderr
+    a, b = final_weights(straight), final_weights(crashed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(straight) == losses(crashed)
+    records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    trained = {k.split("/", 1)[1] for r in records if r["kind"] == "train" for k in r if k.startswith("loss/")}
+    assert trained == {"advection1d", "darcy2d", "cfd3d"}
+    # The shared operator holds a spectral filter per dimension present, the 3D one included.
+    assert {k.rsplit(".", 1)[1] for k in a if ".spectral.filters." in k} == {"1", "2", "3"}

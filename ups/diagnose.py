@@ -55,7 +55,10 @@ def diagnose_run(cfg: DictConfig) -> list[Path]:
     run = load_run(cfg.run, cfg.checkpoint, cfg.data_dir, device, cfg.allow_unverified_checkpoints)
     settings = DiagnosisSettings(cfg.eval_samples or None, cfg.windows_per_trajectory, cfg.invert_steps,
                                  cfg.invert_lr, cfg.batch_size)
-    residual = bool(getattr(run.objective, "residual", False))  # read from the run's own objective
+    from ups.objectives.next_step import predicts_change
+
+    # As the run's own objective decides: its setting, or the model's choice when it leaves it open.
+    residual = predicts_change(run.model, getattr(run.objective, "residual", False))
     results = diagnose(run.predict, run.model, run.tasks, residual, cfg.split, device, settings,
                        run.cfg.data.preload_max_gb)
     meta = {"run": str(cfg.run), "checkpoint": str(run.checkpoint.relative_to(Path(cfg.run))), "weights": run.source,
