@@ -77,18 +77,25 @@ def test_two_ranks_match_one_process_with_twice_the_batch(layout: str, single_b8
         assert task_loss == pytest.approx(r["loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("layout", ["ddp2", pytest.param("fsdp2_2", marks=pytest.mark.slow)])
-def test_crash_and_restart_resumes_bit_identically(layout: str, data_dir: Path, tmp_path: Path) -> None:
-    common = [f"parallelism={layout}", "trainer.max_steps=12", "trainer.batch_size=4", "model.dropout=0.1"]
+def straight_and_crashed_agree(data_dir: Path, tmp_path: Path, common: list[str]) -> dict[str, torch.Tensor]:
+    """Run ``common`` straight, then again with rank 1 dying hard after step 10 (the elastic agent
+    restarts both ranks, which resume from step 8): same final weights and losses. Returns the weights."""
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     ok(launch(straight, data_dir, *common))
-    # Rank 1 dies hard after step 10; the elastic agent restarts both ranks, which resume from step 8.
     proc = ok(launch(crashed, data_dir, *common, "faults.crash_rank=1", "faults.crash_step=10",
                      "parallelism.max_restarts=1"))
     assert "resumed stage operator" in proc.stdout + proc.stderr
     a, b = final_weights(straight), final_weights(crashed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert losses(straight) == losses(crashed)
+    return a
+
+
+@pytest.mark.parametrize("layout", ["ddp2", pytest.param("fsdp2_2", marks=pytest.mark.slow)])
+def test_crash_and_restart_resumes_bit_identically(layout: str, data_dir: Path, tmp_path: Path) -> None:
+    common = [f"parallelism={layout}", "trainer.max_steps=12", "trainer.batch_size=4", "model.dropout=0.1"]
+    a = straight_and_crashed_agree(data_dir, tmp_path, common)
+    straight = tmp_path / "straight"
     if layout == "ddp2":  # negative control: without restoring RNG, dropout masks differ after resume
         control = tmp_path / "control"
         ok(launch(control, data_dir, *common, "faults.crash_rank=1", "faults.crash_step=10",
@@ -303,15 +310,8 @@ def test_latent_model_trains_1d_2d_3d_together_and_resumes_bit_identically(layou
     and restart ends with the straight run's weights and losses."""
     common = [f"parallelism={layout}", "task=dims3", "task.datasets.cfd3d.synth.n_samples=4",
               "trainer.max_steps=12", "trainer.batch_size=2"]
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    ok(launch(straight, data_dir, *common))
-    proc = ok(launch(crashed, data_dir, *common, "faults.crash_rank=1", "faults.crash_step=10",
-                     "parallelism.max_restarts=1"))
-    assert "resumed stage operator" in proc.stdout + proc.stderr
-    a, b = final_weights(straight), final_weights(crashed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert losses(straight) == losses(crashed)
-    records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    a = straight_and_crashed_agree(data_dir, tmp_path, common)
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     trained = {k.split("/", 1)[1] for r in records if r["kind"] == "train" for k in r if k.startswith("loss/")}
     assert trained == {"advection1d", "darcy2d", "cfd3d"}
     # The shared operator holds a spectral filter per dimension present, the 3D one included.
