@@ -42,6 +42,20 @@ def job(option: str, seed: int, run_dir: Path, args: argparse.Namespace, extra: 
                train_cmd(args.task, run_dir, args.data_dir, args.hardware, args.threads, overrides + extra))
 
 
+def fixed_lrs(pairs: list[str], options: list[str]) -> dict[str, float]:
+    """``["fno=3e-3", ...]`` -> {option: lr}; an option that is not compared, or a bad number, is an error."""
+    out = {}
+    for pair in pairs:
+        option, _, value = pair.partition("=")
+        if option not in options:
+            raise SystemExit(f"--lr {pair}: {option!r} is not one of the compared options {options}")
+        try:
+            out[option] = float(value)
+        except ValueError:
+            raise SystemExit(f"--lr {pair}: {value!r} is not a number") from None
+    return out
+
+
 def pick_lrs(args: argparse.Namespace, extra: list[str]) -> dict[str, dict]:
     """Per option: every grid rate's validation mean rollout nRMSE (seed ``args.seeds[0]``) and the chosen one."""
     jobs = {(o, lr): job(o, args.seeds[0], args.out / o / "grid" / f"lr{lr:g}", args, extra, lr)
@@ -105,6 +119,7 @@ def table(summary: dict, grid: dict | None, args: argparse.Namespace, extra: lis
     cmd = (f"python launch/compare.py --task {args.task} --budget-s {args.budget_s:g} {vary} {' '.join(names)} "
            f"--seeds {' '.join(map(str, args.seeds))} --reference {args.reference}"
            + (f" --lr-grid {' '.join(f'{lr:g}' for lr in args.lr_grid)}" if args.lr_grid else "")
+           + (f" --lr {' '.join(args.lr)}" if args.lr else "")
            + (f" --parallel {args.parallel}" if args.parallel > 1 else "") + (f" -- {' '.join(extra)}" if extra else ""))
     lines = [f"Command: `{cmd}`",
              f"Date: {dt.date.today().isoformat()}; machine: {machine()}, device {any_model['device']}, "
@@ -162,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", default="fno", help="the option every model is counted against (default fno)")
     p.add_argument("--lr-grid", type=float, nargs="+", default=None,
                    help="learning rates to try per model (first seed, validation split) before the seeds run")
+    p.add_argument("--lr", nargs="+", default=[], metavar="OPTION=LR",
+                   help="a fixed learning rate per option, e.g. the one an --lr-grid run chose on a smaller task "
+                        "(options not named keep their config's)")
     p.add_argument("--parallel", type=int, default=1, help="trainings at once, each with --threads threads (default 1)")
     p.add_argument("--out", type=Path, default=Path("compare"), help="where the runs and the table go")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="shared data directory; absent task files are generated there (data.generate=true)")
@@ -170,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     args, extra = p.parse_known_args(argv)
     extra = [e for e in extra if e != "--"]
+    fixed = fixed_lrs(args.lr, args.options)
+    if fixed and args.lr_grid:
+        p.error("--lr and --lr-grid exclude each other: fix the rates or search them")
     grid = pick_lrs(args, extra) if args.lr_grid else None
-    jobs = {o: [job(o, s, args.out / o / f"seed{s}", args, extra, grid[o]["chosen"] if grid else None)
+    jobs = {o: [job(o, s, args.out / o / f"seed{s}", args, extra, grid[o]["chosen"] if grid else fixed.get(o))
                 for s in args.seeds] for o in args.options}
     run_jobs([j for js in jobs.values() for j in js], args.parallel, args.threads, args.force)
     summary = summarise({o: [j.run_dir for j in js] for o, js in jobs.items()})
