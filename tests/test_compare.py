@@ -159,3 +159,14 @@ def test_compare_lr_grid_picks_on_validation_and_counts_wins(data_dir: Path, tmp
         assert f"optim.lr: {grid['chosen']:g}" in (out / model / "seed1" / "config.yaml").read_text() or \
             f"lr: {grid['chosen']}" in (out / model / "seed1" / "config.yaml").read_text()
     assert "validation mean rollout nRMSE" in table and "The test split played no part" in table
+
+
+def test_fixed_per_model_rates_parse_and_refuse_unknown_options() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
+    from compare import fixed_lrs
+
+    assert fixed_lrs(["small=1e-3", "fno=0.003"], ["small", "fno"]) == {"small": 1e-3, "fno": 3e-3}
+    with pytest.raises(SystemExit, match="'unet' is not one of the compared options"):
+        fixed_lrs(["unet=1e-3"], ["small", "fno"])
+    with pytest.raises(SystemExit, match="'fast' is not a number"):
+        fixed_lrs(["fno=fast"], ["small", "fno"])
