@@ -1,12 +1,11 @@
-"""Spectral mixing over the token lattice: a learned filter on the lowest Fourier modes of each channel.
+"""Spectral mixing over the token lattice: a learned filter on the lowest Fourier modes of the tokens.
 
 The latent tokens of a task sit on a regular lattice (``ups/models/lattice.py``), so the FFT over
-its axes is defined whatever grid the data came on. A depthwise filter per mode can shift,
-smooth and sharpen each channel across the whole domain in one step (what an FNO layer does with
-full channel mixing; the channels mix in the block's MLP), which attention has to learn from
-positions. One filter per dimension (1D, 2D, 3D) is shared by every task of that dimension;
-mode ``k`` means ``k`` periods over the domain on every lattice, so lattices of different sizes
-read the same filter.
+its axes is defined whatever grid the data came on. A filter per mode can shift, smooth and sharpen
+patterns across the whole domain in one step (what an FNO layer does), which attention has to learn
+from positions: on advection1d it took the rollout error from 0.92 to 0.20 (docs/results.md). One
+filter per dimension (1D, 2D, 3D) is shared by every task of that dimension; mode ``k`` means ``k``
+periods over the domain on every lattice, so lattices of different sizes read the same filter.
 """
 from __future__ import annotations
 
