@@ -40,6 +40,8 @@ class NextStep(Objective):
     (normalised units) of Gaussian noise added to the context frames while training, so the model
     learns to map slightly wrong inputs to the true next frame, as its own rollouts will feed it
     (DPOT's auto-regressive denoising); steady tasks and cached latents train without it.
+    ``relative``: the MSE divided by :meth:`target_scale`, so a family whose frames change little
+    per step weighs as much as one that changes a lot.
     """
 
     def __init__(self, residual: bool | None = None, noise: float = 0.0, relative: bool = False):
@@ -50,16 +52,21 @@ class NextStep(Objective):
             raise ValueError(f"noise must be >= 0, got {noise}")
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        scale = self.target_scale(batch) if self.relative else None  # from the clean frames
         if self.noise > 0 and "x" in batch and not batch.get("steady", False):
             batch = {**batch, "x": batch["x"] + self.noise * torch.randn_like(batch["x"])}
         mse = torch.nn.functional.mse_loss(self.predict(model, batch), batch["y"])
-        if not self.relative:
-            return mse
-        # Relative to the batch's own scale of what is to be learnt: the change over the step
-        # (time-dependent tasks) or the field (steady ones), so every task weighs the same.
+        return mse if scale is None else mse / scale
+
+    @staticmethod
+    def target_scale(batch: dict) -> torch.Tensor:
+        """Mean square of what the batch asks the model to learn: the change over the step, or the
+        field itself for a steady task. ``relative`` divides by it so every task weighs the same."""
         y = batch["y"].float()
-        base = y - batch["x"][..., -y.shape[-1]:].float() if "x" in batch and not batch.get("steady", False) else y
-        return mse / base.pow(2).mean().clamp_min(1e-8).detach()
+        if batch.get("steady", False):
+            return y.pow(2).mean().clamp_min(1e-8)
+        last = batch["x"][..., -y.shape[-1]:] if "x" in batch else batch["last"]
+        return (y - last.float()).pow(2).mean().clamp_min(1e-8)
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return predict_next(model, batch, self.residual)
