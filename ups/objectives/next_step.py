@@ -55,18 +55,21 @@ class NextStep(Objective):
         scale = self.target_scale(batch) if self.relative else None  # from the clean frames
         if self.noise > 0 and "x" in batch and not batch.get("steady", False):
             batch = {**batch, "x": batch["x"] + self.noise * torch.randn_like(batch["x"])}
-        mse = torch.nn.functional.mse_loss(self.predict(model, batch), batch["y"])
-        return mse if scale is None else mse / scale
+        pred = self.predict(model, batch)
+        if scale is None:
+            return torch.nn.functional.mse_loss(pred, batch["y"])
+        # Per sample, so the loss of a batch split over ranks or micro-batches is the mean of its
+        # parts' losses, as every other loss here (a per-batch scale broke that).
+        return ((pred - batch["y"].float()).pow(2).flatten(1).mean(1) / scale).mean()
 
     @staticmethod
     def target_scale(batch: dict) -> torch.Tensor:
-        """Mean square of what the batch asks the model to learn: the change over the step, or the
-        field itself for a steady task. ``relative`` divides by it so every task weighs the same."""
+        """Per sample (B,), the mean square of what it asks the model to learn: the change over the
+        step, or the field itself for a steady task. ``relative`` divides by it so every task weighs the same."""
         y = batch["y"].float()
-        if batch.get("steady", False):
-            return y.pow(2).mean().clamp_min(1e-8)
-        last = batch["x"][..., -y.shape[-1]:] if "x" in batch else batch["last"]
-        return (y - last.float()).pow(2).mean().clamp_min(1e-8)
+        ref = y if batch.get("steady", False) else y - (batch["x"][..., -y.shape[-1]:] if "x" in batch
+                                                         else batch["last"]).float()
+        return ref.pow(2).flatten(1).mean(1).clamp_min(1e-8)
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return predict_next(model, batch, self.residual)
