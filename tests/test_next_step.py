@@ -47,16 +47,6 @@ def test_relative_loss_divides_by_the_scale_of_the_change_or_the_steady_field() 
     torch.testing.assert_close(NextStep(relative=True).loss(model, steady), torch.tensor(1.0))
 
 
-def test_relative_loss_of_a_split_batch_is_the_mean_of_its_halves() -> None:
-    """What data parallelism and accumulation assume: equal slices' mean loss = the whole batch's."""
-    model, objective = Constant(True), NextStep(relative=True)
-    batch = _batch()
-    batch["y"] = batch["y"] * torch.tensor([1.0, 10.0]).view(2, 1, 1)  # two samples of different scales
-    halves = [{**batch, "x": batch["x"][i:i + 1], "y": batch["y"][i:i + 1], "cond": batch["cond"][i:i + 1]}
-              for i in (0, 1)]
-    torch.testing.assert_close(objective.loss(model, batch), sum(objective.loss(model, h) for h in halves) / 2)
-
-
 def test_noise_perturbs_the_context_in_training_only_and_never_a_steady_input() -> None:
     batch, model = _batch(), Constant(True)
     NextStep(noise=0.5).loss(model, batch)

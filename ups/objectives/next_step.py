@@ -41,7 +41,10 @@ class NextStep(Objective):
     learns to map slightly wrong inputs to the true next frame, as its own rollouts will feed it
     (DPOT's auto-regressive denoising); steady tasks and cached latents train without it.
     ``relative``: the MSE divided by :meth:`target_scale`, so a family whose frames change little
-    per step weighs as much as one that changes a lot.
+    per step weighs as much as one that changes a lot. The scale is the batch's, so a batch split
+    over ranks or micro-batches no longer gives one process's loss exactly (the world-size
+    equivalence of docs/distributed.md needs it off, the default); a per-sample scale, which keeps
+    that equivalence, trained worse (docs/results.md).
     """
 
     def __init__(self, residual: bool | None = None, noise: float = 0.0, relative: bool = False):
@@ -55,21 +58,17 @@ class NextStep(Objective):
         scale = self.target_scale(batch) if self.relative else None  # from the clean frames
         if self.noise > 0 and "x" in batch and not batch.get("steady", False):
             batch = {**batch, "x": batch["x"] + self.noise * torch.randn_like(batch["x"])}
-        pred = self.predict(model, batch)
-        if scale is None:
-            return torch.nn.functional.mse_loss(pred, batch["y"])
-        # Per sample, so the loss of a batch split over ranks or micro-batches is the mean of its
-        # parts' losses, as every other loss here (a per-batch scale broke that).
-        return ((pred - batch["y"].float()).pow(2).flatten(1).mean(1) / scale).mean()
+        mse = torch.nn.functional.mse_loss(self.predict(model, batch), batch["y"])
+        return mse if scale is None else mse / scale
 
     @staticmethod
     def target_scale(batch: dict) -> torch.Tensor:
-        """Per sample (B,), the mean square of what it asks the model to learn: the change over the
-        step, or the field itself for a steady task. ``relative`` divides by it so every task weighs the same."""
+        """The batch's mean square of what it asks the model to learn: the change over the step, or
+        the field itself for a steady task. ``relative`` divides by it so every task weighs the same."""
         y = batch["y"].float()
         ref = y if batch.get("steady", False) else y - (batch["x"][..., -y.shape[-1]:] if "x" in batch
                                                          else batch["last"]).float()
-        return ref.pow(2).flatten(1).mean(1).clamp_min(1e-8)
+        return ref.pow(2).mean().clamp_min(1e-8)
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return predict_next(model, batch, self.residual)
