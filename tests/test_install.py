@@ -30,7 +30,7 @@ def test_wheel_install_composes_from_anywhere(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "ups.train", "--cfg", "job", "task=darcy2d", "model=base"],
                           env=env, cwd=elsewhere, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "hidden: 384" in proc.stdout and "2D_DarcyFlow" in proc.stdout
+    assert "hidden: 128" in proc.stdout and "2D_DarcyFlow" in proc.stdout
     shipped = {p.relative_to(site / "ups" / "conf").as_posix() for p in (site / "ups" / "conf").rglob("*.yaml")}
     in_repo = {p.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml")}
     assert shipped == in_repo

@@ -34,7 +34,10 @@ class SpectralMix(nn.Module):
         # Real and imaginary parts stored as a trailing axis of 2 (real parameters shard and
         # checkpoint like every other). Per dimension d: d-1 signed axes and one rfft axis. Only the
         # dimensions of the run's tasks get a filter (a 3D one is the largest by far).
-        lead = (hidden // self.group, self.group, self.group)
+        # (in-group channel, group, out-group channel): the first axis, which FSDP2 shards over the
+        # ranks, is the group width (32) rather than the number of groups (4 for hidden 128), so 8
+        # ranks each hold an eighth instead of four of them a quarter.
+        lead = (self.group, hidden // self.group, self.group)
         self.filters = nn.ParameterDict({
             str(d): nn.Parameter(torch.empty(*lead, *([2 * m - 1] * (d - 1)), m, 2))
             for d, m in zip((1, 2, 3), self.modes) if d in dims
@@ -56,7 +59,7 @@ class SpectralMix(nn.Module):
         index, keep = _mode_index(shape, self.modes[d - 1], str(x.device))
         w = torch.view_as_complex(self.filters[str(d)].float())[(slice(None),) * 3 + index] * keep
         spec = spec.unflatten(1, (h // self.group, self.group))
-        spec = torch.einsum("bgi...,gio...->bgo...", spec, w).flatten(1, 2)
+        spec = torch.einsum("bgi...,igo...->bgo...", spec, w).flatten(1, 2)
         out = torch.fft.irfftn(spec, s=shape, dim=axes, norm="ortho")
         return out.reshape(b, h, n).transpose(1, 2).to(x.dtype)
 
