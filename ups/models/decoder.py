@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from ups.models import lattice
@@ -31,15 +32,22 @@ class LocalFieldDecoder(nn.Module):
         # No LayerNorm before the heads: the coefficients must scale with the token (see the encoder).
 
     def forward(self, z: Tensor, coef_head: nn.Module, basis: nn.Module, features: Callable[[Tensor], Tensor],
-                cells: tuple[Tensor, Tensor], channels: int) -> Tensor:
+                cells: tuple[Tensor, Tensor], channels: int,
+                blocks: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> Tensor:
         """z [B, L, hidden] -> [B, Q, channels] at queries in ``cells`` = (cell index [b, Q], offset in the
         cell [b, Q, d]) (:func:`ups.models.lattice.locate`); ``basis(features(offset))`` gives the K cell
-        functions at an offset."""
-        for block in self.blocks:
-            z = block(z)
-        coef = coef_head(z)  # [B, L, channels * (K + 1)]: per-cell basis weights and a bias
+        functions at an offset. ``blocks`` = (lattice shape, points per cell and axis) when the queries
+        are a grid's points in C order that split into whole cells: the same values, computed per cell
+        with a reshape instead of a gather (:func:`ups.models.lattice.to_cells`)."""
+        for layer in self.blocks:
+            z = layer(z)
         index, offset = cells
         phi = basis(features(offset))  # [b, Q, K]
         k = phi.shape[-1]
-        per_query = lattice.gather(coef, index).unflatten(-1, (channels, k + 1))
+        coef = coef_head(z).unflatten(-1, (channels, k + 1))  # [B, L, channels, K + 1]: basis weights and a bias
+        if blocks is not None:
+            shape, block = blocks
+            per_cell = torch.einsum("blck,lmk->blmc", coef[..., :k], lattice.to_cells(phi, shape, block)[0].to(coef.dtype))
+            return lattice.from_cells(per_cell + coef[..., k].unsqueeze(2), shape, block)
+        per_query = lattice.gather(coef.flatten(-2), index).unflatten(-1, (channels, k + 1))
         return (per_query[..., :k] * phi.unsqueeze(-2).to(per_query.dtype)).sum(-1) + per_query[..., k]

@@ -63,3 +63,35 @@ def gather(tokens: Tensor, index: Tensor) -> Tensor:
     """tokens [B, L, H], index [b, Q] -> the token of each query's cell, [B, Q, H]."""
     b, q = tokens.shape[0], index.shape[1]
     return tokens.gather(1, index.expand(b, q).unsqueeze(-1).expand(b, q, tokens.shape[-1]))
+
+
+def cell_blocks(grid: Sequence[int], shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Grid points per cell and axis when a grid of ``grid`` points splits into whole blocks of the
+    lattice ``shape`` (then :func:`to_cells` is a reshape); None otherwise."""
+    if len(grid) != len(shape) or any(g % n for g, n in zip(grid, shape)):
+        return None
+    return tuple(g // n for g, n in zip(grid, shape))
+
+
+def to_cells(x: Tensor, shape: tuple[int, ...], block: tuple[int, ...]) -> Tensor:
+    """Values at a grid's points in C order, [B, P, F], -> per cell [B, L, m, F] (m points per cell, in
+    C order within the cell): what :func:`pool` and :func:`gather` do for such a grid, as a reshape
+    instead of a scatter, many times cheaper."""
+    b, f, d = x.shape[0], x.shape[-1], len(shape)
+    split = [s for n, p in zip(shape, block) for s in (n, p)]
+    order = [0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1]
+    return x.reshape(b, *split, f).permute(order).reshape(b, -1, _prod(block), f)
+
+
+def from_cells(x: Tensor, shape: tuple[int, ...], block: tuple[int, ...]) -> Tensor:
+    """The inverse of :func:`to_cells`: [B, L, m, F] -> [B, P, F] in the grid's C order."""
+    b, f, d = x.shape[0], x.shape[-1], len(shape)
+    order = [0] + [i for a in range(d) for i in (1 + a, 1 + d + a)] + [2 * d + 1]
+    return x.reshape(b, *shape, *block, f).permute(order).reshape(b, -1, f)
+
+
+def _prod(values: Sequence[int]) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out

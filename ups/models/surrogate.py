@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ups.models.decoder import LocalFieldDecoder
 from ups.models.encoder import LatticeEncoder, PointEmbedding
-from ups.models.lattice import centres, locate, pool, token_shape
+from ups.models.lattice import cell_blocks, centres, from_cells, locate, pool, to_cells, token_shape
 from ups.models.layers import FourierFeatures, ZeroLinear, init_weights
 from ups.models.operator import LatentOperator
 from ups.models.spectral import SpectralMix
@@ -99,6 +99,7 @@ class LatentSurrogate(nn.Module):
         # Networks of later stages (diffusion, consistency, steady prior), attached by name before
         # wrapping (ups.objectives.attach_heads); empty, it adds nothing to the state dict.
         self.stage_heads = nn.ModuleDict()
+        self._grid_layout: dict[tuple, bool] = {}  # (task, grid) -> its points fall in whole cells in C order
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -145,8 +146,27 @@ class LatentSurrogate(nn.Module):
         """The module key of a task (its name with '.' replaced), as heads index their per-task parts."""
         return self._lookup(task)[1]
 
-    def encode(self, task: str, fields: Tensor, coords: Tensor) -> Tensor:
-        """fields [B, P, in_channels], coords [B or 1, P, dim] in [-1, 1] -> z [B, L, hidden] (L: the task's cells)."""
+    def _blocks(self, task: str, coords: Tensor, grid: Sequence[int] | None) -> tuple[int, ...] | None:
+        """Grid points per cell and axis when ``coords`` are the points of ``grid`` in C order and each
+        cell of the task's lattice holds a whole block of them, so encoding and decoding can reshape
+        instead of scatter and gather (same values, several times faster); None otherwise. The cell
+        of every point is checked against its block once per task and grid."""
+        if not grid or coords.shape[0] != 1 or math.prod(grid) != coords.shape[1]:
+            return None
+        shape = self.token_shapes[task]
+        block = cell_blocks(tuple(int(g) for g in grid), shape)
+        if block is None:
+            return None
+        key = (task, tuple(int(g) for g in grid))
+        if key not in self._grid_layout:
+            cells = torch.arange(math.prod(shape), device=coords.device)
+            expected = from_cells(cells.view(1, -1, 1, 1).expand(1, -1, math.prod(block), 1), shape, block)
+            self._grid_layout[key] = bool(torch.equal(locate(coords, shape)[0], expected.view(1, -1)))
+        return block if self._grid_layout[key] else None
+
+    def encode(self, task: str, fields: Tensor, coords: Tensor, grid: Sequence[int] | None = None) -> Tensor:
+        """fields [B, P, in_channels], coords [B or 1, P, dim] in [-1, 1] -> z [B, L, hidden] (L: the task's
+        cells). ``grid``: the spatial shape, when the points are that grid's in C order (faster, same values)."""
         io, key = self._lookup(task)
         if fields.dim() != 3 or fields.shape[-1] != io.in_channels:
             raise ValueError(
@@ -161,7 +181,12 @@ class LatentSurrogate(nn.Module):
         shape = self.token_shapes[task]
         index, offset = locate(coords, shape)
         phi = self.encode_basis[key](self.local_fourier(offset))  # [b, P, K]
-        moments = pool((phi.unsqueeze(-1) * fields.to(phi.dtype).unsqueeze(-2)).flatten(-2), index, math.prod(shape))
+        block = self._blocks(task, coords, grid)
+        if block is None:
+            moments = pool((phi.unsqueeze(-1) * fields.to(phi.dtype).unsqueeze(-2)).flatten(-2), index, math.prod(shape))
+        else:
+            per_cell = to_cells(fields.to(phi.dtype), shape, block)
+            moments = torch.einsum("blmc,lmk->blkc", per_cell, to_cells(phi, shape, block)[0]).flatten(-2) / per_cell.shape[2]
         positions = self.position_proj[key](self.position_fourier(centres(shape, coords.device)))
         return self.encoder(self.input_proj[key](moments), positions.unsqueeze(0))
 
@@ -176,13 +201,16 @@ class LatentSurrogate(nn.Module):
             )
         return self.operator(z, cond, key, self.token_shapes[task])
 
-    def decode(self, task: str, z: Tensor, coords: Tensor) -> Tensor:
-        """z [B, L, hidden], coords [B or 1, Q, dim] -> fields [B, Q, out_channels] at those coords."""
+    def decode(self, task: str, z: Tensor, coords: Tensor, grid: Sequence[int] | None = None) -> Tensor:
+        """z [B, L, hidden], coords [B or 1, Q, dim] -> fields [B, Q, out_channels] at those coords.
+        ``grid``: as for :meth:`encode`."""
         io, key = self._lookup(task)
         self._check_latents(task, z)
         self._check_coords(task, io, coords, "query coords", z.shape[0])
-        return self.decoder(z, self.output_head[key], self.basis[key], self.local_fourier,
-                            locate(coords, self.token_shapes[task]), io.out_channels)
+        block = self._blocks(task, coords, grid)
+        shape = self.token_shapes[task]
+        return self.decoder(z, self.output_head[key], self.basis[key], self.local_fourier, locate(coords, shape),
+                            io.out_channels, None if block is None else (shape, block))
 
     def forward(
         self, task: str, fields: Tensor | None, coords: Tensor, cond: Tensor, query_coords: Tensor | None = None,
@@ -193,16 +221,17 @@ class LatentSurrogate(nn.Module):
 
         ``latents`` (e.g. from the latent cache) replace ``encode(fields, coords)``; going through
         ``forward`` either way keeps data-parallel wrappers in the loop. ``grid`` is not needed:
-        the model sees points and coordinates only. ``run``: instead, return
+        the model sees points and coordinates only; given, it says the points are that grid's in C
+        order, which makes encoding and decoding a reshape (same values, faster). ``run``: instead, return
         ``run(self, task, fields, coords, cond, **run_args)``, so an objective's own composition of
         encode/step/decode/heads (``ups/objectives/``) also runs inside the wrapped forward, where
         DDP prepares its gradient reduction and FSDP2 gathers the root's parameters.
         """
         if run is not None:
             return run(self, task, fields, coords, cond, **run_args)
-        z = self.encode(task, fields, coords) if latents is None else latents
+        z = self.encode(task, fields, coords, grid) if latents is None else latents
         z = self.step(task, z, cond)
-        return self.decode(task, z, coords if query_coords is None else query_coords)
+        return self.decode(task, z, coords, grid) if query_coords is None else self.decode(task, z, query_coords)
 
     @property
     def encoder_modules(self) -> list[nn.Module]:
