@@ -87,6 +87,22 @@ def test_pushforward_trains_one_step_after_a_random_detached_unroll(advection) -
     assert torch.allclose(full, torch.stack(step_losses).mean(), atol=1e-6)
 
 
+def test_relative_unrolled_loss_scales_each_step_by_its_true_change(advection) -> None:
+    """Each step's MSE over the batch's mean square *true* change over that step (not the change from
+    the model's own previous prediction, which would reward a drifting rollout with a larger scale)."""
+    task, model = advection
+    batch, c = _batch(task, horizon=2), task.channels
+    y1, y2 = batch["y"][..., :c], batch["y"][..., c:]
+    with torch.no_grad():
+        first = NextStep().predict(model, batch)
+        second = NextStep().predict(model, {**batch, "x": torch.cat([batch["x"][..., c:], first], dim=-1)})
+        expected = (NextStep(relative=True).loss(model, {**batch, "y": y1})
+                    + torch.nn.functional.mse_loss(second, y2) / (y2 - y1).pow(2).mean()) / 2
+        got = Unrolled(steps=2, relative=True).loss(model, batch)
+    assert torch.allclose(got, expected, rtol=1e-5)
+    assert not torch.allclose(got, Unrolled(steps=2).loss(model, batch).detach(), rtol=1e-2)
+
+
 UNROLLED = "stage=operator_unrolled"
 
 

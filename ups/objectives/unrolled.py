@@ -12,6 +12,9 @@ trains on that drift:
   ``n = 0`` that is plain next-step training on true context; otherwise the model learns to correct
   inputs that carry its own errors, at the cost of one step's backward.
 
+``relative``: each step's MSE divided by the batch's mean square change over that step, as
+:class:`~ups.objectives.NextStep`'s option (off by default for the same reason).
+
 Steady tasks (Darcy) have no time axis: there the loss is the one-step MSE. Evaluation predicts one
 step at a time, as for :class:`~ups.objectives.NextStep`.
 """
@@ -21,16 +24,22 @@ import torch
 from torch import nn
 
 from ups.objectives.base import Objective
-from ups.objectives.next_step import predict_next
+from ups.objectives.next_step import NextStep, predict_next
 
 
 class Unrolled(Objective):
     """``steps`` autoregressive predictions per window, fitted to the next ``steps`` true frames."""
 
-    def __init__(self, steps: int = 2, pushforward: bool = False, residual: bool | None = None):
+    def __init__(self, steps: int = 2, pushforward: bool = False, residual: bool | None = None,
+                 relative: bool = False):
         if int(steps) < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         self.steps, self.pushforward, self.residual = int(steps), bool(pushforward), residual
+        self.relative = bool(relative)
+
+    def _mse(self, pred: torch.Tensor, target: torch.Tensor, batch: dict) -> torch.Tensor:
+        mse = nn.functional.mse_loss(pred, target)
+        return mse / NextStep.target_scale({**batch, "y": target}) if self.relative else mse
 
     @property
     def horizon(self) -> int:
@@ -39,7 +48,7 @@ class Unrolled(Objective):
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         y = batch["y"]
         if batch.get("steady", False):
-            return nn.functional.mse_loss(self.predict(model, batch), y)
+            return self._mse(self.predict(model, batch), y, batch)
         if "z" in batch:
             raise ValueError("Unrolled needs the context fields to feed predictions back; it cannot train "
                              "from cached latents (set the stage's latent_cache=false)")
@@ -51,7 +60,9 @@ class Unrolled(Objective):
             with torch.set_grad_enabled(torch.is_grad_enabled() and trained):
                 pred = self.predict(model, {**batch, "x": x})
             if trained:
-                losses.append(nn.functional.mse_loss(pred, y[..., i * c:(i + 1) * c]))
+                # The scale of step i is the true change over it, from the true frame before it.
+                before = batch["x"][..., -c:] if i == 0 else y[..., (i - 1) * c:i * c]
+                losses.append(self._mse(pred, y[..., i * c:(i + 1) * c], {**batch, "x": before}))
             x = torch.cat([x[..., c:], pred.to(x.dtype)], dim=-1)  # drop the oldest frame, append the prediction
         return torch.stack(losses).mean()
 
