@@ -170,3 +170,18 @@ def test_fixed_per_model_rates_parse_and_refuse_unknown_options() -> None:
         fixed_lrs(["unet=1e-3"], ["small", "fno"])
     with pytest.raises(SystemExit, match="'fast' is not a number"):
         fixed_lrs(["fno=fast"], ["small", "fno"])
+
+
+def test_adamw_uses_the_fused_kernel_on_cpu_unless_told_not_to() -> None:
+    """Fused AdamW halves the optimizer step on CPU (docs/benchmarks.md); `optim.fused=false` keeps foreach."""
+    from types import SimpleNamespace
+
+    from ups.training.optim import build_optimizer
+
+    model = torch.nn.Linear(4, 4)
+    cfg = SimpleNamespace(weight_decay=0.01, lr=1e-3, betas=(0.9, 0.95), fused=None)
+    default = build_optimizer(model, cfg, None, torch.device("cpu"))
+    assert default.defaults["fused"] is True
+    cfg.fused = False
+    off = build_optimizer(model, cfg, None, torch.device("cpu"))
+    assert not off.defaults["fused"] and off.defaults["foreach"] is True

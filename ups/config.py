@@ -79,7 +79,7 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
-    fused: Optional[bool] = None  # None: fused on CUDA, foreach elsewhere
+    fused: Optional[bool] = None  # None: fused on CUDA and CPU, foreach elsewhere
     warmup_steps: int = 50
     schedule: str = "cosine"  # cosine | constant | cosine_time (over trainer.time_budget_s)
     min_lr_ratio: float = 0.05
