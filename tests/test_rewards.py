@@ -158,3 +158,24 @@ def test_cuda_matches_cpu(frames):
         got = physics_reward(fam, prev.cuda(), c.cuda(), grid)
         assert got.device.type == "cuda"
         torch.testing.assert_close(got.cpu(), physics_reward(fam, prev, c, grid), atol=1e-5, rtol=1e-4)
+
+
+def test_fitzhugh_nagumo_pde_term_ranks_the_truth_above_what_a_model_gets_wrong(tmp_path):
+    """The invariant box alone scores -u (the system is odd up to k) and a frame that barely moved as
+    well as the truth; given dt, the PDE over the step ranks the truth above both, above a half-size
+    change (an under-predicting model) and a 10 % overshoot."""
+    fam = FAMILIES["react_diff2d"]
+    (path,) = generate(fam.name, tmp_path, n_samples=2, nx=16, nt=21)
+    reader = TrajectoryFile(path, fam)
+    x, dt = torch.from_numpy(np.stack([reader.read(i) for i in range(2)])), reader.dt()
+    reader.close()
+    flat = x.reshape(2, x.shape[1], -1, 2)
+    prev, cand, grid = flat[:, 1], flat[:, 2], tuple(x.shape[2:4])
+    assert "pde" not in reward_terms(fam, prev, cand, grid)  # no dt: the box only
+    truth = reward_terms(fam, prev, cand, grid, dt=dt)
+    assert (truth["pde"] > -0.05).all(), truth
+    wrong = {"sign_flip": -cand, "persistence": prev, "half_change": prev + 0.5 * (cand - prev), "x1.1": 1.1 * cand}
+    best = physics_reward(fam, prev, cand, grid, dt=dt)
+    for name, frame in wrong.items():
+        assert (physics_reward(fam, prev, frame, grid, dt=dt) < best - 0.1).all(), name
+    assert torch.equal(physics_reward(fam, prev, -cand, grid), physics_reward(fam, prev, cand, grid))  # the old blind spot

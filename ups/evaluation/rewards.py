@@ -22,8 +22,9 @@ cfd1d/2d/3d    mass, momentum, energy, positivity (rho, p)  periodic compressibl
                                                             rho, rho v, E = p/(Gamma-1) + rho|v|^2/2
 darcy2d        residual, boundary, positivity               -div(a grad u) = beta (beta > 0, not passed so
                                                             fitted), u = 0 on the box faces, hence u > 0
-react_diff2d   bounds (invariant square)                    FitzHugh-Nagumo: [-U,U]^2 is invariant when
-                                                            U^3 - 2U - k >= 0, so |u|,|v| <= max(U0, |prev|)
+react_diff2d   bounds (invariant square), pde (given dt)    FitzHugh-Nagumo: [-U,U]^2 is invariant when
+                                                            U^3 - 2U - k >= 0, so |u|,|v| <= max(U0, |prev|);
+                                                            cand - prev = dt (f(prev) + f(cand)) / 2
 swe2d          mass, positivity (h)                         int h is conserved until the dam-break wave
                                                             reaches the outflow walls (~t = 1 at 128^2, but
                                                             earlier on coarse grids: see REWARDS); h > 0
@@ -47,6 +48,7 @@ from ups.data.registry import Family
 EPS = 1e-12  # only reached when both frames are zero: then every ratio is 0/EPS = 0
 GAMMA = 5.0 / 3.0  # PDEBench's compressible solver and ours
 FHN_K = 5e-3  # FitzHugh-Nagumo's k (ups/data/synth/fhn2d.py, PDEBench's sim_diff_react.py)
+FHN_DU, FHN_DV = 1e-3, 5e-3  # its diffusion coefficients (the same sources)
 
 
 def _fhn_box() -> float:
@@ -71,8 +73,9 @@ REWARDS: dict[str, str] = {
     "cfd1d": "mass, momentum, energy, positivity (rho, p): periodic compressible NS in flux form",
     "darcy2d": "residual of -div(a grad u) = beta (beta fitted: it is not passed), boundary u = 0, "
                "positivity u > 0 (beta > 0); a wrong overall scale is invisible without beta",
-    "react_diff2d": "bounds: FitzHugh-Nagumo's invariant square |u|, |v| <= max(1.416, max |prev|); no "
-                    "conservation (reaction) and the no-flux walls are implicit in cell values",
+    "react_diff2d": "bounds: FitzHugh-Nagumo's invariant square |u|, |v| <= max(1.416, max |prev|); pde (given "
+                    "dt): the trapezoid rule's misfit of the PDE over the step, which the box alone misses "
+                    "(-u, a frame that changed too little); no conservation (reaction)",
     "swe2d": "mass, positivity (h): int h is conserved while the wave is inside the outflow walls (coarse "
              "grids smear the front: the synthetic 16^2 data loses ~1e-5 of int h by t = 0.5, ~1e-3 by t = 1)",
     "cfd2d": "mass, momentum, energy, positivity (rho, p): periodic compressible NS in flux form",
@@ -132,12 +135,12 @@ def _shift(x: torch.Tensor, axis: int, lo: int, hi: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- families
-def _advection(p0: dict, p1: dict, h: list[float]) -> dict[str, torch.Tensor]:
+def _advection(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, torch.Tensor]:
     u0, u1 = p0["u"], p1["u"]
     return {"mass": _conserved(u0, u1), "l2": _conserved(u0 ** 2, u1 ** 2)}
 
 
-def _burgers(p0: dict, p1: dict, h: list[float]) -> dict[str, torch.Tensor]:
+def _burgers(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, torch.Tensor]:
     u0, u1 = p0["u"], p1["u"]
     # maximum principle: u stays within the previous frame's range (the generator's MUSCL-minmod
     # Godunov scheme and exact heat step keep it on the samples too); relative to max|u| of both
@@ -146,7 +149,7 @@ def _burgers(p0: dict, p1: dict, h: list[float]) -> dict[str, torch.Tensor]:
             "bounds": _bounds(u1, lo, hi, _amax(u0) + _amax(u1))}
 
 
-def _fisher(p0: dict, p1: dict, h: list[float]) -> dict[str, torch.Tensor]:
+def _fisher(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, torch.Tensor]:
     u0, u1 = p0["u"], p1["u"]
     # u <= 1, and min u never decreases (diffusion obeys the minimum principle, the reaction is >= 0
     # on [0, 1]); int u may only grow: the sign flip of _no_growth
@@ -154,11 +157,11 @@ def _fisher(p0: dict, p1: dict, h: list[float]) -> dict[str, torch.Tensor]:
     return {"bounds": _bounds(u1, lo, 1.0, 1.0), "mass_growth": _no_growth(-u0, -u1)}
 
 
-def _sorption(p0: dict, p1: dict, h: list[float]) -> dict[str, torch.Tensor]:
+def _sorption(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, torch.Tensor]:
     return {"bounds": _bounds(p1["u"], 0.0, 1.0, 1.0)}
 
 
-def _compressible(p0: dict, p1: dict, h: list[float]) -> dict[str, torch.Tensor]:
+def _compressible(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, torch.Tensor]:
     names = [k for k in ("vx", "vy", "vz") if k in p0]
 
     def totals(f):
@@ -192,7 +195,7 @@ def _darcy_operator(a: torch.Tensor, u: torch.Tensor, h: list[float]) -> torch.T
     return out
 
 
-def _darcy(p0: dict, p1: dict, h: list[float]) -> dict[str, torch.Tensor]:
+def _darcy(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, torch.Tensor]:
     a, u = p0["u"], p1["u"]  # steady family: the "previous frame" holds the coefficient a
     r = _darcy_operator(a, u, h)
     # -div(a grad u) must be the constant beta everywhere. beta is not passed, so it is fitted on the
@@ -210,20 +213,44 @@ def _darcy(p0: dict, p1: dict, h: list[float]) -> dict[str, torch.Tensor]:
     return {"residual": misfit(r_in), "boundary": misfit(r_ring), "positivity": _positive(u)}
 
 
-def _fitzhugh_nagumo(p0: dict, p1: dict, h: list[float]) -> dict[str, torch.Tensor]:
+def _neumann_laplacian(u: torch.Tensor, h: list[float]) -> torch.Tensor:
+    """5-point Laplacian of u (B, X, Y) with zero-flux walls (mirror ghost cells), the generator's stencil."""
+    g = torch.nn.functional.pad(u.unsqueeze(1), (1, 1, 1, 1), mode="replicate").squeeze(1)
+    return ((g[:, 2:, 1:-1] + g[:, :-2, 1:-1] - 2 * u) / h[0] ** 2
+            + (g[:, 1:-1, 2:] + g[:, 1:-1, :-2] - 2 * u) / h[1] ** 2)
+
+
+def _fhn_rate(f: dict) -> torch.Tensor:
+    """FitzHugh-Nagumo's time derivative of (u, v), stacked on axis 1: (B, 2, X, Y)."""
+    u, v, h = f["u"], f["v"], f["h"]
+    return torch.stack([FHN_DU * _neumann_laplacian(u, h) + u - u ** 3 - FHN_K - v,
+                        FHN_DV * _neumann_laplacian(v, h) + u - v], dim=1)
+
+
+def _fitzhugh_nagumo(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, torch.Tensor]:
     prev = torch.stack([p0["u"], p0["v"]], dim=1)
     cand = torch.stack([p1["u"], p1["v"]], dim=1)
     # the square [-U, U]^2 is invariant (Chueh-Conley-Smoller; diffusion is diagonal) for every
     # U >= FHN_BOX, so the smallest one holding the previous frame must hold the next frame too
     box = _amax(prev).clamp(min=FHN_BOX)
-    return {"bounds": _bounds(cand, -box, box, box)}
+    terms = {"bounds": _bounds(cand, -box, box, box)}
+    if dt:
+        # The box cannot tell -u from u (the system is odd up to k), nor a frame that changed too
+        # little. The PDE over the step can: cand - prev = dt * (rate(prev) + rate(cand)) / 2
+        # (trapezoid rule). Misfit relative to |change| + |dt * rate|, in [0, 1]: about 0.002 for
+        # the synthetic truth once the initial noise has smoothed, 0.9+ for -u, 1 for persistence.
+        change = cand - prev
+        step = 0.5 * dt * (_fhn_rate({**p0, "h": h}) + _fhn_rate({**p1, "h": h}))
+        norm = lambda x: x.flatten(1).norm(dim=1)  # noqa: E731
+        terms["pde"] = -norm(change - step) / (norm(change) + norm(step) + EPS)
+    return terms
 
 
-def _swe(p0: dict, p1: dict, h: list[float]) -> dict[str, torch.Tensor]:
+def _swe(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, torch.Tensor]:
     return {"mass": _conserved(p0["h"], p1["h"]), "positivity": _positive(p1["h"])}
 
 
-def _incompressible(p0: dict, p1: dict, h: list[float]) -> dict[str, torch.Tensor]:
+def _incompressible(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, torch.Tensor]:
     v = [p1["vx"], p1["vy"]]
     smoke_mass = _conserved(p0["smoke"], p1["smoke"])
     if min(v[0].shape[1:]) < 3:  # no interior point to take a central difference at
@@ -262,9 +289,10 @@ def _fields(family: Family, x: torch.Tensor, grid: tuple[int, ...], what: str) -
 
 
 def reward_terms(family: Family, prev: torch.Tensor, cand: torch.Tensor, grid: tuple[int, ...],
-                 domain: tuple[float, float] | None = None) -> dict[str, torch.Tensor]:
+                 domain: tuple[float, float] | None = None, dt: float | None = None) -> dict[str, torch.Tensor]:
     """The named terms of ``family`` (each (B,), <= 0, 0 = no violation); they sum to
-    :func:`physics_reward`. Empty for a family with no applicable term."""
+    :func:`physics_reward`. Empty for a family with no applicable term. ``dt``: the time between the
+    frames, for terms that check the PDE over the step (react_diff2d's ``pde``); None leaves them out."""
     grid = tuple(int(n) for n in grid)
     if len(grid) != family.dim:
         raise ValueError(f"{family.name}: grid {grid} has {len(grid)} axes, the family is {family.dim}-D")
@@ -274,16 +302,16 @@ def reward_terms(family: Family, prev: torch.Tensor, cand: torch.Tensor, grid: t
     spacing = [(hi - lo) / n for n in grid]
     fields0, fields1 = _fields(family, prev, grid, "prev"), _fields(family, cand, grid, "cand")
     terms = _TERMS.get(family.name)
-    return {} if terms is None else terms(fields0, fields1, spacing)
+    return {} if terms is None else terms(fields0, fields1, spacing, dt)
 
 
 def physics_reward(family: Family, prev: torch.Tensor, cand: torch.Tensor, grid: tuple[int, ...],
-                   domain: tuple[float, float] | None = None) -> torch.Tensor:
+                   domain: tuple[float, float] | None = None, dt: float | None = None) -> torch.Tensor:
     """Reward per sample (B,), higher is better, <= 0 (0 = no violation): the sum of
     :func:`reward_terms`. ``prev`` is the previous frame (darcy2d: the coefficient a), ``cand`` the
     candidate next frame (darcy2d: the solution u), both (B, P, C) in physical units; P is the C-order
     flattening of ``grid``, channels in ``family.channels`` order."""
-    terms = reward_terms(family, prev, cand, grid, domain)
+    terms = reward_terms(family, prev, cand, grid, domain, dt)
     out = torch.zeros(cand.shape[0], dtype=torch.promote_types(cand.dtype, torch.float32), device=cand.device)
     for value in terms.values():
         out = out + value

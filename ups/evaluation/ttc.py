@@ -49,7 +49,7 @@ class TestTimeCorrection:
         c = cands.shape[-1]
         prev = physical(task, batch["x"][..., -c:], "in")
         rewards = torch.stack([physics_reward(task.family, prev, physical(task, cand, "in"), task.grid,
-                                              task.family.domain) for cand in cands])
+                                              task.family.domain, task.dt) for cand in cands])
         best = rewards.argmax(0)  # ties go to the first: the uncorrected prediction
         chosen = cands.gather(0, best[None, :, None, None].expand(1, *cands.shape[1:]))[0]
         s = self.stats.setdefault(task.name, {"samples": 0, "kept_uncorrected": 0, "reward_gain": 0.0})
