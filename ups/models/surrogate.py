@@ -153,11 +153,11 @@ class LatentSurrogate(nn.Module):
         of every point is checked against its block once per task and grid."""
         if not grid or coords.shape[0] != 1 or math.prod(grid) != coords.shape[1]:
             return None
-        shape = self.token_shapes[task]
-        block = cell_blocks(tuple(int(g) for g in grid), shape)
+        shape, grid = self.token_shapes[task], tuple(int(g) for g in grid)
+        block = cell_blocks(grid, shape)
         if block is None:
             return None
-        key = (task, tuple(int(g) for g in grid))
+        key = (task, grid)
         if key not in self._grid_layout:
             cells = torch.arange(math.prod(shape), device=coords.device)
             expected = from_cells(cells.view(1, -1, 1, 1).expand(1, -1, math.prod(block), 1), shape, block)
