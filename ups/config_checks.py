@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ups.config import ConfigError
+from ups.errors import ConfigError
 
 _CHOICES = {
     "data.sampler.strategy": ("proportional", "balanced", "temperature"),

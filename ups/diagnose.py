@@ -6,7 +6,6 @@ Rollout and one-step nRMSE and, for a model with a latent encoder, the floors it
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from ups.config import register_configs
+from ups.errors import ConfigError, exit_on_error
 
 
 @dataclass
@@ -49,7 +49,7 @@ def diagnose_run(cfg: DictConfig) -> list[Path]:
     from ups.models.spec import spec_of
 
     if cfg.split not in ("test", "val"):
-        raise ValueError(f"split={cfg.split!r} is not one of test, val")
+        raise ConfigError(f"split={cfg.split!r} is not one of test, val")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if cfg.device == "auto" else cfg.device)
     run = load_run(cfg.run, cfg.checkpoint, cfg.data_dir, device, cfg.allow_unverified_checkpoints)
@@ -75,16 +75,9 @@ def diagnose_run(cfg: DictConfig) -> list[Path]:
 @hydra.main(version_base="1.3", config_path="pkg://ups.conf", config_name="diagnose")
 def main(cfg: DictConfig) -> None:
     """Diagnose; a missing run, checkpoint or data directory is one paragraph on stderr and exit 1."""
-    from ups.config import ConfigError
-    from ups.data.readers import DataFileError
-    from ups.training.checkpoint import CheckpointError
-
-    try:
+    with exit_on_error(f"Cannot diagnose {cfg.run}: "):
         for path in diagnose_run(cfg):
             print(path)
-    except (FileNotFoundError, DataFileError, ConfigError, CheckpointError, ValueError) as err:
-        print(f"Cannot diagnose {cfg.run}: {err}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ups.config import register_configs
+from ups.errors import ConfigError, exit_on_error
 
 register_configs()
 
@@ -27,12 +28,12 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
     from ups.evaluation.suite import evaluate_suite, write_results
 
     if cfg.split not in ("test", "val"):
-        raise ValueError(f"split={cfg.split!r} is not one of test, val")
+        raise ConfigError(f"split={cfg.split!r} is not one of test, val")
     which = ["final", "best"] if cfg.checkpoint == "both" else [cfg.checkpoint]
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
-        raise ValueError(f"device={cfg.device!r} is not one of auto, cpu, cuda")
+        raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, cuda")
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={cfg.device} but this machine has no usable CUDA GPU (torch "
+        raise ConfigError(f"device={cfg.device} but this machine has no usable CUDA GPU (torch "
                          f"{torch.__version__}); use device=cpu or device=auto")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if cfg.device == "auto" else cfg.device)
@@ -78,19 +79,9 @@ def _has_best(run: Path) -> bool:
 @hydra.main(version_base="1.3", config_path="pkg://ups.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     """Evaluate; a missing run, checkpoint or data directory is one paragraph on stderr and exit 1."""
-    from ups.config import ConfigError
-    from ups.data.readers import DataFileError
-    from ups.training.checkpoint import CheckpointError
-
-    try:
+    with exit_on_error(f"Cannot evaluate {cfg.run}: "):
         for path in evaluate_run(cfg):
             print(path)
-    except (FileNotFoundError, DataFileError, ConfigError, CheckpointError, ValueError, OSError) as err:
-        print(f"Cannot evaluate {cfg.run}: {err}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print(f"interrupted: the evaluation of {cfg.run} stopped; files written so far are complete", file=sys.stderr)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

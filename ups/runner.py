@@ -15,7 +15,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ups.config import ConfigError, resolve_global_batch, validate
+from ups.config import resolve_global_batch, validate
+from ups.errors import ConfigError
 from ups.data.registry import COND_DIM
 from ups.data.tasks import TaskData, build_task, log_task_note
 from ups.distributed.collectives import main_first

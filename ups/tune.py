@@ -7,13 +7,13 @@ and use as ``experiment=<name>``, or to paste into a ``hardware/`` preset or a s
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from ups.config import register_configs
+from ups.errors import ConfigError, exit_on_error
 
 register_configs()
 
@@ -50,7 +50,7 @@ def tune(cfg: DictConfig) -> dict:
     budget = bt.budget_mb(device, t.memory_budget_gb, t.margin)
     largest, trials = bt.search(lambda b: bt.measure(step, b, device, budget, t.oom_above), t.start, t.max_batch)
     if largest == 0:
-        raise SystemExit(f"not even trainer.batch_size={t.start} fits on {device} within {budget:.0f} MB:\n"
+        raise ConfigError(f"not even trainer.batch_size={t.start} fits on {device} within {budget:.0f} MB:\n"
                          + bt.describe(trials))
     batch = bt.with_margin(largest, t.margin)
     snippet = (f"# @package _global_\n# python -m ups.tune on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
@@ -69,17 +69,9 @@ def tune(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="pkg://ups.conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    """Tune; a config or data error is one paragraph on stderr and exit 1."""
-    from ups.errors import user_message
-
-    try:
+    """Tune; a config or data error, or no batch that fits, is one paragraph on stderr and exit 1."""
+    with exit_on_error():
         tune(cfg)
-    except Exception as err:  # noqa: BLE001 - expected errors get one paragraph; others re-raise
-        message = user_message(err)
-        if message is None:
-            raise
-        print(message, file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

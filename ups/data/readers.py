@@ -20,13 +20,10 @@ import h5py
 import numpy as np
 
 from ups.data.registry import Family
+from ups.errors import DataFileError  # noqa: F401 - defined in ups.errors, imported from here too
 
 
 SYNTHETIC_ATTR = "ups_synthetic"  # root attribute of files UPS generates; PDEBench's loaders ignore it
-
-
-class DataFileError(ValueError):
-    """A data file that cannot be read as the PDEBench layout it claims to be."""
 
 
 def _open(path: Path) -> h5py.File:

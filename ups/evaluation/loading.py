@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from ups.data.tasks import TaskData
 from ups.objectives import Objective, build_objective
 from ups.runner import build_model, build_tasks
-from ups.config import ConfigError
+from ups.errors import ConfigError
 from ups.training.checkpoint import CheckpointError, last_trained_stage, load_eval_weights, run_checkpoint
 
 log = logging.getLogger(__name__)

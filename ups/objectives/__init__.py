@@ -22,7 +22,7 @@ def build_objective(cfg: Any, where: str) -> Objective:
     """Instantiate a stage's objective; a bad target or argument is a config error naming ``where``."""
     from hydra.utils import instantiate
 
-    from ups.config import ConfigError
+    from ups.errors import ConfigError
 
     try:
         objective = instantiate(cfg)
@@ -36,7 +36,7 @@ def build_objective(cfg: Any, where: str) -> Objective:
 def check_stages(stages: Any, strategy: str) -> None:
     """Build every stage's objective once before any work, so a bad argument or a strategy the
     objective cannot run under is a config error at compose time, naming the stage."""
-    from ups.config import ConfigError
+    from ups.errors import ConfigError
 
     for name, stage in (stages or {}).items():
         reason = build_objective(stage.objective, f"stages.{name}").refuses(strategy)
@@ -48,7 +48,7 @@ def attach_heads(model: Any, stages: Any) -> None:
     """Attach every stage objective's own network to the unwrapped model, in stage order, so that
     checkpoints, wrapping and freezing see one model from the first stage on. A head on a model
     family without a latent space is a config error naming the stage."""
-    from ups.config import ConfigError
+    from ups.errors import ConfigError
     from ups.models.spec import spec_of
 
     for name, stage in (stages or {}).items():

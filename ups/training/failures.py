@@ -14,15 +14,12 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
+from ups.errors import ConfigError, StopTraining  # noqa: F401 - StopTraining: imported from here too
+
 if TYPE_CHECKING:
     from ups.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-
-class StopTraining(RuntimeError):
-    """Raised when training must stop: on every rank for an agreed policy, on one rank when no agreement
-    is possible (the launcher then ends the others)."""
 
 
 @contextmanager
@@ -165,7 +162,6 @@ def estimate_step_mb(trainer: "Trainer") -> tuple[float, float, str]:
 def check_batch_fits(trainer: "Trainer") -> None:
     """Refuse, before the first step, a batch whose step cannot fit in the memory available: a run
     that grows past it is killed by the kernel without a word (and takes other jobs' memory first)."""
-    from ups.config import ConfigError
     from ups.distributed.collectives import any_rank
 
     cfg = trainer.cfg

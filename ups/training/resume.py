@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ups.config import ConfigError
+from ups.errors import ConfigError
 from ups.data.readers import DataFileError
 from ups.data.validate import data_fingerprints
 from ups.distributed.collectives import any_rank

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ups.config import ConfigError
+from ups.errors import ConfigError
 from ups.data.datasets import MultiTaskDataset, WindowDataset
 from ups.data.tasks import TaskData
 from ups.distributed.collectives import main_first

@@ -21,7 +21,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from torch.utils.data import DataLoader
 
-from ups.config import ConfigError
+from ups.errors import ConfigError
 from ups.data.datasets import MultiTaskDataset, TrajectoryDataset
 from ups.data.sampler import MultiTaskDistributedSampler
 from ups.data.tasks import TaskData
