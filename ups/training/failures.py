@@ -72,11 +72,10 @@ def skip_or_stop(trainer: "Trainer", reason: str, policy: str) -> float:
     if policy == "stop":
         raise StopTraining(f"stopping at step {trainer.global_step + 1} on all ranks: {reason} "
                            "(trainer policy 'stop')")
-    trainer.skipped_steps += 1
-    trainer.consecutive_skips += 1
+    in_a_row = trainer.state.count_skip()
     log.warning("step %d skipped on all ranks: %s", trainer.global_step + 1, reason)
     limit = trainer.cfg.trainer.max_consecutive_skips
-    if trainer.consecutive_skips >= limit:
+    if in_a_row >= limit:
         # Without a bound, diverged weights make every later step non-finite: each epoch would skip
         # every batch and evaluate NaN, forever.
         raise StopTraining(
