@@ -41,8 +41,7 @@ ConfigStore.instance().store(name="diagnose_schema", node=DiagnoseConfig)
 
 def diagnose_run(cfg: DictConfig) -> list[Path]:
     """Diagnose ``cfg.run``'s checkpoint; returns the files written."""
-    import torch
-
+    from ups.distributed.env import DistEnv, resolve_device
     from ups.evaluation.diagnosis import DiagnosisSettings, diagnose, markdown
     from ups.evaluation.loading import load_run
     from ups.evaluation.suite import write_tables
@@ -50,8 +49,7 @@ def diagnose_run(cfg: DictConfig) -> list[Path]:
 
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r} is not one of test, val")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if cfg.device == "auto" else cfg.device)
+    device = resolve_device(str(cfg.device), DistEnv(), "device")
     run = load_run(cfg.run, cfg.checkpoint, cfg.data_dir, device, cfg.allow_unverified_checkpoints)
     settings = DiagnosisSettings(cfg.eval_samples or None, cfg.windows_per_trajectory, cfg.invert_steps,
                                  cfg.invert_lr, cfg.batch_size)

@@ -19,10 +19,8 @@ register_configs()
 
 def evaluate_run(cfg: DictConfig) -> list[Path]:
     """Evaluate the requested checkpoints of ``cfg.run``; returns the files written."""
-    import contextlib
-
-    import torch
-
+    from ups.build import trained
+    from ups.distributed.env import DistEnv, resolve_device
     from ups.evaluation.loading import load_run
     from ups.evaluation.stage_table import evaluate_stages, has_heads
     from ups.evaluation.suite import evaluate_suite, write_results
@@ -30,13 +28,7 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r} is not one of test, val")
     which = ["final", "best"] if cfg.checkpoint == "both" else [cfg.checkpoint]
-    if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
-        raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, cuda")
-    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={cfg.device} but this machine has no usable CUDA GPU (torch "
-                         f"{torch.__version__}); use device=cpu or device=auto")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if cfg.device == "auto" else cfg.device)
+    device = resolve_device(str(cfg.device), DistEnv(), "device")  # as training resolves it, before any work
     written = []
     for name in which:
         if cfg.checkpoint == "both" and name == "best" and not _has_best(Path(cfg.run)):
@@ -44,10 +36,9 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
                   file=sys.stderr)
             continue
         run = load_run(cfg.run, name, cfg.data_dir, device, cfg.get("allow_unverified_checkpoints", False))
-        bf16 = run.cfg.hardware.get("precision") == "bf16"  # evaluate as the run did
+        autocast = run.autocast  # the run's precision and attention backend
         samples = run.cfg.data.eval_samples if cfg.eval_samples is None else (cfg.eval_samples or None)
         batch = cfg.batch_size or run.cfg.trainer.batch_size
-        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         results = evaluate_suite(run.predict, run.model, run.tasks, cfg.split, device, autocast, batch, samples,
                                  run.cfg.data.preload_max_gb)
         meta = {"run": str(cfg.run), "checkpoint": str(run.checkpoint.relative_to(Path(cfg.run))),
@@ -57,7 +48,7 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
         written += paths
         if has_heads(run.model):  # a staged run: every variant of its stages, as at the end of training
             out, stem = Path(cfg.run) / "eval", f"{name}_{cfg.split}_stages"
-            evaluate_stages(run.cfg.stages, run.model, run.tasks, cfg.split, device, autocast, batch, samples,
+            evaluate_stages(trained(run.cfg.stages, run.objectives), run.model, run.tasks, cfg.split, device, autocast, batch, samples,
                             run.cfg.data.preload_max_gb, out, meta, stem=stem)
             print((out / f"{stem}.md").read_text())
             written += sorted(out.glob(f"{stem}*"))

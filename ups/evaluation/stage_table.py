@@ -18,7 +18,7 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from ups.evaluation.baselines import MeanField, persistence
 from ups.evaluation.evaluate import Predictor, evaluate, rollout
 from ups.evaluation.suite import write_tables
 from ups.evaluation.ttc import TestTimeCorrection
-from ups.objectives import Objective, SteadyPrior, build_objective
+from ups.objectives import Objective, SteadyPrior
 from ups.objectives.diffusion import Corrector
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,10 @@ class Variant:
     extra: dict = field(default_factory=dict)
 
 
-def variants(stages: Any, model: nn.Module, tasks: Sequence[TaskData], ttc_candidates: int = 4, mean_of: int = 4,
-             preload_max_gb: float = 2.0) -> list[Variant]:
-    """The variants the run's trained stages offer, in pipeline order, then the trivial predictors."""
-    built = {name: build_objective(s.objective, f"stages.{name}") for name, s in stages.items() if s.steps != 0}
+def variants(built: Mapping[str, Objective], model: nn.Module, tasks: Sequence[TaskData], ttc_candidates: int = 4,
+             mean_of: int = 4, preload_max_gb: float = 2.0) -> list[Variant]:
+    """The variants the run's trained stages offer, in pipeline order, then the trivial predictors.
+    ``built``: the trained stages' objectives by name (``ups.build.trained``)."""
     out: list[Variant] = []
 
     def add(name: str, objective: Objective, **kw: Any) -> None:
@@ -191,13 +191,13 @@ def has_heads(model: nn.Module) -> bool:
     return bool(spec.stage_heads and len(spec.stage_heads(model)))
 
 
-def evaluate_stages(stages: Any, model: nn.Module, tasks: Sequence[TaskData], split: str, device: torch.device,
-                    autocast: Callable[[], AbstractContextManager], batch_size: int, eval_samples: int | None,
+def evaluate_stages(objectives: Mapping[str, Objective], model: nn.Module, tasks: Sequence[TaskData], split: str,
+                    device: torch.device, autocast: Callable[[], AbstractContextManager], batch_size: int, eval_samples: int | None,
                     preload_max_gb: float, out_dir: Path | None, meta: dict, rank: int = 0,
                     world_size: int = 1, stem: str = "stages") -> dict:
     """Evaluate every variant on ``split`` on all ranks; rank 0 (``out_dir`` set) writes the table and
     plots as ``<out_dir>/<stem>*`` (:func:`write_stage_table`)."""
-    vs = variants(stages, model, tasks, preload_max_gb=preload_max_gb)
+    vs = variants(objectives, model, tasks, preload_max_gb=preload_max_gb)
     results = evaluate_variants(vs, model, tasks, split, device, autocast, batch_size, eval_samples,
                                 preload_max_gb, rank, world_size)
     # every rank rolls out the figures' trajectories: a sharded model needs all of them in each forward

@@ -378,8 +378,7 @@ def export_model(path: str | Path, out: str | Path, check: bool = True) -> Path:
 if __name__ == "__main__":  # python -m ups.training.checkpoint <checkpoint dir> <out.pt>
     import sys
 
-    from ups.errors import exit_on_error
-
+    from ups.errors import exit_on_error  # the one error path of every entry point
     if len(sys.argv) != 3:
         sys.exit("usage: python -m ups.training.checkpoint <checkpoints/NAME> <out.pt>")
     with exit_on_error(f"Cannot export {sys.argv[1]}: "):

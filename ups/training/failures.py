@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
+from ups.distributed.parallelize import is_sharded
 from ups.errors import ConfigError, StopTraining  # noqa: F401 - StopTraining: imported from here too
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def stop_if_sharded(trainer: "Trainer", err: BaseException) -> None:
     waiting inside the same forward's parameter all-gather, and would wait in it for
     ``parallelism.timeout_s``. This rank stops at once instead; the launcher then stops the others
     and, with ``parallelism.max_restarts``, restarts the job from its newest checkpoint."""
-    if trainer.cfg.parallelism.strategy == "fsdp2" and trainer.env.world_size > 1:
+    if is_sharded(trainer.model) and trainer.env.world_size > 1:
         raise StopTraining(f"rank {trainer.env.rank} ran out of memory in forward at step {trainer.global_step + 1} "
                            f"under FSDP2, where the ranks cannot skip a step together mid-forward; stopping "
                            f"(lower trainer.batch_size or turn on hardware.activation_checkpointing): {err}")
@@ -166,7 +167,7 @@ def check_batch_fits(trainer: "Trainer") -> None:
     cfg = trainer.cfg
     if not cfg.trainer.get("check_memory", True) or trainer.step >= trainer.total_steps:
         return
-    if cfg.parallelism.strategy == "fsdp2" or cfg.hardware.get("compile"):
+    if is_sharded(trainer.model) or cfg.hardware.get("compile"):
         return  # a probe forward would gather shards or compile for two more shapes; not estimated there
     try:
         need, per_sample, task = estimate_step_mb(trainer)

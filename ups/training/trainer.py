@@ -14,34 +14,34 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from torch.utils.data import DataLoader
 
-from ups.errors import ConfigError
 from ups.data.datasets import MultiTaskDataset, TrajectoryDataset
 from ups.data.sampler import MultiTaskDistributedSampler
-from ups.data.tasks import TaskData
 from ups.distributed.collectives import any_rank_on_host
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import grad_sync
 from ups.evaluation.evaluate import evaluate
 from ups.models.spec import spec_of
-from ups.objectives import Objective, build_objective
+from ups.objectives import Objective
 from ups.training.callbacks import Callback
 from ups.training import resume, signals
 from ups.training.checkpoint import Checkpointer
-from ups.training.compute import compute_context
 from ups.training.failures import StopTraining, check_batch_fits, is_oom, skip_or_stop, stop_if_sharded
 from ups.training.faults import FaultInjector
 from ups.training.loggers import peak_memory_mb
-from ups.training.optim import advance, build_optimizer, build_scheduler, set_requires_grad
+from ups.training.optim import advance, build_optimizer, build_scheduler
 from ups.training.step_totals import Agreed, StepTotals, agree_stop, batch_loss
 from ups.training.state import TrainerState
-from ups.training.train_sets import TrainSets, fixed_batches, stage_loader
+from ups.training.train_sets import fixed_batches, stage_loader
+
+if TYPE_CHECKING:
+    from ups.build import BuiltRun
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +53,16 @@ class Trainer:
     carry one global step that increases across stages (``step``) besides the stage's (``stage_step``).
     """
 
-    def __init__(self, cfg: Any, model: nn.Module, raw_model: nn.Module, tasks: Sequence[TaskData], env: DistEnv,
-                 device: torch.device, callbacks: Mapping[str, Callback], run_dir: str | Path):
-        self.cfg, self.model, self.raw_model, self.env, self.device = cfg, model, raw_model, env, device
-        self.tasks, self.callbacks, self.run_dir = list(tasks), dict(callbacks), Path(run_dir)
-        self.spec = spec_of(raw_model)
-        pre = cfg.data.preload_max_gb
-        self.train_sets = TrainSets(tasks, cfg, env, device, self.run_dir)
+    def __init__(self, cfg: Any, model: nn.Module, built: "BuiltRun", env: DistEnv, callbacks: Mapping[str, Callback],
+                 run_dir: str | Path):
+        """``model``: the wrapped (parallelized) ``built.model``; everything else comes from ``built``
+        (``ups/build.py``): tasks, each stage's objective, the device and autocast."""
+        self.cfg, self.model, self.raw_model, self.env = cfg, model, built.model, env
+        self.built, self.device, self.compute = built, built.device, built.compute
+        self.tasks, self.callbacks, self.run_dir = list(built.tasks), dict(callbacks), Path(run_dir)
+        self.spec = spec_of(self.raw_model)
+        tasks, pre = self.tasks, cfg.data.preload_max_gb
+        self.train_sets = built.train_sets(env, self.run_dir)
         self.train_set: MultiTaskDataset = self.train_sets.raw
         self.eval_sets = {split: [TrajectoryDataset(t, split, cfg.data.eval_samples, pre) for t in tasks]
                           for split in ("val", "test")}
@@ -110,7 +113,7 @@ class Trainer:
     # -- helpers ---------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
         """The forward passes' context: bf16 autocast and the attention backend, as configured."""
-        return compute_context(self.cfg.hardware, self.device)()
+        return self.compute.autocast()
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop after this step (callbacks call this; the loop agrees it across ranks)."""
@@ -168,29 +171,12 @@ class Trainer:
         set_model_state_dict(self.raw_model, state["model"])
         log.info("stage %s starts from the weights in %s", self.stage_name, path)
 
-    def _freeze(self, stage: Any) -> None:
-        """Freeze the stage's ``freeze`` groups and the later stages' heads, or, for an objective that
-        trains a head of its own, everything else."""
-        groups = self.spec.groups(self.raw_model)
-        heads = set(self.spec.stage_heads(self.raw_model)) if self.spec.stage_heads else set()
-        own = self.objective.head
-        if own is not None and stage.freeze:
-            raise ConfigError(f"stages.{self.stage_name}.freeze={list(stage.freeze)}: its objective trains only the "
-                              f"head {own!r} and every other group stays frozen; leave freeze empty")
-        unknown = set(stage.freeze) - set(groups)
-        if unknown:
-            raise ConfigError(f"stages.{self.stage_name}.freeze has {sorted(unknown)}; model family "
-                              f"{self.spec.name!r} has the groups {', '.join(groups)}")
-        frozen = set(groups) - {own} if own is not None else set(stage.freeze) | heads
-        set_requires_grad([self.raw_model], True)
-        set_requires_grad([groups[g] for g in sorted(frozen)], False)
-
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, name: str, stage: Any, prev: str | Path | None = None) -> dict:
         """Train one stage to its step budget (or an agreed stop); return its last validation record."""
         t = self.cfg.trainer
         self.state = st = self.state.next_stage(name, t.max_steps if stage.steps is None else stage.steps)
-        self.objective = build_objective(stage.objective, f"stages.{name}")
+        self.objective = self.built.objectives[name]
         # what the sampler sizes: the windows of the tasks the objective trains on
         self.train_set = self.train_sets.windows(self.objective.horizon, f"stages.{name}", self.objective.applies)
         if not self.train_set.datasets:  # e.g. the steady prior on time-dependent tasks only
@@ -198,7 +184,7 @@ class Trainer:
                      type(self.objective).__name__)
             st.total_steps, self.train_set = 0, self.train_sets.raw
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints" / name, t.keep_last_k, self.env.is_main)
-        self._freeze(stage)
+        self.built.freeze(name)
         self.optimizer = build_optimizer(self.raw_model, self.cfg.optim, stage.lr, self.device)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, st.total_steps, t.time_budget_s)
         s = self.cfg.data.sampler
@@ -215,8 +201,7 @@ class Trainer:
             self._load_weights(stage.init_from or prev)
         if st.step == 0 and st.total_steps:
             self.objective.setup(self.model, fixed_batches(self.train_set, self.device))
-        self.train_set = self.train_sets.for_stage(name, stage, self.objective, self.raw_model,
-                                                   self.spec.latent is not None)
+        self.train_set = self.train_sets.for_stage(name, stage, self.objective, self.raw_model)
         self.loader = stage_loader(self.train_set, self.sampler, self.cfg.data, self.device)
         check_batch_fits(self)  # before the first step: a batch that cannot fit is refused, not killed
         st.start_clock()
