@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> float | None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from ups.distributed.env import slurm_requeue  # heavy imports after composition: --help stays fast
-    from ups.distributed.launch import launch
+    from ups.launch import launch
     from ups.training.signals import Interrupted
 
     log_file = Path(cfg.paths.output_dir) / "train.log"
