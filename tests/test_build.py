@@ -112,3 +112,25 @@ def test_evaluation_does_not_import_the_runner() -> None:
             names = [node.module] if isinstance(node, ast.ImportFrom) else \
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             assert not any(n and n.startswith("ups.runner") for n in names), f"{path.name} imports {names}"
+
+
+def test_the_stage_table_picks_rows_by_role_not_by_class(monkeypatch) -> None:
+    """A new kind of head gets a row without an edit to stage_table.py: its registered builder, or the
+    generic row; the operator row is the last operator stage's."""
+    from torch import nn
+
+    from ups.evaluation import stage_table
+    from ups.objectives import NextStep, Objective
+
+    class NewHead(Objective):
+        head, table_role = "new", "new_head"
+
+        def applies(self, steady: bool) -> bool:
+            return not steady
+
+    built = {"operator": NextStep(), "finetune": NextStep(), "new": NewHead()}
+    names = [v.name for v in stage_table.variants(built, nn.Identity(), [])]
+    assert names == ["operator", "new (NewHead)", "persistence", "training-mean field"]
+    assert stage_table.variants(built, nn.Identity(), [])[0].predict.__defaults__[0] is built["finetune"]
+    monkeypatch.setitem(stage_table.ROW_BUILDERS, "new_head", lambda objs, ctx: [ctx.row("mine", objs["new"])])
+    assert [v.name for v in stage_table.variants(built, nn.Identity(), [])][:2] == ["operator", "mine"]

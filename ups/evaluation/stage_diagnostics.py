@@ -23,7 +23,6 @@ from ups.evaluation.loading import load_run
 from ups.evaluation.ttc import TestTimeCorrection
 from ups.build import trained
 from ups.objectives import latent_heads as programs
-from ups.objectives.diffusion import Corrector
 
 
 def rmse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -36,7 +35,7 @@ def diagnose(run_dir: str | Path, split: str = "val", windows: int = 128, k: int
     """The markdown table of one-step errors for every time-dependent task of the run."""
     loaded = load_run(run_dir, "final", device=torch.device("cpu"))
     model, tasks = loaded.model, loaded.tasks
-    correctors = [o for o in trained(loaded.cfg.stages, loaded.objectives).values() if isinstance(o, Corrector)]
+    correctors = [o for o in trained(loaded.cfg.stages, loaded.objectives).values() if o.table_role == "corrector"]
     lines = [f"One step ahead, RMSE (normalised units), mean over {windows} {split} windows per task; k = {k}.", "",
              "| task | what | RMSE |", "|---|---|---|"]
     for task in (t for t in tasks if not t.family.steady):
