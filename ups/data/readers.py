@@ -99,7 +99,7 @@ class TrajectoryFile:
             raise DataFileError(f"{self.path} disappeared while the run was reading it ({err.strerror}); "
                                 "stopping rather than training on partial data") from None
         if now != self._stat:
-            (size, mtime, ino), (nsize, nmtime, nino) = self._stat, now
+            (size, _, ino), (nsize, _, nino) = self._stat, now
             what = (f"its size went from {size} to {nsize} bytes" if nsize != size else
                     "it was replaced by another file" if nino != ino else "it was rewritten (modification time changed)")
             raise DataFileError(f"{self.path} changed while the run was reading it: {what}. Stopping rather than "
