@@ -102,11 +102,14 @@ def test_cfg_job_prints_config(tmp_path: Path) -> None:
 
 def test_hardware_auto_picks_available_device() -> None:
     from ups.distributed.env import DistEnv, resolve_device
+    from ups.errors import ConfigError
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto", DistEnv()).type == expected
+    with pytest.raises(ConfigError, match="not one of auto, cpu, cuda"):
+        resolve_device("tpu", DistEnv())
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="hardware=cpu"):
+        with pytest.raises(ConfigError, match="hardware=cpu"):
             resolve_device("cuda", DistEnv())
 
 

@@ -13,11 +13,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from ups.errors import ConfigError  # noqa: F401 - its home is ups.errors; imported from here too
 from ups.tool_configs import BenchConfig, TuneConfig
-
-
-class ConfigError(ValueError):
-    """A config that composes but breaks a rule between fields."""
 
 
 @dataclass

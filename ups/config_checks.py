@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ups.config import ConfigError
+from ups.errors import ConfigError
 
 _CHOICES = {
     "data.sampler.strategy": ("proportional", "balanced", "temperature"),
@@ -68,8 +68,6 @@ def resolve_global_batch(cfg: Any, world_size: int) -> None:
 
 def validate(cfg: Any) -> None:
     """Check the rules that tie fields together; raise :class:`ConfigError` naming the key."""
-    import math
-
     from omegaconf import OmegaConf
 
     def get(key: str) -> Any:

@@ -6,7 +6,6 @@ Rollout and one-step nRMSE and, for a model with a latent encoder, the floors it
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from ups.config import register_configs
+from ups.errors import ConfigError, exit_on_error
 
 
 @dataclass
@@ -41,17 +41,15 @@ ConfigStore.instance().store(name="diagnose_schema", node=DiagnoseConfig)
 
 def diagnose_run(cfg: DictConfig) -> list[Path]:
     """Diagnose ``cfg.run``'s checkpoint; returns the files written."""
-    import torch
-
+    from ups.distributed.env import DistEnv, resolve_device
     from ups.evaluation.diagnosis import DiagnosisSettings, diagnose, markdown
     from ups.evaluation.loading import load_run
     from ups.evaluation.suite import write_tables
     from ups.models.spec import spec_of
 
     if cfg.split not in ("test", "val"):
-        raise ValueError(f"split={cfg.split!r} is not one of test, val")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if cfg.device == "auto" else cfg.device)
+        raise ConfigError(f"split={cfg.split!r} is not one of test, val")
+    device = resolve_device(str(cfg.device), DistEnv(), "device")
     run = load_run(cfg.run, cfg.checkpoint, cfg.data_dir, device, cfg.allow_unverified_checkpoints)
     settings = DiagnosisSettings(cfg.eval_samples or None, cfg.windows_per_trajectory, cfg.invert_steps,
                                  cfg.invert_lr, cfg.batch_size)
@@ -75,16 +73,9 @@ def diagnose_run(cfg: DictConfig) -> list[Path]:
 @hydra.main(version_base="1.3", config_path="pkg://ups.conf", config_name="diagnose")
 def main(cfg: DictConfig) -> None:
     """Diagnose; a missing run, checkpoint or data directory is one paragraph on stderr and exit 1."""
-    from ups.config import ConfigError
-    from ups.data.readers import DataFileError
-    from ups.training.checkpoint import CheckpointError
-
-    try:
+    with exit_on_error(f"Cannot diagnose {cfg.run}: "):
         for path in diagnose_run(cfg):
             print(path)
-    except (FileNotFoundError, DataFileError, ConfigError, CheckpointError, ValueError) as err:
-        print(f"Cannot diagnose {cfg.run}: {err}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

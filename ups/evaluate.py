@@ -12,30 +12,23 @@ import hydra
 from omegaconf import DictConfig
 
 from ups.config import register_configs
+from ups.errors import ConfigError, exit_on_error
 
 register_configs()
 
 
 def evaluate_run(cfg: DictConfig) -> list[Path]:
     """Evaluate the requested checkpoints of ``cfg.run``; returns the files written."""
-    import contextlib
-
-    import torch
-
+    from ups.build import trained
+    from ups.distributed.env import DistEnv, resolve_device
     from ups.evaluation.loading import load_run
     from ups.evaluation.stage_table import evaluate_stages, has_heads
     from ups.evaluation.suite import evaluate_suite, write_results
 
     if cfg.split not in ("test", "val"):
-        raise ValueError(f"split={cfg.split!r} is not one of test, val")
+        raise ConfigError(f"split={cfg.split!r} is not one of test, val")
     which = ["final", "best"] if cfg.checkpoint == "both" else [cfg.checkpoint]
-    if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
-        raise ValueError(f"device={cfg.device!r} is not one of auto, cpu, cuda")
-    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={cfg.device} but this machine has no usable CUDA GPU (torch "
-                         f"{torch.__version__}); use device=cpu or device=auto")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if cfg.device == "auto" else cfg.device)
+    device = resolve_device(str(cfg.device), DistEnv(), "device")  # as training resolves it, before any work
     written = []
     for name in which:
         if cfg.checkpoint == "both" and name == "best" and not _has_best(Path(cfg.run)):
@@ -43,10 +36,9 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
                   file=sys.stderr)
             continue
         run = load_run(cfg.run, name, cfg.data_dir, device, cfg.get("allow_unverified_checkpoints", False))
-        bf16 = run.cfg.hardware.get("precision") == "bf16"  # evaluate as the run did
+        autocast = run.autocast  # the run's precision and attention backend
         samples = run.cfg.data.eval_samples if cfg.eval_samples is None else (cfg.eval_samples or None)
         batch = cfg.batch_size or run.cfg.trainer.batch_size
-        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         results = evaluate_suite(run.predict, run.model, run.tasks, cfg.split, device, autocast, batch, samples,
                                  run.cfg.data.preload_max_gb)
         meta = {"run": str(cfg.run), "checkpoint": str(run.checkpoint.relative_to(Path(cfg.run))),
@@ -56,7 +48,7 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
         written += paths
         if has_heads(run.model):  # a staged run: every variant of its stages, as at the end of training
             out, stem = Path(cfg.run) / "eval", f"{name}_{cfg.split}_stages"
-            evaluate_stages(run.cfg.stages, run.model, run.tasks, cfg.split, device, autocast, batch, samples,
+            evaluate_stages(trained(run.cfg.stages, run.objectives), run.model, run.tasks, cfg.split, device, autocast, batch, samples,
                             run.cfg.data.preload_max_gb, out, meta, stem=stem)
             print((out / f"{stem}.md").read_text())
             written += sorted(out.glob(f"{stem}*"))
@@ -78,19 +70,9 @@ def _has_best(run: Path) -> bool:
 @hydra.main(version_base="1.3", config_path="pkg://ups.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     """Evaluate; a missing run, checkpoint or data directory is one paragraph on stderr and exit 1."""
-    from ups.config import ConfigError
-    from ups.data.readers import DataFileError
-    from ups.training.checkpoint import CheckpointError
-
-    try:
+    with exit_on_error(f"Cannot evaluate {cfg.run}: "):
         for path in evaluate_run(cfg):
             print(path)
-    except (FileNotFoundError, DataFileError, ConfigError, CheckpointError, ValueError, OSError) as err:
-        print(f"Cannot evaluate {cfg.run}: {err}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print(f"interrupted: the evaluation of {cfg.run} stopped; files written so far are complete", file=sys.stderr)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

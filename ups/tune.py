@@ -7,13 +7,13 @@ and use as ``experiment=<name>``, or to paste into a ``hardware/`` preset or a s
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from ups.config import register_configs
+from ups.errors import ConfigError, exit_on_error
 
 register_configs()
 
@@ -22,35 +22,29 @@ def tune(cfg: DictConfig) -> dict:
     """Search, print and write the snippet; returns {"batch", "largest_fit", "trials", "snippet"}."""
     import torch
 
+    from ups.build import build_run
     from ups.config import validate
-    from ups.distributed.env import DistEnv, resolve_device
-    from ups.objectives import build_objective
-    from ups.runner import build_model, build_tasks, seed_everything
+    from ups.distributed.env import DistEnv
     from ups.training import batch_tuner as bt
     from ups.training.optim import build_optimizer
-    from ups.training.train_sets import TrainSets
 
     validate(cfg)
     t = cfg.tune
-    device = resolve_device(cfg.hardware.device, DistEnv())
     if cfg.hardware.threads:
         torch.set_num_threads(cfg.hardware.threads)
-    seed_everything(cfg.trainer.seed)
     run_dir = Path(cfg.paths.output_dir)
-    tasks = build_tasks(cfg, run_dir)
-    model = build_model(cfg.model, tasks, cfg.stages).to(device)
+    built = build_run(cfg, run_dir, DistEnv())  # as training builds it: same model, heads, autocast, freezing
+    model, device = built.model, built.device
     name, stage = next(iter(cfg.stages.items()))
-    objective = build_objective(stage.objective, f"stages.{name}")
-    sets = TrainSets(tasks, cfg, DistEnv(), device, run_dir).windows(objective.horizon, f"stages.{name}",
-                                                                     objective.applies)
-    bf16 = cfg.hardware.precision == "bf16"
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    objective = built.objectives[name]
+    built.freeze(name)
+    sets = built.train_sets(DistEnv(), run_dir).windows(objective.horizon, f"stages.{name}", objective.applies)
     step = bt.training_step(model, sets, objective, build_optimizer(model, cfg.optim, stage.lr, device), device,
-                            autocast, t.steps)
+                            built.compute.autocast, t.steps)
     budget = bt.budget_mb(device, t.memory_budget_gb, t.margin)
     largest, trials = bt.search(lambda b: bt.measure(step, b, device, budget, t.oom_above), t.start, t.max_batch)
     if largest == 0:
-        raise SystemExit(f"not even trainer.batch_size={t.start} fits on {device} within {budget:.0f} MB:\n"
+        raise ConfigError(f"not even trainer.batch_size={t.start} fits on {device} within {budget:.0f} MB:\n"
                          + bt.describe(trials))
     batch = bt.with_margin(largest, t.margin)
     snippet = (f"# @package _global_\n# python -m ups.tune on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
@@ -69,17 +63,9 @@ def tune(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="pkg://ups.conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    """Tune; a config or data error is one paragraph on stderr and exit 1."""
-    from ups.errors import user_message
-
-    try:
+    """Tune; a config or data error, or no batch that fits, is one paragraph on stderr and exit 1."""
+    with exit_on_error():
         tune(cfg)
-    except Exception as err:  # noqa: BLE001 - expected errors get one paragraph; others re-raise
-        message = user_message(err)
-        if message is None:
-            raise
-        print(message, file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

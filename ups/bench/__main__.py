@@ -7,6 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ups.config import register_configs
+from ups.errors import exit_on_error
 
 register_configs()
 
@@ -16,7 +17,8 @@ def main(cfg: DictConfig) -> None:
     """Measure, print, write ``bench.json`` in the run directory and the section of ``bench.docs``."""
     from ups.bench.run import bench  # torch after composition: --help stays fast
 
-    bench(cfg)
+    with exit_on_error():
+        bench(cfg)
 
 
 if __name__ == "__main__":

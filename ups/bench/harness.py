@@ -37,12 +37,11 @@ from ups.data.sampler import MultiTaskDistributedSampler
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import parallelize
 from ups.models.spec import spec_of
-from ups.objectives import build_objective
-from ups.runner import build_model, build_tasks, seed_everything
-from ups.training.compute import compile_counts, compile_report, compute_context
+from ups.build import build_compute, build_objectives, build_run, build_tasks, seed_everything
+from ups.training.compute import compile_counts, compile_report
 from ups.training.optim import build_optimizer
 from ups.training.step_totals import batch_loss, to_device
-from ups.training.train_sets import TrainSets, fixed_batches, stage_loader
+from ups.training.train_sets import fixed_batches, stage_loader
 
 
 def sync(device: torch.device) -> None:
@@ -92,27 +91,28 @@ class Bench:
     def __init__(self, cfg: DictConfig, device: torch.device, work_dir: Path):
         self.cfg, self.device, self.startup = cfg, device, {}
         env = DistEnv()
-        seed_everything(cfg.trainer.seed)
         stage_name, stage = next(iter(cfg.stages.items()))
+        objectives = build_objectives(cfg.stages, cfg.parallelism.strategy)
+        compute = build_compute(cfg.hardware, env, device)
+        seed_everything(cfg.trainer.seed)
         t0 = time.perf_counter()
-        self.tasks = build_tasks(cfg, work_dir)
+        tasks = build_tasks(cfg, work_dir)
         self.startup["data_open_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.raw = build_model(cfg.model, self.tasks, cfg.stages).to(device)
+        # the trainer's builder and freezing rules (ups/build.py): what is measured is what trains
+        built = build_run(cfg, work_dir, env, objectives=objectives, compute=compute, tasks=tasks, seed=False)
+        self.tasks, self.raw, self.objective, self.context = tasks, built.model, objectives[stage_name], compute.autocast
         sync(device)
         self.startup["model_build_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.model = parallelize(self.raw, cfg, env, device)
         self.startup["parallelize_s"] = time.perf_counter() - t0
-        self.objective = build_objective(stage.objective, f"stages.{stage_name}")
-        spec = spec_of(self.raw)
-        for group, module in spec.groups(self.raw).items():
-            module.requires_grad_(group not in stage.freeze)
+        self.frozen = built.freeze(stage_name)
         t0 = time.perf_counter()
-        sets = TrainSets(self.tasks, cfg, env, device, work_dir)
+        sets = built.train_sets(env, work_dir)
         windows = sets.windows(self.objective.horizon, f"stages.{stage_name}", self.objective.applies)
         self.objective.setup(self.model, fixed_batches(windows, device))
-        self.train_set = sets.for_stage(stage_name, stage, self.objective, self.raw, spec.latent is not None)
+        self.train_set = sets.for_stage(stage_name, stage, self.objective, self.raw)
         self.uses_latent_cache = type(self.train_set).__name__ == "MultiTaskLatentDataset"
         self.startup["train_set_s"] = time.perf_counter() - t0  # a latent cache is built here
         t = cfg.trainer
@@ -122,7 +122,6 @@ class Bench:
         self.loader = stage_loader(self.train_set, self.sampler, cfg.data, device)
         self.batches = _forever(self.loader, self.sampler)
         self.optimizer = build_optimizer(self.raw, cfg.optim, stage.lr, device)
-        self.context = compute_context(cfg.hardware, device)
         self.val = [MultiTaskDataset([WindowDataset(task, "val", cfg.data.preload_max_gb)]) for task in self.tasks]
 
     # -- one step, in parts ------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from ups.config import register_configs
 from ups.data import latent_cache as lc
 from ups.data.datasets import WindowDataset
 from ups.data.tasks import TaskData
-from ups.runner import build_model
+from ups.build import build_model
 
 
 def load_tasks(data_dir: Path, names: list[str]) -> list[TaskData]:
@@ -204,4 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from ups.errors import exit_on_error
+
+    with exit_on_error():
+        main()

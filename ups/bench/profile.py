@@ -104,11 +104,20 @@ def markdown(info: dict, rows: dict[str, dict]) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://ups.conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    """Profile every ``bench.variants`` entry; write ``profile.{json,md}`` in the run directory."""
+    from ups.errors import exit_on_error
+
+    with exit_on_error():
+        _profile(cfg)
+
+
+def _profile(cfg: DictConfig) -> None:
     from hydra import compose
 
     from ups.bench.run import environment
     from ups.bench.variants import check_names, variant_overrides
-    from ups.config import ConfigError, validate
+    from ups.config import validate
+    from ups.errors import ConfigError
     from ups.distributed.env import DistEnv, resolve_device
 
     device = resolve_device(cfg.hardware.device, DistEnv())

@@ -274,4 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from ups.errors import exit_on_error
+
+    with exit_on_error():
+        main()

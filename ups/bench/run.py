@@ -19,7 +19,8 @@ from ups.bench.flops import datasheet_peak, measured_matmul_flops
 from ups.bench.harness import measure
 from ups.bench.common import load_average, machine_info
 from ups.bench.variants import VARIANTS, check_names, variant_overrides
-from ups.config import ConfigError, validate
+from ups.config import validate
+from ups.errors import ConfigError
 from ups.distributed.env import DistEnv, resolve_device
 from ups.training.startup import process_age_s
 

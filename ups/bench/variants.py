@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ups.config import ConfigError
+from ups.errors import ConfigError
 
 BASELINE = ["hardware.precision=fp32", "hardware.compile=false", "data.preload_max_gb=0", "optim.fused=false",
             "hardware.activation_checkpointing=false", "data.num_workers=0", "hardware.sdpa_backend=auto"]

@@ -201,8 +201,8 @@ def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Pat
             x = torch.from_numpy(np.stack(pending)).to(device)
             with torch.autocast(torch.device(device).type, enabled=False):  # the key assumes the weights' precision
                 z = latent.encode(m, task.name, x, coords).to(dtype).cpu()
-            z_mm[done: done + len(pending)] = (z.view(torch.int16).numpy().view(np.uint16) if dtype == torch.bfloat16
-                                               else z.numpy())
+            z_np = z.view(torch.int16).numpy().view(np.uint16) if dtype == torch.bfloat16 else z.numpy()
+            z_mm[done: done + len(pending)] = z_np  # noqa: F821 - the enclosing scope's; its later del misleads pyflakes
             done += len(pending)
             pending.clear()
             if progress is not None:

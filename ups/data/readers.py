@@ -20,13 +20,10 @@ import h5py
 import numpy as np
 
 from ups.data.registry import Family
+from ups.errors import DataFileError  # noqa: F401 - defined in ups.errors, imported from here too
 
 
 SYNTHETIC_ATTR = "ups_synthetic"  # root attribute of files UPS generates; PDEBench's loaders ignore it
-
-
-class DataFileError(ValueError):
-    """A data file that cannot be read as the PDEBench layout it claims to be."""
 
 
 def _open(path: Path) -> h5py.File:
@@ -102,7 +99,7 @@ class TrajectoryFile:
             raise DataFileError(f"{self.path} disappeared while the run was reading it ({err.strerror}); "
                                 "stopping rather than training on partial data") from None
         if now != self._stat:
-            (size, mtime, ino), (nsize, nmtime, nino) = self._stat, now
+            (size, _, ino), (nsize, _, nino) = self._stat, now
             what = (f"its size went from {size} to {nsize} bytes" if nsize != size else
                     "it was replaced by another file" if nino != ino else "it was rewritten (modification time changed)")
             raise DataFileError(f"{self.path} changed while the run was reading it: {what}. Stopping rather than "

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 from omegaconf import OmegaConf
 
-from ups.config import ConfigError
+from ups.errors import ConfigError
 from ups.data.readers import DataFileError, TrajectoryFile
 from ups.data.registry import COND_DIM, Family, get_family
 from ups.data.stats import Stats, load_or_compute_stats

@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from ups.data.registry import COND_DIM, get_family
+from ups.build import build_objectives, model_from_io
+from ups.data.registry import get_family
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import parallelize
 from ups.models.lattice import token_shape
-from ups.models.spec import TaskIO, build, spec_of
+from ups.models.spec import TaskIO, spec_of
 
 GB = 2**30
 
@@ -63,8 +64,9 @@ def dry_run(cfg: Any) -> dict:
     p, t = cfg.parallelism, cfg.trainer
     world = p.nodes * p.ranks_per_node
     io, points = task_io(cfg)
-    with torch.device("meta"):
-        model = build(cfg.model, io, COND_DIM)
+    objectives = build_objectives(cfg.stages, p.strategy)
+    with torch.device("meta"):  # the run's builder (ups/build.py), heads included, on sizes from the config
+        model = model_from_io(cfg.model, io, objectives)
     total = sum(q.numel() for q in model.parameters())
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
     try:

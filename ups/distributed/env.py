@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 # registered with the config schemas, and --help, --cfg and shell completion should not import torch.
 
 log = logging.getLogger(__name__)
-RESTART_ENV = "UPS_RESTART_COUNT"  # set by our own restart loop (ups.distributed.launch)
+RESTART_ENV = "UPS_RESTART_COUNT"  # set by our own restart loop (ups.launch)
 
 
 @dataclass(frozen=True)
@@ -144,17 +144,24 @@ def run_dir_name(environ: Mapping[str, str] | None = None) -> str:
     return dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
 
 
-def resolve_device(name: str, env: DistEnv) -> torch.device:
-    """``auto`` picks CUDA when present; a rank uses the GPU of its local rank."""
+def resolve_device(name: str, env: DistEnv, key: str = "hardware.device") -> torch.device:
+    """The one way a device is chosen: ``auto`` picks CUDA when present; ``cuda`` is the GPU of this
+    rank's local rank, ``cuda:N`` that GPU. ``key`` names the option in a ConfigError."""
     import torch
+
+    from ups.errors import ConfigError
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("hardware.device=cuda but no CUDA device is visible; use hardware=cpu or hardware=auto")
-        return torch.device("cuda", env.local_rank)
-    return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name != "cuda" and not name.startswith("cuda:"):
+        raise ConfigError(f"{key}={name!r} is not one of auto, cpu, cuda (or cuda:N)")
+    if not torch.cuda.is_available():
+        fix = "hardware=cpu or hardware=auto" if key == "hardware.device" else f"{key}=cpu or {key}=auto"
+        raise ConfigError(f"{key}={name} but this machine has no usable CUDA GPU (torch {torch.__version__}); "
+                          f"use {fix}")
+    return torch.device("cuda", env.local_rank) if name == "cuda" else torch.device(name)
 
 
 def check_devices(device_type: str, ranks_per_node: int) -> None:

@@ -92,6 +92,13 @@ def parallelize(model: nn.Module, cfg: Any, env: DistEnv, device: torch.device) 
     return model
 
 
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` (what :func:`parallelize` returned, or the model it sharded in place) is
+    sharded by FSDP2: each forward then gathers parameters from every rank, so no rank may run one
+    alone (a cache built on rank 0) or skip one alone (an out-of-memory error mid-forward)."""
+    return isinstance(model, FSDPModule)
+
+
 @contextlib.contextmanager
 def grad_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Turn gradient synchronisation off for accumulation micro-steps (DDP or FSDP2 alike)."""

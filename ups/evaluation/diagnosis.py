@@ -67,7 +67,7 @@ def diagnose_task(predict: Any, model: nn.Module, task: TaskData, residual: bool
     keys = {**task_keys(task), "coords": task_keys(task)["coords"].to(device)}
     latent = spec_of(model).latent is not None
     residual = residual and not task.family.steady
-    k, c = task.initial_step, task.channels
+    k = task.initial_step
     sums: dict[str, list[Tensor]] = {}
     for start in range(0, len(ds), settings.batch_size):
         items = [ds[j] for j in range(start, min(len(ds), start + settings.batch_size))]

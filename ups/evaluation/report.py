@@ -176,14 +176,13 @@ def plot_rollouts(run_dir: Path, path: Path, samples: int = 1, split: str = "val
     """Truth, prediction and |error| of the run's model on ``samples`` trajectories of each task."""
     loaded = load_run(run_dir, "final", data_dir)
     cfg, tasks, device = loaded.cfg, loaded.tasks, next(loaded.model.parameters()).device
-    bf16 = cfg.hardware.get("precision") == "bf16"  # evaluate as the run did
     rows = []
     for task in tasks:
         ds = TrajectoryDataset(task, split, max_samples=samples, preload_max_gb=cfg.data.preload_max_gb)
         items = [ds[j] for j in range(len(ds))]
         traj, cond = (torch.stack([it[key] for it in items]).to(device) for key in ("traj", "cond"))
         coords = torch.as_tensor(task.coords, device=device)[None]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with loaded.autocast():  # as the run computed
             pred = rollout(loaded.predict, {**task_keys(task), "coords": coords, "cond": cond},
                            traj, task.initial_step).float()
         _, _, mean, std = (torch.as_tensor(a, device=device) for a in task.stats.arrays())
@@ -248,4 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ups.errors import exit_on_error
+
+    with exit_on_error():
+        sys.exit(main())

@@ -21,9 +21,8 @@ import torch
 from ups.data.datasets import MultiTaskDataset, WindowDataset
 from ups.evaluation.loading import load_run
 from ups.evaluation.ttc import TestTimeCorrection
-from ups.objectives import build_objective
+from ups.build import trained
 from ups.objectives import latent_heads as programs
-from ups.objectives.diffusion import Corrector
 
 
 def rmse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -36,8 +35,7 @@ def diagnose(run_dir: str | Path, split: str = "val", windows: int = 128, k: int
     """The markdown table of one-step errors for every time-dependent task of the run."""
     loaded = load_run(run_dir, "final", device=torch.device("cpu"))
     model, tasks = loaded.model, loaded.tasks
-    correctors = [o for o in (build_objective(s.objective, n) for n, s in loaded.cfg.stages.items() if s.steps != 0)
-                  if isinstance(o, Corrector)]
+    correctors = [o for o in trained(loaded.cfg.stages, loaded.objectives).values() if o.table_role == "corrector"]
     lines = [f"One step ahead, RMSE (normalised units), mean over {windows} {split} windows per task; k = {k}.", "",
              "| task | what | RMSE |", "|---|---|---|"]
     for task in (t for t in tasks if not t.family.steady):
@@ -78,4 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ups.errors import exit_on_error
+
+    with exit_on_error():
+        sys.exit(main())

@@ -18,7 +18,7 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -30,8 +30,7 @@ from ups.evaluation.baselines import MeanField, persistence
 from ups.evaluation.evaluate import Predictor, evaluate, rollout
 from ups.evaluation.suite import write_tables
 from ups.evaluation.ttc import TestTimeCorrection
-from ups.objectives import Objective, SteadyPrior, build_objective
-from ups.objectives.diffusion import Corrector
+from ups.objectives import Objective
 
 log = logging.getLogger(__name__)
 
@@ -49,34 +48,80 @@ class Variant:
     extra: dict = field(default_factory=dict)
 
 
-def variants(stages: Any, model: nn.Module, tasks: Sequence[TaskData], ttc_candidates: int = 4, mean_of: int = 4,
-             preload_max_gb: float = 2.0) -> list[Variant]:
-    """The variants the run's trained stages offer, in pipeline order, then the trivial predictors."""
-    built = {name: build_objective(s.objective, f"stages.{name}") for name, s in stages.items() if s.steps != 0}
+@dataclass
+class TableContext:
+    """What a role's row builder may use: the model, the tasks and the table's settings."""
+
+    model: nn.Module
+    tasks: Sequence[TaskData]
+    ttc_candidates: int
+    mean_of: int
+
+    def row(self, name: str, objective: Objective, **kw: Any) -> Variant:
+        """The row of ``objective``'s own predictions."""
+        return Variant(name, lambda b, o=objective: o.predict(self.model, b), objective.evaluations, **kw)
+
+
+# Row builders by ``Objective.table_role``, in the table's order: each gets the trained stages'
+# objectives of its role (in stage order) and returns their rows. A new kind of head registers its
+# own here (or takes the generic row); nothing below picks rows by an objective's class.
+RowBuilder = Callable[[dict[str, Objective], TableContext], list[Variant]]
+ROW_BUILDERS: dict[str, RowBuilder] = {}
+
+
+def rows_for(role: str) -> Callable[[RowBuilder], RowBuilder]:
+    """Register the row builder of the stages whose objective has ``table_role == role``."""
+    def register(fn: RowBuilder) -> RowBuilder:
+        ROW_BUILDERS[role] = fn
+        return fn
+    return register
+
+
+@rows_for("operator")
+def _operator_rows(objs: dict[str, Objective], ctx: TableContext) -> list[Variant]:
+    return [ctx.row("operator", list(objs.values())[-1])]  # the last stage that trained the operator
+
+
+@rows_for("corrector")
+def _corrector_rows(objs: dict[str, Objective], ctx: TableContext) -> list[Variant]:
+    out = []
+    for obj in objs.values():
+        out.append(ctx.row(f"operator + {obj.label}", obj, corrects=True))
+        mean = copy.copy(obj)  # the mean of several corrections estimates the conditional mean
+        mean.samples = ctx.mean_of
+        out.append(ctx.row(f"operator + {obj.label}, mean of {ctx.mean_of}", mean, corrects=True, in_figures=False))
+    best = min(objs.values(), key=lambda o: o.evaluations)  # TTC over the cheapest corrector's candidates
+    ttc = TestTimeCorrection(best, ctx.model, ctx.tasks, ctx.ttc_candidates)
+    out.append(Variant(f"operator + TTC ({ctx.ttc_candidates} {best.head} candidates + uncorrected)", ttc,
+                       ttc.evaluations, corrects=True, extra={"ttc": ttc}))
+    return out
+
+
+@rows_for("steady_prior")
+def _steady_rows(objs: dict[str, Objective], ctx: TableContext) -> list[Variant]:
+    if not any(t.family.steady for t in ctx.tasks):
+        return []
+    return [ctx.row("steady prior", obj, steady_only=True) for obj in objs.values()]
+
+
+def _generic_rows(objs: dict[str, Objective], ctx: TableContext) -> list[Variant]:
+    """A role nobody registered: one row per stage, named by the stage, its own predictions."""
+    return [ctx.row(f"{name} ({type(obj).__name__})", obj, steady_only=not obj.applies(False))
+            for name, obj in objs.items()]
+
+
+def variants(built: Mapping[str, Objective], model: nn.Module, tasks: Sequence[TaskData], ttc_candidates: int = 4,
+             mean_of: int = 4, preload_max_gb: float = 2.0) -> list[Variant]:
+    """The variants the run's trained stages offer, by role in the registered order, then the trivial
+    predictors. ``built``: the trained stages' objectives by name (``ups.build.trained``)."""
+    ctx = TableContext(model, tasks, ttc_candidates, mean_of)
+    by_role: dict[str, dict[str, Objective]] = {}
+    for name, obj in built.items():
+        by_role.setdefault(obj.table_role, {})[name] = obj
     out: list[Variant] = []
-
-    def add(name: str, objective: Objective, **kw: Any) -> None:
-        out.append(Variant(name, lambda b, o=objective: o.predict(model, b), objective.evaluations, **kw))
-
-    operator = [o for o in built.values() if o.head is None]
-    if operator:
-        add("operator", operator[-1])
-    correctors = []
-    for obj in built.values():
-        if isinstance(obj, Corrector):
-            add(f"operator + {obj.label}", obj, corrects=True)
-            mean = copy.copy(obj)  # the mean of several corrections estimates the conditional mean
-            mean.samples = mean_of
-            add(f"operator + {obj.label}, mean of {mean_of}", mean, corrects=True, in_figures=False)
-            correctors.append(obj)
-    if correctors:  # TTC over the cheapest corrector's candidates
-        best = min(correctors, key=lambda o: o.evaluations)
-        ttc = TestTimeCorrection(best, model, tasks, ttc_candidates)
-        out.append(Variant(f"operator + TTC ({ttc_candidates} {best.head} candidates + uncorrected)", ttc,
-                           ttc.evaluations, corrects=True, extra={"ttc": ttc}))
-    for obj in built.values():
-        if isinstance(obj, SteadyPrior) and any(t.family.steady for t in tasks):
-            add("steady prior", obj, steady_only=True)
+    for role in [*ROW_BUILDERS, *(r for r in by_role if r not in ROW_BUILDERS)]:
+        if role in by_role:
+            out += ROW_BUILDERS.get(role, _generic_rows)(by_role[role], ctx)
     out.append(Variant("persistence", persistence, None))
     out.append(Variant("training-mean field", MeanField(tasks, preload_max_gb), None))
     return out
@@ -191,13 +236,13 @@ def has_heads(model: nn.Module) -> bool:
     return bool(spec.stage_heads and len(spec.stage_heads(model)))
 
 
-def evaluate_stages(stages: Any, model: nn.Module, tasks: Sequence[TaskData], split: str, device: torch.device,
-                    autocast: Callable[[], AbstractContextManager], batch_size: int, eval_samples: int | None,
+def evaluate_stages(objectives: Mapping[str, Objective], model: nn.Module, tasks: Sequence[TaskData], split: str,
+                    device: torch.device, autocast: Callable[[], AbstractContextManager], batch_size: int, eval_samples: int | None,
                     preload_max_gb: float, out_dir: Path | None, meta: dict, rank: int = 0,
                     world_size: int = 1, stem: str = "stages") -> dict:
     """Evaluate every variant on ``split`` on all ranks; rank 0 (``out_dir`` set) writes the table and
     plots as ``<out_dir>/<stem>*`` (:func:`write_stage_table`)."""
-    vs = variants(stages, model, tasks, preload_max_gb=preload_max_gb)
+    vs = variants(objectives, model, tasks, preload_max_gb=preload_max_gb)
     results = evaluate_variants(vs, model, tasks, split, device, autocast, batch_size, eval_samples,
                                 preload_max_gb, rank, world_size)
     # every rank rolls out the figures' trajectories: a sharded model needs all of them in each forward

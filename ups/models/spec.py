@@ -84,6 +84,7 @@ class LatentEncoder:
     encode: Callable[[nn.Module, str, Tensor, Tensor], Tensor]  # (model, task, x, coords) -> z
     shape: Callable[[nn.Module, str], tuple[int, ...]]  # shape of one window's latents of a task
     state: Callable[[nn.Module, str], dict[str, Tensor]]  # tensors the task's encoding reads (cache key)
+    groups: tuple[str, ...] = ("encoder",)  # the freezable groups ``encode`` runs: frozen, its latents are fixed
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ A stage names its objective by ``_target_`` (``conf/stage/*.yaml``); the trainer
 :meth:`Objective.loss` and evaluation calls :meth:`Objective.predict`, so neither knows the loss.
 """
 
-from typing import Any
+from typing import Any, Mapping
 
 from ups.objectives.base import Objective
 from ups.objectives.consistency import ConsistencyCorrection
@@ -15,14 +15,14 @@ from ups.objectives.steady import SteadyPrior
 from ups.objectives.unrolled import Unrolled
 
 __all__ = ["Autoencoder", "ConsistencyCorrection", "DiffusionResidual", "InverseConsistency", "NextStep", "Objective",
-           "SteadyPrior", "Unrolled", "attach_heads", "build_objective", "check_stages"]
+           "SteadyPrior", "Unrolled", "attach_heads", "build_objective"]
 
 
 def build_objective(cfg: Any, where: str) -> Objective:
     """Instantiate a stage's objective; a bad target or argument is a config error naming ``where``."""
     from hydra.utils import instantiate
 
-    from ups.config import ConfigError
+    from ups.errors import ConfigError
 
     try:
         objective = instantiate(cfg)
@@ -33,26 +33,15 @@ def build_objective(cfg: Any, where: str) -> Objective:
     return objective
 
 
-def check_stages(stages: Any, strategy: str) -> None:
-    """Build every stage's objective once before any work, so a bad argument or a strategy the
-    objective cannot run under is a config error at compose time, naming the stage."""
-    from ups.config import ConfigError
-
-    for name, stage in (stages or {}).items():
-        reason = build_objective(stage.objective, f"stages.{name}").refuses(strategy)
-        if reason:
-            raise ConfigError(f"stages.{name}.objective under parallelism.strategy={strategy}: {reason}")
-
-
-def attach_heads(model: Any, stages: Any) -> None:
+def attach_heads(model: Any, objectives: Mapping[str, Objective]) -> None:
     """Attach every stage objective's own network to the unwrapped model, in stage order, so that
     checkpoints, wrapping and freezing see one model from the first stage on. A head on a model
-    family without a latent space is a config error naming the stage."""
-    from ups.config import ConfigError
+    family without a latent space is a config error naming the stage. ``objectives``: by stage name,
+    as ``ups.build.build_objectives`` builds them."""
+    from ups.errors import ConfigError
     from ups.models.spec import spec_of
 
-    for name, stage in (stages or {}).items():
-        objective = build_objective(stage.objective, f"stages.{name}")
+    for name, objective in objectives.items():
         if objective.head is None:
             continue
         spec = spec_of(model)

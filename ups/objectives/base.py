@@ -22,6 +22,10 @@ class Objective:
     horizon: int = 1  # future frames each training window must hold (the trainer builds its windows so)
     head: str | None = None  # the network it trains in the model's stage_heads; None: the model's own groups
     evaluations: int = 1  # network evaluations per predicted frame (the evaluation table's NFE)
+    # The rows this stage gets in the end-of-run stage table, by the name its builder is registered
+    # under in ups/evaluation/stage_table.py: "operator" (the last such stage is the operator row),
+    # "corrector", "steady_prior"; a role nobody registered gets one generic row.
+    table_role: str = "operator"
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         """A scalar: the mean loss over the batch's samples (the trainer weights tasks by sample count)."""

@@ -34,6 +34,7 @@ class Corrector(Objective):
     """What the diffusion and consistency objectives share: corrected candidates and predictions."""
 
     head = "diffusion"
+    table_role = "corrector"  # rows: corrected, mean of several, and test-time correction
     residual: bool | None = None  # None: the model says (its predict_change)
     samples = 1  # corrected samples averaged into the prediction (their mean estimates the conditional mean)
     per_sample = 1  # network evaluations to draw one corrected sample

@@ -23,6 +23,8 @@ from ups.objectives.next_step import predict_next
 class SteadyPrior(Objective):
     """MSE of the steady head's decoded solution; ``residual`` is the operator stage's setting."""
 
+    table_role = "steady_prior"  # one row, on steady tasks only
+
     def __init__(self, head: str = "steady", residual: bool | None = None):
         self.head, self.residual = str(head), residual
 

@@ -378,9 +378,11 @@ def export_model(path: str | Path, out: str | Path, check: bool = True) -> Path:
 if __name__ == "__main__":  # python -m ups.training.checkpoint <checkpoint dir> <out.pt>
     import sys
 
+    from ups.errors import exit_on_error  # the one error path of every entry point
     if len(sys.argv) != 3:
         sys.exit("usage: python -m ups.training.checkpoint <checkpoints/NAME> <out.pt>")
-    print(export_model(sys.argv[1], sys.argv[2]))
+    with exit_on_error(f"Cannot export {sys.argv[1]}: "):
+        print(export_model(sys.argv[1], sys.argv[2]))
 
 
 def load_eval_weights(path: str | Path, allow_unverified: bool = False) -> tuple[dict, str]:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from ups.config import ConfigError
+from ups.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SDPA_BACKENDS = ("auto", "flash", "efficient", "math", "cudnn")

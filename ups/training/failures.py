@@ -14,15 +14,13 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
+from ups.distributed.parallelize import is_sharded
+from ups.errors import ConfigError, StopTraining  # noqa: F401 - StopTraining: imported from here too
+
 if TYPE_CHECKING:
     from ups.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-
-class StopTraining(RuntimeError):
-    """Raised when training must stop: on every rank for an agreed policy, on one rank when no agreement
-    is possible (the launcher then ends the others)."""
 
 
 @contextmanager
@@ -63,7 +61,7 @@ def stop_if_sharded(trainer: "Trainer", err: BaseException) -> None:
     waiting inside the same forward's parameter all-gather, and would wait in it for
     ``parallelism.timeout_s``. This rank stops at once instead; the launcher then stops the others
     and, with ``parallelism.max_restarts``, restarts the job from its newest checkpoint."""
-    if trainer.cfg.parallelism.strategy == "fsdp2" and trainer.env.world_size > 1:
+    if is_sharded(trainer.model) and trainer.env.world_size > 1:
         raise StopTraining(f"rank {trainer.env.rank} ran out of memory in forward at step {trainer.global_step + 1} "
                            f"under FSDP2, where the ranks cannot skip a step together mid-forward; stopping "
                            f"(lower trainer.batch_size or turn on hardware.activation_checkpointing): {err}")
@@ -75,11 +73,10 @@ def skip_or_stop(trainer: "Trainer", reason: str, policy: str) -> float:
     if policy == "stop":
         raise StopTraining(f"stopping at step {trainer.global_step + 1} on all ranks: {reason} "
                            "(trainer policy 'stop')")
-    trainer.skipped_steps += 1
-    trainer.consecutive_skips += 1
+    in_a_row = trainer.state.count_skip()
     log.warning("step %d skipped on all ranks: %s", trainer.global_step + 1, reason)
     limit = trainer.cfg.trainer.max_consecutive_skips
-    if trainer.consecutive_skips >= limit:
+    if in_a_row >= limit:
         # Without a bound, diverged weights make every later step non-finite: each epoch would skip
         # every batch and evaluate NaN, forever.
         raise StopTraining(
@@ -165,13 +162,12 @@ def estimate_step_mb(trainer: "Trainer") -> tuple[float, float, str]:
 def check_batch_fits(trainer: "Trainer") -> None:
     """Refuse, before the first step, a batch whose step cannot fit in the memory available: a run
     that grows past it is killed by the kernel without a word (and takes other jobs' memory first)."""
-    from ups.config import ConfigError
     from ups.distributed.collectives import any_rank
 
     cfg = trainer.cfg
     if not cfg.trainer.get("check_memory", True) or trainer.step >= trainer.total_steps:
         return
-    if cfg.parallelism.strategy == "fsdp2" or cfg.hardware.get("compile"):
+    if is_sharded(trainer.model) or cfg.hardware.get("compile"):
         return  # a probe forward would gather shards or compile for two more shapes; not estimated there
     try:
         need, per_sample, task = estimate_step_mb(trainer)

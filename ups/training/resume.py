@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ups.config import ConfigError
+from ups.errors import ConfigError
 from ups.data.readers import DataFileError
 from ups.data.validate import data_fingerprints
 from ups.distributed.collectives import any_rank
@@ -36,13 +36,11 @@ log = logging.getLogger(__name__)
 def trainer_state(trainer: "Trainer", stage_done: bool = False) -> dict:
     """Everything needed to continue exactly: DCP-shardable tensors plus packed bookkeeping."""
     model_sd, optim_sd = get_state_dict(trainer.raw_model, trainer.optimizer)
-    book = {"step": trainer.step, "offset": trainer.offset, "epoch": trainer.epoch, "stage": trainer.stage_name,
-            "stage_done": stage_done, "total_steps": trainer.total_steps, "stopped": trainer._stopped,
-            "sampler": trainer.sampler.state_dict(batches_done=trainer.batches_done),  # consumed, not prefetched
+    book = {**trainer.state.state_dict(),  # the counters (ups/training/state.py)
+            "stage_done": stage_done,
+            # the position the loop consumed, not what the loader's workers prefetched
+            "sampler": trainer.sampler.state_dict(batches_done=trainer.state.batches_done),
             "scheduler": trainer.scheduler.state_dict(), "world_size": trainer.env.world_size,
-            "skipped_steps": trainer.skipped_steps, "epoch_losses": trainer.epoch_losses,
-            "epoch_sum": trainer.epoch_sum, "epoch_n": trainer.epoch_n,
-            "last_val": trainer.last_val, "train_seconds": trainer._train_seconds(),
             "callbacks": sorted(trainer.callbacks), "config": OmegaConf.to_container(trainer.cfg, resolve=True),
             "data": data_fingerprints(trainer.tasks)}
     return {"model": model_sd, "optim": optim_sd, "trainer": pack(book),
@@ -113,23 +111,20 @@ def resume_stage(trainer: "Trainer") -> bool:
         trainer.sampler.load_state_dict(saved["sampler"])
     except ValueError as err:  # a layout that cannot continue this data order: the user's choice to make
         raise ConfigError(f"cannot resume from {path}: {err}") from None
-    trainer.step, trainer.offset, trainer.epoch = saved["step"], saved["offset"], saved["epoch"]
-    trainer.batches_done, trainer.skipped_steps = saved["sampler"]["batches_done"], saved["skipped_steps"]
-    trainer.epoch_losses, trainer.last_val = list(saved["epoch_losses"]), dict(saved["last_val"])
-    trainer.epoch_sum, trainer.epoch_n = saved["epoch_sum"], saved["epoch_n"]
-    trainer.train_seconds, trainer._stopped = saved["train_seconds"], saved["stopped"]
+    saved.setdefault("batches_done", saved["sampler"]["batches_done"])  # a checkpoint from before TrainerState
+    st = trainer.state
+    st.load_state_dict(saved)
     if own_rng in state and trainer.cfg.faults.restore_rng:
         set_rng_state(state[own_rng])
     for n in names:
         trainer.callbacks[n].load_state_dict(state["callbacks"][n])
     done = bool(saved["stage_done"])
-    if done and trainer.step < trainer.total_steps and not trainer._stopped:
-        log.info("stage %s finished at step %d; its budget is now %d steps: continuing", trainer.stage_name,
-                 trainer.step, trainer.total_steps)
+    if done and st.step < st.total_steps and not st.stopped:
+        log.info("stage %s finished at step %d; its budget is now %d steps: continuing", st.stage, st.step,
+                 st.total_steps)
         done = False
     elif not done:
-        log.info("resumed stage %s from %s at step %d (global step %d)", trainer.stage_name, path, trainer.step,
-                 trainer.global_step)
+        log.info("resumed stage %s from %s at step %d (global step %d)", st.stage, path, st.step, st.global_step)
     return done
 
 

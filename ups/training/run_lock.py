@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ups.config import ConfigError
+from ups.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LOCK = ".run.lock"

@@ -24,9 +24,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used (corrupt, truncated, a file missing); the message names the file."""
+from ups.errors import CheckpointError  # noqa: F401 - defined in ups.errors, imported from here too
 
 
 def _metadata_classes() -> dict[tuple[str, str], Any]:

@@ -10,11 +10,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ups.config import ConfigError
+from ups.errors import ConfigError
 from ups.data.datasets import MultiTaskDataset, WindowDataset
 from ups.data.tasks import TaskData
 from ups.distributed.collectives import main_first
 from ups.distributed.env import DistEnv
+from ups.distributed.parallelize import is_sharded
+from ups.models.spec import spec_of
 from ups.objectives import Objective
 
 log = logging.getLogger(__name__)
@@ -56,18 +58,18 @@ class TrainSets:
             out.append(self._windows[horizon, i])
         return MultiTaskDataset(out)
 
-    def for_stage(self, name: str, stage: Any, objective: Objective, model: nn.Module,
-                  has_latent: bool) -> MultiTaskDataset:
+    def for_stage(self, name: str, stage: Any, objective: Objective, model: nn.Module) -> MultiTaskDataset:
         """The stage's windows, or its frozen encoder's cached latents (call once the weights are final:
-        the cache key hashes them)."""
+        the cache key hashes them). ``model``: the unwrapped model (sharded in place under FSDP2)."""
         cfg, env = self.cfg, self.env
         windows = self.windows(objective.horizon, f"stages.{name}", objective.applies)
-        if "encoder" not in stage.freeze or not stage.latent_cache or not has_latent:
+        latent = spec_of(model).latent  # the spec says which groups encoding runs; a frozen set caches
+        if latent is None or not stage.latent_cache or not set(latent.groups) <= set(stage.freeze):
             return windows
         if objective.horizon > 1:
             raise ConfigError(f"stages.{name}: its objective unrolls {objective.horizon} steps from the context "
                               f"fields, which the latent cache does not keep; set stages.{name}.latent_cache=false")
-        if cfg.parallelism.strategy == "fsdp2":
+        if is_sharded(model):
             # The sharded encoder needs every rank in each forward; rank 0 alone cannot build the cache.
             log.info("stage %s: encoder sharded by FSDP2, encoding on the fly instead of caching", name)
             return windows

@@ -14,33 +14,34 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from torch.utils.data import DataLoader
 
-from ups.config import ConfigError
 from ups.data.datasets import MultiTaskDataset, TrajectoryDataset
 from ups.data.sampler import MultiTaskDistributedSampler
-from ups.data.tasks import TaskData
 from ups.distributed.collectives import any_rank_on_host
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import grad_sync
 from ups.evaluation.evaluate import evaluate
 from ups.models.spec import spec_of
-from ups.objectives import Objective, build_objective
+from ups.objectives import Objective
 from ups.training.callbacks import Callback
 from ups.training import resume, signals
 from ups.training.checkpoint import Checkpointer
-from ups.training.compute import compute_context
 from ups.training.failures import StopTraining, check_batch_fits, is_oom, skip_or_stop, stop_if_sharded
 from ups.training.faults import FaultInjector
 from ups.training.loggers import peak_memory_mb
-from ups.training.optim import advance, build_optimizer, build_scheduler, set_requires_grad
+from ups.training.optim import advance, build_optimizer, build_scheduler
 from ups.training.step_totals import Agreed, StepTotals, agree_stop, batch_loss
-from ups.training.train_sets import TrainSets, fixed_batches, stage_loader
+from ups.training.state import TrainerState
+from ups.training.train_sets import fixed_batches, stage_loader
+
+if TYPE_CHECKING:
+    from ups.build import BuiltRun
 
 log = logging.getLogger(__name__)
 
@@ -52,47 +53,71 @@ class Trainer:
     carry one global step that increases across stages (``step``) besides the stage's (``stage_step``).
     """
 
-    def __init__(self, cfg: Any, model: nn.Module, raw_model: nn.Module, tasks: Sequence[TaskData], env: DistEnv,
-                 device: torch.device, callbacks: Mapping[str, Callback], run_dir: str | Path):
-        self.cfg, self.model, self.raw_model, self.env, self.device = cfg, model, raw_model, env, device
-        self.tasks, self.callbacks, self.run_dir = list(tasks), dict(callbacks), Path(run_dir)
-        self.spec = spec_of(raw_model)
-        pre = cfg.data.preload_max_gb
-        self.train_sets = TrainSets(tasks, cfg, env, device, self.run_dir)
+    def __init__(self, cfg: Any, model: nn.Module, built: "BuiltRun", env: DistEnv, callbacks: Mapping[str, Callback],
+                 run_dir: str | Path):
+        """``model``: the wrapped (parallelized) ``built.model``; everything else comes from ``built``
+        (``ups/build.py``): tasks, each stage's objective, the device and autocast."""
+        self.cfg, self.model, self.raw_model, self.env = cfg, model, built.model, env
+        self.built, self.device, self.compute = built, built.device, built.compute
+        self.tasks, self.callbacks, self.run_dir = list(built.tasks), dict(callbacks), Path(run_dir)
+        self.spec = spec_of(self.raw_model)
+        tasks, pre = self.tasks, cfg.data.preload_max_gb
+        self.train_sets = built.train_sets(env, self.run_dir)
         self.train_set: MultiTaskDataset = self.train_sets.raw
         self.eval_sets = {split: [TrajectoryDataset(t, split, cfg.data.eval_samples, pre) for t in tasks]
                           for split in ("val", "test")}
         self.faults = FaultInjector(cfg.faults, env)
-        self.step = self.epoch = self.batches_done = self.total_steps = self.skipped_steps = 0
-        self.consecutive_skips = 0  # skipped steps since the last step that counted
-        self.offset = 0  # global step at the start of the current stage
-        self.stage_name = ""
+        self.state = TrainerState()  # every counter; checkpointed through its own state_dict
         self.objective: Objective | None = None
         self.checkpointer: Checkpointer | None = None
         self.loader: DataLoader | None = None  # the current stage's (its workers live for the stage)
-        self.epoch_losses: list[float] = []
-        self.epoch_sum, self.epoch_n = 0.0, 0  # losses of the current epoch's steps so far
-        self.last_loss = float("nan")  # the latest step's loss, for the progress display
-        self.last_val: dict = {}
-        self.train_seconds = 0.0  # training wall-clock so far, across resumes (trainer.time_budget_s)
-        self._stop_reason: str | None = None
-        self._stopped: str | None = None
-        self._t0: float | None = None  # when this process started training the current stage
-        self._interrupted = 0  # the stop signal every rank agreed on, if any
 
+    # -- what callbacks read (the counters live in self.state) -----------------------------------
     @property
     def global_step(self) -> int:
         """Optimizer steps done over all stages so far."""
-        return self.offset + self.step
+        return self.state.global_step
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps of the current stage."""
+        return self.state.step
+
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    @property
+    def stage_name(self) -> str:
+        return self.state.stage
+
+    @property
+    def total_steps(self) -> int:
+        """The current stage's step budget."""
+        return self.state.total_steps
+
+    @property
+    def last_loss(self) -> float:
+        return self.state.last_loss
+
+    @property
+    def epoch_losses(self) -> list[float]:
+        """Mean train loss of each finished epoch of the current (or last) stage."""
+        return self.state.epoch_losses
+
+    @property
+    def train_seconds(self) -> float:
+        """Training wall-clock so far, across resumes."""
+        return self.state.elapsed_s()
 
     # -- helpers ---------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
         """The forward passes' context: bf16 autocast and the attention backend, as configured."""
-        return compute_context(self.cfg.hardware, self.device)()
+        return self.compute.autocast()
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop after this step (callbacks call this; the loop agrees it across ranks)."""
-        self._stop_reason = reason
+        self.state.stop_reason = reason
 
     def log_record(self, record: dict) -> None:
         for cb in self.callbacks.values():
@@ -146,43 +171,22 @@ class Trainer:
         set_model_state_dict(self.raw_model, state["model"])
         log.info("stage %s starts from the weights in %s", self.stage_name, path)
 
-    def _freeze(self, stage: Any) -> None:
-        """Freeze the stage's ``freeze`` groups and the later stages' heads, or, for an objective that
-        trains a head of its own, everything else."""
-        groups = self.spec.groups(self.raw_model)
-        heads = set(self.spec.stage_heads(self.raw_model)) if self.spec.stage_heads else set()
-        own = self.objective.head
-        if own is not None and stage.freeze:
-            raise ConfigError(f"stages.{self.stage_name}.freeze={list(stage.freeze)}: its objective trains only the "
-                              f"head {own!r} and every other group stays frozen; leave freeze empty")
-        unknown = set(stage.freeze) - set(groups)
-        if unknown:
-            raise ConfigError(f"stages.{self.stage_name}.freeze has {sorted(unknown)}; model family "
-                              f"{self.spec.name!r} has the groups {', '.join(groups)}")
-        frozen = set(groups) - {own} if own is not None else set(stage.freeze) | heads
-        set_requires_grad([self.raw_model], True)
-        set_requires_grad([groups[g] for g in sorted(frozen)], False)
-
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, name: str, stage: Any, prev: str | Path | None = None) -> dict:
         """Train one stage to its step budget (or an agreed stop); return its last validation record."""
         t = self.cfg.trainer
-        self.offset, self.stage_name = self.global_step, name
-        self.total_steps = t.max_steps if stage.steps is None else stage.steps
-        self.objective = build_objective(stage.objective, f"stages.{name}")
+        self.state = st = self.state.next_stage(name, t.max_steps if stage.steps is None else stage.steps)
+        self.objective = self.built.objectives[name]
         # what the sampler sizes: the windows of the tasks the objective trains on
         self.train_set = self.train_sets.windows(self.objective.horizon, f"stages.{name}", self.objective.applies)
         if not self.train_set.datasets:  # e.g. the steady prior on time-dependent tasks only
             log.info("stage %s: %s trains on no task of this run; it keeps the previous weights", name,
                      type(self.objective).__name__)
-            self.total_steps, self.train_set = 0, self.train_sets.raw
+            st.total_steps, self.train_set = 0, self.train_sets.raw
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints" / name, t.keep_last_k, self.env.is_main)
-        self.step = self.epoch = self.batches_done = self.skipped_steps = 0
-        self.epoch_losses, self.last_val, self._stopped, self._stop_reason = [], {}, None, None
-        self.epoch_sum, self.epoch_n = 0.0, 0
-        self._freeze(stage)
+        self.built.freeze(name)
         self.optimizer = build_optimizer(self.raw_model, self.cfg.optim, stage.lr, self.device)
-        self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, self.total_steps, t.time_budget_s)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, st.total_steps, t.time_budget_s)
         s = self.cfg.data.sampler
         self.sampler = MultiTaskDistributedSampler(
             self.train_set.sizes(), t.batch_size, num_replicas=self.env.world_size, rank=self.env.rank,
@@ -192,42 +196,38 @@ class Trainer:
             cb.on_fit_start(self)  # before resume, so callback state exists to be loaded into
         if self._resume():
             log.info("stage %s already finished; skipping", name)
-            return self.last_val
-        if self.step == 0 and (stage.init_from or prev):
+            return st.last_val
+        if st.step == 0 and (stage.init_from or prev):
             self._load_weights(stage.init_from or prev)
-        if self.step == 0 and self.total_steps:
+        if st.step == 0 and st.total_steps:
             self.objective.setup(self.model, fixed_batches(self.train_set, self.device))
-        self.train_set = self.train_sets.for_stage(name, stage, self.objective, self.raw_model,
-                                                   self.spec.latent is not None)
+        self.train_set = self.train_sets.for_stage(name, stage, self.objective, self.raw_model)
         self.loader = stage_loader(self.train_set, self.sampler, self.cfg.data, self.device)
         check_batch_fits(self)  # before the first step: a batch that cannot fit is refused, not killed
-        self._t0 = time.perf_counter()
-        while self.step < self.total_steps and not self._agree_stop():
+        st.start_clock()
+        while st.step < st.total_steps and not self._agree_stop():
             self._run_epoch()
-        if self._interrupted:
+        if st.interrupted:
             path = self.checkpointer.save(self.state_dict(), f"step_{self.global_step:08d}", self.global_step)
-            sig_name = signal.Signals(self._interrupted).name
-            raise signals.Interrupted(self._interrupted, f"stopped by {sig_name} at step {self.global_step} (stage "
-                                      f"{self.stage_name}, its step {self.step}); checkpoint saved in {path}; run the "
+            sig_name = signal.Signals(st.interrupted).name
+            raise signals.Interrupted(st.interrupted, f"stopped by {sig_name} at step {self.global_step} (stage "
+                                      f"{st.stage}, its step {st.step}); checkpoint saved in {path}; run the "
                                       "same command again to resume")
-        if self.last_val.get("step") != self.global_step:
+        if st.last_val.get("step") != self.global_step:
             self._eval_and_log()
         self.checkpointer.save(self.state_dict(stage_done=True), "final", self.global_step, consolidate=True)
         for cb in self.callbacks.values():
             cb.on_fit_end(self)
         self.train_set, self.loader = self.train_sets.raw, None  # the stage's workers exit
-        self.train_seconds, self._t0 = self._train_seconds(), None
-        return self.last_val
-
-    def _train_seconds(self) -> float:
-        return self.train_seconds + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+        st.stop_clock()
+        return st.last_val
 
     def _stop_requested(self) -> bool:
         """This rank's own reason to stop (a callback's request, the time budget), before agreement."""
-        budget = self.cfg.trainer.time_budget_s
-        if budget is not None and self._stop_reason is None and self._train_seconds() >= budget:
-            self._stop_reason = f"time budget of {budget:g} s reached"
-        return self._stop_reason is not None
+        budget, st = self.cfg.trainer.time_budget_s, self.state
+        if budget is not None and st.stop_reason is None and st.elapsed_s() >= budget:
+            st.stop_reason = f"time budget of {budget:g} s reached"
+        return st.stop_reason is not None
 
     def _agree_stop(self, agreed: Agreed | None = None) -> bool:
         """Whether every rank stops now: a callback asked, the time budget is spent, or a signal arrived.
@@ -235,30 +235,30 @@ class Trainer:
         ``agreed``: the decision already taken in the step's reduction; otherwise one all-reduce of
         the flags (between steps), from which all ranks also learn which signal it was.
         """
-        agreed = agreed or agree_stop(self._stop_requested(), self.device)
+        agreed, st = agreed or agree_stop(self._stop_requested(), self.device), self.state
         if agreed.signum:  # not a stop on purpose: the stage is not finished, and resumes from the checkpoint
-            self._interrupted = agreed.signum
-        elif agreed.stop and self._stopped is None:
-            self._stopped = self._stop_reason or "stopped on another rank"
-            log.info("stage %s stops at step %d: %s", self.stage_name, self.step, self._stopped)
+            st.interrupted = agreed.signum
+        elif agreed.stop and st.stopped is None:
+            st.stopped = st.stop_reason or "stopped on another rank"
+            log.info("stage %s stops at step %d: %s", st.stage, st.step, st.stopped)
         return agreed.stop
 
     def _run_epoch(self) -> None:
-        t = self.cfg.trainer
-        if self.batches_done == 0:
-            self.sampler.set_epoch(self.epoch)
+        t, st = self.cfg.trainer, self.state
+        if st.batches_done == 0:
+            self.sampler.set_epoch(st.epoch)
         batches = iter(self.loader)  # the sampler yields this epoch's batches, from the resume point
         window = {"loss": 0.0, "samples": 0, "steps": 0, "t0": time.perf_counter(), "tasks": {}}
-        while self.step < self.total_steps:
+        while st.step < st.total_steps:
             loss, agreed = self._optimizer_step(batches, window)
             if loss is None:  # the epoch's batches are used up
                 break
             evaluated = False
             if loss == loss:  # a skipped step returns NaN and does not count
-                self.epoch_sum, self.epoch_n = self.epoch_sum + loss, self.epoch_n + 1
-                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                st.epoch_sum, st.epoch_n = st.epoch_sum + loss, st.epoch_n + 1
+                if st.step % t.log_every == 0 or st.step == st.total_steps:
                     self._log_train(window)
-                evaluated = bool(t.eval_every and self.step % t.eval_every == 0)
+                evaluated = bool(t.eval_every and st.step % t.eval_every == 0)
                 if evaluated:
                     self._eval_and_log()
                 self.faults.after_step(self.global_step)
@@ -268,11 +268,10 @@ class Trainer:
                 break
         # The sums are checkpointed, so a resumed epoch's mean covers all of it; an epoch cut by a
         # signal stays open, its sums saved with the checkpoint for the rerun to continue.
-        if self.epoch_n and not self._interrupted:
-            self.epoch_losses.append(self.epoch_sum / self.epoch_n)
-            self.epoch_sum, self.epoch_n = 0.0, 0
-        if self.batches_done >= self._micro_batches_per_epoch():
-            self.epoch, self.batches_done = self.epoch + 1, 0
+        if not st.interrupted:
+            st.close_epoch_losses()
+        if st.batches_done >= self._micro_batches_per_epoch():
+            st.epoch, st.batches_done = st.epoch + 1, 0
             if not t.eval_every:
                 self._eval_and_log()
 
@@ -286,7 +285,7 @@ class Trainer:
             batch = next(batches, None)
             if batch is None:
                 return None, None
-            self.batches_done += 1
+            self.state.batches_done += 1
             # Gradients are all-reduced only on the last micro-batch of a step.
             with grad_sync(self.model, enabled=micro == t.accum_steps - 1):
                 oom = False
@@ -320,7 +319,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.raw_model.parameters() if p.requires_grad],
                                                    self.cfg.optim.grad_clip or float("inf"))
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        agreed = totals.reduce(grad_norm, self._stop_requested(), self._train_seconds())  # the step's one host sync
+        agreed = totals.reduce(grad_norm, self._stop_requested(), self.state.elapsed_s())  # the step's one host sync
         if agreed.nonfinite_loss:
             return skip_or_stop(self, "non-finite loss", t.on_nonfinite), agreed
         if not math.isfinite(agreed.grad_norm):
@@ -328,9 +327,7 @@ class Trainer:
         self.optimizer.step()
         advance(self.scheduler, agreed.elapsed_s)
         self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self.consecutive_skips = 0
-        self.last_loss = agreed.loss
+        self.state.count_step(agreed.loss)
         window["loss"] += agreed.loss
         window["samples"] += n_samples * self.env.world_size
         window["steps"] += 1
@@ -351,7 +348,7 @@ class Trainer:
             samples_per_s=window["samples"] / max(elapsed, 1e-9), lr=self.scheduler.get_last_lr()[0],
             grad_norm=window.get("grad_norm", float("nan")), batch_size=t.batch_size, accum_steps=t.accum_steps,
             world_size=self.env.world_size, global_batch=t.batch_size * t.accum_steps * self.env.world_size,
-            skipped_steps=self.skipped_steps, peak_memory_mb=peak_memory_mb(self.device))
+            skipped_steps=self.state.skipped_steps, peak_memory_mb=peak_memory_mb(self.device))
         record.update({f"loss/{k}": sum(v) / len(v) for k, v in window["tasks"].items()})
         self.log_record(record)
         window.update(loss=0.0, samples=0, steps=0, t0=time.perf_counter(), tasks={})
@@ -374,10 +371,10 @@ class Trainer:
 
     def _eval_and_log(self) -> dict:
         metrics = self.evaluate("val")
-        self.last_val = self._record("eval", split="val", **metrics)
-        self.log_record(self.last_val)
+        self.state.last_val = self._record("eval", split="val", **metrics)
+        self.log_record(self.state.last_val)
         log.info("step %d (%s step %d) val nRMSE %s", self.global_step, self.stage_name, self.step,
                  "  ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in metrics.items()))
         for cb in self.callbacks.values():
             cb.on_eval_end(self, metrics)
-        return self.last_val
+        return self.state.last_val

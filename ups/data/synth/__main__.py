@@ -117,4 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ups.errors import exit_on_error
+
+    with exit_on_error():
+        sys.exit(main())

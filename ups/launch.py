@@ -25,9 +25,10 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from ups.config import ConfigError, validate
+from ups.config import validate
+from ups.errors import ConfigError
 from ups.distributed.env import RESTART_ENV, DistEnv, check_devices, export_slurm_env, in_launched_rank
-from ups.errors import EXPECTED_EXIT, report_expected
+from ups.errors import EXPECTED_EXIT, exit_on_error
 from ups.training.signals import Interrupted
 
 log = logging.getLogger(__name__)
@@ -82,19 +83,17 @@ def _worker(container: dict) -> dict:
     env = DistEnv.from_env()
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     setup_worker_logging(env, Path(cfg.paths.output_dir) / "train.log")
-    try:
-        return run(cfg, env)
-    except Interrupted as err:  # a clean stop, not a failure: no restart
-        if err.signum in (signal.SIGTERM, signal.SIGINT):
-            # torch's agent turned the same signal into its own shutdown and reads no result; a rank
-            # that returned would wait for the agent's "results read" event until it is killed 30 s
-            # later. The checkpoint is saved, so leave now.
-            os._exit(err.exit_code)
-        return {"interrupted": err.signum, "message": str(err)}  # SIGUSR2: the parent re-raises it
-    except Exception as err:  # an expected error: one paragraph, the traceback to train.log, a known status
-        if not report_expected(err, Path(cfg.paths.output_dir) / "train.log", prefix=f"rank {env.rank}: "):
-            raise
-        sys.exit(EXPECTED_EXIT)
+    # An expected error: one paragraph, the traceback to train.log, a status the parent knows
+    with exit_on_error(f"rank {env.rank}: ", Path(cfg.paths.output_dir) / "train.log", code=EXPECTED_EXIT):
+        try:
+            return run(cfg, env)
+        except Interrupted as err:  # a clean stop, not a failure: no restart
+            if err.signum in (signal.SIGTERM, signal.SIGINT):
+                # torch's agent turned the same signal into its own shutdown and reads no result; a rank
+                # that returned would wait for the agent's "results read" event until it is killed 30 s
+                # later. The checkpoint is saved, so leave now.
+                os._exit(err.exit_code)
+            return {"interrupted": err.signum, "message": str(err)}  # SIGUSR2: the parent re-raises it
 
 
 def _not_an_expected_stop(record: logging.LogRecord) -> bool:
