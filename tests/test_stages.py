@@ -102,6 +102,20 @@ def test_inverse_losses_reach_the_encoder_and_decoder_beyond_next_step(staged) -
             assert any(not torch.allclose(extra[n], plain[n]) for n in plain if n.startswith(prefix)), (weights, prefix)
 
 
+def test_inverse_objective_fits_the_frame_its_own_predict_returns(staged) -> None:
+    """With both inverse weights 0 the loss is next-step MSE of exactly what ``predict`` returns: a
+    model that predicts the change decodes the change. (Fitting the decoded value to the field while
+    ``predict`` added the last frame made stage=all's rollouts double the field every step, 1e7 nRMSE.)"""
+    tasks, model = staged
+    batch = _batch(tasks[0])
+    assert model.predict_change
+    objective = InverseConsistency(decode_weight=0.0, encode_weight=0.0)
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(objective.predict(model, batch), batch["y"].float())
+        torch.testing.assert_close(objective.loss(model, batch), expected)
+        torch.testing.assert_close(NextStep().loss(model, batch), expected)
+
+
 def test_ttc_never_keeps_a_candidate_scoring_worse_than_the_uncorrected(staged) -> None:
     tasks, model = staged
     corrector = DiffusionResidual(steps=2)

@@ -58,7 +58,9 @@ def residual(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tenso
     with torch.no_grad():
         z_pred = operator_latents(model, task, x, coords, cond)
         if invert_steps:
-            target = invert_decoder(model, task, z_pred, coords, y, invert_steps, invert_lr).to(z_pred.dtype)
+            # the latent that decodes to the true next frame in the model's own convention (the change)
+            goal = y - x[..., -y.shape[-1]:] if getattr(model, "predict_change", False) else y
+            target = invert_decoder(model, task, z_pred, coords, goal, invert_steps, invert_lr).to(z_pred.dtype)
         else:
             target = model.encode(task, next_context(x, y), coords)
         return z_pred, target - z_pred
