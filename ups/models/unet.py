@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ups.models.fno import GridBaseline
+from ups.models.grid_baseline import GridBaseline
 from ups.models.schemas import UNetConfig  # torch-free: configs compose without importing torch
 from ups.models.spec import ModelSpec, TaskIO, grid_to_points, points_to_grid, register
 
