@@ -191,6 +191,13 @@ class ClusterConfig:
 
 
 @dataclass
+class LeaderboardConfig:
+    """Where a finished run appends its row (``ups/leaderboard/``); None: nowhere."""
+
+    path: Optional[str] = None  # a folder: rows.jsonl, leaderboard.md, leaderboard.csv
+
+
+@dataclass
 class TrainConfig:
     task: TaskConfig = MISSING
     model: Any = MISSING  # typed by the family's own schema (ups/models/schemas.py), see register_configs
@@ -207,6 +214,7 @@ class TrainConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
 
 
 @dataclass

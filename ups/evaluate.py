@@ -29,6 +29,10 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split={cfg.split!r} is not one of test, val")
     which = ["final", "best"] if cfg.checkpoint == "both" else [cfg.checkpoint]
+    from ups.exported import is_export
+
+    if is_export(cfg.run):  # an export folder (python -m ups.export): its one model, no pickle read
+        which = ["export"]
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
         raise ValueError(f"device={cfg.device!r} is not one of auto, cpu, cuda")
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
@@ -42,7 +46,12 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
             print(f"{cfg.run}: no complete best checkpoint (the run never saved one); evaluated final only",
                   file=sys.stderr)
             continue
-        run = load_run(cfg.run, name, cfg.data_dir, device, cfg.get("allow_unverified_checkpoints", False))
+        if name == "export":
+            from ups.evaluation.export_eval import load_exported_run
+
+            run = load_exported_run(cfg.run, cfg.data_dir, device)
+        else:
+            run = load_run(cfg.run, name, cfg.data_dir, device, cfg.get("allow_unverified_checkpoints", False))
         bf16 = run.cfg.hardware.get("precision") == "bf16"  # evaluate as the run did
         samples = run.cfg.data.eval_samples if cfg.eval_samples is None else (cfg.eval_samples or None)
         batch = cfg.batch_size or run.cfg.trainer.batch_size

@@ -1,0 +1,33 @@
+"""An export folder (``python -m ups.export``) as a run to evaluate: the exported model on the data its
+config names, for ``python -m ups.evaluate run=<export>``. No pickle is read (``ups/exported.py``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ups.evaluation.loading import LoadedRun
+from ups.exported import WEIGHTS, ExportError, load_export
+
+
+def load_exported_run(path: str | Path, data_dir: str | None = None,
+                      device: torch.device | None = None) -> LoadedRun:
+    """The export's model and objective with the tasks of its config, read (never generated) from
+    ``data_dir`` or the config's ``paths.data_dir``."""
+    from ups.runner import build_tasks
+
+    path = Path(path)
+    device = device or torch.device("cpu")
+    exp = load_export(path, device)
+    exp.cfg.data.generate = False
+    exp.cfg.paths.data_dir = str(data_dir or exp.cfg.paths.data_dir)
+    if not Path(exp.cfg.paths.data_dir).is_dir():
+        raise FileNotFoundError(f"the data directory {exp.cfg.paths.data_dir} of {path / 'config.yaml'} is not here; "
+                                "point at the data files with data_dir=DIR")
+    tasks = build_tasks(exp.cfg, path)
+    sizes = {t.name: [t.initial_step * t.channels, t.channels, list(t.grid)] for t in tasks}
+    wanted = {n: [s["in_channels"], s["out_channels"], s["grid"]] for n, s in exp.manifest["tasks"].items()}
+    if sizes != wanted:
+        raise ExportError(f"the data in {exp.cfg.paths.data_dir} does not have the sizes the model was exported for: "
+                          f"{sizes} against {wanted}")
+    return LoadedRun(exp.cfg, tasks, exp.model, exp.objective, path / WEIGHTS, f"{path / WEIGHTS} (exported)")
