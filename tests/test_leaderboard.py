@@ -123,3 +123,21 @@ def test_tables_go_to_wandb_per_group(tmp_path: Path, monkeypatch) -> None:
     assert calls == [{"job_type": "leaderboard", "project": "p"}, "finish"]
     kind, cols, data = logged[0]["leaderboard/pdebench2"]
     assert kind == "table" and data[0][cols.index("rollout/darcy2d")] == 0.2 and data[0][cols.index("rank")] == 1
+
+
+def test_a_finished_run_with_wandb_sends_the_table_to_its_own_wandb_run(tmp_path: Path, monkeypatch) -> None:
+    from ups.leaderboard.hook import on_run_finished
+
+    inits, logged = [], []
+    run_obj = types.SimpleNamespace(log=logged.append, finish=lambda: None)
+    fake = types.SimpleNamespace(init=lambda **kw: inits.append(kw) or run_obj, Table=lambda columns, data: data)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    run = fake_run(tmp_path / "r", scores(0.1, 0.2))
+    (run / "wandb_id.txt").write_text("abc123")
+    cfg = OmegaConf.create({"leaderboard": {"path": str(tmp_path / "board")},
+                            "logger": {"wandb": {"project": "ups", "entity": None, "mode": "offline"}}})
+    assert on_run_finished(cfg, run) == tmp_path / "board" / "leaderboard.md"
+    assert inits == [{"job_type": "leaderboard", "id": "abc123", "resume": "allow", "dir": str(run), "project": "ups",
+                      "mode": "offline"}]
+    assert list(logged[0]) == ["leaderboard/pdebench2"]
+    assert on_run_finished(OmegaConf.create({"leaderboard": {"path": None}}), run) is None

@@ -59,8 +59,9 @@ def _last_line(path: Path) -> str:
 
 def _why_not_ranked(run: Path, results: dict | None) -> tuple[str, str] | None:
     """(status, why) for a run that has no rankable result; None for one that has."""
-    gates = run / GATES_FILE
-    if gates.exists():
+    gates, final = run / GATES_FILE, run / "eval" / "final_test.json"
+    # A later evaluation (a rerun with gates=none or other gates) supersedes a gate's verdict.
+    if gates.exists() and (not final.exists() or gates.stat().st_mtime > final.stat().st_mtime):
         g = json.loads(gates.read_text())
         if not g.get("passed", True):
             return "gated", "; ".join(g.get("failed") or []) or "a gate failed"
