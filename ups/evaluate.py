@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ups.config import register_configs
 
@@ -91,6 +91,10 @@ def main(cfg: DictConfig) -> None:
     from ups.data.readers import DataFileError
     from ups.training.checkpoint import CheckpointError
 
+    if OmegaConf.is_missing(cfg, "run"):  # before anything reads cfg.run: one paragraph, not a traceback
+        print("Cannot evaluate: run= is required, e.g. python -m ups.evaluate run=outputs/<date>/<time> "
+              "(a run directory) or run=<run>/export/final (python -m ups.export)", file=sys.stderr)
+        sys.exit(1)
     try:
         for path in evaluate_run(cfg):
             print(path)

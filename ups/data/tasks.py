@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from ups.config import ConfigError
 from ups.data.readers import DataFileError, TrajectoryFile
 from ups.data.registry import COND_DIM, Family, get_family
-from ups.data.stats import Stats, load_or_compute_stats
+from ups.data.stats import Stats, load_or_compute_stats, read_only_data_dir
 from ups.data.validate import NONFINITE_POLICIES, nonfinite_samples
 from ups.file_lock import exclusive
 
@@ -228,7 +228,10 @@ def build_task(name: str, ds: Any, data_cfg: Any, data_dir: Path, stats_dirs: li
     if policy not in NONFINITE_POLICIES:
         raise ConfigError(f"data.nonfinite={policy!r} is not one of {', '.join(NONFINITE_POLICIES)}")
     family = get_family(ds.family)
-    paths = locate_or_generate(name, ds, data_dir, generation_allowed(data_cfg.generate, data_dir))
+    generate = generation_allowed(data_cfg.generate, data_dir)
+    paths = locate_or_generate(name, ds, data_dir, generate)
+    if not generate:  # a data directory UPS may not generate into is only read: its caches go elsewhere
+        stats_dirs = read_only_data_dir(data_dir, stats_dirs)
     files = [TrajectoryFile(p, family, ds.reduced_resolution, ds.reduced_resolution_t, ds.reduced_batch,
                             ds.max_samples) for p in paths]
     first = files[0]
