@@ -191,6 +191,13 @@ class ClusterConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The small evaluation after each stage that the gates read (``ups/gates.py``)."""
+
+    small: int = 4  # validation trajectories per task (the first ones: the same subset every time)
+
+
+@dataclass
 class LeaderboardConfig:
     """Where a finished run appends its row (``ups/leaderboard/``); None: nowhere."""
 
@@ -215,6 +222,8 @@ class TrainConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
+    gates: Dict[str, Any] = field(default_factory=dict)  # name -> {kind: ..., args}: conf/gates/
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 @dataclass

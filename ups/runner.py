@@ -24,6 +24,7 @@ from ups.distributed.parallelize import parallelize
 from ups.evaluation.stage_table import evaluate_stages, has_heads
 from ups.evaluation.suite import evaluate_suite, scalar_metrics, write_results
 from ups import provenance
+from ups.gates import build_gates
 from ups.leaderboard.hook import on_run_finished
 from ups.models.spec import TaskIO, build
 from ups.objectives import attach_heads, check_stages
@@ -183,6 +184,9 @@ def _run(cfg: DictConfig, env: DistEnv, device: torch.device, startup: Startup) 
     log_task_note(cfg.task, is_main=env.is_main)
     callbacks = build_callbacks(cfg)  # before the data: a config error should not wait for generation
     callbacks["startup"] = StartupReport(startup)
+    gates = build_gates(cfg)  # after each stage: the small evaluation and the gates (ups/gates.py)
+    if gates is not None:
+        callbacks["gates"] = gates
     startup.mark("config")
     with main_first(env.is_main):  # rank 0 generates missing data and statistics; the others then read
         tasks = build_tasks(cfg, run_dir)

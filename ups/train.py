@@ -52,7 +52,7 @@ def main(cfg: DictConfig) -> float | None:
                 raise
             traceback.print_exc()  # a bug: its traceback, and the sweep goes on with the next job
             message = f"{type(err).__name__}: {err}"
-        return finish(cfg.paths.output_dir, 1, message)
+        return finish(cfg.paths.output_dir, getattr(err, "exit_code", 1), message)  # a gate: 4 (ups/gates.py)
     return metrics.get("val/nrmse/mean")
 
 
