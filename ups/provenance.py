@@ -70,10 +70,12 @@ def _choices() -> dict[str, str]:
 
 
 def write_once(run_dir: str | Path, cfg: Any, tasks: Sequence, world_size: int) -> Path:
-    """Write ``<run_dir>/provenance.json`` unless it exists: a resumed run keeps what it started from
-    (a resume onto other code or data is checked and recorded by the trainer, not here)."""
+    """Write ``<run_dir>/provenance.json`` unless the run already has it and a checkpoint to resume:
+    a resumed run keeps what it started from (a resume onto other data is checked by the trainer);
+    a run that starts from nothing (new, or cleared by ``trainer.overwrite``) records itself."""
     path = Path(run_dir) / FILE
-    if not path.exists():
+    resumes = any(Path(run_dir).glob("checkpoints/*/*/COMPLETE"))
+    if not (path.exists() and resumes):
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(collect(cfg, tasks, world_size), indent=1))
         tmp.replace(path)
