@@ -1,4 +1,4 @@
-"""``python -m ups.export run=<run dir> [ckpt=final|best|step_N] [out=<folder>]``: a model to share.
+"""``python -m ups.export run=<run dir> [ckpt=final|best|step_N] [out=<folder>] [data_dir=DIR]``: a model to share.
 
 Writes into ``out`` (default ``<run>/export/<ckpt>``): ``model.safetensors`` (the weights the run
 evaluates with, EMA ones if it averaged), ``config.yaml`` (resolved), ``export.json`` (format,
@@ -19,16 +19,24 @@ from ups.exported import CONFIG, FORMAT, MANIFEST, WEIGHTS, sha256
 
 
 def export_run(run: str | Path, ckpt: str = "final", out: str | Path | None = None,
-               allow_unverified: bool = False) -> Path:
-    """Export checkpoint ``ckpt`` of the run's last training stage; returns the export folder."""
+               allow_unverified: bool = False, data_dir: str | None = None) -> Path:
+    """Export checkpoint ``ckpt`` of the run's last training stage; returns the export folder.
+
+    The data gives the tasks' sizes: read from ``data_dir``, else the run's ``paths.data_dir``, else
+    (a relative one, from another directory) the absolute path its ``provenance.json`` recorded."""
     import torch
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
 
     from ups.evaluation.loading import load_run
 
+    from ups import provenance
+
     run = Path(run)
-    loaded = load_run(run, ckpt, device=torch.device("cpu"), allow_unverified=allow_unverified)
+    if data_dir is None and (run / "config.yaml").exists() and \
+            not Path(OmegaConf.load(run / "config.yaml").paths.data_dir).is_dir():
+        data_dir = provenance.read(run).get("data_dir")
+    loaded = load_run(run, ckpt, data_dir, torch.device("cpu"), allow_unverified)
     out = Path(out) if out else run / "export" / ckpt
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -51,17 +59,18 @@ def export_run(run: str | Path, ckpt: str = "final", out: str | Path | None = No
     return out
 
 
+USAGE = "usage: python -m ups.export run=<run dir> [ckpt=final|best|step_N] [out=<folder>] [data_dir=DIR]"
+
+
 def _parse(argv: list[str]) -> dict[str, str]:
     opts = {}
     for arg in argv:
         key, eq, value = arg.partition("=")
-        if not eq or key not in ("run", "ckpt", "out", "allow_unverified_checkpoints"):
-            raise SystemExit(f"usage: python -m ups.export run=<run dir> [ckpt=final|best|step_N] [out=<folder>]; "
-                             f"{arg!r} is not one of these")
+        if not eq or key not in ("run", "ckpt", "out", "data_dir", "allow_unverified_checkpoints"):
+            raise SystemExit(f"{USAGE}; {arg!r} is not one of these")
         opts[key] = value
     if "run" not in opts:
-        raise SystemExit("usage: python -m ups.export run=<run dir> [ckpt=final|best|step_N] [out=<folder>]; "
-                         "run= is required")
+        raise SystemExit(f"{USAGE}; run= is required")
     return opts
 
 
@@ -73,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = export_run(opts["run"], opts.get("ckpt", "final"), opts.get("out"),
-                         opts.get("allow_unverified_checkpoints", "false").lower() == "true")
+                         opts.get("allow_unverified_checkpoints", "false").lower() == "true", opts.get("data_dir"))
     except (FileNotFoundError, ConfigError, CheckpointError, OSError) as err:
         print(f"Cannot export {opts['run']}: {err}", file=sys.stderr)
         return 1

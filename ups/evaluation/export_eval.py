@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ups import provenance
 from ups.evaluation.loading import LoadedRun
 from ups.exported import WEIGHTS, ExportError, load_export
 
@@ -13,13 +14,15 @@ from ups.exported import WEIGHTS, ExportError, load_export
 def load_exported_run(path: str | Path, data_dir: str | None = None,
                       device: torch.device | None = None) -> LoadedRun:
     """The export's model and objective with the tasks of its config, read (never generated) from
-    ``data_dir`` or the config's ``paths.data_dir``."""
+    ``data_dir``, the config's ``paths.data_dir`` or the absolute one of its ``provenance.json``."""
     from ups.runner import build_tasks
 
     path = Path(path)
     device = device or torch.device("cpu")
     exp = load_export(path, device)
     exp.cfg.data.generate = False
+    if data_dir is None and not Path(exp.cfg.paths.data_dir).is_dir():  # relative, and read from elsewhere
+        data_dir = provenance.read(path).get("data_dir")  # the absolute path the run recorded
     exp.cfg.paths.data_dir = str(data_dir or exp.cfg.paths.data_dir)
     if not Path(exp.cfg.paths.data_dir).is_dir():
         raise FileNotFoundError(f"the data directory {exp.cfg.paths.data_dir} of {path / 'config.yaml'} is not here; "
