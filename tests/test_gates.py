@@ -48,6 +48,9 @@ def test_a_misspelt_gate_is_a_config_error(gate: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         build_gates(cfg)
     assert build_gates(compose_cfg(["gates=none", "paths.data_dir=d", "paths.output_dir=o"])) is None
+    dropped = compose_cfg(["gates=default", "gates.previous=null", "gates.trivial=null", "paths.data_dir=d",
+                           "paths.output_dir=o"])
+    assert build_gates(dropped) is None
 
 
 def test_a_gate_that_cannot_pass_stops_stage_all_after_its_first_stage(tmp_path: Path, data_dir: Path) -> None:

@@ -230,7 +230,7 @@ class TrainConfig:
 class EvaluateConfig:
     """``python -m ups.evaluate``: which run, which checkpoints, which split."""
 
-    run: str = MISSING  # a run directory (holds config.yaml and checkpoints/)
+    run: str = MISSING  # a run directory (holds config.yaml and checkpoints/), or an export folder (ups.export)
     checkpoint: str = "both"  # final | best | both | a step folder name such as step_00000400
     split: str = "test"  # test | val
     eval_samples: Optional[int] = None  # trajectories per task; None: as the run evaluated, 0: all of them

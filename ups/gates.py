@@ -100,14 +100,19 @@ KINDS: dict[str, Callable[..., list[str]]] = {f.__name__: f for f in (beats_triv
                                                                        beats_run)}
 
 
+def active(gates: Any) -> list[tuple[str, Any]]:
+    """(name, spec) of the gates in force: one set to null (``gates.previous=null``) is dropped."""
+    return [(name, spec) for name, spec in (gates or {}).items() if spec is not None]
+
+
 def check_gates(gates: Any) -> None:
     """Refuse an unknown kind or a misspelt argument before training (ConfigError naming the gate)."""
     import inspect
 
     from ups.config import ConfigError
 
-    for name, spec in (gates or {}).items():
-        spec = dict(spec or {})
+    for name, spec in active(gates):
+        spec = dict(spec)
         kind = spec.pop("kind", None)
         if kind not in KINDS:
             raise ConfigError(f"gates.{name}.kind={kind!r} is not one of {', '.join(KINDS)}")
@@ -120,7 +125,7 @@ def check_gates(gates: Any) -> None:
 def judge(gates: Any, scores: dict, previous: dict | None) -> list[str]:
     """``"<gate>: <why>"`` for every failed check; [] when all pass."""
     failed = []
-    for name, spec in (gates or {}).items():
+    for name, spec in active(gates):
         spec = dict(spec)
         failed += [f"{name}: {why}" for why in KINDS[spec.pop("kind")](scores, previous, **spec)]
     return failed
@@ -128,7 +133,7 @@ def judge(gates: Any, scores: dict, previous: dict | None) -> list[str]:
 
 def build_gates(cfg: Any) -> "Gates | None":
     """The gates callback of a run, its gates checked; None with ``gates=none``."""
-    if not cfg.get("gates"):
+    if not active(cfg.get("gates")):
         return None
     check_gates(cfg.gates)
     return Gates(cfg.gates, cfg.eval.small)
@@ -197,4 +202,4 @@ class Gates(Callback):
             raise GateFailed(f"a gate failed after stage {trainer.stage_name} (small evaluation: {self.samples} "
                              f"validation trajectories per task): {'; '.join(failed)}. The next stages and the full "
                              f"evaluation did not run; numbers in {Path(trainer.run_dir) / FILE}")
-        log.info("gates passed after stage %s: %s", trainer.stage_name, ", ".join(self.gates))
+        log.info("gates passed after stage %s: %s", trainer.stage_name, ", ".join(n for n, _ in active(self.gates)))
