@@ -86,3 +86,41 @@ def test_evaluate_without_a_run_or_with_a_wrong_one_is_one_paragraph_and_creates
 def test_the_benchmark_writes_into_its_run_directory_unless_asked_for_the_docs() -> None:
     cfg = compose_cfg(["paths.data_dir=d", "paths.output_dir=o"])
     assert cfg.bench.docs is None and cfg.bench.plot_dir is None
+
+
+def test_a_later_run_in_the_same_process_times_its_start_up_from_its_own_start() -> None:
+    from ups.training.startup import Startup, process_age_s
+
+    Startup()  # the process's first run (or an earlier one in this test session)
+    later = Startup()
+    assert later.parts["config"] == 0.0 < process_age_s()  # not the process age, which includes the jobs before
+
+
+def test_steps_redone_after_a_restart_count_once_in_the_sweep_report(tmp_path: Path) -> None:
+    import json
+
+    from ups.sweeps.report import job_row
+
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("[]\n")
+    rec = lambda step, sps: {"kind": "train", "step": step, "stage": "operator", "samples_per_s": sps,  # noqa: E731
+                             "global_batch": 8, "batch_size": 8, "accum_steps": 1, "world_size": 1}
+    # steps 10, 20, 30; a restart from the checkpoint at 10 redoes 20 and 30 (slowly the first time)
+    lines = [rec(10, 100.0), rec(20, 1.0), rec(30, 1.0), rec(20, 100.0), rec(30, 100.0)]
+    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    row = job_row(job)
+    assert row["samples_per_s"] == 100.0 and row["steps"] == 30  # the mean over steps 20 and 30, each once
+
+
+def test_max_restarts_of_a_single_process_is_not_silently_ignored(monkeypatch, caplog) -> None:
+    import logging
+
+    import ups.runner
+    from ups.distributed.launch import _launch
+
+    monkeypatch.setattr(ups.runner, "run", lambda cfg, env: {"ran": True})
+    cfg = compose_cfg(["paths.data_dir=d", "paths.output_dir=o", "parallelism.max_restarts=2"])
+    with caplog.at_level(logging.WARNING, logger="ups.distributed.launch"):
+        assert _launch(cfg) == {"ran": True}
+    assert "parallelism.max_restarts=2 is not used by a single process" in caplog.text
