@@ -59,9 +59,9 @@ def test_runs_of_every_layout_are_ranked_per_task_with_failures_apart(tmp_path: 
     (tmp_path / "outputs" / "other" / "checkpoints" / "x").mkdir(parents=True)  # not scanned as a run
     out = tmp_path / "board"
     proc = subprocess.run([sys.executable, "-m", "ups.leaderboard", str(tmp_path / "outputs"),
-                           str(tmp_path / "multirun"), str(tmp_path / "compare"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+                           str(tmp_path / "multirun"), str(tmp_path / "compare"), str(tmp_path / "absent"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and f"not a directory, skipped: {tmp_path / 'absent'}" in proc.stderr, proc.stderr
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     ranked = [r for r in rows if r["status"] == "ranked" and r["group"] == "pdebench2"]
     # mean rollout 0.2 (compare seed0), 0.2 (the UNet run: one step 0.1 as well, tie broken by path), 0.25

@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     from ups.leaderboard.store import publish_wandb, read_rows, write_tables
 
     missing = [d for d in args.dirs if not Path(d).is_dir()]
-    if missing:
-        print(f"Cannot build the leaderboard: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not a "
-              "directory", file=sys.stderr)
+    args.dirs = [d for d in args.dirs if d not in missing]
+    if missing:  # e.g. no compare/ yet: the others still make a leaderboard
+        print(f"not a directory, skipped: {', '.join(missing)}", file=sys.stderr)
+    if not args.dirs:
+        print("Cannot build the leaderboard: none of the folders given exists", file=sys.stderr)
         return 1
     rows = {r["run"]: r for d in [*args.dirs, args.out] if Path(d).is_dir() for r in read_rows(d)}
     rows.update({r["run"]: r for r in rows_of(args.dirs)})  # what the run directories say now wins
