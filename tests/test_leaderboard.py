@@ -57,6 +57,8 @@ def test_runs_of_every_layout_are_ranked_per_task_with_failures_apart(tmp_path: 
              gates={"passed": False, "failed": ["beats_persistence: darcy2d 0.9 >= 0.5"]})
     fake_run(tmp_path / "outputs" / "other", scores(0.5, 0.5), group="burgers1d")
     (tmp_path / "outputs" / "other" / "checkpoints" / "x").mkdir(parents=True)  # not scanned as a run
+    shared = fake_run(tmp_path / "outputs" / "shared_model", scores(0.01, 0.01))  # an export (python -m ups.export)
+    (shared / "export.json").write_text("{}")
     out = tmp_path / "board"
     proc = subprocess.run([sys.executable, "-m", "ups.leaderboard", str(tmp_path / "outputs"),
                            str(tmp_path / "multirun"), str(tmp_path / "compare"), str(tmp_path / "absent"),

@@ -20,7 +20,7 @@ from ups import provenance
 
 TRIVIAL = ("persistence", "mean_field")
 GATES_FILE = "eval/gates.json"  # written by a run whose gates failed (status "gated")
-SKIP_DIRS = {"checkpoints", ".hydra", "eval", "latent_cache", "wandb", "report", ".ups_stats", "data"}
+SKIP_DIRS = {"checkpoints", ".hydra", "eval", "latent_cache", "wandb", "report", ".ups_stats", "data", "export"}
 
 
 def find_runs(roots: Iterable[str | Path]) -> list[Path]:
@@ -32,7 +32,7 @@ def find_runs(roots: Iterable[str | Path]) -> list[Path]:
         stack = [root]
         while stack:
             d = stack.pop()
-            if (d / "config.yaml").is_file():
+            if (d / "config.yaml").is_file() and not (d / "export.json").is_file():  # an export is not a run
                 found.add(d.resolve())
             try:  # a run holds no runs, but a compare folder's option folder holds seeds: keep walking
                 stack += [p for p in d.iterdir() if p.is_dir() and p.name not in SKIP_DIRS and not p.is_symlink()]
