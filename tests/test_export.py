@@ -97,3 +97,5 @@ def test_the_command_line_names_a_bad_run_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "no config.yaml" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "ups.export", "ckpt=best"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "run= is required" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "ups.export", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m ups.export run=")

@@ -63,6 +63,9 @@ USAGE = "usage: python -m ups.export run=<run dir> [ckpt=final|best|step_N] [out
 
 
 def _parse(argv: list[str]) -> dict[str, str]:
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"{USAGE}\n\n{__doc__}")
+        raise SystemExit(0)
     opts = {}
     for arg in argv:
         key, eq, value = arg.partition("=")
