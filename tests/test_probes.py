@@ -83,9 +83,16 @@ def test_evaluate_without_a_run_or_with_a_wrong_one_is_one_paragraph_and_creates
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"] and not list(work.iterdir())
 
 
-def test_the_benchmark_writes_into_its_run_directory_unless_asked_for_the_docs() -> None:
-    cfg = compose_cfg(["paths.data_dir=d", "paths.output_dir=o"])
+def test_the_benchmark_writes_into_its_run_directory_unless_asked_for_the_docs(tmp_path: Path, monkeypatch) -> None:
+    from ups.bench import report, run as bench_run
+
+    cfg = compose_cfg(["paths.data_dir=d", f"paths.output_dir={tmp_path}", "hardware=cpu"])
     assert cfg.bench.docs is None and cfg.bench.plot_dir is None
+    monkeypatch.setattr(bench_run, "run_variants", lambda cfg, device, partial: {"info": {}, "rows": []})
+    monkeypatch.setattr(report, "variants_markdown", lambda result: "| the table |")
+    monkeypatch.setattr(report, "replace_section", lambda *a: pytest.fail("docs/benchmarks.md was rewritten"))
+    bench_run.bench(cfg)
+    assert (tmp_path / "bench.md").read_text() == "| the table |" and (tmp_path / "bench.json").exists()
 
 
 def test_a_later_run_in_the_same_process_times_its_start_up_from_its_own_start() -> None:
