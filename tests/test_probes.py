@@ -131,3 +131,17 @@ def test_max_restarts_of_a_single_process_is_not_silently_ignored(monkeypatch, c
     with caplog.at_level(logging.WARNING, logger="ups.distributed.launch"):
         assert _launch(cfg) == {"ran": True}
     assert "parallelism.max_restarts=2 is not used by a single process" in caplog.text
+
+
+def test_help_names_the_command_and_lists_only_what_it_takes(tmp_path: Path) -> None:
+    def helptext(module: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    train, bench, evaluate = helptext("ups.train"), helptext("ups.bench"), helptext("ups.evaluate")
+    assert train.startswith("ups.train is powered by Hydra") and "schema/model" not in train
+    assert "\ngates: default, none\n" in train and "\nhydra/launcher: slurm\n" in train
+    assert bench.startswith("ups.bench is powered by Hydra") and "__main__" not in bench
+    assert evaluate.startswith("python -m ups.evaluate run=") and "model:" not in evaluate and "run: ???" in evaluate
