@@ -27,6 +27,9 @@ def test_training_a_first_stage_on_a_frozen_random_encoder_is_refused(option: st
     check_stages(cfg.stages, "none")
     for ok in ("stage=pretrain_finetune", "stage=autoencoder_pretrain"):
         check_stages(compose_cfg([ok, "paths.data_dir=d", "paths.output_dir=o"]).stages, "none")
+    skipped = compose_cfg(["stage=pretrain_finetune", "stages.operator.steps=0", "paths.data_dir=d", "paths.output_dir=o"])
+    with pytest.raises(ConfigError, match="stages.finetune freezes the encoder"):  # the stage that trained it skipped
+        check_stages(skipped.stages, "none")
 
 
 def test_stale_temporary_files_of_killed_generations_are_removed(tmp_path: Path) -> None:
