@@ -13,8 +13,10 @@ The script it writes, run on the machine (``bash start.sh``), in order, stopping
 4. syncs the data from ``--data`` (a local path or ``rsync://``/``ssh`` source with rsync, an
    ``s3://`` bucket with the AWS CLI, an ``http(s)://`` archive with curl) into ``--data-dir``;
 5. starts training with ``parallelism=ddp<N>`` (UPS launches its own ranks; ``--fsdp`` for FSDP2),
-   ``hardware=gpu``, ``paths.data_dir`` and the overrides after ``--``, under ``nohup`` with the
-   log in ``train.out``, so that a dropped SSH session does not stop it. Rerun the script to resume.
+   ``hardware=gpu``, ``paths.data_dir``, ``paths.output_dir=--run-dir`` (default ``runs/box``) and the
+   overrides after ``--``, under ``nohup`` with the log in ``train.out``, so that a dropped SSH session
+   does not stop it. Rerun the script to resume: the fixed run directory is where the rerun finds its
+   checkpoints (without it every start would get a new ``outputs/<date>/<time>``).
 
 Like everything in launch/, it only writes commands; ``tests/test_box.py`` checks the script it
 writes (syntax with ``bash -n``, every step present, the exact training command) without running it.
@@ -46,21 +48,21 @@ def sync_command(source: str, target: str) -> str:
     return f"rsync -a --partial --info=progress2 {q.rstrip('/')}/ {t}"  # a path, host:path or rsync://
 
 
-def train_command(gpus: int, fsdp: bool, data_dir: str, overrides: list[str]) -> str:
-    """The exact ``python -m ups.train`` command the box runs."""
+def train_command(gpus: int, fsdp: bool, data_dir: str, overrides: list[str], run_dir: str = "runs/box") -> str:
+    """The exact ``python -m ups.train`` command the box runs; the same command resumes in ``run_dir``."""
     args = ["python", "-m", "ups.train", f"parallelism={parallelism(gpus, fsdp)}", "hardware=gpu",
-            f"paths.data_dir={data_dir}", *overrides]
+            f"paths.data_dir={data_dir}", f"paths.output_dir={run_dir}", *overrides]
     return " ".join(shlex.quote(a) for a in args)
 
 
 def script(gpus: int, data: str | None, data_dir: str, overrides: list[str], repo: str | None = None,
-           ref: str = "main", fsdp: bool = False, min_disk_gb: int = 50) -> str:
+           ref: str = "main", fsdp: bool = False, min_disk_gb: int = 50, run_dir: str = "runs/box") -> str:
     """The start-up script as text."""
     install = (f"git clone --branch {shlex.quote(ref)} {shlex.quote(repo)} ups || git -C ups pull --ff-only\ncd ups"
                if repo else 'cd "$(dirname "$0")"')
     sync = sync_command(data, data_dir) if data else "echo 'no --data given: training on the files already in place'"
     return f"""#!/usr/bin/env bash
-# Start-up script for a rented GPU machine, written by launch/box.py. Rerun it to resume.
+# Start-up script for a rented GPU machine, written by launch/box.py. Rerun it to resume (in {run_dir}).
 set -euo pipefail
 
 echo "== 1/5 environment"
@@ -100,7 +102,7 @@ mkdir -p {shlex.quote(data_dir)}
 {sync}
 
 echo "== 5/5 train (log: train.out)"
-nohup {train_command(gpus, fsdp, data_dir, overrides)} > train.out 2>&1 &
+nohup {train_command(gpus, fsdp, data_dir, overrides, run_dir)} > train.out 2>&1 &
 echo "training in the background, pid $!: tail -f $(pwd)/train.out"
 """
 
@@ -117,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ref", default="main")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 instead of DDP")
     p.add_argument("--min-disk-gb", type=int, default=50)
+    p.add_argument("--run-dir", default="runs/box", help="the run directory; a rerun of the script resumes in it")
     p.add_argument("--out", type=Path, help="write the script here (executable) instead of stdout")
     a = p.parse_args(argv)
-    text = script(a.gpus, a.data, a.data_dir, overrides, a.repo, a.ref, a.fsdp, a.min_disk_gb)
+    text = script(a.gpus, a.data, a.data_dir, overrides, a.repo, a.ref, a.fsdp, a.min_disk_gb, a.run_dir)
     if a.out:
         a.out.write_text(text)
         a.out.chmod(0o755)

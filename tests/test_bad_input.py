@@ -201,7 +201,8 @@ def test_nonfinite_scan_is_cached_until_the_file_changes(good: Path, tmp_path: P
     with pytest.raises(DataFileError, match="sample 2 frame 10"):
         build(tmp_path)
     assert calls == [ADV, ADV]
-    for cache in (tmp_path / "data" / ".ups_stats").glob("scan-*.json"):
+    # data.generate=false: the data directory is only read, the scan is cached in UPS_CACHE_DIR (conftest.py)
+    for cache in (Path(os.environ["UPS_CACHE_DIR"]) / ".ups_stats").glob(f"scan-{Path(ADV).stem}-*.json"):
         cache.write_text("{not json")
     with pytest.raises(DataFileError, match="sample 2 frame 10"):  # unreadable cache: scan again
         build(tmp_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-OVERRIDES = ("task=darcy2d", "stage=[operator,diffusion]", "stages.operator.freeze=[encoder]",
+OVERRIDES = ("task=darcy2d", "stage=[operator,diffusion]", "stages.operator.freeze=[decoder]",
              "stages.diffusion.steps=0", "hardware.precision=bf16", "trainer.batch_size=4")
 
 
@@ -81,8 +81,10 @@ def test_every_caller_builds_the_same_run(tiny_cfg, tmp_path: Path, monkeypatch)
 
     ref = training["model"].state_dict()
     assert training["autocast"] == torch.bfloat16 and type(training["objective"]).__name__ == "NextStep"
-    # what the first stage trains: not the frozen encoder, not the diffusion stage's head
-    assert training["trainable"] and not any(n.startswith(("encoder", "stage_heads")) for n in training["trainable"])
+    # what the first stage trains: not the frozen decoder, not the diffusion stage's head (a first stage
+    # may not freeze a random encoder: ups.objectives.check_frozen_start)
+    frozen = ("decoder.", "basis.", "output_head.", "stage_heads.")
+    assert training["trainable"] and not any(n.startswith(frozen) for n in training["trainable"])
     assert any(n.startswith("stage_heads.") for n in ref), "the diffusion stage's head is attached from the start"
     for name, other in (("tuner", tuner), ("bench", benched), ("evaluation", evaluated)):
         state = other["model"].state_dict()

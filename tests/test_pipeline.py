@@ -73,8 +73,9 @@ def test_two_stage_pipeline_resumes_in_the_second_stage_bit_identically(tiny_cfg
 
 
 def test_steps_zero_skips_a_stage_and_a_raised_budget_continues(tiny_cfg, tmp_path: Path) -> None:
+    # finetune trains everything: with operator skipped, a frozen encoder would be random (refused)
     result = run(tiny_cfg("task=darcy2d", "stage=pretrain_finetune", "stages.operator.steps=0",
-                          "stages.finetune.steps=3", "trainer.steps_per_epoch=3"))
+                          "stages.finetune.steps=3", "stages.finetune.freeze=[]", "trainer.steps_per_epoch=3"))
     run_dir = Path(result["run_dir"])
     assert not (run_dir / "checkpoints" / "operator").exists()
     assert {r["stage"] for r in records(run_dir) if r["kind"] == "train"} == {"finetune"}

@@ -8,6 +8,7 @@ wrong type fails at compose time with the key named. Cross-field rules live in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -188,6 +189,20 @@ class ClusterConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The small evaluation after each stage that the gates read (``ups/gates.py``)."""
+
+    small: int = 4  # validation trajectories per task (the first ones: the same subset every time)
+
+
+@dataclass
+class LeaderboardConfig:
+    """Where a finished run appends its row (``ups/leaderboard/``); None: nowhere."""
+
+    path: Optional[str] = None  # a folder: rows.jsonl, leaderboard.md, leaderboard.csv
+
+
+@dataclass
 class TrainConfig:
     task: TaskConfig = MISSING
     model: Any = MISSING  # typed by the family's own schema (ups/models/schemas.py), see register_configs
@@ -204,13 +219,16 @@ class TrainConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
+    gates: Dict[str, Any] = field(default_factory=dict)  # name -> {kind: ..., args}: conf/gates/
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 @dataclass
 class EvaluateConfig:
     """``python -m ups.evaluate``: which run, which checkpoints, which split."""
 
-    run: str = MISSING  # a run directory (holds config.yaml and checkpoints/)
+    run: str = MISSING  # a run directory (holds config.yaml and checkpoints/), or an export folder (ups.export)
     checkpoint: str = "both"  # final | best | both | a step folder name such as step_00000400
     split: str = "test"  # test | val
     eval_samples: Optional[int] = None  # trajectories per task; None: as the run evaluated, 0: all of them
@@ -241,6 +259,36 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("ups.run_dir", run_dir_name, replace=True)
     OmegaConf.register_new_resolver("ups.sweep_group", _sweep_group, replace=True)
     OmegaConf.register_new_resolver("ups.job_name", _job_name, replace=True)
+    OmegaConf.register_new_resolver("ups.config_groups", config_groups, replace=True)
+    OmegaConf.register_new_resolver("ups.app_name", app_name, replace=True)
+
+
+def app_name() -> str:
+    """The command as typed, for ``--help``: ``ups.bench`` for ``python -m ups.bench`` (whose module Hydra
+    calls ``__main__``), ``ups-train`` for the console script."""
+    import sys
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return spec.name.removesuffix(".__main__")
+    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "ups"
+
+
+def config_groups() -> str:
+    """``group: option, ...`` per config group shipped in ``ups.conf``, for ``--help``: the files a user
+    chooses from, without the internal ``schema/model`` group Hydra's own listing adds."""
+    from importlib.resources import files
+
+    lines = []
+    def walk(node: Any, prefix: str) -> None:
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            if child.is_dir() and child.name != "__pycache__":
+                options = sorted(c.name[:-5] for c in child.iterdir() if c.name.endswith(".yaml"))
+                if options:
+                    lines.append(f"{prefix}{child.name}: {', '.join(options)}")
+                walk(child, f"{prefix}{child.name}/")
+    walk(files("ups.conf"), "")
+    return "\n".join(lines)
 
 
 def _share_config_store() -> None:

@@ -87,9 +87,10 @@ def exit_on_error(prefix: str = "", log_file: Path | None = None, output_dir: st
                 raise
             traceback.print_exc()  # a bug: its traceback, and the sweep goes on with the next job
             message = f"{type(err).__name__}: {err}"
+        status = getattr(err, "exit_code", code)  # an error that names its own status: a failed gate, 4
         if output_dir is None:
-            sys.exit(code)
-        finish(output_dir, code, message)
+            sys.exit(status)
+        finish(output_dir, status, message)
 
 
 def in_multirun() -> bool:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ups.config import register_configs
 from ups.errors import ConfigError, exit_on_error
@@ -28,6 +28,10 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r} is not one of test, val")
     which = ["final", "best"] if cfg.checkpoint == "both" else [cfg.checkpoint]
+    from ups.exported import is_export
+
+    if is_export(cfg.run):  # an export folder (python -m ups.export): its one model, no pickle read
+        which = ["export"]
     device = resolve_device(str(cfg.device), DistEnv(), "device")  # as training resolves it, before any work
     written = []
     for name in which:
@@ -35,7 +39,12 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
             print(f"{cfg.run}: no complete best checkpoint (the run never saved one); evaluated final only",
                   file=sys.stderr)
             continue
-        run = load_run(cfg.run, name, cfg.data_dir, device, cfg.get("allow_unverified_checkpoints", False))
+        if name == "export":
+            from ups.evaluation.export_eval import load_exported_run
+
+            run = load_exported_run(cfg.run, cfg.data_dir, device)
+        else:
+            run = load_run(cfg.run, name, cfg.data_dir, device, cfg.get("allow_unverified_checkpoints", False))
         autocast = run.autocast  # the run's precision and attention backend
         samples = run.cfg.data.eval_samples if cfg.eval_samples is None else (cfg.eval_samples or None)
         batch = cfg.batch_size or run.cfg.trainer.batch_size
@@ -70,6 +79,10 @@ def _has_best(run: Path) -> bool:
 @hydra.main(version_base="1.3", config_path="pkg://ups.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     """Evaluate; a missing run, checkpoint or data directory is one paragraph on stderr and exit 1."""
+    if OmegaConf.is_missing(cfg, "run"):  # before anything reads cfg.run: one paragraph, not a traceback
+        print("Cannot evaluate: run= is required, e.g. python -m ups.evaluate run=outputs/<date>/<time> "
+              "(a run directory) or run=<run>/export/final (python -m ups.export)", file=sys.stderr)
+        sys.exit(1)
     with exit_on_error(f"Cannot evaluate {cfg.run}: "):
         for path in evaluate_run(cfg):
             print(path)

@@ -170,6 +170,10 @@ def _launch(cfg: DictConfig) -> dict[str, Any]:
         from ups.runner import run
 
         env = DistEnv.from_env()
+        if world == 1 and p.max_restarts and not in_launched_rank():  # said, not silently dropped
+            log.warning("parallelism.max_restarts=%d is not used by a single process (there is no launcher to "
+                        "restart it): rerun the same command to resume, or use parallelism=ddp<N>, torchrun or "
+                        "SLURM's requeue", p.max_restarts)
         if env.world_size != world:
             raise ConfigError(f"the launcher started {env.world_size} rank(s) but parallelism={p.name} asks for "
                               f"{world} (nodes x ranks_per_node); make them agree, e.g. "

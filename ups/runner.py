@@ -23,6 +23,10 @@ from ups.distributed.env import DistEnv, process_group
 from ups.distributed.parallelize import parallelize
 from ups.evaluation.stage_table import evaluate_stages, has_heads
 from ups.evaluation.suite import evaluate_suite, scalar_metrics, write_results
+from ups import provenance
+from ups.gates import build_gates
+from ups.leaderboard.hook import on_run_finished
+from ups.objectives import check_frozen_start
 from ups.training.callbacks import Callback
 from ups.training import signals
 from ups.training.checkpoint import last_trained_stage
@@ -115,6 +119,7 @@ def run(cfg: DictConfig, env: DistEnv | None = None) -> dict[str, Any]:
     startup = Startup()  # the clock of the start-up split, logged at the first step
     validate(cfg)
     objectives = build_objectives(cfg.stages, cfg.parallelism.strategy)  # config errors before any work
+    check_frozen_start(cfg.stages)
     env = env or DistEnv.from_env()
     compute = build_compute(cfg.hardware, env)
     try:
@@ -153,6 +158,9 @@ def _run(cfg: DictConfig, env: DistEnv, compute: Any, objectives: dict, startup:
     log_task_note(cfg.task, is_main=env.is_main)
     callbacks = build_callbacks(cfg)  # before the data: a config error should not wait for generation
     callbacks["startup"] = StartupReport(startup)
+    gates = build_gates(cfg)  # after each stage: the small evaluation and the gates (ups/gates.py)
+    if gates is not None:
+        callbacks["gates"] = gates
     startup.mark("config")
     with main_first(env.is_main):  # rank 0 generates missing data and statistics; the others then read
         tasks = build_tasks(cfg, run_dir)
@@ -169,6 +177,8 @@ def _run(cfg: DictConfig, env: DistEnv, compute: Any, objectives: dict, startup:
             check_run_dir(cfg, run_dir, raw_model, tasks, env.is_main)
         if env.is_main:
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if env.is_main:  # what the run is made from, once (ups/provenance.py); again after trainer.overwrite
+        provenance.write_once(run_dir, cfg, tasks, env.world_size)
     startup.mark("model")
     n_params = sum(p.numel() for p in raw_model.parameters())
     log.info("model %s: %.2fM parameters on %s; tasks %s", cfg.model._target_, n_params / 1e6, device,
@@ -212,6 +222,7 @@ def _run(cfg: DictConfig, env: DistEnv, compute: Any, objectives: dict, startup:
                        "synthetic_data": synthetic})
         print(summary_table(tasks, val, results, trainer.epoch_losses), flush=True)
         print(f"run directory: {run_dir.resolve()} (evaluation: eval/final_test.md)", flush=True)
+        on_run_finished(cfg, run_dir)  # leaderboard.path: append this run's row (ups/leaderboard/hook.py)
     out: dict[str, Any] = {f"val/{k}": v for k, v in val.items()}
     out.update({f"test/{k}": v for k, v in scalar_metrics(results["model"]).items()})
     out.update(step=trainer.global_step, epoch_losses=trainer.epoch_losses, run_dir=str(run_dir), results=results)

@@ -30,5 +30,7 @@ class BenchConfig:
     steps: int = 20  # per pass (real, split, loader only, model only)
     axis: Optional[str] = None  # a scaling run instead: batch | model | tasks | ranks
     points: List[str] = field(default_factory=list)  # the values along the axis (batch sizes, models, tasks)
-    docs: Optional[str] = "docs/benchmarks.md"  # the section for this device kind is replaced; null: none
-    plot_dir: str = "docs"  # scaling plots
+    # The tables and plots go to the run directory; docs=docs/benchmarks.md (and plot_dir=docs) also
+    # replace the section for this device kind there, which a plain run from a clone must not rewrite.
+    docs: Optional[str] = None
+    plot_dir: Optional[str] = None  # scaling plots; None: the run directory

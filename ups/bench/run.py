@@ -173,8 +173,10 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     result["info"].update(config_s=started, bench_s=round(time.perf_counter() - t0, 1))
     name = f"bench_{cfg.bench.axis}" if cfg.bench.axis else "bench"
     (run_dir / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
-    text = report.axis_markdown(result, cfg.bench.plot_dir) if cfg.bench.axis else report.variants_markdown(result)
+    text = report.axis_markdown(result, cfg.bench.plot_dir or run_dir) if cfg.bench.axis \
+        else report.variants_markdown(result)
     print(text, flush=True)
+    (run_dir / f"{name}.md").write_text(text)
     if cfg.bench.docs:
         key = f"{name}:{'gpu' if device.type == 'cuda' else 'cpu'}"
         report.replace_section(Path(cfg.bench.docs), key, text)

@@ -128,9 +128,34 @@ def cached_paths(name: str, store_dirs: Sequence[Path]) -> list[Path]:
     return [Path(d) / ".ups_stats" / name for d in store_dirs]
 
 
+class CacheDirs(list):
+    """Store directories, in order of preference, some of them only read (``read_only``)."""
+
+    def __init__(self, dirs: Sequence[Path], read_only: Sequence[Path] = ()):
+        super().__init__(Path(d) for d in dirs)
+        self.read_only = {Path(d) for d in read_only}
+
+
+def user_cache_dir() -> Path:
+    """UPS's cache folder outside any data directory: ``$UPS_CACHE_DIR``, else ``$XDG_CACHE_HOME/ups``,
+    else ``~/.cache/ups``. Its files are keyed by the data's fingerprints, so one folder serves all data."""
+    if os.environ.get("UPS_CACHE_DIR"):
+        return Path(os.environ["UPS_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ups"
+
+
+def read_only_data_dir(data_dir: Path, store_dirs: Sequence[Path]) -> CacheDirs:
+    """Store directories for a data directory UPS must not write into (one the user named): caches
+    already in it are still read; new ones go to :func:`user_cache_dir`, else the next writable dir."""
+    rest = [Path(d) for d in store_dirs if Path(d) != Path(data_dir)]
+    return CacheDirs([Path(data_dir), user_cache_dir(), *rest], read_only=[data_dir])
+
+
 def store_cached(name: str, text: str, store_dirs: Sequence[Path]) -> None:
-    """Write ``text`` to the first writable store directory, atomically (a reader never sees half a file)."""
-    for path in cached_paths(name, store_dirs):
+    """Write ``text`` to the first writable store directory, atomically (a reader never sees half a file);
+    a directory in ``store_dirs.read_only`` (:class:`CacheDirs`) is never written."""
+    skip = getattr(store_dirs, "read_only", set())
+    for path in cached_paths(name, [d for d in store_dirs if Path(d) not in skip]):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")

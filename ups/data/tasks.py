@@ -7,12 +7,11 @@ NaN/Inf samples (``ups.data.validate``), and unusable statistics.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -20,8 +19,9 @@ from omegaconf import OmegaConf
 from ups.errors import ConfigError
 from ups.data.readers import DataFileError, TrajectoryFile
 from ups.data.registry import COND_DIM, Family, get_family
-from ups.data.stats import Stats, load_or_compute_stats
+from ups.data.stats import Stats, load_or_compute_stats, read_only_data_dir
 from ups.data.validate import NONFINITE_POLICIES, nonfinite_samples
+from ups.file_lock import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -160,16 +160,9 @@ def generation_allowed(generate: bool | None, data_dir: str | Path) -> bool:
     return bool(generate) if generate is not None else str(Path(data_dir)) == DEFAULT_DATA_DIR
 
 
-@contextlib.contextmanager
-def _generation_lock(data_dir: Path) -> Iterator[None]:
+def _generation_lock(data_dir: Path) -> contextlib.AbstractContextManager:
     """One generating process per data directory at a time; the next one waits, then finds the files."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / ".ups_generate.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return exclusive(data_dir / ".ups_generate.lock")
 
 
 def _options(ds: Any) -> dict:
@@ -235,7 +228,10 @@ def build_task(name: str, ds: Any, data_cfg: Any, data_dir: Path, stats_dirs: li
     if policy not in NONFINITE_POLICIES:
         raise ConfigError(f"data.nonfinite={policy!r} is not one of {', '.join(NONFINITE_POLICIES)}")
     family = get_family(ds.family)
-    paths = locate_or_generate(name, ds, data_dir, generation_allowed(data_cfg.generate, data_dir))
+    generate = generation_allowed(data_cfg.generate, data_dir)
+    paths = locate_or_generate(name, ds, data_dir, generate)
+    if not generate:  # a data directory UPS may not generate into is only read: its caches go elsewhere
+        stats_dirs = read_only_data_dir(data_dir, stats_dirs)
     files = [TrajectoryFile(p, family, ds.reduced_resolution, ds.reduced_resolution_t, ds.reduced_batch,
                             ds.max_samples) for p in paths]
     first = files[0]

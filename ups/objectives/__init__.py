@@ -33,6 +33,20 @@ def build_objective(cfg: Any, where: str) -> Objective:
     return objective
 
 
+def check_frozen_start(stages: Any) -> None:
+    """Training's first stage may not keep a random encoder fixed: with no earlier stage to train it and
+    no ``init_from`` to load it, every number would come from random latents. (Only training: the
+    benchmarks time a frozen encoder on random weights on purpose.)"""
+    from ups.errors import ConfigError
+
+    name, stage = next(((n, s) for n, s in stages.items() if s.get("steps") != 0), (None, None))
+    if stage is not None and "encoder" in (stage.get("freeze") or []) and not stage.get("init_from"):
+        raise ConfigError(f"stages.{name} freezes the encoder but nothing trained it: it is the first stage that "
+                          f"trains and has no init_from. Set stages.{name}.init_from=<run>/checkpoints/<stage>/final "
+                          "(a checkpoint holding a trained encoder), or train it in an earlier stage "
+                          "(stage=pretrain_finetune or stage=autoencoder_pretrain)")
+
+
 def attach_heads(model: Any, objectives: Mapping[str, Objective]) -> None:
     """Attach every stage objective's own network to the unwrapped model, in stage order, so that
     checkpoints, wrapping and freezing see one model from the first stage on. A head on a model

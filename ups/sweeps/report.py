@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ups.errors import JOB_STATUS
-from ups.evaluation.report import read_records
+from ups.evaluation.report import read_records, timeline
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ def job_row(job: Path) -> dict[str, Any]:
         row.update(world_size=p.get("nodes", 1) * p.get("ranks_per_node", 1), batch_size=t.get("batch_size"),
                    accum_steps=t.get("accum_steps"))
     records = read_records(job) if (job / "metrics.jsonl").exists() else []
-    train = [r for r in records if r.get("kind") == "train"]
+    # A restarted job logs the steps after its checkpoint again: each step counts once, its last record.
+    train = list(timeline(records)["train"].values())
     if train:
         last = train[-1]
         row.update({k: last.get(k) for k in ("world_size", "batch_size", "accum_steps", "global_batch")})

@@ -1,7 +1,9 @@
 """Time from the command to the first optimizer step, split into its parts, logged once per run.
 
-The clock starts when the process did (Linux ``/proc``), so Python's start, the imports and
-Hydra's composition count as "config"; elsewhere it starts when this module was imported.
+The clock of a process's first run starts when the process did (Linux ``/proc``), so Python's start,
+the imports and Hydra's composition count as "config"; elsewhere it starts when this module was
+imported. A later run in the same process (the next job of a local sweep, a test) starts its clock
+when it starts: counting from the process start would include the jobs before it.
 """
 from __future__ import annotations
 
@@ -34,8 +36,11 @@ def process_age_s() -> float:
 class Startup:
     """Marks on one clock: each :meth:`mark` closes the part that began at the previous mark."""
 
+    _runs = 0  # runs started in this process
+
     def __init__(self) -> None:
-        self.parts = {"config": process_age_s()}
+        self.parts = {"config": process_age_s() if Startup._runs == 0 else 0.0}
+        Startup._runs += 1
         self._last = time.perf_counter()
 
     def mark(self, part: str) -> None:

@@ -8,7 +8,9 @@ frame is stored, as PDEBench does.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -185,6 +187,36 @@ def to_yaml(d: dict, indent: int = 0) -> str:
     return "".join(out)
 
 
+STALE_AFTER_S = 60.0  # a temporary file of a live generation is written to at least this often
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_tmp(path: Path) -> list[Path]:
+    """Delete the temporary files of ``path`` left by killed generations (``kill -9`` skips the
+    ``finally`` that removes them): those whose process is gone and that were not written to for
+    :data:`STALE_AFTER_S` (on a shared file system a pid of another host may look dead here; its
+    live generation keeps the file fresh). Returns what was removed."""
+    removed = []
+    for tmp in path.parent.glob(f"{glob.escape(path.name)}.*-*.tmp"):
+        pid = tmp.name[len(path.name) + 1:].split("-", 1)[0]
+        try:
+            if pid.isdigit() and not _alive(int(pid)) and time.time() - tmp.stat().st_mtime > STALE_AFTER_S:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # another process removed it first
+            continue
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_h5(path: Path, overwrite: bool = False) -> Iterator[h5py.File]:
     """Write a file under a temporary name of this process, then publish it under ``path``.
@@ -225,6 +257,7 @@ def produce(out_dir, jobs: Sequence[tuple[str, Callable[[h5py.File], None]]],
     paths = []
     for name, writer in jobs:
         path = out_dir / name
+        remove_stale_tmp(path)  # the litter of a generation killed with -9
         if path.is_symlink() and not path.exists():
             raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which does not exist (an unmounted "
                                     "share?); it is not replaced by synthetic data")
