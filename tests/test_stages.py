@@ -204,6 +204,18 @@ def test_stage_all_trains_each_stage_and_writes_the_table(tiny_cfg, tmp_path: Pa
         rows["operator"], rows[f"+ {label}, one sample"],
         rows[f"+ {label}, best of 3 + uncorrected by the physics reward (TTC)"]) + 1e-6
     assert rows["operator + true encoder residual (ceiling of the default target)"] > 0
+    # the operator row is the error of what the run predicts one step ahead (a model that predicts the
+    # change decodes it: the row once left the last frame out and read 0.98 for a 0.05 prediction)
+    from ups.data.datasets import MultiTaskDataset, WindowDataset
+    from ups.evaluation.loading import load_run
+
+    loaded = load_run(run_dir, "final", device="cpu")
+    (task,) = [t for t in loaded.tasks if t.name == "advection1d"]
+    w = WindowDataset(task, "val")
+    batch = MultiTaskDataset([w]).collate([{"task_index": 0, **w[i]} for i in range(0, len(w), max(1, len(w) // 8))][:8])[0]
+    with torch.no_grad():
+        err = (loaded.predict(batch).float() - batch["y"].float()).pow(2).mean((-2, -1)).sqrt().mean()
+    assert rows["operator"] == pytest.approx(float(err), rel=1e-3)
 
     pytest.importorskip("matplotlib")
     for png in ("stages_nrmse_vs_step.png", "stages_fields_advection1d.png", "stages_fields_darcy2d.png"):

@@ -23,6 +23,7 @@ from ups.evaluation.loading import load_run
 from ups.evaluation.ttc import TestTimeCorrection
 from ups.build import trained
 from ups.objectives import latent_heads as programs
+from ups.objectives.next_step import predicts_change
 
 
 def rmse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -43,11 +44,13 @@ def diagnose(run_dir: str | Path, split: str = "val", windows: int = 128, k: int
         items = [{"task_index": 0, **w[i]} for i in range(0, len(w), max(1, len(w) // windows))][:windows]
         b = {**MultiTaskDataset([w]).collate(items)[0], "t": 0}
         y, rows = b["y"], []
+        # a model that predicts the change decodes it: add the last frame, as every predict does
+        base = b["x"][..., -y.shape[-1]:].float() if predicts_change(model, None) else 0.0
         z_pred = programs.call(model, b, programs.operator_latents)
-        rows.append(("operator", rmse(model.decode(task.name, z_pred, b["coords"]), y)))
+        rows.append(("operator", rmse(model.decode(task.name, z_pred, b["coords"]) + base, y)))
         true_next = model.encode(task.name, programs.next_context(b["x"], y), b["coords"])
         rows.append(("operator + true encoder residual (ceiling of the default target)",
-                     rmse(model.decode(task.name, true_next, b["coords"]), y)))
+                     rmse(model.decode(task.name, true_next, b["coords"]) + base, y)))
         for c in correctors:
             cands = c.candidates(model, b, k)  # the uncorrected prediction first, then k corrected
             errors = rmse(cands, y)  # (1 + k, B)
