@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ups.config import register_configs
 from ups.errors import ConfigError, exit_on_error
@@ -25,6 +25,7 @@ def tune(cfg: DictConfig) -> dict:
     from ups.build import build_run
     from ups.config import validate
     from ups.distributed.env import DistEnv
+    from ups.distributed.parallelize import parallelize
     from ups.training import batch_tuner as bt
     from ups.training.optim import build_optimizer
 
@@ -39,6 +40,11 @@ def tune(cfg: DictConfig) -> dict:
     objective = built.objectives[name]
     built.freeze(name)
     sets = built.train_sets(DistEnv(), run_dir).windows(objective.horizon, f"stages.{name}", objective.applies)
+    # Activation checkpointing and compile change a step's memory: apply them as training does (one
+    # unsharded process: FSDP2 would hold 1/N of the parameters and optimizer state per rank, so under
+    # it the batch found here is a lower bound).
+    single = OmegaConf.merge(cfg, {"parallelism": {"strategy": "none"}})
+    model = parallelize(model, single, DistEnv(), device)
     step = bt.training_step(model, sets, objective, build_optimizer(model, cfg.optim, stage.lr, device), device,
                             built.compute.autocast, t.steps)
     budget = bt.budget_mb(device, t.memory_budget_gb, t.margin)
@@ -46,17 +52,19 @@ def tune(cfg: DictConfig) -> dict:
     if largest == 0:
         raise ConfigError(f"not even trainer.batch_size={t.start} fits on {device} within {budget:.0f} MB:\n"
                          + bt.describe(trials))
-    batch = bt.with_margin(largest, t.margin)
+    # The margin is in the budget already (a batch fits when its peak stays that far below the memory);
+    # taking it off the batch as well applied it twice.
+    batch = largest
     snippet = (f"# @package _global_\n# python -m ups.tune on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-               f"{len(trials)} trials; the largest batch that fitted: {largest}, kept {t.margin:.0%} below it.\n"
+               f"{len(trials)} trials; the largest batch whose peak stayed {t.margin:.0%} below the memory: {largest}.\n"
                f"# Task {cfg.task.name}, model {cfg.model._target_}, precision {cfg.hardware.precision}.\n"
                f"trainer:\n  batch_size: {batch}\n")
     out = run_dir / t.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(snippet)
     print(f"trials on {device} (budget {budget:.0f} MB):\n{bt.describe(trials)}\n"
-          f"largest batch that fits: {largest}" + (" (tune.max_batch: larger ones were not tried)" if largest == t.max_batch
-                                                    else "") + f"; with the {t.margin:.0%} margin: trainer.batch_size={batch}\n"
+          f"largest batch that fits (peak {t.margin:.0%} below the memory): trainer.batch_size={batch}"
+          + (" (tune.max_batch: larger ones were not tried)" if largest == t.max_batch else "") + "\n"
           f"snippet: {out} (copy it to conf/experiment/tuned.yaml and run with experiment=tuned)", flush=True)
     return {"batch": batch, "largest_fit": largest, "trials": trials, "snippet": out}
 

@@ -3,8 +3,8 @@
 A candidate batch is tried with a few full training steps (forward, backward, optimizer) of the
 configured model, parallel layout aside, on real windows of every task (a batch holds one task
 in ``data.sampler.mode=task``, so the task with the largest samples decides). Doubling finds the
-first batch that does not fit, bisection the last that does, and the answer keeps a safety margin
-below it. On CUDA "does not fit" is an out-of-memory error or a peak above the device's memory
+first batch that does not fit, bisection the last that does; the safety margin is in the memory
+budget (a batch fits when its peak stays that far below the memory), not taken off the batch again. On CUDA "does not fit" is an out-of-memory error or a peak above the device's memory
 less the margin; on CPU, where running out of memory means swapping or the kernel's OOM killer,
 it is a peak resident set above ``tune.memory_budget_gb``.
 """
@@ -92,12 +92,6 @@ def search(try_batch: Callable[[int], Trial], start: int = 1, max_batch: int = 4
         trials.append(try_batch(mid))
         good, bad = (mid, bad) if trials[-1].fits else (good, mid)
     return good, trials
-
-
-def with_margin(batch: int, margin: float) -> int:
-    """``batch`` less the safety margin, rounded down to a multiple of 8 when that leaves at least 8."""
-    b = int(batch * (1.0 - margin))
-    return max(1, b - b % 8 if b >= 16 else b)
 
 
 def training_step(model: nn.Module, sets: MultiTaskDataset, objective: Any, optimizer: torch.optim.Optimizer,
