@@ -62,6 +62,9 @@ class JsonlLogger(Callback):
                 f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
 
 
+STEP_KEY = "trainer/step"  # every W&B chart's x axis
+
+
 def wandb_keys(record: dict) -> dict[str, float]:
     """A record's numbers under ``train/``, ``startup/``, ``val/`` or ``test/``, so the splits never share a key."""
     prefix = record["kind"] if record["kind"] in ("train", "startup") else record.get("split", "val")
@@ -97,10 +100,15 @@ class WandbLogger(Callback):
         if self.mode:
             kwargs["mode"] = self.mode
         self.run = wandb.init(**kwargs)
+        # The x axis is the trainer's step as a value, not W&B's own step: W&B drops a record whose step
+        # is not above the last one, so the steps a restart redoes (their new values are the ones that
+        # count) were lost from its charts.
+        self.run.define_metric(STEP_KEY)
+        self.run.define_metric("*", step_metric=STEP_KEY)
 
     def on_log(self, trainer: "Trainer", record: dict) -> None:
         if self.run is not None:
-            self.run.log({**wandb_keys(record), "stage": record.get("stage")}, step=record["step"])
+            self.run.log({**wandb_keys(record), "stage": record.get("stage"), STEP_KEY: record["step"]})
 
     def on_run_end(self, trainer: "Trainer") -> None:
         if self.run is not None:
