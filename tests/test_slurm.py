@@ -169,3 +169,23 @@ def test_submitit_local_ddp_job_is_preempted_requeued_and_resumes_identically(tm
     assert "resumed stage operator from" in (sweep / "0" / "train.log").read_text()
     a, b = (load_consolidated(d / "checkpoints" / "operator" / "final")["model"] for d in (tmp_path / "a", sweep / "0"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_slurm_launcher_without_sbatch_is_one_paragraph(tmp_path, monkeypatch) -> None:
+    """Off a cluster, -m hydra/launcher=slurm was a 25-line traceback from inside Hydra's launcher."""
+    import subprocess
+    import sys
+
+    from ups.distributed.env import slurm_unavailable
+
+    assert slurm_unavailable(["task=advection1d"]) is None
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/sbatch")
+    assert slurm_unavailable(["-m", "hydra/launcher=slurm"]) is None
+    monkeypatch.undo()
+    env = {k: v for k, v in __import__("os").environ.items()}
+    env["PATH"] = str(tmp_path)  # no sbatch here
+    proc = subprocess.run([sys.executable, "-m", "ups.train", "-m", "hydra/launcher=slurm", "trainer.batch_size=4,8"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("Config error: hydra/launcher=slurm submits the jobs with SLURM's sbatch")
+    assert not (tmp_path / "multirun").exists()

@@ -1,7 +1,5 @@
-"""Command-line entry point: ``python -m ups.train [overrides]``, also installed as ``ups-train``.
-
-Hydra composes the config from ``conf/`` (shipped as ``ups.conf``); :func:`ups.runner.run` does the
-work, so tests and notebooks call it without a command line."""
+"""Command-line entry point: ``python -m ups.train [overrides]``, also installed as ``ups-train``. Hydra
+composes the config from ``conf/`` (``ups.conf``); :func:`ups.runner.run` does the work, importable."""
 from __future__ import annotations
 
 import sys
@@ -11,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ups.config import register_configs
+from ups.distributed.env import slurm_unavailable
 from ups.errors import EXPECTED_EXIT, exit_on_error, finish
 
 register_configs()
@@ -49,5 +48,12 @@ def main(cfg: DictConfig) -> float | None:
     return None if metrics is None else metrics.get("val/nrmse/mean")  # None: a multirun job that failed
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m ups.train``, ``ups-train``: the SLURM launcher off a cluster is one paragraph, not Hydra's traceback."""
+    if message := slurm_unavailable(sys.argv[1:]):
+        sys.exit(message)  # on stderr, exit status 1
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -209,3 +209,16 @@ def process_group(env: DistEnv, device: torch.device, backend: str, timeout_s: i
     with contextlib.suppress(Exception):
         dist.barrier()
     dist.destroy_process_group()
+
+
+def slurm_unavailable(argv: list[str]) -> str | None:
+    """The paragraph for ``-m hydra/launcher=slurm`` on a machine without SLURM's ``sbatch``; None
+    otherwise. (submitit fails deep inside Hydra's launcher, a 25-line traceback, before any of
+    ``main`` runs, so the check has to come first.)"""
+    import shutil
+
+    if "hydra/launcher=slurm" not in argv or shutil.which("sbatch"):
+        return None
+    return ("Config error: hydra/launcher=slurm submits the jobs with SLURM's sbatch, which this machine "
+            "does not have. Run the sweep on a SLURM login node, or here without the launcher "
+            "(drop hydra/launcher=slurm: the jobs run one after another; docs/slurm.md)")
