@@ -100,8 +100,11 @@ class _RecordingRun:
         self.calls, self.kwargs = calls, kwargs
         calls.append(("init", kwargs))
 
-    def log(self, data: dict, step: int) -> None:
-        self.calls.append(("log", step, data))
+    def define_metric(self, name: str, **kwargs) -> None:
+        self.calls.append(("define_metric", name, kwargs))
+
+    def log(self, data: dict) -> None:  # the trainer's step travels in the data (ups/training/loggers.py)
+        self.calls.append(("log", data["trainer/step"], data))
 
     def finish(self) -> None:
         self.calls.append(("finish",))
