@@ -24,12 +24,11 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
     from ups.evaluation.loading import load_run
     from ups.evaluation.stage_table import evaluate_stages, has_heads
     from ups.evaluation.suite import evaluate_suite, write_results
+    from ups.exported import is_export
 
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r} is not one of test, val")
     which = ["final", "best"] if cfg.checkpoint == "both" else [cfg.checkpoint]
-    from ups.exported import is_export
-
     if is_export(cfg.run):  # an export folder (python -m ups.export): its one model, no pickle read
         which = ["export"]
     device = resolve_device(str(cfg.device), DistEnv(), "device")  # as training resolves it, before any work
