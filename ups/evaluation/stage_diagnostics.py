@@ -23,7 +23,7 @@ from ups.evaluation.loading import load_run
 from ups.evaluation.ttc import TestTimeCorrection
 from ups.build import trained
 from ups.objectives import latent_heads as programs
-from ups.objectives.next_step import predicts_change
+from ups.objectives.next_step import change_base
 
 
 def rmse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,7 @@ def diagnose(run_dir: str | Path, split: str = "val", windows: int = 128, k: int
         b = {**MultiTaskDataset([w]).collate(items)[0], "t": 0}
         y, rows = b["y"], []
         # a model that predicts the change decodes it: add the last frame, as every predict does
-        base = b["x"][..., -y.shape[-1]:].float() if predicts_change(model, None) else 0.0
+        base = change_base(model, b["x"], y.shape[-1])
         z_pred = programs.call(model, b, programs.operator_latents)
         rows.append(("operator", rmse(model.decode(task.name, z_pred, b["coords"]) + base, y)))
         true_next = model.encode(task.name, programs.next_context(b["x"], y), b["coords"])

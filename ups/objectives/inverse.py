@@ -17,16 +17,16 @@ from torch import Tensor, nn
 
 from ups.objectives.base import Objective
 from ups.objectives.latent_heads import call, next_context
-from ups.objectives.next_step import predict_next, predicts_change
+from ups.objectives.next_step import change_base, predict_next
 
 
 def _inverse_losses(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tensor, *, y: Tensor,
-                    decode_weight: float, encode_weight: float, change: bool) -> Tensor:
+                    decode_weight: float, encode_weight: float) -> Tensor:
     mse = nn.functional.mse_loss
     last = x[..., -y.shape[-1]:].float()
     # A model that predicts the change decodes the change: its frame is the decoded value plus the last
     # frame, in both losses (fitting the field itself there made rollouts double the field every step).
-    base = last if change else 0.0
+    base = change_base(model, x, y.shape[-1])
     z = model.encode(task, x, coords)
     z_next = model.step(task, z, cond)
     loss = mse(model.decode(task, z_next, coords).float() + base, y.float())
@@ -59,7 +59,7 @@ class InverseConsistency(Objective):
         if batch.get("steady", False) or "z" in batch:
             return nn.functional.mse_loss(self.predict(model, batch), batch["y"])
         return call(model, batch, _inverse_losses, y=batch["y"], decode_weight=self.decode_weight,
-                    encode_weight=self.encode_weight, change=predicts_change(model, None))
+                    encode_weight=self.encode_weight)
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return predict_next(model, batch, residual=None)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ups.generative import ConsistencyDistillation
+from ups.objectives.next_step import change_base
 
 
 def call(model: nn.Module, batch: dict, program: Callable, **kw) -> Tensor:
@@ -59,7 +60,7 @@ def residual(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tenso
         z_pred = operator_latents(model, task, x, coords, cond)
         if invert_steps:
             # the latent that decodes to the true next frame in the model's own convention (the change)
-            goal = y - x[..., -y.shape[-1]:] if getattr(model, "predict_change", False) else y
+            goal = y - change_base(model, x, y.shape[-1])
             target = invert_decoder(model, task, z_pred, coords, goal, invert_steps, invert_lr).to(z_pred.dtype)
         else:
             target = model.encode(task, next_context(x, y), coords)

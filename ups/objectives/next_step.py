@@ -18,6 +18,12 @@ def predicts_change(model: nn.Module, residual: bool | None) -> bool:
     return bool(getattr(unwrap(model), "predict_change", False)) if residual is None else bool(residual)
 
 
+def change_base(model: nn.Module, x: torch.Tensor, channels: int, residual: bool | None = None) -> torch.Tensor | float:
+    """What a prediction adds to the model's decoded output: the last context frame of ``x`` (float) for a
+    model that predicts the change, else 0. Code that decodes latents itself adds it as predict does."""
+    return x[..., -channels:].float() if predicts_change(model, residual) else 0.0
+
+
 def predict_next(model: nn.Module, batch: dict, residual: bool | None) -> torch.Tensor:
     """The next normalised frame (B, P, C) for a batch already on the device."""
     residual = predicts_change(model, residual) and not batch.get("steady", False)

@@ -46,6 +46,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _from_state(name: str, doc: str) -> property:
+    """A read-only trainer attribute that reads ``trainer.state.<name>`` (callbacks read the trainer)."""
+    return property(lambda self: getattr(self.state, name), doc=doc)
+
+
 class Trainer:
     """Runs a pipeline of stages on a (possibly wrapped) model, with callbacks, checkpoints and resume.
 
@@ -73,37 +78,13 @@ class Trainer:
         self.loader: DataLoader | None = None  # the current stage's (its workers live for the stage)
 
     # -- what callbacks read (the counters live in self.state) -----------------------------------
-    @property
-    def global_step(self) -> int:
-        """Optimizer steps done over all stages so far."""
-        return self.state.global_step
-
-    @property
-    def step(self) -> int:
-        """Optimizer steps of the current stage."""
-        return self.state.step
-
-    @property
-    def epoch(self) -> int:
-        return self.state.epoch
-
-    @property
-    def stage_name(self) -> str:
-        return self.state.stage
-
-    @property
-    def total_steps(self) -> int:
-        """The current stage's step budget."""
-        return self.state.total_steps
-
-    @property
-    def last_loss(self) -> float:
-        return self.state.last_loss
-
-    @property
-    def epoch_losses(self) -> list[float]:
-        """Mean train loss of each finished epoch of the current (or last) stage."""
-        return self.state.epoch_losses
+    global_step = _from_state("global_step", "Optimizer steps done over all stages so far.")
+    step = _from_state("step", "Optimizer steps of the current stage.")
+    epoch = _from_state("epoch", "Epochs of the current stage so far.")
+    stage_name = _from_state("stage", "The current (or last) stage's name.")
+    total_steps = _from_state("total_steps", "The current stage's step budget.")
+    last_loss = _from_state("last_loss", "The last optimizer step's loss.")
+    epoch_losses = _from_state("epoch_losses", "Mean train loss of each finished epoch of the current (or last) stage.")
 
     @property
     def train_seconds(self) -> float:
