@@ -121,6 +121,29 @@ def test_encoding_is_local_and_affine_in_the_field():
     torch.testing.assert_close(model.encode("a", 3.0 * fields, coords), 3.0 * z - 2.0 * zero, atol=1e-4, rtol=1e-4)
 
 
+def test_model_starts_shift_equivariant_by_whole_cells():
+    """Position embeddings start at zero, so at init shifting a periodic field by one cell shifts the
+    decoded change by one cell: the model starts as shift-equivariant as an FNO and learns absolute
+    position only where the data asks for it (random embeddings: Burgers 0.25 against 0.11, docs/results.md)."""
+    model = make_model(tasks={"a": TaskIO(10, 1, 1, (64,)), "b": TaskIO(2, 2, 2, (32, 32))})
+    perturb_gates(model)
+    for task, sizes in (("a", (64,)), ("b", (32, 32))):
+        io = model.tasks[task]
+        axes = [(torch.arange(n) + 0.5) / n * 2 - 1 for n in sizes]  # cell-centred, as PDEBench's grids
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(1, -1, len(sizes))
+        cond = torch.randn(2, 4)
+        fields = torch.randn(2, *sizes, io.in_channels)
+        out = model(task, fields.flatten(1, -2), coords, cond, grid=sizes).unflatten(1, sizes)
+        shift = tuple(n // s for n, s in zip(sizes, model.token_shapes[task]))  # one cell along every axis
+        axes = tuple(range(1, 1 + len(sizes)))
+        rolled = model(task, fields.roll(shift, axes).flatten(1, -2), coords, cond, grid=sizes).unflatten(1, sizes)
+        torch.testing.assert_close(rolled, out.roll(shift, axes), atol=1e-4, rtol=1e-4)
+        with torch.no_grad():  # a learned position breaks it, so the check can fail
+            model.position_proj[model.task_key(task)].out.bias.normal_()
+        moved = model(task, fields.roll(shift, axes).flatten(1, -2), coords, cond, grid=sizes).unflatten(1, sizes)
+        assert not torch.allclose(moved, out.roll(shift, axes), atol=1e-3)
+
+
 @pytest.mark.parametrize("sizes", [(64,), (32, 24), (8, 8, 4)])
 def test_grid_layout_gives_the_same_values_and_gradients(sizes):
     """Told the points are a grid in C order, encoding and decoding reshape per cell instead of
