@@ -235,6 +235,9 @@ def test_errors(model):
 def test_gradients_reach_task_and_shared_parameters():
     model = make_model(tasks={"a": TaskIO(3, 2, 1), "b": TaskIO(1, 1, 2)}, encoder_layers=1, decoder_layers=2)
     perturb_gates(model)
+    with torch.no_grad():  # position embeddings start at zero, like the gates: make them nonzero too
+        for embedding in model.position_proj.values():
+            embedding.out.weight.normal_(std=0.1)
     fields, coords, cond = torch.randn(2, 20, 3), torch.rand(1, 20, 1) * 2 - 1, torch.randn(2, 4)
     model("a", fields, coords, cond, query_coords=torch.rand(1, 9, 1) * 2 - 1).square().mean().backward()
     for name, p in model.named_parameters():
