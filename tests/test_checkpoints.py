@@ -98,3 +98,27 @@ def test_a_write_error_names_what_was_being_written(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="already named"):  # an error that names its file is left alone
         with writing(tmp_path / "x"):
             raise FileNotFoundError(errno.ENOENT, "already named", str(tmp_path / "y"))
+
+
+def test_a_short_write_on_a_full_disk_is_named_as_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's file writer reports a full disk as a RuntimeError without errno; the free space says why."""
+    import errno
+    import shutil
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from ups.training import failures
+
+    short = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(failures.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    with pytest.raises(OSError, match=r"No space left on device \(.*unexpected pos.*\) while writing .*final\.tmp "
+                                      r"\(rank 0\); free some space") as caught:
+        with failures.writing(tmp_path / ".final.tmp"):
+            raise CheckpointException("save failed", {0: (short, None)})
+    assert caught.value.errno == errno.ENOSPC
+    monkeypatch.setattr(failures.shutil, "disk_usage", lambda p: usage._replace(free=2**30))
+    with pytest.raises(OSError, match=r"unexpected pos 704 vs 598 while writing") as caught:  # not a full disk
+        with failures.writing(tmp_path / ".final.tmp"):
+            raise CheckpointException("save failed", {0: (short, None)})
+    assert caught.value.errno is None

@@ -80,11 +80,12 @@ def test_shell_completion_does_not_import_torch(tmp_path: Path) -> None:
 
 
 def test_every_family_schema_is_in_the_torch_free_registry() -> None:
-    """Configs compose from ``ups.models.schemas``; each registered model spec must name that schema."""
-    from ups.models.schemas import SCHEMAS
+    """Configs compose from ``model_schemas()``, read without torch; each registered model spec must
+    name that very class (the one its module's ``@schema`` returned)."""
+    from ups.models.schemas import model_schemas
     from ups.models.spec import specs
 
-    assert {s.name: s.schema for s in specs()} == SCHEMAS
+    assert {s.name: s.schema for s in specs()} == model_schemas()
 
 
 def test_repository_copies_share_the_config_store() -> None:

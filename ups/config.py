@@ -205,7 +205,7 @@ class LeaderboardConfig:
 @dataclass
 class TrainConfig:
     task: TaskConfig = MISSING
-    model: Any = MISSING  # typed by the family's own schema (ups/models/schemas.py), see register_configs
+    model: Any = MISSING  # typed by its family's schema, beside the model (ups/models/schemas.py); register_configs
     parallelism: ParallelismConfig = MISSING
     hardware: HardwareConfig = MISSING
     optim: OptimConfig = MISSING
@@ -248,13 +248,13 @@ def register_configs() -> None:
 
     # Both import without torch: --help, --cfg and shell completion run this and compose, nothing more.
     from ups.distributed.env import run_dir_name
-    from ups.models.schemas import SCHEMAS
+    from ups.models.schemas import model_schemas
 
     _share_config_store()
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
-    for name, schema in SCHEMAS.items():
+    for name, schema in model_schemas().items():  # each beside its model, read without importing it
         cs.store(group="schema/model", name=name, node=schema)
     OmegaConf.register_new_resolver("ups.run_dir", run_dir_name, replace=True)
     OmegaConf.register_new_resolver("ups.sweep_group", _sweep_group, replace=True)

@@ -30,6 +30,7 @@ from ups.objectives import check_frozen_start
 from ups.training.callbacks import Callback
 from ups.training import signals
 from ups.training.checkpoint import last_trained_stage
+from ups.training.faults import FaultInjection, any_fault
 from ups.training.resume import check_run_dir
 from ups.training.signals import stop_on_signals
 from ups.training.compute import cpu_threads
@@ -161,6 +162,8 @@ def _run(cfg: DictConfig, env: DistEnv, compute: Any, objectives: dict, startup:
     gates = build_gates(cfg)  # after each stage: the small evaluation and the gates (ups/gates.py)
     if gates is not None:
         callbacks["gates"] = gates
+    if any_fault(cfg.faults):  # tests' injected failures, through the callback hooks (ups/training/faults.py)
+        callbacks["faults"] = FaultInjection(cfg.faults)
     startup.mark("config")
     with main_first(env.is_main):  # rank 0 generates missing data and statistics; the others then read
         tasks = build_tasks(cfg, run_dir)

@@ -151,12 +151,15 @@ def batch_too_big(ctx: Ctx, row: Row) -> None:
 
 
 # ------------------------------------------------------------------------------------ 5: best after a full disk
-@scenario("best-after-full-disk", "19.5", "the copy to best fails at step 10 on a 3 MiB tmpfs; with more space the "
+@scenario("best-after-full-disk", "19.5", "the copy to best fails at step 10 on a 2 MiB tmpfs; with more space the "
           "rerun ends with a complete best/, no temporary folder, and ups.evaluate works")
 def best_after_full_disk(ctx: Ctx, row: Row) -> None:
     mount = ctx.work / "small-disk"
     mount.mkdir(exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(mount)], capture_output=True).returncode:
+    # Room for one step checkpoint of model=tiny (1.4 MB on 2026-12-04), not for its copy to best; with
+    # 3 MiB the copy fitted once the model shrank and the disk filled at final instead (the row checks
+    # that the failure is the copy's).
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(mount)], capture_output=True).returncode:
         row.observed, row.ok = "not run: mounting a small tmpfs needs root", True
         row.notes.append("skipped")
         return
@@ -175,7 +178,7 @@ def best_after_full_disk(ctx: Ctx, row: Row) -> None:
         row.observed = (f"full disk: {message_of(full, 60)}; rerun exit {exit_of(again)}, best/ "
                         f"{'complete' if (root / 'best' / 'COMPLETE').exists() else 'MISSING'}, leftovers "
                         f"{left or 'none'}; ups.evaluate exit {exit_of(ev)}")
-        row.ok = (full.rc == 1 and "No space left" in full.stderr and again.rc == 0 and
+        row.ok = (full.rc == 1 and "No space left" in full.stderr and ".best.tmp" in full.stderr and again.rc == 0 and
                   (root / "best" / "COMPLETE").exists() and not left and ev.rc == 0)
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)

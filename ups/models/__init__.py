@@ -1,10 +1,11 @@
 """Model families (pure nn.Module code, no distributed logic), each registering a spec.
 
-The package imports lazily, so that ``ups.models.schemas`` (the families' config schemas) loads
-without torch: composing a config for ``--help``, ``--cfg`` or shell completion needs only those.
-The names below import their module on first use. :func:`ups.models.spec.specs` imports every
-non-private module of the package, so a new family registers itself by being a file in
-``ups/models/`` that calls :func:`ups.models.spec.register` (its schema goes in ``schemas.py``).
+The package imports lazily, so that ``ups.models.schemas`` (which reads the families' config
+schemas from their source) loads without torch: composing a config for ``--help``, ``--cfg`` or
+shell completion needs only those. The names below import their module on first use.
+:func:`ups.models.spec.specs` imports every non-private module of the package, so a new family
+registers itself by being a file in ``ups/models/`` that marks its schema ``@schema("<name>")`` and
+calls :func:`ups.models.spec.register`.
 """
 from __future__ import annotations
 

@@ -11,16 +11,29 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ups.models.grid_baseline import GridBaseline
-from ups.models.schemas import FNOConfig  # torch-free: configs compose without importing torch
+from ups.models.schemas import schema
 from ups.models.spec import ModelSpec, TaskIO, grid_to_points, points_to_grid, register
 
 HEAD_HIDDEN = 128  # PDEBench's fc1 width
+
+
+@schema("fno")  # read from this source without torch when configs compose (ups/models/schemas.py)
+@dataclass
+class FNOConfig:
+    """``conf/model/fno*.yaml``: FNO sizes (tasks and cond_dim come from the data)."""
+
+    _target_: str = "ups.models.fno.FNO"
+    modes: int = 12  # Fourier modes kept per axis (clamped to the grid)
+    width: int = 20  # channels of the Fourier layers
+    layers: int = 4  # Fourier layers
+    padding: int = 0  # zeros appended to every axis before the Fourier layers (non-periodic problems)
 
 
 def clamp_modes(modes: int, grid: tuple[int, ...]) -> tuple[int, ...]:

@@ -1,9 +1,10 @@
 """What the training stack needs to know about a model family, besides its ``nn.Module`` code.
 
-A model family is one module file in ``ups/models/`` holding the network and a :class:`ModelSpec`
-passed to :func:`register`, plus its config dataclass (its typed schema) in the torch-free
-``ups/models/schemas.py``. ``parallelize``, the dry run, stage freezing and the latent cache ask
-the spec; none of them reads a model's attributes.
+A model family is one module file in ``ups/models/`` holding the network, its config dataclass
+(its typed schema, marked ``@schema("<name>")``, which configs read from the source without
+importing torch: ``ups/models/schemas.py``) and a :class:`ModelSpec` passed to :func:`register`.
+``parallelize``, the dry run, stage freezing and the latent cache ask the spec; none of them reads
+a model's attributes.
 
 Every model is called the same way by the objectives::
 
@@ -93,7 +94,7 @@ class ModelSpec:
 
     name: str  # the schema's name: conf/model/<x>.yaml lists ``/schema/model/<name>@_here_`` first
     model: type  # the nn.Module class (the spec of an instance is looked up by its class)
-    schema: type  # dataclass of the config fields, with ``_target_``: ``SCHEMAS[name]`` of ups/models/schemas.py
+    schema: type  # dataclass of the config fields, with ``_target_``: ``model_schemas()[name]`` (ups/models/schemas.py)
     blocks: Callable[[nn.Module], list[nn.Module]]  # repeated blocks: activation checkpointing, compile, FSDP2
     groups: Callable[[nn.Module], dict[str, nn.Module]]  # module groups a stage may freeze, by name
     shard_units: Callable[[nn.Module], list[nn.Module]] = field(default=lambda m: [])  # more FSDP2 units

@@ -10,18 +10,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ups.models.grid_baseline import GridBaseline
-from ups.models.schemas import UNetConfig  # torch-free: configs compose without importing torch
+from ups.models.schemas import schema
 from ups.models.spec import ModelSpec, TaskIO, grid_to_points, points_to_grid, register
 
 LEVELS = 4  # poolings, so every axis must be a multiple of 2**LEVELS
 MULTIPLE = 2 ** LEVELS
 NORMS = ("batch", "group")
+
+
+@schema("unet")  # read from this source without torch when configs compose (ups/models/schemas.py)
+@dataclass
+class UNetConfig:
+    """``conf/model/unet*.yaml``: U-Net sizes (tasks and cond_dim come from the data)."""
+
+    _target_: str = "ups.models.unet.UNet"
+    init_features: int = 32  # channels of the first level (doubling per level, 16x at the bottleneck)
+    norm: str = "batch"  # "batch" (PDEBench) or "group"
+    max_3d_sample_gib: float = 2.0  # refuse a 3D task whose one-sample forward/backward needs more
 
 
 def padded_grid(grid: tuple[int, ...]) -> tuple[int, ...]:

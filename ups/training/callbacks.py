@@ -23,7 +23,20 @@ class Callback:
 
     def on_run_start(self, trainer: "Trainer") -> None: ...
     def on_fit_start(self, trainer: "Trainer") -> None: ...
+
+    def on_before_forward(self, trainer: "Trainer") -> None:
+        """Before each micro-batch's forward, inside the trainer's out-of-memory handling: an
+        out-of-memory error raised here is treated as one raised by the forward itself."""
+
+    def on_before_backward(self, trainer: "Trainer", loss: torch.Tensor) -> torch.Tensor:
+        """A micro-batch's loss before backward; return it, or what replaces it (an injected NaN)."""
+        return loss
+
     def on_step_end(self, trainer: "Trainer") -> None: ...
+
+    def on_step_complete(self, trainer: "Trainer") -> None:
+        """After a counted step is fully handled: logged, and evaluated and checkpointed when due."""
+
     def on_log(self, trainer: "Trainer", record: dict) -> None: ...
     def on_eval_end(self, trainer: "Trainer", metrics: dict) -> None: ...
     def on_fit_end(self, trainer: "Trainer") -> None: ...

@@ -41,13 +41,27 @@ def writing(path: str | Path) -> Iterator[None]:
         raise OSError(err.errno, f"{err.strerror or err} while writing {path}{_hint(err.errno)}") from err
     except CheckpointException as err:
         first = next(iter(err.failures.values()))[0]
-        code = getattr(first, "errno", None)
-        raise OSError(code, f"{getattr(first, 'strerror', None) or first} while writing {path} "
+        code, reason = getattr(first, "errno", None), getattr(first, "strerror", None) or first
+        if code is None and _disk_full(path):  # torch's file writer reports a short write without the errno
+            code, reason = errno.ENOSPC, f"No space left on device ({reason})"
+        raise OSError(code, f"{reason} while writing {path} "
                             f"(rank {', '.join(map(str, sorted(err.failures)))}){_hint(code)}") from None
 
 
 def _hint(code: int | None) -> str:
     return "; free some space and run the same command again to resume" if code == errno.ENOSPC else ""
+
+
+def _disk_full(path: str | Path) -> bool:
+    """Whether the file system ``path`` is on has (almost) no space left: a write that failed there
+    failed for that, whatever the writer said (torch's: ``unexpected pos 704 vs 598``)."""
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        return shutil.disk_usage(where).free < 2**20
+    except OSError:
+        return False
 
 
 def is_oom(err: BaseException) -> bool:

@@ -33,7 +33,6 @@ from ups.training.callbacks import Callback
 from ups.training import resume, signals
 from ups.training.checkpoint import Checkpointer
 from ups.training.failures import StopTraining, check_batch_fits, is_oom, skip_or_stop, stop_if_sharded
-from ups.training.faults import FaultInjector
 from ups.training.loggers import peak_memory_mb
 from ups.training.optim import advance, build_optimizer, build_scheduler
 from ups.training.step_totals import Agreed, StepTotals, agree_stop, batch_loss
@@ -71,7 +70,6 @@ class Trainer:
         self.train_set: MultiTaskDataset = self.train_sets.raw
         self.eval_sets = {split: [TrajectoryDataset(t, split, cfg.data.eval_samples, pre) for t in tasks]
                           for split in ("val", "test")}
-        self.faults = FaultInjector(cfg.faults, env)
         self.state = TrainerState()  # every counter; checkpointed through its own state_dict
         self.objective: Objective | None = None
         self.checkpointer: Checkpointer | None = None
@@ -242,7 +240,8 @@ class Trainer:
                 evaluated = bool(t.eval_every and st.step % t.eval_every == 0)
                 if evaluated:
                     self._eval_and_log()
-                self.faults.after_step(self.global_step)
+                for cb in self.callbacks.values():
+                    cb.on_step_complete(self)
             # The step's reduction carried the stop flags; after an evaluation (the same steps on every
             # rank) they are agreed once more, so that early stopping acts before the next step.
             if self._agree_stop(agreed) or (evaluated and self._agree_stop()):
@@ -271,10 +270,12 @@ class Trainer:
             with grad_sync(self.model, enabled=micro == t.accum_steps - 1):
                 oom = False
                 try:
-                    self.faults.before_forward(self.global_step + 1)
+                    for cb in self.callbacks.values():
+                        cb.on_before_forward(self)
                     with self.autocast():
                         loss, per_task, n = batch_loss(self.objective, self.model, batch, self.device)
-                    loss = self.faults.corrupt_loss(self.global_step + 1, loss)
+                    for cb in self.callbacks.values():
+                        loss = cb.on_before_backward(self, loss)
                 except (torch.OutOfMemoryError, RuntimeError) as err:
                     if not is_oom(err):
                         raise
