@@ -33,46 +33,18 @@ def schema(name: str) -> Callable[[type], type]:
     """Mark a family's config dataclass as ``schema/model/<name>``; put it above ``@dataclass``.
 
     Returns the class :func:`model_schemas` built from the same statement, so there is one class."""
-    def mark(cls: type) -> type:
+    def _mark(cls: type) -> type:
         found = discovered().get(name)
         if found is None or (found.__module__, found.__qualname__) != (cls.__module__, cls.__qualname__):
             raise SchemaError(f"{cls.__module__}.{cls.__qualname__}: schema {name!r} was not found in the source of "
                               "ups.models' modules, where configs look for it without importing torch")
         return found
-    return mark
-
-
-@dataclass
-class LatentSurrogateConfig:
-    """``conf/model/{tiny,small,base,large}.yaml``: sizes of the latent surrogate (tasks and cond_dim come from the data).
-
-    Defined here rather than beside ``surrogate.py``, which imports it from this module."""
-
-    _target_: str = "ups.models.surrogate.LatentSurrogate"
-    hidden: int = 128
-    depth: int = 4
-    heads: int = 4
-    # Grid points per token along each axis, for 1D, 2D and 3D tasks: a task's lattice is its grid
-    # divided by these (docs/architecture.md); ``lattice`` gives the cells per axis of a task whose
-    # points form no known grid.
-    patch: List[int] = field(default_factory=lambda: [4, 4, 2])
-    lattice: List[int] = field(default_factory=lambda: [16, 8, 4])
-    fourier_features: int = 4  # sin/cos frequencies of positions (inside a cell, and of the cells)
-    basis: int = 16  # functions per cell the decoder combines (>= grid points per cell to reproduce a patch)
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    encoder_layers: int = 0  # self-attention blocks after pooling
-    decoder_layers: int = 0  # self-attention blocks before the coefficient heads
-    # Fourier modes per lattice axis the operator's spectral mixing keeps, for 1D, 2D and 3D tasks
-    # (empty: attention only), and the channels mixed together per mode (hidden: all, as FNO; 1: depthwise).
-    spectral_modes: List[int] = field(default_factory=lambda: [8, 8, 4])
-    spectral_group: int = 32
-    predict_change: bool = True  # the network outputs next frame - last frame (the objectives add it back)
+    return _mark
 
 
 def model_schemas() -> dict[str, type]:
     """Family name (its spec's ``name``, the ``/schema/model/<name>`` a conf/model file starts from) -> schema."""
-    return {"latent": LatentSurrogateConfig, **discovered()}
+    return discovered()
 
 
 def discovered() -> dict[str, type]:
@@ -86,8 +58,8 @@ def discovered() -> dict[str, type]:
             if path.name.startswith("_"):
                 continue
             for name, cls in _schemas_in(path):
-                if name in found or name == "latent":
-                    raise SchemaError(f"schema {name!r} is defined twice: {where.get(name, __file__)} and {path}")
+                if name in found:
+                    raise SchemaError(f"schema {name!r} is defined twice: {where[name]} and {path}")
                 found[name], where[name] = cls, path
     return found
 

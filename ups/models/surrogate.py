@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, List
 
 import torch
 
@@ -16,8 +17,35 @@ from ups.models.lattice import cell_blocks, centres, from_cells, locate, pool, t
 from ups.models.layers import FourierFeatures, ZeroLinear, init_weights
 from ups.models.operator import LatentOperator
 from ups.models.spectral import SpectralMix
-from ups.models.schemas import LatentSurrogateConfig  # torch-free: configs compose without importing torch
+from ups.models.schemas import schema
 from ups.models.spec import LatentEncoder, ModelSpec, TaskIO, as_task_io, module_keys, register
+
+
+@schema("latent")  # read from this source without torch when configs compose (ups/models/schemas.py)
+@dataclass
+class LatentSurrogateConfig:
+    """``conf/model/{tiny,small,base,large}.yaml``: sizes of the latent surrogate (tasks and cond_dim come from the data)."""
+
+    _target_: str = "ups.models.surrogate.LatentSurrogate"
+    hidden: int = 128
+    depth: int = 4
+    heads: int = 4
+    # Grid points per token along each axis, for 1D, 2D and 3D tasks: a task's lattice is its grid
+    # divided by these (docs/architecture.md); ``lattice`` gives the cells per axis of a task whose
+    # points form no known grid.
+    patch: List[int] = field(default_factory=lambda: [4, 4, 2])
+    lattice: List[int] = field(default_factory=lambda: [16, 8, 4])
+    fourier_features: int = 4  # sin/cos frequencies of positions (inside a cell, and of the cells)
+    basis: int = 16  # functions per cell the decoder combines (>= grid points per cell to reproduce a patch)
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    encoder_layers: int = 0  # self-attention blocks after pooling
+    decoder_layers: int = 0  # self-attention blocks before the coefficient heads
+    # Fourier modes per lattice axis the operator's spectral mixing keeps, for 1D, 2D and 3D tasks
+    # (empty: attention only), and the channels mixed together per mode (hidden: all, as FNO; 1: depthwise).
+    spectral_modes: List[int] = field(default_factory=lambda: [8, 8, 4])
+    spectral_group: int = 32
+    predict_change: bool = True  # the network outputs next frame - last frame (the objectives add it back)
 
 
 class LatentSurrogate(nn.Module):
