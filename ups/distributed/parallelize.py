@@ -44,9 +44,12 @@ def apply_compile(model: nn.Module, mode: str = "default", scope: str = "blocks"
     compile_mode = None if mode == "default" else mode
     if scope == "model":
         # static shapes per task: one graph each instead of a dynamic-shape graph after the second task;
-        # room for every task's graph (and a few recompiles) before dynamo gives up and runs eagerly
+        # room for each task's training, evaluation (no autograd) and last-partial-batch graphs before
+        # dynamo gives up on a new shape and runs it eagerly (with its warning)
         tasks = len(getattr(model, "tasks", ()) or ())
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * tasks + 4)
+        dynamo = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+        setattr(dynamo, limit, max(getattr(dynamo, limit), 4 * tasks + 8))
         model.compile(mode=compile_mode, dynamic=False)
         return
     if scope != "blocks":
