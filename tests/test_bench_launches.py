@@ -43,6 +43,18 @@ def test_the_count_of_a_compiled_step_sees_its_generated_kernels() -> None:
     assert sum(ran.launches.values()) < sum(eager.launches.values())
 
 
+@needs_compiler
+def test_a_compiled_step_whose_kernels_did_not_record_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "enable_kernel_profile", False)
+    compiled = torch.compile(lambda x: (x.sin() * 2).cos(), dynamic=False)
+    x = torch.randn(7)
+    compiled(x)
+    with pytest.raises(RuntimeError, match="record_compiled_kernels"):
+        count_ops(lambda: compiled(x), compiled=True)
+
+
 def test_compile_scope_model_compiles_the_whole_forward_and_refuses_an_unknown_scope() -> None:
     from ups.distributed.parallelize import apply_compile
     from ups.errors import ConfigError

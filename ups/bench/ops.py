@@ -93,9 +93,16 @@ def count_ops(fn: Callable[[], Any], compiled: bool = False) -> OpCounter:
 
     with profile(activities=[ProfilerActivity.CPU]) as prof, RunningOpCounter() as counter:
         fn()
+    graphs = 0
     for event in prof.events():
         if any(tag in event.name for tag in _GENERATED):
             counter.launches["inductor:" + event.name.split("cpp_fused_")[-1][:60]] += 1
+        graphs += event.name.startswith("## Call CompiledFxGraph")
+    if graphs and not any(k.startswith("inductor:") for k in counter.launches):
+        # graphs ran but none of their kernels recorded itself: compiled before record_compiled_kernels()
+        # (or by a backend that records nothing); a count without them would flatter the step
+        raise RuntimeError(f"{graphs} compiled graphs ran but no generated kernel was recorded: call "
+                           "ups.bench.ops.record_compiled_kernels() before the first compiled step")
     return counter
 
 
