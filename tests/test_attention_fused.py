@@ -44,7 +44,7 @@ def test_checkpoint_keys_are_unchanged_and_the_fused_path_launches_fewer_ops() -
                                       "k_norm.weight", "proj.weight", "proj.bias"}
     fused = sum(count_ops(lambda: _run(attn, same=True)).launches.values())
     separate = sum(count_ops(lambda: _run(attn, same=False)).launches.values())
-    assert fused <= separate - 10, (fused, separate)
+    assert fused <= separate - 20, (fused, separate)  # 37 and 64 on 2026-12-04
 
 
 def test_one_product_self_attention_under_bf16_autocast_keeps_the_dtypes() -> None:

@@ -28,7 +28,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 # Ops that launch no kernel whatever the device: metadata, aliasing, or nothing at all.
 _NO_KERNEL = {"detach", "alias", "lift_fresh", "_to_copy_noop", "empty", "empty_like", "empty_strided",
               "_local_scalar_dense", "is_same_size", "sym_size", "sym_stride", "sym_numel", "size", "stride",
-              "_has_compatible_shallow_copy_type", "set_", "_record_function_enter_new", "_record_function_exit"}
+              "_has_compatible_shallow_copy_type", "set_", "_record_function_enter_new", "_record_function_exit",
+              "promote_types", "result_type", "can_cast"}  # dtype arithmetic
 
 
 def _is_view(func: Any) -> bool:

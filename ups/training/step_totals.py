@@ -98,8 +98,8 @@ def batch_loss(objective: Any, model: nn.Module, batch: list[dict], device: torc
         # a batch of one task group (the sampler draws them so) is its loss as it is: weighting by
         # 1.0 and adding to a zero would only launch three more ops forward and two backward
         weighted = loss if len(b["y"]) == n_all else loss * (len(b["y"]) / n_all)
-        dtype = torch.promote_types(torch.float32, weighted.dtype)  # at least fp32, as the sum into fp32 made it
-        weighted = weighted if weighted.dtype == dtype else weighted.to(dtype)
+        if weighted.dtype not in (torch.float32, torch.float64):  # at least fp32, as the sum into fp32 made it
+            weighted = weighted.float()
         total = weighted if total is None else total + weighted
     return (torch.zeros((), device=device) if total is None else total), per_task, n_all
 
