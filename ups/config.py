@@ -118,6 +118,7 @@ class HardwareConfig:
     tf32: bool = True  # CUDA: fp32 matmuls and convolutions on TF32 tensor cores; false: full fp32
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead | max-autotune | ...
+    compile_scope: str = "blocks"  # blocks: each repeated block; model: the whole forward and backward, one graph per task
     activation_checkpointing: bool = False
     checkpoint_every: int = 1  # with activation_checkpointing: every k-th block recomputes
     sdpa_backend: str = "auto"  # attention kernel: auto (torch picks) | flash | efficient | math | cudnn

@@ -24,7 +24,7 @@ class BenchConfig:
     """``python -m ups.bench``: the speed switches against the baseline (ups/bench/)."""
 
     variants: List[str] = field(default_factory=lambda: [
-        "baseline", "bf16", "compile", "fused_adamw", "ac_every", "ac_every_2", "sdpa_flash", "sdpa_efficient",
+        "baseline", "bf16", "compile", "compile_step", "fused_adamw", "ac_every", "ac_every_2", "sdpa_flash", "sdpa_efficient",
         "sdpa_math", "preload", "workers", "frozen_encoder", "latent_cache", "all", "all_fp32"])
     warmup_steps: int = 3
     steps: int = 20  # per pass (real, split, loader only, model only)

@@ -46,6 +46,9 @@ def analytic_forward_flops(model: nn.Module, forward: Callable[[], object]) -> f
         batch = max(x.shape[0], context.shape[0])
         # scores (q k^T) and the weighted sum (p v): 2 FLOPs per multiply-add, each
         total += 4.0 * batch * x.shape[-2] * context.shape[-2] * module.heads * module.head_dim
+        if x is context:  # self-attention projects q, k and v in one product, past the Linear hooks
+            dim = module.heads * module.head_dim
+            total += 2.0 * (x.numel() // x.shape[-1]) * x.shape[-1] * 3 * dim
 
     def conv(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
         nonlocal total

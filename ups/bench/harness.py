@@ -12,7 +12,9 @@ loss (:func:`ups.training.step_totals.batch_loss`) and the optimizer. In order, 
    batches put on the device first, then stepped on), to see whether the pipeline starves the model;
 5. the work of the real pass (:meth:`Bench.work`): FLOPs and ops per step of each kind of batch it ran
    (one task's batch costs what its shapes cost), weighted by how many of each it ran. Each variant
-   counts its own (a latent cache skips the encoder), so MFU divides each variant's own FLOPs.
+   counts its own (a latent cache skips the encoder), so MFU divides each variant's own FLOPs; a
+   compiled variant's ops are the kernels its step launches (``ups.bench.ops``), besides the eager
+   count of the same step.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from ups.bench.flops import analytic_step_flops
-from ups.bench.ops import OpCounter, eager
+from ups.bench.ops import OpCounter, count_ops, eager, record_compiled_kernels
 from ups.data.datasets import MultiTaskDataset, WindowDataset
 from ups.data.sampler import MultiTaskDistributedSampler
 from ups.distributed.env import DistEnv
@@ -235,16 +237,19 @@ class Bench:
     def work(self) -> dict[str, Any]:
         """FLOPs and ops of the real pass's steps: one step of each kind of batch it ran (same task,
         same shapes: same cost), weighted by how many of that kind it ran. Compiled blocks run eagerly
-        here, so that the layer formulas' hooks and the counters see every operation. Counting steps
-        update the weights: call it after the timed passes."""
+        for the FLOPs and the eager op count, so that the layer formulas' hooks and the counters see
+        every operation; a compiled variant's ``ops_per_step`` is then counted on one more step as it
+        runs (:func:`ups.bench.ops.count_ops`). Counting steps update the weights: call it after the
+        timed passes."""
         kinds: dict[tuple, list] = {}
         for batch in self.replay:
             key = tuple((b["task"], tuple((k, tuple(v.shape)) for k, v in sorted(b.items()) if torch.is_tensor(v)))
                         for b in batch)
             kinds.setdefault(key, [batch, 0])[1] += 1
         flops = counted = 0.0
-        launches, views = Counter(), 0
+        launches, eager_launches, views = Counter(), Counter(), 0
         per_task: dict[str, dict[str, float]] = {}
+        compiled = bool(self.cfg.hardware.compile)
         for batch, runs in kinds.values():
             batch = _to_device(batch, self.device)
             with eager():
@@ -253,6 +258,10 @@ class Bench:
                 with FlopCounterMode(display=False) as fc, OpCounter() as ops:
                     self.step(batch)
             sync(self.device)
+            eager_launches.update({k: runs * v for k, v in ops.launches.items()})
+            if compiled:  # what the compiled step launches: eager ops, extern calls, generated kernels
+                ops = count_ops(lambda: self.step(batch), compiled=True)
+                sync(self.device)
             flops, counted = flops + runs * analytic, counted + runs * fc.get_total_flops()
             launches.update({k: runs * v for k, v in ops.launches.items()})
             views += runs * sum(ops.views.values())
@@ -266,6 +275,8 @@ class Bench:
         samples = sum(len(b["y"]) for batch in self.replay for b in batch)
         return {"steps": steps, "samples": samples, "analytic": flops, "counted": counted,
                 "flops_per_sample": flops / samples, "ops_per_step": sum(launches.values()) / steps,
+                "eager_ops_per_step": sum(eager_launches.values()) / steps, "ops_compiled": compiled,
+                "generated_kernels_per_step": sum(v for k, v in launches.items() if k.startswith("inductor:")) / steps,
                 "views_per_step": views / steps, "top_ops": [(k, v / steps) for k, v in launches.most_common(8)],
                 "per_task": per_task}
 
@@ -275,6 +286,7 @@ def measure(cfg: DictConfig, device: torch.device, warmup: int, steps: int, work
     pass's FLOPs and ops (:meth:`Bench.work`)."""
     reset_peak_memory(device)
     if cfg.hardware.compile:
+        record_compiled_kernels()  # so that Bench.work can count the generated kernels it launches
         # dynamo's compiled graphs outlive the model they were made for: a later compiled variant of
         # the same process would reuse them (its first step 0.08 s instead of 40 s on a CPU) and show
         # no compile time; each compiled variant starts from an empty cache instead

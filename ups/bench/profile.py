@@ -5,7 +5,8 @@ built as ``python -m ups.bench`` builds it, warmed up (``bench.warmup_steps``, c
 and ``bench.steps`` loader-fed steps run under ``torch.profiler``. Printed and written to
 ``profile.json`` / ``profile.md`` in the run directory:
 
-- ops per step: aten ops that launch a kernel in one eager step (device-independent, ``ups.bench.ops``);
+- ops per step: aten ops that launch a kernel in one step (device-independent, ``ups.bench.ops``), for a
+  compiled variant the kernels its step launches as it runs, and the eager count beside it;
 - on CUDA, kernels per step (what the GPU ran: after compilation and fusion; copies and memsets
   counted apart), the GPU's busy share of
   the wall time (the rest is launch overhead, host work and waiting), host-device syncs per step;
@@ -59,7 +60,10 @@ def profile_variant(cfg: DictConfig, device: torch.device, warmup: int, steps: i
         del bench
     events = prof.events()
     out: dict[str, Any] = {"steps": steps, "ops_per_step": work_counts["ops_per_step"],
-                           "flops_per_sample": work_counts["flops_per_sample"]}
+                           "flops_per_sample": work_counts["flops_per_sample"],
+                           "eager_ops_per_step": work_counts["eager_ops_per_step"],
+                           "generated_kernels_per_step": work_counts["generated_kernels_per_step"],
+                           "top_launches": work_counts["top_ops"]}
     wall_us = max(e.time_range.end for e in events) - min(e.time_range.start for e in events)
     out["wall_ms_per_step"] = wall_us / 1000 / steps
     if cuda:
@@ -83,7 +87,7 @@ def profile_variant(cfg: DictConfig, device: torch.device, warmup: int, steps: i
 def markdown(info: dict, rows: dict[str, dict]) -> str:
     lines = [f"Measured {info['date']} on {info['device']}{' (' + info['gpu'] + ')' if info.get('gpu') else ''}, torch "
              f"{info['torch']}. Command: `{info['command']}`", "",
-             "| variant | wall ms/step (profiled) | ops/step (eager) | kernels/step | mean kernel µs | GPU busy | "
+             "| variant | wall ms/step (profiled) | ops/step (as run) | kernels/step | mean kernel µs | GPU busy | "
              "syncs/step |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         if "error" in r:
@@ -95,6 +99,11 @@ def markdown(info: dict, rows: dict[str, dict]) -> str:
         lines.append(f"| {name} | {r['wall_ms_per_step']:.1f} | {r['ops_per_step']:,.0f} | "
                      f"{f('kernels_per_step', '{:,.0f}')} | {f('mean_kernel_us', '{:.1f}')} | "
                      f"{f('gpu_busy_share', '{:.0%}')} | {f('syncs_per_step', '{:.1f}')} |")
+    counted = [f"`{name}` {r['ops_per_step']:,.0f} as run ({r['generated_kernels_per_step']:,.0f} generated kernels), "
+               f"{r['eager_ops_per_step']:,.0f} eager" for name, r in rows.items() if "eager_ops_per_step" in r]
+    if counted:
+        lines += ["", "Ops per step (ups/bench/ops.py; a compiled step's are the kernels it launches): "
+                  + "; ".join(counted) + "."]
     for name, r in rows.items():
         if "top_ops_table" in r:
             lines += ["", f"Top operations, `{name}` (self time, {r['steps']} steps):", "", "```",

@@ -62,9 +62,10 @@ def variants_markdown(result: dict) -> str:
         lines += ["", f"GFLOP/sample and MFU are each variant's own: the FLOPs of the steps its real pass ran "
                       f"({flops['steps']} steps, {flops['samples']} samples), one step of each task's batch counted and "
                       "weighted by how many such batches ran (tasks differ in cost; a latent cache skips the "
-                      "encoder). ops/step: aten ops that launch a kernel in one eager training step (forward, "
-                      "backward, optimizer; views apart), weighted the same way: device-independent, and the "
-                      "same for a compiled variant, which fuses them afterwards.",
+                      "encoder). ops/step: aten ops that launch a kernel in one training step (forward, "
+                      "backward, optimizer; views apart), weighted the same way; for a compiled variant the "
+                      "kernels its step launches as it runs: the ops left eager, the extern calls of its "
+                      "graphs and each kernel inductor generated (ups/bench/ops.py).",
                   "", f"FLOPs of the first variant's real pass: {flops['analytic']:.4g} from the layer formulas, "
                       f"{flops['counted']:.4g} counted by `torch.utils.flop_counter` (ratio "
                       f"{flops['analytic'] / flops['counted']:.3f}); per task: "

@@ -1,7 +1,7 @@
 """The one place that wraps a model for speed and parallelism.
 
 Order matters and is fixed: activation checkpointing first (so compile traces the recomputing
-forward), then torch.compile per block, then FSDP2 per block or DDP around the whole model. AC and
+forward), then torch.compile per block (or of the whole forward), then FSDP2 per block or DDP around the whole model. AC and
 compile patch blocks in place, so parameter names and checkpoints are the same with them on or off.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from ups.distributed.env import DistEnv
+from ups.errors import ConfigError
 from ups.models.spec import spec_of
 
 
@@ -30,15 +31,31 @@ def apply_ac(model: nn.Module, every: int = 1) -> None:
         block.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
 
-def apply_compile(model: nn.Module, mode: str = "default") -> None:
-    """Compile each block: small graphs compile fast and identical blocks share code. A block that
-    fails to compile (no C compiler, an unsupported operation) runs eagerly, with dynamo's warning
-    in the log, instead of ending the run."""
+def apply_compile(model: nn.Module, mode: str = "default", scope: str = "blocks") -> None:
+    """Compile each block (``scope="blocks"``: small graphs compile fast and identical blocks share
+    code) or the model's whole forward (``"model"``; the backward is compiled with it): one graph per
+    task, whose shapes are static because each batch holds one task, so most of a step's small
+    operations fuse (ops per step in docs/benchmarks.md). Whatever fails to compile (no C compiler,
+    an unsupported operation) runs eagerly, with dynamo's warning in the log, instead of ending the
+    run; ``compile_report`` says so after the first step."""
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True
+    compile_mode = None if mode == "default" else mode
+    if scope == "model":
+        # static shapes per task: one graph each instead of a dynamic-shape graph after the second task;
+        # room for each task's training, evaluation (no autograd) and last-partial-batch graphs before
+        # dynamo gives up on a new shape and runs it eagerly (with its warning)
+        tasks = len(getattr(model, "tasks", ()) or ())
+        dynamo = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+        setattr(dynamo, limit, max(getattr(dynamo, limit), 4 * tasks + 8))
+        model.compile(mode=compile_mode, dynamic=False)
+        return
+    if scope != "blocks":
+        raise ConfigError(f"hardware.compile_scope={scope!r}; choose blocks or model")
     for block in spec_of(model).blocks(model):
-        block.compile(mode=None if mode == "default" else mode)
+        block.compile(mode=compile_mode)
 
 
 def fsdp_policy(precision: str) -> MixedPrecisionPolicy:
@@ -81,7 +98,7 @@ def parallelize(model: nn.Module, cfg: Any, env: DistEnv, device: torch.device) 
     if hw.activation_checkpointing:
         apply_ac(model, hw.checkpoint_every)
     if hw.compile:
-        apply_compile(model, hw.compile_mode)
+        apply_compile(model, hw.compile_mode, hw.get("compile_scope", "blocks"))
     if strategy == "fsdp2":
         return apply_fsdp(model, device, env.world_size, hw.precision)
     if strategy == "ddp" and env.distributed:

@@ -89,15 +89,19 @@ def batch_loss(objective: Any, model: nn.Module, batch: list[dict], device: torc
                ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]], int]:
     """A micro-batch's loss: the objective's loss per task group, weighted by the group's share of
     the samples; also each task's (detached loss, samples) for the step's reduction, and the samples."""
-    total = torch.zeros((), device=device)
     n_all = sum(len(b["y"]) for b in batch)
-    per_task = {}
+    total, per_task = None, {}
     for b in batch:
         b = to_device(b, device)
         loss = objective.loss(model, b)
-        total = total + loss * (len(b["y"]) / n_all)
         per_task[b["task"]] = (loss.detach().double(), len(b["y"]))
-    return total, per_task, n_all
+        # a batch of one task group (the sampler draws them so) is its loss as it is: weighting by
+        # 1.0 and adding to a zero would only launch three more ops forward and two backward
+        weighted = loss if len(b["y"]) == n_all else loss * (len(b["y"]) / n_all)
+        if weighted.dtype not in (torch.float32, torch.float64):  # at least fp32, as the sum into fp32 made it
+            weighted = weighted.float()
+        total = weighted if total is None else total + weighted
+    return (torch.zeros((), device=device) if total is None else total), per_task, n_all
 
 
 def to_device(group: dict, device: torch.device) -> dict:
