@@ -101,6 +101,8 @@ def test_a_new_family_is_two_files_and_trains(added_model: Path, data_dir: Path,
                        "trainer.batch_size=4", "trainer.log_every=1", "data.eval_samples=2",
                        f"hydra.searchpath=[file://{added_model / 'conf'}]"])
     assert cfg.model.hidden == 4 and cfg.model._target_ == "ups.models.pointwise_added.Pointwise"
+    for ds in cfg.task.datasets.values():
+        ds.synth.n_samples = 16  # the shared data_dir's size (tiny_cfg): other tests count its trajectories
     from ups.runner import run
 
     out = run(cfg)
