@@ -98,7 +98,7 @@ def parallelize(model: nn.Module, cfg: Any, env: DistEnv, device: torch.device) 
     if hw.activation_checkpointing:
         apply_ac(model, hw.checkpoint_every)
     if hw.compile:
-        apply_compile(model, hw.compile_mode, hw.get("compile_scope", "blocks"))
+        apply_compile(model, hw.compile_mode, hw.compile_scope)
     if strategy == "fsdp2":
         return apply_fsdp(model, device, env.world_size, hw.precision)
     if strategy == "ddp" and env.distributed:
