@@ -12,6 +12,7 @@ import torch
 from tests.conftest import compose_cfg
 from ups.data import latent_cache as lc
 from ups.data.datasets import MultiTaskDataset, WindowDataset
+from ups.data.latent_dataset import LatentWindowDataset, MultiTaskLatentDataset
 from ups.data.tasks import TaskData, build_task
 from ups.models import LatentSurrogate, TaskIO
 from ups.objectives.next_step import predict_next
@@ -53,7 +54,7 @@ def test_cached_latents_equal_encode_and_training_from_them_equals_the_full_forw
             assert torch.equal(item["y"], raw["y"]) and torch.equal(item["cond"], raw["cond"])
             assert torch.equal(item["last"], raw["x"][:, -t.channels:])
     # Same sampler keys through both multi-task datasets -> same predictions, with and without residual.
-    raw_set, lat_set = MultiTaskDataset(windows), lc.MultiTaskLatentDataset(cached)
+    raw_set, lat_set = MultiTaskDataset(windows), MultiTaskLatentDataset(cached)
     assert lat_set.sizes() == raw_set.sizes()
     keys = [(0, 0), (1, 0), (0, 5), (1, 2), (0, len(windows[0]) - 1)]
     for rb, lb in zip(raw_set.collate([raw_set[k] for k in keys]), lat_set.collate([lat_set[k] for k in keys])):
@@ -124,7 +125,7 @@ def test_a_cache_from_other_weights_cannot_be_read(tasks, tmp_path: Path) -> Non
         lc.load_or_build(model, windows, tmp_path, "cpu", build=False)
     new_key = lc.latent_key(model, tasks[0], "val")
     with pytest.raises(FileNotFoundError):
-        lc.LatentWindowDataset(old.cache_dir, windows, key=new_key)
+        LatentWindowDataset(old.cache_dir, windows, key=new_key)
     new = lc.load_or_build(model, windows, tmp_path, "cpu")
     assert new.cache_dir != old.cache_dir and not torch.allclose(new[0]["z"], old[0]["z"])
 
@@ -176,7 +177,7 @@ def test_concurrent_builders_first_complete_one_wins(tasks, tmp_path: Path) -> N
 
     path = lc.build_latent_cache(model, windows, tmp_path, key, "cpu", batch_size=4, progress=other_rank_finishes_first)
     assert path == winner[0] and [p.name for p in tmp_path.iterdir()] == [path.name]
-    assert lc.LatentWindowDataset(path, windows, key)[0]["z"].shape == (16, 32)
+    assert LatentWindowDataset(path, windows, key)[0]["z"].shape == (16, 32)
 
 
 def test_half_precision_storage(tasks, tmp_path: Path) -> None:

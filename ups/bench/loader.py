@@ -29,6 +29,7 @@ from ups.bench.common import load_average, machine_info, named_tasks
 from ups.config import register_configs
 from ups.data import latent_cache as lc
 from ups.data.datasets import WindowDataset
+from ups.data.latent_dataset import LatentWindowDataset
 from ups.data.tasks import TaskData
 from ups.build import build_model
 
@@ -69,7 +70,7 @@ def timed_pass(batches: Iterable[dict], work: Callable[[dict], None], device: to
 
 
 def loader_rates(model: torch.nn.Module, task: TaskData, windows: WindowDataset, preloaded: WindowDataset,
-                 cached: lc.LatentWindowDataset, device: torch.device, batch_size: int,
+                 cached: LatentWindowDataset, device: torch.device, batch_size: int,
                  repeats: int = 1) -> dict[str, float]:
     """Samples/s of one shuffled pass: lazy HDF5 + encode, preload + encode, cache read."""
     coords = torch.from_numpy(task.coords)[None].to(device)
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 path = lc.build_latent_cache(model, windows, cache_root, key, device, batch_size=args.batch_size)
                 build_s = time.perf_counter() - t0
-                cached = lc.LatentWindowDataset(path, windows, key)
+                cached = LatentWindowDataset(path, windows, key)
                 row = {"model": size, "task": task.name, "windows": len(windows), "points": task.coords.shape[0],
                        "preload_s": preload_s, "build_s": build_s,
                        "cache_mb": sum((path / f).stat().st_size for f in ("z.npy", "frames.npy", "cond.npy")) / 2**20,

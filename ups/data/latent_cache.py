@@ -14,6 +14,7 @@ split, normalisation, model sizes, encoder code, storage dtype), so a changed in
 folder name and a stale cache is never read. Builds write into ``<name>.tmp-<pid>-<rand>`` and are
 renamed into place only when complete: a killed build leaves only a ``.tmp-*`` folder, which is
 never read. In distributed runs rank 0 builds and the other ranks wait at a barrier, then open it.
+Reading a cache (its validity check and the datasets over it) is ``ups.data.latent_dataset``.
 """
 from __future__ import annotations
 
@@ -28,19 +29,18 @@ import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ups.data.datasets import MultiTaskDataset, WindowDataset, task_keys
+from ups.data.datasets import WindowDataset
+from ups.data.latent_dataset import CACHE_VERSION, MARKER, LatentWindowDataset, is_complete, read_meta
 from ups.data.stats import stats_key
 from ups.data.tasks import TaskData
 from ups.models.spec import LatentEncoder, spec_of, unwrap
 
-CACHE_VERSION = 1  # bump when the folder layout or the meaning of a field changes
-MARKER = "meta.json"
 _DTYPES = {torch.float32: ("float32", np.float32), torch.float16: ("float16", np.float16),
            torch.bfloat16: ("bfloat16", np.uint16)}  # numpy has no bfloat16: keep its bits
 
@@ -123,28 +123,10 @@ def cache_nbytes(dataset: WindowDataset, model: nn.Module, dtype: torch.dtype = 
     return z + len(dataset.source) * (task.n_steps * task.coords.shape[0] * task.channels + len(task.cond(0))) * 4
 
 
-def _read_meta(path: Path) -> dict | None:
-    try:
-        return json.loads((path / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _valid(path: Path, key: str | None = None) -> bool:
-    """A complete cache: marker present, right version/key, and array files of the recorded sizes."""
-    meta = _read_meta(path)
-    if meta is None or meta.get("version") != CACHE_VERSION or (key is not None and meta.get("key") != key):
-        return False
-    try:
-        return all((path / f).stat().st_size == n for f, n in meta["file_sizes"].items())
-    except (OSError, KeyError, AttributeError):
-        return False
-
-
 def find_cache(cache_root: Path, task: str, split: str, key: str) -> Path | None:
     """The complete cache folder for exactly this key, or None. ``.tmp-*`` folders are never returned."""
     path = Path(cache_root) / cache_name(task, split, key)
-    return path if path.is_dir() and _valid(path, key) else None
+    return path if path.is_dir() and is_complete(path, key) else None
 
 
 def _fsync(path: Path) -> None:
@@ -172,7 +154,7 @@ def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Pat
     root = Path(cache_root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / cache_name(task.name, split, key)
-    if _valid(final, key):
+    if is_complete(final, key):
         return final
     need = cache_nbytes(dataset, m, dtype)
     free = shutil.disk_usage(root).free
@@ -253,7 +235,7 @@ def _publish(tmp: Path, final: Path, key: str) -> None:
             _fsync(final.parent)
             return
         except OSError:
-            if _valid(final, key):  # a concurrent builder finished first: use its cache
+            if is_complete(final, key):  # a concurrent builder finished first: use its cache
                 shutil.rmtree(tmp, ignore_errors=True)
                 return
             if final.exists():  # debris without a valid marker: move it aside atomically, then retry
@@ -261,70 +243,6 @@ def _publish(tmp: Path, final: Path, key: str) -> None:
                 os.rename(final, junk)
                 shutil.rmtree(junk, ignore_errors=True)
     raise OSError(f"could not move {tmp} to {final}")
-
-
-class LatentWindowDataset(torch.utils.data.Dataset):
-    """Items of a cache, in the same index order as the WindowDataset it was built from.
-
-    ``__getitem__(i)`` gives ``z`` [L, H] (float32), ``y`` [P, C] (the target frame), ``last`` [P, C]
-    (the last context frame, for residual prediction) and ``cond``. ``windows`` supplies the task
-    (grid, name) and is checked against the cache; build it with ``preload_max_gb=0`` to avoid
-    loading the data a second time. Memory maps open lazily, once per process (DataLoader workers).
-    """
-
-    def __init__(self, cache_dir: Path, windows: WindowDataset, key: str | None = None):
-        self.cache_dir, self.task = Path(cache_dir), windows.task
-        if not _valid(self.cache_dir, key):
-            raise FileNotFoundError(f"{self.cache_dir} is not a complete latent cache"
-                                    + (f" with key {key}" if key else ""))
-        self.meta = _read_meta(self.cache_dir)
-        expect = {"task": windows.task.name, "n_windows": len(windows), "per_traj": windows.per_traj,
-                  "initial_step": windows.task.initial_step}
-        wrong = {k: (self.meta[k], v) for k, v in expect.items() if self.meta[k] != v}
-        if wrong:
-            raise ValueError(f"latent cache {self.cache_dir} does not match the windows (cache, windows): {wrong}")
-        self.per_traj, self.k = windows.per_traj, windows.task.initial_step
-        self._arrays: tuple[np.ndarray, ...] | None = None
-        self._pid = -1
-
-    def _open(self) -> tuple[np.ndarray, ...]:
-        if self._arrays is None or self._pid != os.getpid():
-            self._arrays = tuple(np.load(self.cache_dir / f, mmap_mode="r") for f in ("z.npy", "frames.npy", "cond.npy"))
-            self._pid = os.getpid()
-        return self._arrays
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_arrays": None, "_pid": -1}  # maps are per process
-
-    def __len__(self) -> int:
-        return self.meta["n_windows"]
-
-    def __getitem__(self, index: int) -> dict:
-        z_mm, frames, cond = self._open()
-        j, start = divmod(index, self.per_traj)
-        z = np.array(z_mm[index])  # copy: torch wants writable memory, the map is read-only
-        zt = torch.from_numpy(z.view(np.int16)).view(torch.bfloat16) if self.meta["z_dtype"] == "bfloat16" \
-            else torch.from_numpy(z)
-        return {"z": zt.float(),
-                "y": torch.from_numpy(np.array(frames[j, start + self.k])),
-                "last": torch.from_numpy(np.array(frames[j, start + self.k - 1])),
-                "cond": torch.from_numpy(np.array(cond[j]))}
-
-
-class MultiTaskLatentDataset(MultiTaskDataset):
-    """MultiTaskDataset over LatentWindowDatasets: same ``sizes()``/indexing, batches carry ``z`` not ``x``."""
-
-    def __init__(self, datasets: Sequence[LatentWindowDataset]):
-        super().__init__(datasets)  # type: ignore[arg-type]
-
-    def collate(self, items: list[dict]) -> list[dict]:
-        """One batch dict per task present: ``task``, ``z``, ``y``, ``last``, ``cond``, ``coords``."""
-        out = []
-        for t in sorted({it["task_index"] for it in items}):
-            group = [it for it in items if it["task_index"] == t]
-            batch = {name: torch.stack([g[name] for g in group]) for name in ("z", "y", "last", "cond")}
-            out.append({**batch, **task_keys(self.datasets[t].task)})
-        return out
 
 
 def load_or_build(model: nn.Module, dataset: WindowDataset, cache_root: Path, device: Any, *,
@@ -357,7 +275,7 @@ def prune_cache(cache_root: Path, keep_keys: Iterable[str] | None = None, tmp_ol
             # Age, not pid liveness: on a shared file system the builder may be on another host.
             stale = time.time() - path.stat().st_mtime > tmp_older_than_s
         else:
-            meta = _read_meta(path)
+            meta = read_meta(path)
             stale = keep is not None and meta is not None and meta.get("key") not in keep
         if stale:
             shutil.rmtree(path, ignore_errors=True)

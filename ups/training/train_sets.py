@@ -74,12 +74,13 @@ class TrainSets:
             log.info("stage %s: encoder sharded by FSDP2, encoding on the fly instead of caching", name)
             return windows
         from ups.data import latent_cache
+        from ups.data.latent_dataset import MultiTaskLatentDataset
 
         root = Path(cfg.data.latent_cache_dir or self.run_dir / "latent_cache")
         with main_first(env.is_main):  # rank 0 builds what is missing, then everyone opens it
             cached = [latent_cache.load_or_build(model, w, root, self.device, build=env.is_main)
                       for w in self.raw.datasets]
-        return latent_cache.MultiTaskLatentDataset(cached)
+        return MultiTaskLatentDataset(cached)
 
 
 def stage_loader(train_set: MultiTaskDataset, sampler: Any, data_cfg: Any, device: torch.device) -> DataLoader:
