@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ups.runner import run
-from ups.training.checkpoint import CHECKSUMS, Checkpointer, CheckpointError, load_consolidated, pack, verify
+from ups.training.checkpoint import Checkpointer, CheckpointError, load_consolidated, pack
+from ups.training.checksums import CHECKSUMS, verify
 
 
 def _shard(folder: Path) -> Path:

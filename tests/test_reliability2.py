@@ -24,8 +24,8 @@ from ups.data.readers import DataFileError, TrajectoryFile
 from ups.faults.reliability_scenarios import plant_trap
 from ups.runner import run
 from ups.training import signals
-from ups.training.checkpoint import (Checkpointer, CheckpointError, load_consolidated, pack, rng_state, run_checkpoint,
-                                     set_rng_state, unpack)
+from ups.training.checkpoint import Checkpointer, CheckpointError, load_consolidated, pack, run_checkpoint, unpack
+from ups.training.rng import rng_state, set_rng_state
 
 STEPS = ["task=darcy2d", "trainer.steps_per_epoch=2", "trainer.eval_every=2"]
 

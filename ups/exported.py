@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ups.errors import CheckpointError
-from ups.training.checkpoint import _sha256 as sha256  # one hashing routine for checkpoints and exports
+from ups.training.checksums import sha256  # one hashing routine for checkpoints and exports
 
 WEIGHTS, MANIFEST, CONFIG = "model.safetensors", "export.json", "config.yaml"
 FORMAT = "ups-export-1"

@@ -21,38 +21,26 @@ an unpickler that admits only DCP's own metadata classes (:class:`SafeReader`). 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+from ups.training.checksums import CHECKSUMS, sha256, verify
 from ups.training.failures import writing
 from ups.training.safe_load import CheckpointError, SafeEmptyPlanner, SafeLoadPlanner, SafeReader, read_metadata
 
 MARKER = "COMPLETE"
-CHECKSUMS = "checksums.json"  # sha256 of every file of the folder, written before the marker
-UNVERIFIED_OPTION = "trainer.allow_unverified_checkpoints=true"  # ups.evaluate: allow_unverified_checkpoints=true
 log = logging.getLogger(__name__)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -63,61 +51,6 @@ def _fsync(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def verify(path: str | Path, allow_unverified: bool = False) -> None:
-    """Check every file of a checkpoint against the checksums written when it was saved.
-
-    Raises CheckpointError naming the first bad file. A folder without ``checksums.json`` (saved
-    before checksums existed, or with them removed) is refused unless ``allow_unverified``.
-    """
-    path = Path(path)
-    try:
-        sums = json.loads((path / CHECKSUMS).read_text())
-    except FileNotFoundError:
-        if allow_unverified:
-            log.warning("%s has no %s: loading it unchecked, as allowed", path, CHECKSUMS)
-            return
-        raise CheckpointError(f"{path} has no {CHECKSUMS}, so a damaged or replaced file in it cannot be detected; "
-                              f"it is not loaded. If you trust where it came from, allow it with "
-                              f"{UNVERIFIED_OPTION} (python -m ups.evaluate: allow_unverified_checkpoints=true)") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path / CHECKSUMS} is unreadable ({err})") from None
-    if not isinstance(sums, dict) or not all(isinstance(k, str) and "/" not in k and k not in ("", ".", "..")
-                                             for k in sums):
-        raise CheckpointError(f"{path / CHECKSUMS} is malformed")
-    for name, digest in sums.items():
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"{f} is missing")
-        if _sha256(f) != digest:
-            raise CheckpointError(f"{f} does not match its checksum (corrupt or truncated)")
-
-
-def rng_state() -> dict:
-    """Every random generator a step can draw from: torch's as a tensor, the others packed as JSON."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, py_gauss = random.getstate()
-    other = {"numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-             "python": [version, list(internal), py_gauss]}
-    if torch.cuda.is_available():
-        other["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return {"torch": torch.get_rng_state(), "other": pack(other)}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    other = unpack(state["other"])
-    name, keys, pos, has_gauss, gauss = other["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, py_gauss = other["python"]
-    random.setstate((version, tuple(internal), py_gauss))
-    if "cuda" in other and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in other["cuda"]])
-
-
-def rank_key(rank: int) -> str:
-    return f"rank{rank}"
 
 
 def pack(obj: Any) -> bytes:
@@ -194,7 +127,7 @@ class Checkpointer:
         if consolidate:
             export_model(tmp, tmp / "model.pt", check=False)
         files = sorted(p for p in tmp.iterdir() if p.is_file())
-        (tmp / CHECKSUMS).write_text(json.dumps({p.name: _sha256(p) for p in files}, indent=1))
+        (tmp / CHECKSUMS).write_text(json.dumps({p.name: sha256(p) for p in files}, indent=1))
         for p in [*files, tmp / CHECKSUMS]:
             _fsync(p)  # on disk before the marker says the folder is complete
         (tmp / MARKER).touch()

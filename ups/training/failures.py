@@ -151,7 +151,7 @@ def estimate_step_mb(trainer: "Trainer") -> tuple[float, float, str]:
     windows per task on the real model (the tuner's measure, without a step: weights, buffers and
     random generators are restored), extrapolated linearly; weights, gradients and AdamW's two
     moments add four times the parameters."""
-    from ups.training.checkpoint import rng_state, set_rng_state
+    from ups.training.rng import rng_state, set_rng_state
 
     model = trainer.raw_model
     rng, buffers = rng_state(), {n: b.detach().clone() for n, b in model.named_buffers()}

@@ -24,8 +24,9 @@ from ups.errors import ConfigError
 from ups.data.readers import DataFileError
 from ups.data.validate import data_fingerprints
 from ups.distributed.collectives import any_rank
-from ups.training.checkpoint import (MARKER, Checkpointer, CheckpointError, pack, rank_key, read_metadata, rng_state,
-                                     set_rng_state, unpack, verify)
+from ups.training.checkpoint import MARKER, Checkpointer, CheckpointError, pack, read_metadata, unpack
+from ups.training.checksums import verify
+from ups.training.rng import rank_key, rng_state, set_rng_state
 
 if TYPE_CHECKING:
     from ups.training.trainer import Trainer
