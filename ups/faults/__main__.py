@@ -30,6 +30,7 @@ from ups.faults.harness import HUNG, Ctx, Row, changed, data_checksums
 from ups.faults.scenarios import SCENARIOS
 
 importlib.import_module("ups.faults.resume_scenarios")  # adds its scenarios to SCENARIOS
+importlib.import_module("ups.faults.run_scenarios")
 importlib.import_module("ups.faults.reliability_scenarios")  # issue 19's
 
 
