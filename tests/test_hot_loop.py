@@ -14,7 +14,7 @@ import torch
 from ups.distributed import collectives
 from ups.runner import run
 from ups.training.callbacks import Callback
-from ups.training import step_totals, trainer as trainer_module
+from ups.training import micro_batch, step_totals
 
 # Every way a tensor's value reaches Python: each one waits for the device on a GPU.
 SYNCS = ("item", "tolist", "__float__", "__int__", "__bool__")
@@ -32,7 +32,7 @@ def counting(monkeypatch: pytest.MonkeyPatch, counts: Counter):
             return _original(self, *a, **kw)
         monkeypatch.setattr(torch.Tensor, name, wrapped)
     for module, name, kind in ((step_totals, "all_reduce_sum", "collective"),
-                               (trainer_module, "any_rank_on_host", "host agreement")):
+                               (micro_batch, "any_rank_on_host", "host agreement")):
         original = getattr(collectives, name)
 
         def wrapped_collective(*a, _original=original, _kind=kind, **kw):

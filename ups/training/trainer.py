@@ -2,9 +2,10 @@
 
 One optimizer step = ``accum_steps`` micro-batches on every rank. Decisions that change control
 flow (skip a step, stop) are agreed across ranks before anyone acts on them, so no rank ever waits
-in a collective the others skipped: out-of-memory in forward per micro-batch on host memory, the
-rest in the step's one reduction (``step_totals.py``), its only host sync. What a step optimises
-is the stage's objective (``ups/objectives/``); which modules a stage may freeze, the model's spec says.
+in a collective the others skipped: out-of-memory in forward per micro-batch on host memory
+(``micro_batch.py``), the rest in the step's one reduction (``step_totals.py``), its only host sync.
+What a step optimises is the stage's objective (``ups/objectives/``); which modules a stage may
+freeze, the model's spec says.
 """
 from __future__ import annotations
 
@@ -23,19 +24,18 @@ from torch.utils.data import DataLoader
 
 from ups.data.datasets import MultiTaskDataset, TrajectoryDataset
 from ups.data.sampler import MultiTaskDistributedSampler
-from ups.distributed.collectives import any_rank_on_host
 from ups.distributed.env import DistEnv
-from ups.distributed.parallelize import grad_sync
 from ups.evaluation.evaluate import evaluate
 from ups.models.spec import spec_of
 from ups.objectives import Objective
 from ups.training.callbacks import Callback
 from ups.training import resume, signals
 from ups.training.checkpoint import Checkpointer
-from ups.training.failures import StopTraining, check_batch_fits, is_oom, skip_or_stop, stop_if_sharded
+from ups.training.failures import check_batch_fits, skip_or_stop
 from ups.training.loggers import peak_memory_mb
+from ups.training.micro_batch import forward_backward
 from ups.training.optim import advance, build_optimizer, build_scheduler
-from ups.training.step_totals import Agreed, StepTotals, agree_stop, batch_loss
+from ups.training.step_totals import Agreed, StepTotals, agree_stop
 from ups.training.state import TrainerState
 from ups.training.train_sets import fixed_batches, stage_loader
 
@@ -267,35 +267,10 @@ class Trainer:
                 return None, None
             self.state.batches_done += 1
             # Gradients are all-reduced only on the last micro-batch of a step.
-            with grad_sync(self.model, enabled=micro == t.accum_steps - 1):
-                oom = False
-                try:
-                    for cb in self.callbacks.values():
-                        cb.on_before_forward(self)
-                    with self.autocast():
-                        loss, per_task, n = batch_loss(self.objective, self.model, batch, self.device)
-                    for cb in self.callbacks.values():
-                        loss = cb.on_before_backward(self, loss)
-                except (torch.OutOfMemoryError, RuntimeError) as err:
-                    if not is_oom(err):
-                        raise
-                    stop_if_sharded(self, err)
-                    oom = True
-                    log.warning("rank %d: %s", self.env.rank, err)
-                # Agreed before anyone starts backward, so no rank waits in a lone gradient all-reduce;
-                # the host knows the answer, so asking the other ranks never waits for the GPU.
-                if any_rank_on_host(oom):
-                    return skip_or_stop(self, "out of memory in forward", t.on_oom), None
-                try:
-                    (loss / t.accum_steps).backward()  # a non-finite loss is skipped after the reduction
-                except (torch.OutOfMemoryError, RuntimeError) as err:
-                    if not is_oom(err):
-                        raise
-                    # The other ranks may be inside this backward's gradient all-reduce: no agreed skip
-                    # is possible. Stopping this rank makes the launcher stop them and restart the job.
-                    raise StopTraining(f"rank {self.env.rank} ran out of memory in backward at step "
-                                       f"{self.global_step + 1}; lower trainer.batch_size or turn on "
-                                       f"hardware.activation_checkpointing ({err})") from None
+            out = forward_backward(self, batch, sync=micro == t.accum_steps - 1)
+            if out is None:  # out of memory in forward on some rank: every rank skips (or stops) together
+                return skip_or_stop(self, "out of memory in forward", t.on_oom), None
+            loss, per_task, n = out
             totals.add(loss, per_task, t.accum_steps)
             n_samples += n
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.raw_model.parameters() if p.requires_grad],
