@@ -27,6 +27,7 @@ from ups.training.callbacks import Callback
 from ups.training.failures import writing
 
 if TYPE_CHECKING:
+    from ups.training.step_totals import Agreed
     from ups.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,39 @@ def peak_memory_mb(device: torch.device) -> float:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS reports bytes
+
+
+class TrainWindow:
+    """The optimizer steps since the last ``train`` record, which that record averages over."""
+
+    def __init__(self) -> None:
+        self.grad_norm = float("nan")  # the last step's; kept across records
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.samples, self.steps, self.t0 = 0.0, 0, 0, time.perf_counter()
+        self.tasks: dict[str, list[float]] = {}
+
+    def add(self, agreed: "Agreed", samples: int) -> None:
+        """One optimizer step: its agreed loss, per-task losses and gradient norm, and its samples."""
+        self.loss += agreed.loss
+        self.samples += samples
+        self.steps += 1
+        self.grad_norm = agreed.grad_norm
+        for name, value in agreed.task_losses.items():
+            self.tasks.setdefault(name, []).append(value)
+
+    def fields(self, trainer: "Trainer") -> dict:
+        """The ``train`` record's fields (the schema above), in their order."""
+        t, world = trainer.cfg.trainer, trainer.env.world_size
+        elapsed = time.perf_counter() - self.t0
+        record = dict(
+            epoch=trainer.epoch, loss=self.loss / self.steps, samples_per_s=self.samples / max(elapsed, 1e-9),
+            lr=trainer.scheduler.get_last_lr()[0], grad_norm=self.grad_norm, batch_size=t.batch_size,
+            accum_steps=t.accum_steps, world_size=world, global_batch=t.batch_size * t.accum_steps * world,
+            skipped_steps=trainer.state.skipped_steps, peak_memory_mb=peak_memory_mb(trainer.device))
+        record.update({f"loss/{k}": sum(v) / len(v) for k, v in self.tasks.items()})
+        return record
 
 
 class JsonlLogger(Callback):

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 import signal
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
@@ -32,7 +31,7 @@ from ups.training.callbacks import Callback
 from ups.training import resume, signals
 from ups.training.checkpoint import Checkpointer
 from ups.training.failures import check_batch_fits, skip_or_stop
-from ups.training.loggers import peak_memory_mb
+from ups.training.loggers import TrainWindow
 from ups.training.micro_batch import forward_backward
 from ups.training.optim import advance, build_optimizer, build_scheduler
 from ups.training.step_totals import Agreed, StepTotals, agree_stop
@@ -227,7 +226,7 @@ class Trainer:
         if st.batches_done == 0:
             self.sampler.set_epoch(st.epoch)
         batches = iter(self.loader)  # the sampler yields this epoch's batches, from the resume point
-        window = {"loss": 0.0, "samples": 0, "steps": 0, "t0": time.perf_counter(), "tasks": {}}
+        window = TrainWindow()
         while st.step < st.total_steps:
             loss, agreed = self._optimizer_step(batches, window)
             if loss is None:  # the epoch's batches are used up
@@ -255,7 +254,7 @@ class Trainer:
             if not t.eval_every:
                 self._eval_and_log()
 
-    def _optimizer_step(self, batches: Any, window: dict) -> tuple[float | None, Agreed | None]:
+    def _optimizer_step(self, batches: Any, window: TrainWindow) -> tuple[float | None, Agreed | None]:
         """Accumulate ``accum_steps`` micro-batches and step. Returns the step's mean loss (NaN if skipped,
         None at the epoch's end) and the decisions its reduction carried (None when it did not reduce)."""
         t = self.cfg.trainer
@@ -285,30 +284,16 @@ class Trainer:
         advance(self.scheduler, agreed.elapsed_s)
         self.optimizer.zero_grad(set_to_none=True)
         self.state.count_step(agreed.loss)
-        window["loss"] += agreed.loss
-        window["samples"] += n_samples * self.env.world_size
-        window["steps"] += 1
-        window["grad_norm"] = agreed.grad_norm
-        for name, value in agreed.task_losses.items():
-            window["tasks"].setdefault(name, []).append(value)
+        window.add(agreed, n_samples * self.env.world_size)
         for cb in self.callbacks.values():
             cb.on_step_end(self)
         return agreed.loss, agreed
 
-    def _log_train(self, window: dict) -> None:
-        t = self.cfg.trainer
-        if not window["steps"]:
+    def _log_train(self, window: TrainWindow) -> None:
+        if not window.steps:
             return
-        elapsed = time.perf_counter() - window["t0"]
-        record = self._record(
-            "train", epoch=self.epoch, loss=window["loss"] / window["steps"],
-            samples_per_s=window["samples"] / max(elapsed, 1e-9), lr=self.scheduler.get_last_lr()[0],
-            grad_norm=window.get("grad_norm", float("nan")), batch_size=t.batch_size, accum_steps=t.accum_steps,
-            world_size=self.env.world_size, global_batch=t.batch_size * t.accum_steps * self.env.world_size,
-            skipped_steps=self.state.skipped_steps, peak_memory_mb=peak_memory_mb(self.device))
-        record.update({f"loss/{k}": sum(v) / len(v) for k, v in window["tasks"].items()})
-        self.log_record(record)
-        window.update(loss=0.0, samples=0, steps=0, t0=time.perf_counter(), tasks={})
+        self.log_record(self._record("train", **window.fields(self)))
+        window.reset()
 
     @contextlib.contextmanager
     def eval_weights(self) -> Iterator[None]:
