@@ -129,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = p.parse_known_args(argv)
     extra = [e for e in extra if e != "--"]
     out = args.out or Path("diagnose") / args.task
-    common = lambda task, d, *o: train_cmd(task, d, args.data_dir, args.hardware, args.threads,  # noqa: E731
-                                           [f"trainer.seed={args.seed}", *o])
+
+    def common(task, d, *o):
+        return train_cmd(task, d, args.data_dir, args.hardware, args.threads, [f"trainer.seed={args.seed}", *o])
+
     timed = [f"trainer.time_budget_s={args.budget_s}", "trainer.max_steps=1000000", "optim.schedule=cosine_time"]
     runs = {"multitask": out / "multitask", "reference": out / "reference"}
     no_log_every = [e for e in extra if not e.startswith("trainer.log_every=")]

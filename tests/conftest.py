@@ -1,14 +1,15 @@
 """Shared fixtures: config composition as tests use it, and one synthetic data dir per session."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Before torch is imported (ups.config imports it): one thread per test process, so the ranks that
 # tests launch do not oversubscribe the 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Caches of data directories UPS only reads go to UPS_CACHE_DIR: one fresh folder per session, never ~/.cache.
-import atexit, shutil, tempfile  # noqa: E401,E402
-
 os.environ["UPS_CACHE_DIR"] = tempfile.mkdtemp(prefix="ups-cache-")
 atexit.register(shutil.rmtree, os.environ["UPS_CACHE_DIR"], True)
 

@@ -217,7 +217,10 @@ def test_single_batch_matches_the_batch_mean_definitions(grid):
     p, y = _random(3, 6, t=2, p=math.prod(grid))
     p, y = p.double(), y.double()
     ours = pdebench_metrics(p, y, grid)
-    to_pdebench = lambda x: x.reshape(3, 2, *grid, 2).movedim(1, -2)  # (B, T, P, C) -> (B, X.., T, C)
+
+    def to_pdebench(x):  # (B, T, P, C) -> (B, X.., T, C)
+        return x.reshape(3, 2, *grid, 2).movedim(1, -2)
+
     ref = _pdebench_reference(to_pdebench(p), to_pdebench(y))
     for name in METRICS:
         assert ours[name] == pytest.approx(ref[name], rel=1e-9), name

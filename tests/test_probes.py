@@ -114,8 +114,11 @@ def test_steps_redone_after_a_restart_count_once_in_the_sweep_report(tmp_path: P
     job = tmp_path / "0"
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("[]\n")
-    rec = lambda step, sps: {"kind": "train", "step": step, "stage": "operator", "samples_per_s": sps,  # noqa: E731
-                             "global_batch": 8, "batch_size": 8, "accum_steps": 1, "world_size": 1}
+
+    def rec(step, sps):
+        return {"kind": "train", "step": step, "stage": "operator", "samples_per_s": sps,
+                "global_batch": 8, "batch_size": 8, "accum_steps": 1, "world_size": 1}
+
     # steps 10, 20, 30; a restart from the checkpoint at 10 redoes 20 and 30 (slowly the first time)
     lines = [rec(10, 100.0), rec(20, 1.0), rec(30, 1.0), rec(20, 100.0), rec(30, 100.0)]
     (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
