@@ -3,6 +3,7 @@ running them (one or a few at a time), and reading back what a finished run wrot
 
 Like everything in launch/, this only starts ``ups`` commands and reads their files; ups/ does the work.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,11 +31,20 @@ class Job:
         return (self.done or self.run_dir / "eval" / "final_test.json").exists()
 
 
-def train_cmd(task: str, run_dir: Path, data_dir: Path, hardware: str, threads: int,
-              overrides: list[str]) -> list[str]:
+def train_cmd(task: str, run_dir: Path, data_dir: Path, hardware: str, threads: int, overrides: list[str]) -> list[str]:
     """``python -m ups.train`` for one run into ``run_dir`` on the shared data directory (same files, same splits)."""
-    return [sys.executable, "-m", "ups.train", f"task={task}", f"hardware={hardware}", f"hardware.threads={threads}",
-            f"paths.output_dir={run_dir}", f"paths.data_dir={data_dir}", "data.generate=true", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "ups.train",
+        f"task={task}",
+        f"hardware={hardware}",
+        f"hardware.threads={threads}",
+        f"paths.output_dir={run_dir}",
+        f"paths.data_dir={data_dir}",
+        "data.generate=true",
+        *overrides,
+    ]
 
 
 def run_jobs(jobs: list[Job], parallel: int = 1, threads: int = 1, force: bool = False) -> None:
@@ -61,7 +71,9 @@ def run_jobs(jobs: list[Job], parallel: int = 1, threads: int = 1, force: bool =
             if parallel > 1:
                 job.run_dir.mkdir(parents=True, exist_ok=True)
                 log = open(job.run_dir / "launch.log", "w")
-            running.append((job, subprocess.Popen(job.cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None), log))
+            running.append(
+                (job, subprocess.Popen(job.cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None), log)
+            )
         for item in list(running):
             job, proc, log = item
             if proc.poll() is None:
@@ -70,7 +82,9 @@ def run_jobs(jobs: list[Job], parallel: int = 1, threads: int = 1, force: bool =
             if log:
                 log.close()
             if proc.returncode:
-                failed.append(f"{job.name} (exit {proc.returncode}" + (f"; log {job.run_dir / 'launch.log'})" if log else ")"))
+                failed.append(
+                    f"{job.name} (exit {proc.returncode}" + (f"; log {job.run_dir / 'launch.log'})" if log else ")")
+                )
             else:
                 print(f"{job.name}: done", flush=True)
         if running:
@@ -110,8 +124,9 @@ def mean_samples_per_s(run_dir: Path) -> float:
 
 def tasks_of(result: dict) -> list[str]:
     """The task names a final_test.json scored (without the mean)."""
-    return sorted({k.split("/")[1] for k in result["results"]["model"]
-                   if k.startswith("nrmse/") and k.count("/") == 1} - {"mean"})
+    return sorted(
+        {k.split("/")[1] for k in result["results"]["model"] if k.startswith("nrmse/") and k.count("/") == 1} - {"mean"}
+    )
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -126,8 +141,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def machine() -> str:
     """CPU model and core count (what a reader needs to compare wall-clock figures)."""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         cpu = platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores"

@@ -21,6 +21,7 @@ The script it writes, run on the machine (``bash start.sh``), in order, stopping
 Like everything in launch/, it only writes commands; ``tests/test_box.py`` checks the script it
 writes (syntax with ``bash -n``, every step present, the exact training command) without running it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,16 +51,36 @@ def sync_command(source: str, target: str) -> str:
 
 def train_command(gpus: int, fsdp: bool, data_dir: str, overrides: list[str], run_dir: str = "runs/box") -> str:
     """The exact ``python -m ups.train`` command the box runs; the same command resumes in ``run_dir``."""
-    args = ["python", "-m", "ups.train", f"parallelism={parallelism(gpus, fsdp)}", "hardware=gpu",
-            f"paths.data_dir={data_dir}", f"paths.output_dir={run_dir}", *overrides]
+    args = [
+        "python",
+        "-m",
+        "ups.train",
+        f"parallelism={parallelism(gpus, fsdp)}",
+        "hardware=gpu",
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={run_dir}",
+        *overrides,
+    ]
     return " ".join(shlex.quote(a) for a in args)
 
 
-def script(gpus: int, data: str | None, data_dir: str, overrides: list[str], repo: str | None = None,
-           ref: str = "main", fsdp: bool = False, min_disk_gb: int = 50, run_dir: str = "runs/box") -> str:
+def script(
+    gpus: int,
+    data: str | None,
+    data_dir: str,
+    overrides: list[str],
+    repo: str | None = None,
+    ref: str = "main",
+    fsdp: bool = False,
+    min_disk_gb: int = 50,
+    run_dir: str = "runs/box",
+) -> str:
     """The start-up script as text."""
-    install = (f"git clone --branch {shlex.quote(ref)} {shlex.quote(repo)} ups || git -C ups pull --ff-only\ncd ups"
-               if repo else 'cd "$(dirname "$0")"')
+    install = (
+        f"git clone --branch {shlex.quote(ref)} {shlex.quote(repo)} ups || git -C ups pull --ff-only\ncd ups"
+        if repo
+        else 'cd "$(dirname "$0")"'
+    )
     sync = sync_command(data, data_dir) if data else "echo 'no --data given: training on the files already in place'"
     return f"""#!/usr/bin/env bash
 # Start-up script for a rented GPU machine, written by launch/box.py. Rerun it to resume (in {run_dir}).
@@ -109,8 +130,8 @@ echo "training in the background, pid $!: tail -f $(pwd)/train.out"
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--gpus", type=int, default=1, help="GPUs on the machine: 1, 2, 4 or 8")
     p.add_argument("--data", help="where the PDEBench files come from: a path, host:path, rsync://, s3://, http(s)://")

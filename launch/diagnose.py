@@ -14,6 +14,7 @@
 
 Like everything in launch/, this only builds command lines; ups/ does the work. Finished runs are reused.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,40 +46,72 @@ def _own(extra: list[str], task: str, tasks: list[str]) -> list[str]:
 
 def diagnose_job(name: str, run_dir: Path, args: argparse.Namespace) -> Job:
     """``python -m ups.diagnose`` on one run; finished once its eval/diagnosis.json exists."""
-    cmd = [sys.executable, "-m", "ups.diagnose", f"run={run_dir}", f"split={args.split}",
-           f"invert_steps={args.invert_steps}", f"eval_samples={args.eval_samples}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ups.diagnose",
+        f"run={run_dir}",
+        f"split={args.split}",
+        f"invert_steps={args.invert_steps}",
+        f"eval_samples={args.eval_samples}",
+    ]
     return Job(f"diagnose {name}", run_dir, cmd, done=run_dir / "eval" / "diagnosis.json")
 
 
-def report(runs: dict[str, Path], singles: dict[str, Path], steps: dict[str, int], args: argparse.Namespace,
-           extra: list[str]) -> str:
+def report(
+    runs: dict[str, Path], singles: dict[str, Path], steps: dict[str, int], args: argparse.Namespace, extra: list[str]
+) -> str:
     """The markdown: per task, the multi-task model against itself alone and against the reference, and its floors."""
     diag = {name: json.loads((d / "eval" / "diagnosis.json").read_text())["results"] for name, d in runs.items()}
     alone = {t: json.loads((d / "eval" / "diagnosis.json").read_text())["results"][t] for t, d in singles.items()}
     multi, ref = diag["multitask"], diag["reference"]
-    cmd = (f"python launch/diagnose.py --task {args.task} --budget-s {args.budget_s:g} --model {args.model} "
-           f"--reference {args.reference} --split {args.split}" + (f" -- {' '.join(extra)}" if extra else ""))
-    lines = [f"Command: `{cmd}`", f"Date: {dt.date.today().isoformat()}; machine: {machine()}, "
-             f"hardware.threads={args.threads}.", "",
-             f"nRMSE on the {args.split} split in **normalised units** (python -m ups.diagnose; "
-             f"{args.eval_samples} trajectories per task). Multi-task: {args.model} on all tasks for {args.budget_s:g} s "
-             "(cosine over the budget); single-task: the same model on that task alone for the steps the task got in "
-             f"the multi-task run (step-based cosine); reference: {args.reference} on all tasks for the same budget. "
-             "Negative transfer = multi-task / single-task rollout nRMSE (> 1: the other tasks hurt).", "",
-             "| task | steps | rollout multi | rollout single | transfer | rollout " + args.reference
-             + " | one step multi | one step single | one step " + args.reference
-             + " | true next latent | decoder floor | reconstruction |", "|---|" + "---|" * 11]
+    cmd = (
+        f"python launch/diagnose.py --task {args.task} --budget-s {args.budget_s:g} --model {args.model} "
+        f"--reference {args.reference} --split {args.split}" + (f" -- {' '.join(extra)}" if extra else "")
+    )
+    lines = [
+        f"Command: `{cmd}`",
+        f"Date: {dt.date.today().isoformat()}; machine: {machine()}, hardware.threads={args.threads}.",
+        "",
+        f"nRMSE on the {args.split} split in **normalised units** (python -m ups.diagnose; "
+        f"{args.eval_samples} trajectories per task). Multi-task: {args.model} on all tasks for {args.budget_s:g} s "
+        "(cosine over the budget); single-task: the same model on that task alone for the steps the task got in "
+        f"the multi-task run (step-based cosine); reference: {args.reference} on all tasks for the same budget. "
+        "Negative transfer = multi-task / single-task rollout nRMSE (> 1: the other tasks hurt).",
+        "",
+        "| task | steps | rollout multi | rollout single | transfer | rollout "
+        + args.reference
+        + " | one step multi | one step single | one step "
+        + args.reference
+        + " | true next latent | decoder floor | reconstruction |",
+        "|---|" + "---|" * 11,
+    ]
     for t in [t for t in multi if t != "mean"]:
         m, s, r = multi[t], alone.get(t, {}), ref.get(t, {})
         ratio = m["rollout"] / s["rollout"] if s.get("rollout") else float("nan")
-        cells = [steps.get(t), m["rollout"], s.get("rollout"), ratio, r.get("rollout"), m["one_step"], s.get("one_step"),
-                 r.get("one_step"), m.get("true_next_latent"), m.get("decoder_floor"), m.get("reconstruction")]
+        cells = [
+            steps.get(t),
+            m["rollout"],
+            s.get("rollout"),
+            ratio,
+            r.get("rollout"),
+            m["one_step"],
+            s.get("one_step"),
+            r.get("one_step"),
+            m.get("true_next_latent"),
+            m.get("decoder_floor"),
+            m.get("reconstruction"),
+        ]
         lines.append(f"| {t} | " + " | ".join(str(c) if isinstance(c, int) else fmt(c) for c in cells) + " |")
-    lines += ["", "Floors (the multi-task model; see its eval/diagnosis.md): true next latent = decode(encode(true next "
-              "context)); decoder floor = the best latent found by inverting the decoder from the operator's latent; "
-              "reconstruction = decode(encode(context)) against the last context frame. A floor close to the one-step "
-              "error says the autoencoder, not the operator, limits the model.", "",
-              "![validation nRMSE against step](val_nrmse_vs_step.png)"]
+    lines += [
+        "",
+        "Floors (the multi-task model; see its eval/diagnosis.md): true next latent = decode(encode(true next "
+        "context)); decoder floor = the best latent found by inverting the decoder from the operator's latent; "
+        "reconstruction = decode(encode(context)) against the last context frame. A floor close to the one-step "
+        "error says the autoencoder, not the operator, limits the model.",
+        "",
+        "![validation nRMSE against step](val_nrmse_vs_step.png)",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -92,8 +125,9 @@ def plot_curves(runs: dict[str, Path], path: Path) -> Path | None:
     except ImportError:
         print("matplotlib missing: no plot", file=sys.stderr)
         return None
-    curves = {name: [r for r in records(d) if r.get("kind") == "eval" and r.get("split") == "val"]
-              for name, d in runs.items()}
+    curves = {
+        name: [r for r in records(d) if r.get("kind") == "eval" and r.get("split") == "val"] for name, d in runs.items()
+    }
     tasks = sorted({k.split("/")[1] for rs in curves.values() for r in rs for k in r if k.startswith("nrmse/")})
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -115,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="pdebench2", help="a task group option (default pdebench2)")
     p.add_argument("--model", default="tiny", help="the latent model option (default tiny)")
     p.add_argument("--reference", default="fno", help="the reference model option (default fno)")
-    p.add_argument("--budget-s", type=float, default=90.0, help="training wall-clock of the multi-task and reference runs (s)")
+    p.add_argument(
+        "--budget-s", type=float, default=90.0, help="training wall-clock of the multi-task and reference runs (s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="trainer.seed of every run")
     p.add_argument("--split", default="val", choices=("val", "test"), help="the split the diagnosis scores")
     p.add_argument("--eval-samples", type=int, default=8, help="trajectories per task the diagnosis scores")
@@ -136,15 +172,47 @@ def main(argv: list[str] | None = None) -> int:
     timed = [f"trainer.time_budget_s={args.budget_s}", "trainer.max_steps=1000000", "optim.schedule=cosine_time"]
     runs = {"multitask": out / "multitask", "reference": out / "reference"}
     no_log_every = [e for e in extra if not e.startswith("trainer.log_every=")]
-    run_jobs([Job("multi-task", runs["multitask"], common(args.task, runs["multitask"], f"model={args.model}", *timed,
-                                                          *no_log_every, "trainer.log_every=1")),
-              Job("reference", runs["reference"], common(args.task, runs["reference"], f"model={args.reference}",
-                                                         *timed, *extra))], args.parallel, args.threads, args.force)
+    run_jobs(
+        [
+            Job(
+                "multi-task",
+                runs["multitask"],
+                common(
+                    args.task, runs["multitask"], f"model={args.model}", *timed, *no_log_every, "trainer.log_every=1"
+                ),
+            ),
+            Job(
+                "reference",
+                runs["reference"],
+                common(args.task, runs["reference"], f"model={args.reference}", *timed, *extra),
+            ),
+        ],
+        args.parallel,
+        args.threads,
+        args.force,
+    )
     steps = steps_per_task(runs["multitask"])
     singles = {t: out / "single" / t for t in steps}
-    run_jobs([Job(f"single {t}", d, common(t, d, f"model={args.model}", f"trainer.max_steps={steps[t]}",
-                                           "optim.schedule=cosine", *_own(extra, t, list(steps))))
-              for t, d in singles.items()], args.parallel, args.threads, args.force)
+    run_jobs(
+        [
+            Job(
+                f"single {t}",
+                d,
+                common(
+                    t,
+                    d,
+                    f"model={args.model}",
+                    f"trainer.max_steps={steps[t]}",
+                    "optim.schedule=cosine",
+                    *_own(extra, t, list(steps)),
+                ),
+            )
+            for t, d in singles.items()
+        ],
+        args.parallel,
+        args.threads,
+        args.force,
+    )
     diagnosed = {**runs, **{f"single/{t}": d for t, d in singles.items()}}
     run_jobs([diagnose_job(n, d, args) for n, d in diagnosed.items()], 1, args.threads, args.force)
     text = report(runs, singles, steps, args, extra)

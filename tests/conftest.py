@@ -1,4 +1,5 @@
 """Shared fixtures: config composition as tests use it, and one synthetic data dir per session."""
+
 from __future__ import annotations
 
 import atexit
@@ -51,9 +52,17 @@ def tiny_cfg(data_dir: Path, tmp_path: Path):
     """A factory for a small, fast run config writing into a fresh run directory."""
 
     def make(*overrides: str) -> DictConfig:
-        base = ["model=tiny", "hardware=cpu", f"paths.data_dir={data_dir}", "data.generate=true", f"paths.output_dir={tmp_path / 'run'}",
-                "trainer.max_steps=30", "trainer.batch_size=8", "trainer.log_every=1",
-                "data.eval_samples=4"]
+        base = [
+            "model=tiny",
+            "hardware=cpu",
+            f"paths.data_dir={data_dir}",
+            "data.generate=true",
+            f"paths.output_dir={tmp_path / 'run'}",
+            "trainer.max_steps=30",
+            "trainer.batch_size=8",
+            "trainer.log_every=1",
+            "data.eval_samples=4",
+        ]
         cfg = compose_cfg(base + list(overrides))
         for ds in cfg.task.datasets.values():
             ds.synth.n_samples = 16  # small files, generated once into the shared data_dir

@@ -6,6 +6,7 @@ config search path include, as if they were dropped into ``ups/models/`` and ``u
 then composes ``model=<x>`` as the command line does (the schema read without importing torch) and
 trains two steps with the normal ``run(cfg)``. Nothing else is edited or registered by hand.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,9 @@ import pytest
 from hydra.core.config_store import ConfigStore
 
 import ups.models
+from tests.conftest import compose_cfg
 from ups.config import register_configs
 from ups.models import schemas, spec
-
-from tests.conftest import compose_cfg
 
 MODULE = '''
 """A pointwise MLP per task: the smallest family the stack can train."""
@@ -96,10 +96,21 @@ def added_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_a_new_family_is_two_files_and_trains(added_model: Path, data_dir: Path, tmp_path: Path) -> None:
     files = sorted(p.relative_to(added_model).as_posix() for p in added_model.rglob("*") if p.is_file())
     assert files == ["conf/model/pointwise.yaml", "models/pointwise_added.py"]
-    cfg = compose_cfg(["model=pointwise", "task=advection1d", "hardware=cpu", f"paths.data_dir={data_dir}",
-                       "data.generate=true", f"paths.output_dir={tmp_path / 'run'}", "trainer.max_steps=2",
-                       "trainer.batch_size=4", "trainer.log_every=1", "data.eval_samples=2",
-                       f"hydra.searchpath=[file://{added_model / 'conf'}]"])
+    cfg = compose_cfg(
+        [
+            "model=pointwise",
+            "task=advection1d",
+            "hardware=cpu",
+            f"paths.data_dir={data_dir}",
+            "data.generate=true",
+            f"paths.output_dir={tmp_path / 'run'}",
+            "trainer.max_steps=2",
+            "trainer.batch_size=4",
+            "trainer.log_every=1",
+            "data.eval_samples=2",
+            f"hydra.searchpath=[file://{added_model / 'conf'}]",
+        ]
+    )
     assert cfg.model.hidden == 4 and cfg.model._target_ == "ups.models.pointwise_added.Pointwise"
     for ds in cfg.task.datasets.values():
         ds.synth.n_samples = 16  # the shared data_dir's size (tiny_cfg): other tests count its trajectories
@@ -121,7 +132,8 @@ def test_its_config_is_typed_at_composition(added_model: Path) -> None:
 
 def test_a_schema_that_needs_its_module_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A schema is read without importing its module, so it may not use the module's other names."""
-    (tmp_path / "needs_module.py").write_text(textwrap.dedent('''
+    (tmp_path / "needs_module.py").write_text(
+        textwrap.dedent("""
         from dataclasses import dataclass
         from ups.models.schemas import schema
         WIDTH = 8
@@ -130,14 +142,17 @@ def test_a_schema_that_needs_its_module_is_refused_by_name(tmp_path: Path, monke
         @dataclass
         class NeedsModuleConfig:
             width: int = WIDTH
-        '''))
+        """)
+    )
     monkeypatch.setattr(ups.models, "__path__", [*ups.models.__path__, str(tmp_path)])
     with pytest.raises(schemas.SchemaError, match="NeedsModuleConfig uses 'WIDTH'"):
         schemas.model_schemas()
 
 
 def test_schemas_are_read_without_importing_torch() -> None:
-    code = ("import sys; from ups.models.schemas import model_schemas; s = model_schemas(); "
-            "assert {'latent', 'fno', 'unet'} <= set(s), s; print('torch' in sys.modules)")
+    code = (
+        "import sys; from ups.models.schemas import model_schemas; s = model_schemas(); "
+        "assert {'latent', 'fno', 'unet'} <= set(s), s; print('torch' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr

@@ -1,5 +1,6 @@
 """Self-attention projects q, k and v in one product and normalises q and k together (issue 22: fewer
 ops per step); the values, the gradients and the checkpoint keys are those of the two-product path."""
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,16 @@ def test_one_product_self_attention_matches_the_two_product_path() -> None:
 
 def test_checkpoint_keys_are_unchanged_and_the_fused_path_launches_fewer_ops() -> None:
     attn = _attention()
-    assert set(attn.state_dict()) == {"to_q.weight", "to_q.bias", "to_kv.weight", "to_kv.bias", "q_norm.weight",
-                                      "k_norm.weight", "proj.weight", "proj.bias"}
+    assert set(attn.state_dict()) == {
+        "to_q.weight",
+        "to_q.bias",
+        "to_kv.weight",
+        "to_kv.bias",
+        "q_norm.weight",
+        "k_norm.weight",
+        "proj.weight",
+        "proj.bias",
+    }
     fused = sum(count_ops(lambda: _run(attn, same=True)).launches.values())
     separate = sum(count_ops(lambda: _run(attn, same=False)).launches.values())
     assert fused <= separate - 20, (fused, separate)  # 37 and 64 on 2026-12-04

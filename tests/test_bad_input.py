@@ -3,6 +3,7 @@
 Every broken file here is a real file on disk: a good synthetic file copied, then truncated,
 overwritten or rewritten with h5py.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,12 @@ from ups.data.stats import load_or_compute_stats
 from ups.data.synth import generate
 from ups.data.tasks import build_task
 
-SIZES = {"advection1d": dict(n_samples=8, nx=32, nt=56), "diff_sorp1d": dict(n_samples=8, nx=16, nt=14),
-         "cfd1d": dict(n_samples=4, nx=64, nt=56), "ns_incom2d": dict(n_samples=4, nx=8, nt=120)}
+SIZES = {
+    "advection1d": dict(n_samples=8, nx=32, nt=56),
+    "diff_sorp1d": dict(n_samples=8, nx=16, nt=14),
+    "cfd1d": dict(n_samples=4, nx=64, nt=56),
+    "ns_incom2d": dict(n_samples=4, nx=8, nt=120),
+}
 ADV = "1D_Advection_Sols_beta0.4.hdf5"
 SORP = "1D_diff-sorp_NA_NA.h5"
 
@@ -49,8 +54,9 @@ def fresh(good: Path, tmp_path: Path, name: str) -> Path:
 def build(tmp_path: Path, task: str = "advection1d", *overrides: str):
     """build_task for the task's single dataset, reading (and caching into) tmp_path/data."""
     data = tmp_path / "data"
-    cfg = compose_cfg([f"task={task}", f"paths.data_dir={data}", "paths.output_dir=o", "data.generate=false",
-                       *overrides])
+    cfg = compose_cfg(
+        [f"task={task}", f"paths.data_dir={data}", "paths.output_dir=o", "data.generate=false", *overrides]
+    )
     name, ds = next(iter(cfg.task.datasets.items()))
     return build_task(name, ds, cfg.data, data, [data])
 
@@ -69,7 +75,7 @@ def flip_middle(path: Path, n: int, value: int | None = None, mid: int | None = 
     """Overwrite n bytes from ``mid`` (default: the middle of the file) with ``value``, or inverted."""
     data = bytearray(path.read_bytes())
     mid = len(data) // 2 if mid is None else mid
-    data[mid: mid + n] = bytes(value if value is not None else b ^ 0xFF for b in data[mid: mid + n])
+    data[mid : mid + n] = bytes(value if value is not None else b ^ 0xFF for b in data[mid : mid + n])
     path.write_bytes(bytes(data))
 
 
@@ -111,15 +117,23 @@ def rewrite(path: Path, edit) -> None:
         edit(f)
 
 
-@pytest.mark.parametrize("task,name,edit,needle", [
-    ("cfd1d", "1D_CFD_Rand_Eta0.1_Zeta0.1_periodic_Train.hdf5", lambda f: f.__delitem__("Vx"),
-     r"missing key 'Vx' in the file root"),
-    ("advection1d", ADV, lambda f: f.__delitem__("t-coordinate"), r"missing key 't-coordinate'"),
-    ("ns_incom2d", "ns_incom_inhom_2d_512-0.h5", lambda f: f.__delitem__("particles"), r"missing key 'particles'"),
-    ("ns_incom2d", "ns_incom_inhom_2d_512-0.h5", lambda f: f.__delitem__("t"), r"missing key 't'"),
-    ("diff_sorp1d", SORP, lambda f: f["0000"].__delitem__("data"), r"missing key 'data' in /0000"),
-    ("diff_sorp1d", SORP, lambda f: [f.__delitem__(k) for k in list(f)], r"no sample groups"),
-], ids=["cfd-field", "t-coordinate", "ns-particles", "ns-t", "group-data", "no-groups"])
+@pytest.mark.parametrize(
+    "task,name,edit,needle",
+    [
+        (
+            "cfd1d",
+            "1D_CFD_Rand_Eta0.1_Zeta0.1_periodic_Train.hdf5",
+            lambda f: f.__delitem__("Vx"),
+            r"missing key 'Vx' in the file root",
+        ),
+        ("advection1d", ADV, lambda f: f.__delitem__("t-coordinate"), r"missing key 't-coordinate'"),
+        ("ns_incom2d", "ns_incom_inhom_2d_512-0.h5", lambda f: f.__delitem__("particles"), r"missing key 'particles'"),
+        ("ns_incom2d", "ns_incom_inhom_2d_512-0.h5", lambda f: f.__delitem__("t"), r"missing key 't'"),
+        ("diff_sorp1d", SORP, lambda f: f["0000"].__delitem__("data"), r"missing key 'data' in /0000"),
+        ("diff_sorp1d", SORP, lambda f: [f.__delitem__(k) for k in list(f)], r"no sample groups"),
+    ],
+    ids=["cfd-field", "t-coordinate", "ns-particles", "ns-t", "group-data", "no-groups"],
+)
 def test_missing_keys_and_groups_are_named(good: Path, tmp_path: Path, task, name, edit, needle) -> None:
     rewrite(fresh(good, tmp_path, name), edit)
     with pytest.raises(DataFileError, match=rf"{name}: {needle}"):
@@ -131,23 +145,60 @@ def _replace(f: h5py.File, key: str, value: np.ndarray) -> None:
     f[key] = value
 
 
-@pytest.mark.parametrize("task,name,edit,needle", [
-    ("advection1d", ADV, lambda f: _replace(f, "tensor", np.zeros((8, 56, 4, 4), np.float32)),
-     r"'tensor' has shape \(8, 56, 4, 4\) \(4 axes\); advection1d needs 3 axes"),
-    ("cfd1d", "1D_CFD_Rand_Eta0.1_Zeta0.1_periodic_Train.hdf5",
-     lambda f: _replace(f, "pressure", np.zeros((4, 55, 64), np.float32)), r"'pressure' has shape \(4, 55, 64\), but '\w+' has \(\d+, \d+, \d+\)"),
-    ("advection1d", ADV, lambda f: _replace(f, "x-coordinate", np.zeros(31, np.float32)),
-     r"x-coordinate has 31 values"),
-    ("advection1d", ADV, lambda f: _replace(f, "t-coordinate", np.zeros(10, np.float32)),
-     r"'t-coordinate' has 10 values"),
-    ("diff_sorp1d", SORP, lambda f: _replace(f["0000"], "data", np.zeros((14, 16, 2), np.float32)), r"has 2 channels"),
-    ("diff_sorp1d", SORP, lambda f: _replace(f["0000"], "data", np.zeros((14, 16, 4, 1), np.float32)),
-     r"expected \(T, 1 spatial axes, C\)"),
-    ("diff_sorp1d", SORP, lambda f: _replace(f["0005"], "data", np.zeros((13, 16, 1), np.float32)),
-     r"sample 5 \(group '0005'\) reads as shape"),
-    ("ns_incom2d", "ns_incom_inhom_2d_512-0.h5",
-     lambda f: _replace(f, "velocity", np.zeros((4, 120, 8, 8, 3), np.float32)), r"give 4 channels"),
-], ids=["ndim", "cfd-mismatch", "x-coordinate", "t-coordinate", "channels", "group-ndim", "group-in-middle", "ns"])
+@pytest.mark.parametrize(
+    "task,name,edit,needle",
+    [
+        (
+            "advection1d",
+            ADV,
+            lambda f: _replace(f, "tensor", np.zeros((8, 56, 4, 4), np.float32)),
+            r"'tensor' has shape \(8, 56, 4, 4\) \(4 axes\); advection1d needs 3 axes",
+        ),
+        (
+            "cfd1d",
+            "1D_CFD_Rand_Eta0.1_Zeta0.1_periodic_Train.hdf5",
+            lambda f: _replace(f, "pressure", np.zeros((4, 55, 64), np.float32)),
+            r"'pressure' has shape \(4, 55, 64\), but '\w+' has \(\d+, \d+, \d+\)",
+        ),
+        (
+            "advection1d",
+            ADV,
+            lambda f: _replace(f, "x-coordinate", np.zeros(31, np.float32)),
+            r"x-coordinate has 31 values",
+        ),
+        (
+            "advection1d",
+            ADV,
+            lambda f: _replace(f, "t-coordinate", np.zeros(10, np.float32)),
+            r"'t-coordinate' has 10 values",
+        ),
+        (
+            "diff_sorp1d",
+            SORP,
+            lambda f: _replace(f["0000"], "data", np.zeros((14, 16, 2), np.float32)),
+            r"has 2 channels",
+        ),
+        (
+            "diff_sorp1d",
+            SORP,
+            lambda f: _replace(f["0000"], "data", np.zeros((14, 16, 4, 1), np.float32)),
+            r"expected \(T, 1 spatial axes, C\)",
+        ),
+        (
+            "diff_sorp1d",
+            SORP,
+            lambda f: _replace(f["0005"], "data", np.zeros((13, 16, 1), np.float32)),
+            r"sample 5 \(group '0005'\) reads as shape",
+        ),
+        (
+            "ns_incom2d",
+            "ns_incom_inhom_2d_512-0.h5",
+            lambda f: _replace(f, "velocity", np.zeros((4, 120, 8, 8, 3), np.float32)),
+            r"give 4 channels",
+        ),
+    ],
+    ids=["ndim", "cfd-mismatch", "x-coordinate", "t-coordinate", "channels", "group-ndim", "group-in-middle", "ns"],
+)
 def test_wrong_shapes_are_named(good: Path, tmp_path: Path, task, name, edit, needle) -> None:
     rewrite(fresh(good, tmp_path, name), edit)
     with pytest.raises(DataFileError, match=rf"{name}: .*{needle}"):
@@ -167,8 +218,11 @@ def put_nan(path: Path, sample: int, frame: int, value: float = np.nan) -> None:
 
 def test_nonfinite_is_an_error_naming_file_sample_frame(good: Path, tmp_path: Path) -> None:
     put_nan(fresh(good, tmp_path, ADV), 3, 20, np.inf)  # frame 20 survives reduced_resolution_t=5
-    with pytest.raises(DataFileError, match=rf"{ADV}: sample 3 frame 20 \(key 'tensor'.*NaN/Inf.*1 of 8.*"
-                                            r"data.nonfinite=skip"):
+    with pytest.raises(
+        DataFileError,
+        match=rf"{ADV}: sample 3 frame 20 \(key 'tensor'.*NaN/Inf.*1 of 8.*"
+        r"data.nonfinite=skip",
+    ):
         build(tmp_path)
 
 
@@ -215,10 +269,13 @@ def test_bad_nonfinite_policy_is_a_config_error(good: Path, tmp_path: Path) -> N
         build(tmp_path, "advection1d", "data.nonfinite=ignore")
 
 
-@pytest.mark.parametrize("task,command", [
-    ("advection1d", "python -m ups.data.synth tasks=advection1d out={d} n_samples=64 nx=256 nt=201"),
-    ("ns2d_turb", "generate('cfd2d', '{d}', n_samples=32, nx=48, nt=21, variant='turb')"),
-])
+@pytest.mark.parametrize(
+    "task,command",
+    [
+        ("advection1d", "python -m ups.data.synth tasks=advection1d out={d} n_samples=64 nx=256 nt=201"),
+        ("ns2d_turb", "generate('cfd2d', '{d}', n_samples=32, nx=48, nt=21, variant='turb')"),
+    ],
+)
 def test_absent_files_say_how_to_generate_or_point_at_data(tmp_path: Path, task: str, command: str) -> None:
     (tmp_path / "data").mkdir()
     with pytest.raises(FileNotFoundError) as err:
@@ -256,14 +313,20 @@ def test_stats_recomputed_when_the_file_is_touched_or_rewritten(good: Path, tmp_
     assert len(list((store / ".ups_stats").glob("adv-*.json"))) == 3
 
 
-@pytest.mark.parametrize("content", ["{\"in_mean\": [0.1", "[]", json.dumps({"in_mean": [0.0]}),
-                                     json.dumps({"in_mean": [0.0], "in_std": [0.0], "out_mean": [0.0],
-                                                 "out_std": [1.0]}),
-                                     json.dumps({"in_mean": [0.0, 1.0], "in_std": [1.0, 1.0],
-                                                 "out_mean": [0.0, 1.0], "out_std": [1.0, 1.0]})],
-                         ids=["truncated-json", "not-a-dict", "missing-keys", "zero-std", "wrong-channels"])
-def test_corrupt_stats_are_recomputed_with_a_warning(good: Path, tmp_path: Path, monkeypatch, caplog,
-                                                     content: str) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"in_mean": [0.1',
+        "[]",
+        json.dumps({"in_mean": [0.0]}),
+        json.dumps({"in_mean": [0.0], "in_std": [0.0], "out_mean": [0.0], "out_std": [1.0]}),
+        json.dumps({"in_mean": [0.0, 1.0], "in_std": [1.0, 1.0], "out_mean": [0.0, 1.0], "out_std": [1.0, 1.0]}),
+    ],
+    ids=["truncated-json", "not-a-dict", "missing-keys", "zero-std", "wrong-channels"],
+)
+def test_corrupt_stats_are_recomputed_with_a_warning(
+    good: Path, tmp_path: Path, monkeypatch, caplog, content: str
+) -> None:
     files, ids, store = _adv(good, tmp_path)
     good_stats = load_or_compute_stats("adv", files, ids, False, [store])
     (stored,) = (store / ".ups_stats").glob("adv-*.json")

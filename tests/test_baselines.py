@@ -1,4 +1,5 @@
 """PDEBench baselines (ups/models/fno.py, ups/models/unet.py): shapes, isolation, spec, errors, fitting."""
+
 from __future__ import annotations
 
 import math
@@ -213,8 +214,10 @@ def test_parameter_counts_are_pdebench_sizes():
     assert count_parameters(FNO(io, 0, modes=12, width=20)) == 43_137
 
 
-@pytest.mark.parametrize("name,cls,params", [("fno", FNO, 19_969), ("fno_pdebench", FNO, 43_137),
-                                             ("unet", UNet, 170_673), ("unet_pdebench", UNet, 2_708_673)])
+@pytest.mark.parametrize(
+    "name,cls,params",
+    [("fno", FNO, 19_969), ("fno_pdebench", FNO, 43_137), ("unet", UNet, 170_673), ("unet_pdebench", UNet, 2_708_673)],
+)
 def test_model_yamls_compose_and_build(name, cls, params):
     from tests.conftest import compose_cfg
     from ups.models.spec import build

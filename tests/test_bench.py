@@ -1,4 +1,5 @@
 """The benchmark harness runs and its numbers are self-consistent (never its timings: machines are shared)."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,16 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_step_split_adds_up_and_the_flop_formulas_match_the_counter(data_dir: Path, tmp_path: Path) -> None:
-    cfg = compose_cfg(["hardware=cpu", "model=tiny", "task=pdebench2", f"paths.data_dir={data_dir}", "data.generate=true",
-                       "trainer.batch_size=4"])
+    cfg = compose_cfg(
+        [
+            "hardware=cpu",
+            "model=tiny",
+            "task=pdebench2",
+            f"paths.data_dir={data_dir}",
+            "data.generate=true",
+            "trainer.batch_size=4",
+        ]
+    )
     out = measure(cfg, torch.device("cpu"), warmup=1, steps=3, work=True)
     # the parts are timed back to back, so they make up the split pass's step (within the loop's own cost)
     assert abs(out["parts_sum_ms"] - out["split_step_ms"]) <= 0.1 * out["split_step_ms"], out
@@ -46,12 +55,26 @@ def test_the_step_split_adds_up_and_the_flop_formulas_match_the_counter(data_dir
 
 
 def _bench(tmp_path: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "ups.bench", "hardware=cpu", "hardware.threads=1", "model=tiny",
-            f"paths.data_dir={data_dir}", "data.generate=true", "trainer.batch_size=4", "bench.warmup_steps=1",
-            "bench.steps=2", f"bench.docs={tmp_path / 'benchmarks.md'}", f"bench.plot_dir={tmp_path}",
-            f"hydra.run.dir={tmp_path / 'run'}", *overrides]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        sys.executable,
+        "-m",
+        "ups.bench",
+        "hardware=cpu",
+        "hardware.threads=1",
+        "model=tiny",
+        f"paths.data_dir={data_dir}",
+        "data.generate=true",
+        "trainer.batch_size=4",
+        "bench.warmup_steps=1",
+        "bench.steps=2",
+        f"bench.docs={tmp_path / 'benchmarks.md'}",
+        f"bench.plot_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *overrides,
+    ]
+    proc = subprocess.run(
+        args, capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -1,6 +1,7 @@
 """Issue 22's CPU target: a training step of ``model=tiny`` and ``model=base`` launches at most a third
 of the ops it did on 2026-12-04, counted (not timed) by ``ups.bench.ops`` on the step as it runs:
 eager ops, the extern calls inside compiled graphs, and every kernel inductor generated."""
+
 from __future__ import annotations
 
 import shutil
@@ -18,8 +19,9 @@ from ups.bench.variants import variant_overrides
 # advection1d batches (docs/benchmarks.md, "Ops per training step"): the figures issue 22 divides by 3.
 OPS_2026_12_04 = {"tiny": 556, "base": 1656}
 
-needs_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
-                                    reason="torch.compile on the CPU needs a C++ compiler")
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile on the CPU needs a C++ compiler"
+)
 
 
 @needs_compiler
@@ -70,15 +72,27 @@ def test_compile_scope_model_compiles_the_whole_forward_and_refuses_an_unknown_s
 @pytest.mark.slow  # compiles the whole step of two models (about a minute each on 2 CPU cores)
 @needs_compiler
 @pytest.mark.parametrize("model", ["tiny", "base"])
-def test_a_compiled_step_launches_a_third_of_the_ops_of_2026_12_04(tmp_path_factory: pytest.TempPathFactory,
-                                                                     model: str) -> None:
+def test_a_compiled_step_launches_a_third_of_the_ops_of_2026_12_04(
+    tmp_path_factory: pytest.TempPathFactory, model: str
+) -> None:
     data_dir: Path = tmp_path_factory.getbasetemp() / "bench_launches_data"
-    cfg = compose_cfg(["hardware=cpu", f"model={model}", "task=pdebench2", f"paths.data_dir={data_dir}",
-                       "data.generate=true", "trainer.batch_size=4", *variant_overrides("compile_step")])
+    cfg = compose_cfg(
+        [
+            "hardware=cpu",
+            f"model={model}",
+            "task=pdebench2",
+            f"paths.data_dir={data_dir}",
+            "data.generate=true",
+            "trainer.batch_size=4",
+            *variant_overrides("compile_step"),
+        ]
+    )
     out = measure(cfg, torch.device("cpu"), warmup=1, steps=2, work=True)
     w = out["work"]
-    print(f"\nmodel={model} compile_step: {w['ops_per_step']:.0f} launches/step ({w['generated_kernels_per_step']:.0f} "
-          f"generated kernels), eager {w['eager_ops_per_step']:.0f}; before {OPS_2026_12_04[model]}")
+    print(
+        f"\nmodel={model} compile_step: {w['ops_per_step']:.0f} launches/step ({w['generated_kernels_per_step']:.0f} "
+        f"generated kernels), eager {w['eager_ops_per_step']:.0f}; before {OPS_2026_12_04[model]}"
+    )
     assert out["compile"]["failed_frames"] == 0, out["compile"]  # a fallback would count eager ops instead
     assert w["ops_compiled"] and w["generated_kernels_per_step"] > 0, w
     assert 0 < w["ops_per_step"] <= OPS_2026_12_04[model] / 3, w

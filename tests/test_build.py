@@ -4,6 +4,7 @@ The run here has what drifted before: a stage that freezes a group, and a later 
 the trainer keeps frozen in the first stage and the bench used to train; bf16 autocast, which the
 tuner and evaluation used to build their own way.
 """
+
 from __future__ import annotations
 
 import ast
@@ -12,8 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-OVERRIDES = ("task=darcy2d", "stage=[operator,diffusion]", "stages.operator.freeze=[decoder]",
-             "stages.diffusion.steps=0", "hardware.precision=bf16", "trainer.batch_size=4")
+OVERRIDES = (
+    "task=darcy2d",
+    "stage=[operator,diffusion]",
+    "stages.operator.freeze=[decoder]",
+    "stages.diffusion.steps=0",
+    "hardware.precision=bf16",
+    "trainer.batch_size=4",
+)
 
 
 class _Built(Exception):
@@ -41,8 +48,12 @@ def _through_training(cfg, monkeypatch) -> dict:
 
     def stop(trainer: Trainer) -> bool:
         trainer.checkpointer.save(trainer.state_dict(stage_done=True), "final", 0, consolidate=True)
-        raise _Built(model=trainer.raw_model, trainable=_trainable(trainer.raw_model),
-                     autocast=_autocast_dtype(trainer.autocast), objective=trainer.objective)
+        raise _Built(
+            model=trainer.raw_model,
+            trainable=_trainable(trainer.raw_model),
+            autocast=_autocast_dtype(trainer.autocast),
+            objective=trainer.objective,
+        )
 
     monkeypatch.setattr(Trainer, "_resume", stop)
     with pytest.raises(_Built) as built:
@@ -74,8 +85,12 @@ def test_every_caller_builds_the_same_run(tiny_cfg, tmp_path: Path, monkeypatch)
     training = _through_training(cfg, monkeypatch)
     tuner = _through_tuner(cfg, monkeypatch)
     bench = Bench(cfg, torch.device("cpu"), tmp_path / "bench")
-    benched = {"model": bench.raw, "trainable": _trainable(bench.raw), "autocast": _autocast_dtype(bench.context),
-               "objective": bench.objective}
+    benched = {
+        "model": bench.raw,
+        "trainable": _trainable(bench.raw),
+        "autocast": _autocast_dtype(bench.context),
+        "objective": bench.objective,
+    }
     loaded = load_run(cfg.paths.output_dir, "final", device="cpu")
     evaluated = {"model": loaded.model, "autocast": _autocast_dtype(loaded.autocast), "objective": loaded.objective}
 
@@ -102,8 +117,9 @@ def test_every_caller_builds_the_same_run(tiny_cfg, tmp_path: Path, monkeypatch)
     report = dry_run.dry_run(cfg)
     assert report["parameters"] == sum(p.numel() for p in training["model"].parameters())
     shapes = {k: tuple(v.shape) for k, v in seen["model"].state_dict().items()}
-    assert set(shapes) == set(ref) and all(shapes[k] == tuple(ref[k].shape) for k in ref
-                                           if not k.startswith(("encoder", "decoder")))  # grids sized from config
+    assert set(shapes) == set(ref) and all(
+        shapes[k] == tuple(ref[k].shape) for k in ref if not k.startswith(("encoder", "decoder"))
+    )  # grids sized from config
 
 
 def test_evaluation_does_not_import_the_runner() -> None:
@@ -111,8 +127,13 @@ def test_evaluation_does_not_import_the_runner() -> None:
     root = Path(__file__).resolve().parents[1] / "ups" / "evaluation"
     for path in root.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module] if isinstance(node, ast.ImportFrom) else \
-                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names = (
+                [node.module]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
             assert not any(n and n.startswith("ups.runner") for n in names), f"{path.name} imports {names}"
 
 

@@ -1,4 +1,5 @@
 """Checkpoints are verified: a corrupt, truncated or incomplete one is never loaded; resume falls back."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,9 @@ def _flip_one_byte(path: Path, offset: int = -100) -> None:
 def saved(tmp_path: Path) -> Checkpointer:
     ckpt = Checkpointer(tmp_path / "checkpoints" / "operator")
     for step in (2, 4):
-        ckpt.save({"model": {"w": torch.arange(64.0) * step}, "trainer": pack({"step": step})}, f"step_{step:08d}", step)
+        ckpt.save(
+            {"model": {"w": torch.arange(64.0) * step}, "trainer": pack({"step": step})}, f"step_{step:08d}", step
+        )
     return ckpt
 
 
@@ -68,7 +71,9 @@ def test_resume_falls_back_past_a_corrupt_final_checkpoint_bit_identically(tiny_
     assert f"checkpoint {root / 'final'} is not usable" in caplog.text and "does not match its checksum" in caplog.text
     records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [*range(1, 10), 7, 8, 9]  # redone from step 6
-    a, b = (load_consolidated(d / "checkpoints" / "operator" / "final")["model"] for d in (tmp_path / "a", tmp_path / "b"))
+    a, b = (
+        load_consolidated(d / "checkpoints" / "operator" / "final")["model"] for d in (tmp_path / "a", tmp_path / "b")
+    )
     assert all(torch.equal(a[k], b[k]) for k in a) and again["step"] == straight["step"] == 9
     for folder in [p for p in root.iterdir() if not p.name.startswith(".")]:
         _flip_one_byte(_shard(folder))
@@ -113,8 +118,11 @@ def test_a_short_write_on_a_full_disk_is_named_as_one(tmp_path: Path, monkeypatc
     short = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(failures.shutil, "disk_usage", lambda p: usage._replace(free=4096))
-    with pytest.raises(OSError, match=r"No space left on device \(.*unexpected pos.*\) while writing .*final\.tmp "
-                                      r"\(rank 0\); free some space") as caught:
+    with pytest.raises(
+        OSError,
+        match=r"No space left on device \(.*unexpected pos.*\) while writing .*final\.tmp "
+        r"\(rank 0\); free some space",
+    ) as caught:
         with failures.writing(tmp_path / ".final.tmp"):
             raise CheckpointException("save failed", {0: (short, None)})
     assert caught.value.errno == errno.ENOSPC

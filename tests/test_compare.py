@@ -1,5 +1,6 @@
 """launch/compare.py and its schedule: seeds end in one mean ± spread table beside the trivial predictors,
 and optim.schedule=cosine_time reaches its floor when the wall-clock budget is spent, also across a resume."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,15 @@ def test_time_schedule_warms_up_then_reaches_its_floor_at_the_budget() -> None:
 
 
 def test_time_schedule_state_resumes_under_the_current_budget() -> None:
-    cfg = compose_cfg(["paths.data_dir=d", "paths.output_dir=o", "optim.schedule=cosine_time",
-                       "trainer.time_budget_s=10", "optim.warmup_steps=2"])
+    cfg = compose_cfg(
+        [
+            "paths.data_dir=d",
+            "paths.output_dir=o",
+            "optim.schedule=cosine_time",
+            "trainer.time_budget_s=10",
+            "optim.warmup_steps=2",
+        ]
+    )
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
     sched = build_scheduler(opt, cfg.optim, 100, cfg.trainer.time_budget_s)
     assert isinstance(sched, TimeCosineLR)
@@ -70,8 +78,9 @@ def test_time_schedule_without_a_budget_is_refused_at_compose_time() -> None:
     cfg = compose_cfg(["paths.data_dir=d", "paths.output_dir=o", "optim.schedule=cosine_time"])
     with pytest.raises(ConfigError, match="trainer.time_budget_s"):
         validate(cfg)
-    validate(compose_cfg(["paths.data_dir=d", "paths.output_dir=o", "optim.schedule=cosine_time",
-                          "trainer.time_budget_s=5"]))
+    validate(
+        compose_cfg(["paths.data_dir=d", "paths.output_dir=o", "optim.schedule=cosine_time", "trainer.time_budget_s=5"])
+    )
 
 
 def test_the_step_reduction_carries_one_clock() -> None:
@@ -98,15 +107,21 @@ def test_run_jobs_runs_two_at_once_and_names_a_failure(tmp_path: Path) -> None:
 
 
 def test_time_schedule_resumes_from_the_saved_elapsed_time(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
-    cfg = tiny_cfg("task=advection1d", "trainer.steps_per_epoch=4", "optim.warmup_steps=2", "trainer.max_steps=100000",
-                   "optim.schedule=cosine_time", "trainer.time_budget_s=5")
+    cfg = tiny_cfg(
+        "task=advection1d",
+        "trainer.steps_per_epoch=4",
+        "optim.warmup_steps=2",
+        "trainer.max_steps=100000",
+        "optim.schedule=cosine_time",
+        "trainer.time_budget_s=5",
+    )
     crash_run(cfg, lambda trainer: trainer.step == 10, monkeypatch)
     before = dict(_train_lrs(Path(cfg.paths.output_dir)))
     from ups.runner import run
 
     run(cfg)  # continues from the step-8 checkpoint
     lrs = _train_lrs(Path(cfg.paths.output_dir))
-    resumed = lrs[len(before):]
+    resumed = lrs[len(before) :]
     assert resumed[0][0] == 9  # from the checkpoint of step 8
     # the curve goes on from the saved elapsed time (a fresh clock would put step 9 near the full lr)
     assert before[8] > resumed[0][1] > 0.5 * before[8]
@@ -116,10 +131,30 @@ def test_time_schedule_resumes_from_the_saved_elapsed_time(tiny_cfg, tmp_path: P
 
 def test_compare_seeds_make_a_mean_and_spread_table(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    cmd = [sys.executable, str(ROOT / "launch" / "compare.py"), "--task", "advection1d", "--budget-s", "5",
-           "--models", "tiny", "--seeds", "0", "1", "--out", str(out), "--data-dir", str(data_dir), "--hardware", "cpu",
-           "--", "data.eval_samples=2", "task.datasets.advection1d.synth.n_samples=16", "trainer.log_every=1",
-           "optim.warmup_steps=5"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch" / "compare.py"),
+        "--task",
+        "advection1d",
+        "--budget-s",
+        "5",
+        "--models",
+        "tiny",
+        "--seeds",
+        "0",
+        "1",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        "--hardware",
+        "cpu",
+        "--",
+        "data.eval_samples=2",
+        "task.datasets.advection1d.synth.n_samples=16",
+        "trainer.log_every=1",
+        "optim.warmup_steps=5",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (out / "comparison.md").read_text()
@@ -140,10 +175,32 @@ def test_compare_seeds_make_a_mean_and_spread_table(data_dir: Path, tmp_path: Pa
 @pytest.mark.slow
 def test_compare_lr_grid_picks_on_validation_and_counts_wins(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    cmd = [sys.executable, str(ROOT / "launch" / "compare.py"), "--task", "darcy2d", "--budget-s", "3",
-           "--models", "tiny", "fno", "--seeds", "0", "1", "--lr-grid", "1e-3", "3e-3", "--out", str(out),
-           "--data-dir", str(data_dir), "--hardware", "cpu",
-           "--", "data.eval_samples=2", "task.datasets.darcy2d.synth.n_samples=16"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch" / "compare.py"),
+        "--task",
+        "darcy2d",
+        "--budget-s",
+        "3",
+        "--models",
+        "tiny",
+        "fno",
+        "--seeds",
+        "0",
+        "1",
+        "--lr-grid",
+        "1e-3",
+        "3e-3",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        "--hardware",
+        "cpu",
+        "--",
+        "data.eval_samples=2",
+        "task.datasets.darcy2d.synth.n_samples=16",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (out / "comparison.md").read_text()
@@ -156,8 +213,10 @@ def test_compare_lr_grid_picks_on_validation_and_counts_wins(data_dir: Path, tmp
     for model in ("tiny", "fno"):
         grid = summary["lr_grid"][model]
         assert grid["chosen"] == min((float(k) for k in grid["val"]), key=lambda lr: grid["val"][f"{lr:g}"])
-        assert f"optim.lr: {grid['chosen']:g}" in (out / model / "seed1" / "config.yaml").read_text() or \
-            f"lr: {grid['chosen']}" in (out / model / "seed1" / "config.yaml").read_text()
+        assert (
+            f"optim.lr: {grid['chosen']:g}" in (out / model / "seed1" / "config.yaml").read_text()
+            or f"lr: {grid['chosen']}" in (out / model / "seed1" / "config.yaml").read_text()
+        )
     assert "validation mean rollout nRMSE" in table and "The test split played no part" in table
 
 

@@ -1,4 +1,5 @@
 """Readers, splits, statistics and datasets on generated PDEBench-layout files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -72,13 +73,16 @@ def test_bad_files_name_file_and_key(tmp_path: Path) -> None:
         TrajectoryFile(badshape, get_family("advection1d"))
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("1D_Advection_Sols_beta0.1.hdf5", {"beta": 0.1}),
-    ("ReacDiff_Nu0.5_Rho10.0.hdf5", {"nu": 0.5, "rho": 10.0}),
-    ("1D_CFD_Rand_Eta1.e-8_Zeta1.e-8_periodic_Train.hdf5", {"eta": 1e-8, "zeta": 1e-8}),
-    ("2D_CFD_Rand_M0.1_Eta1e-08_Zeta1e-08_periodic_512_Train.hdf5", {"M": 0.1, "eta": 1e-8, "zeta": 1e-8}),
-    ("2D_DarcyFlow_beta100.0_Train.hdf5", {"beta": 100.0}),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("1D_Advection_Sols_beta0.1.hdf5", {"beta": 0.1}),
+        ("ReacDiff_Nu0.5_Rho10.0.hdf5", {"nu": 0.5, "rho": 10.0}),
+        ("1D_CFD_Rand_Eta1.e-8_Zeta1.e-8_periodic_Train.hdf5", {"eta": 1e-8, "zeta": 1e-8}),
+        ("2D_CFD_Rand_M0.1_Eta1e-08_Zeta1e-08_periodic_512_Train.hdf5", {"M": 0.1, "eta": 1e-8, "zeta": 1e-8}),
+        ("2D_DarcyFlow_beta100.0_Train.hdf5", {"beta": 100.0}),
+    ],
+)
 def test_params_parsed_from_pdebench_names(name: str, expected: dict) -> None:
     family = next(f for f in FAMILIES.values() if set(k for k, _ in f.params) == set(expected))
     assert family.parse_params(name) == pytest.approx(expected)

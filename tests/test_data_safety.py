@@ -1,5 +1,6 @@
 """A user's data is never written: no generation into a named directory, no replaced links or files,
 synthetic files marked and reported, concurrent generation into one directory works."""
+
 from __future__ import annotations
 
 import shutil
@@ -20,8 +21,15 @@ ADV = "1D_Advection_Sols_beta0.4.hdf5"
 
 
 def _build(data: Path, *overrides: str):
-    cfg = compose_cfg(["task=advection1d", f"paths.data_dir={data}", "paths.output_dir=o",
-                       "task.datasets.advection1d.synth.n_samples=8", *overrides])
+    cfg = compose_cfg(
+        [
+            "task=advection1d",
+            f"paths.data_dir={data}",
+            "paths.output_dir=o",
+            "task.datasets.advection1d.synth.n_samples=8",
+            *overrides,
+        ]
+    )
     name, ds = next(iter(cfg.task.datasets.items()))
     return build_task(name, ds, cfg.data, data, [data])
 
@@ -78,15 +86,19 @@ def test_two_runs_generating_into_one_directory_at_once_both_succeed(tmp_path: P
         from pathlib import Path
         from tests.conftest import compose_cfg
         from ups.data.tasks import build_task
-        data = Path({str(tmp_path / 'data')!r})
+        data = Path({str(tmp_path / "data")!r})
         cfg = compose_cfg(["task=advection1d", f"paths.data_dir={{data}}", "paths.output_dir=o",
                            "data.generate=true", "task.datasets.advection1d.synth.n_samples=8"])
         name, ds = next(iter(cfg.task.datasets.items()))
         print(len(build_task(name, ds, cfg.data, data, [data]).splits["train"]))
     """)
     root = Path(__file__).resolve().parents[1]
-    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=240) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
     assert outs[0][0] == outs[1][0]
@@ -98,8 +110,13 @@ def test_data_errors_reach_the_user_in_one_paragraph_with_the_traceback_in_the_l
     not_a_dir = tmp_path / "pdebench.tar"
     not_a_dir.write_bytes(b"")
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "ups.train", f"paths.data_dir={not_a_dir}",
-                           f"paths.output_dir={run_dir}"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ups.train", f"paths.data_dir={not_a_dir}", f"paths.output_dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"Data error: task advection1d: paths.data_dir={not_a_dir} is a file" in proc.stderr
     assert "Traceback" in (run_dir / "train.log").read_text()

@@ -1,4 +1,5 @@
 """python -m ups.diagnose and launch/diagnose.py: each part of the diagnosis on tiny runs."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ def _diagnose(run_dir: Path, *overrides: str) -> dict:
 
 def test_latent_run_gets_every_floor_with_the_residual_added(tiny_cfg, tmp_path: Path) -> None:
     # residual objective and two context frames: every floor is defined on the time-dependent task
-    cfg = tiny_cfg("trainer.max_steps=20", "++stages.operator.objective.residual=true",
-                   "task.datasets.advection1d.initial_step=2")
+    cfg = tiny_cfg(
+        "trainer.max_steps=20", "++stages.operator.objective.residual=true", "task.datasets.advection1d.initial_step=2"
+    )
     run_dir = Path(run(cfg)["run_dir"])
     out = _diagnose(run_dir, "windows_per_trajectory=null", "invert_steps=10")
     meta, res = out["meta"], out["results"]
@@ -47,8 +49,12 @@ def test_latent_run_gets_every_floor_with_the_residual_added(tiny_cfg, tmp_path:
 
 
 def test_one_context_frame_and_a_residual_leave_reconstruction_undefined(tiny_cfg) -> None:
-    cfg = tiny_cfg("trainer.max_steps=10", "task=advection1d", "++stages.operator.objective.residual=true",
-                   "task.datasets.advection1d.initial_step=1")
+    cfg = tiny_cfg(
+        "trainer.max_steps=10",
+        "task=advection1d",
+        "++stages.operator.objective.residual=true",
+        "task.datasets.advection1d.initial_step=1",
+    )
     res = _diagnose(Path(run(cfg)["run_dir"]), "invert_steps=5")["results"]["advection1d"]
     assert math.isnan(res["reconstruction"]) and math.isfinite(res["true_next_latent"])
 
@@ -61,18 +67,41 @@ def test_a_model_without_latent_encoder_gets_rollout_and_one_step(tiny_cfg) -> N
 
 
 def test_cli_without_a_run_is_one_paragraph(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ups.diagnose", f"run={tmp_path / 'none'}"], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "ups.diagnose", f"run={tmp_path / 'none'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 1 and "Cannot diagnose" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
 def test_launch_diagnose_end_to_end(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "diag"
-    cmd = [sys.executable, str(ROOT / "launch" / "diagnose.py"), "--task", "pdebench2", "--budget-s", "4",
-           "--out", str(out), "--data-dir", str(data_dir), "--hardware", "cpu", "--eval-samples", "2",
-           "--invert-steps", "5", "--", "data.eval_samples=2", "task.datasets.advection1d.synth.n_samples=16",
-           "task.datasets.darcy2d.synth.n_samples=16"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch" / "diagnose.py"),
+        "--task",
+        "pdebench2",
+        "--budget-s",
+        "4",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        "--hardware",
+        "cpu",
+        "--eval-samples",
+        "2",
+        "--invert-steps",
+        "5",
+        "--",
+        "data.eval_samples=2",
+        "task.datasets.advection1d.synth.n_samples=16",
+        "task.datasets.darcy2d.synth.n_samples=16",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (out / "diagnosis.md").read_text()

@@ -3,6 +3,7 @@
 Every launch is a subprocess with a hard timeout and the process group has a short explicit
 timeout, so a broken collective fails the test instead of hanging it.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,19 +19,35 @@ import torch
 
 from ups.training.checkpoint import load_consolidated
 
-COMMON = ["hardware=cpu", "model=tiny", "trainer.log_every=1", "data.eval_samples=2", "data.generate=true",
-          "parallelism.timeout_s=60", "optim.warmup_steps=2", "trainer.steps_per_epoch=4",
-          "task.datasets.advection1d.synth.n_samples=16", "task.datasets.darcy2d.synth.n_samples=16"]
+COMMON = [
+    "hardware=cpu",
+    "model=tiny",
+    "trainer.log_every=1",
+    "data.eval_samples=2",
+    "data.generate=true",
+    "parallelism.timeout_s=60",
+    "optim.warmup_steps=2",
+    "trainer.steps_per_epoch=4",
+    "task.datasets.advection1d.synth.n_samples=16",
+    "task.datasets.darcy2d.synth.n_samples=16",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def launch(run_dir: Path, data_dir: Path, *overrides: str, cmd: list[str] | None = None,
-           timeout: int = 240) -> subprocess.CompletedProcess:
+def launch(
+    run_dir: Path, data_dir: Path, *overrides: str, cmd: list[str] | None = None, timeout: int = 240
+) -> subprocess.CompletedProcess:
     args = (cmd or [sys.executable, "-m", "ups.train"]) + COMMON + [f"paths.data_dir={data_dir}", *overrides]
     if run_dir is not None:
         args.append(f"paths.output_dir={run_dir}")
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=ENV,
-                          cwd=run_dir.parent if run_dir is not None else None)
+    return subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+        cwd=run_dir.parent if run_dir is not None else None,
+    )
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -60,8 +77,9 @@ def single_b8(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("layout", ["ddp2", "fsdp2_2"])
-def test_two_ranks_match_one_process_with_twice_the_batch(layout: str, single_b8: Path, data_dir: Path,
-                                                          tmp_path: Path) -> None:
+def test_two_ranks_match_one_process_with_twice_the_batch(
+    layout: str, single_b8: Path, data_dir: Path, tmp_path: Path
+) -> None:
     run_dir = tmp_path / "run"
     ok(launch(run_dir, data_dir, f"parallelism={layout}", "trainer.max_steps=8", "trainer.batch_size=4"))
     one, two = losses(single_b8), losses(run_dir)
@@ -82,8 +100,9 @@ def straight_and_crashed_agree(data_dir: Path, tmp_path: Path, common: list[str]
     restarts both ranks, which resume from step 8): same final weights and losses. Returns the weights."""
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     ok(launch(straight, data_dir, *common))
-    proc = ok(launch(crashed, data_dir, *common, "faults.crash_rank=1", "faults.crash_step=10",
-                     "parallelism.max_restarts=1"))
+    proc = ok(
+        launch(crashed, data_dir, *common, "faults.crash_rank=1", "faults.crash_step=10", "parallelism.max_restarts=1")
+    )
     assert "resumed stage operator" in proc.stdout + proc.stderr
     a, b = final_weights(straight), final_weights(crashed)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -98,8 +117,17 @@ def test_crash_and_restart_resumes_bit_identically(layout: str, data_dir: Path, 
     straight = tmp_path / "straight"
     if layout == "ddp2":  # negative control: without restoring RNG, dropout masks differ after resume
         control = tmp_path / "control"
-        ok(launch(control, data_dir, *common, "faults.crash_rank=1", "faults.crash_step=10",
-                  "parallelism.max_restarts=1", "faults.restore_rng=false"))
+        ok(
+            launch(
+                control,
+                data_dir,
+                *common,
+                "faults.crash_rank=1",
+                "faults.crash_step=10",
+                "parallelism.max_restarts=1",
+                "faults.restore_rng=false",
+            )
+        )
         c = final_weights(control)
         assert not all(torch.equal(a[k], c[k]) for k in a)
         assert losses(control)[12] != losses(straight)[12]
@@ -109,13 +137,22 @@ def test_crash_and_restart_resumes_bit_identically(layout: str, data_dir: Path, 
 def test_two_stage_pipeline_crashed_in_stage_two_resumes_there_under_ddp(data_dir: Path, tmp_path: Path) -> None:
     # operator (6 steps) then finetune with a frozen encoder read from the latent cache (6 steps), 4 steps
     # an epoch; rank 1 dies after global step 11 = finetune step 5, after finetune's step-4 checkpoint.
-    common = ["parallelism=ddp2", "stage=pretrain_finetune", "trainer.max_steps=6", "stages.finetune.steps=6",
-              "trainer.batch_size=4"]
+    common = [
+        "parallelism=ddp2",
+        "stage=pretrain_finetune",
+        "trainer.max_steps=6",
+        "stages.finetune.steps=6",
+        "trainer.batch_size=4",
+    ]
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     ok(launch(straight, data_dir, *common))
-    proc = ok(launch(crashed, data_dir, *common, "faults.crash_rank=1", "faults.crash_step=11",
-                     "parallelism.max_restarts=1"))
-    assert "resumed stage finetune from" in proc.stdout + proc.stderr and "at step 4 (global step 10)" in proc.stdout + proc.stderr
+    proc = ok(
+        launch(crashed, data_dir, *common, "faults.crash_rank=1", "faults.crash_step=11", "parallelism.max_restarts=1")
+    )
+    assert (
+        "resumed stage finetune from" in proc.stdout + proc.stderr
+        and "at step 4 (global step 10)" in proc.stdout + proc.stderr
+    )
     a, b = (load_consolidated(d / "checkpoints" / "finetune" / "final")["model"] for d in (straight, crashed))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert losses(straight) == losses(crashed) and sorted(losses(crashed)) == list(range(1, 13))
@@ -159,8 +196,17 @@ def test_ranks_exit_soon_after_the_launcher_is_killed(data_dir: Path, tmp_path: 
     import time
 
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "ups.train", *COMMON, f"paths.data_dir={data_dir}", f"paths.output_dir={run_dir}",
-            "parallelism=ddp2", "trainer.max_steps=100000", "trainer.batch_size=4"]
+    args = [
+        sys.executable,
+        "-m",
+        "ups.train",
+        *COMMON,
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={run_dir}",
+        "parallelism=ddp2",
+        "trainer.max_steps=100000",
+        "trainer.batch_size=4",
+    ]
     launcher = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=tmp_path)
     ranks: list[int] = []
     try:
@@ -168,8 +214,11 @@ def test_ranks_exit_soon_after_the_launcher_is_killed(data_dir: Path, tmp_path: 
         while time.time() < deadline and not (run_dir / "metrics.jsonl").exists():  # ranks are training
             time.sleep(0.5)
         assert (run_dir / "metrics.jsonl").exists(), "the job never started training"
-        ranks = [p for p in _descendants(launcher.pid)
-                 if "spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+        ranks = [
+            p
+            for p in _descendants(launcher.pid)
+            if "spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+        ]
         assert len(ranks) == 2
         os.kill(launcher.pid, signal.SIGKILL)
         launcher.wait(timeout=30)
@@ -187,8 +236,17 @@ def test_ranks_exit_soon_after_the_launcher_is_killed(data_dir: Path, tmp_path: 
 
 def test_oom_on_one_rank_skips_the_step_on_both(data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = ok(launch(run_dir, data_dir, "parallelism=ddp2", "trainer.max_steps=6", "trainer.batch_size=4",
-                     "faults.oom_rank=1", "faults.oom_step=3"))
+    proc = ok(
+        launch(
+            run_dir,
+            data_dir,
+            "parallelism=ddp2",
+            "trainer.max_steps=6",
+            "trainer.batch_size=4",
+            "faults.oom_rank=1",
+            "faults.oom_step=3",
+        )
+    )
     assert "step 3 skipped on all ranks: out of memory in forward" in proc.stdout + proc.stderr
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
@@ -199,8 +257,17 @@ def test_oom_under_fsdp2_stops_at_once_instead_of_hanging(data_dir: Path, tmp_pa
     import time
 
     start = time.monotonic()
-    proc = launch(tmp_path / "run", data_dir, "parallelism=fsdp2_2", "parallelism.timeout_s=600", "trainer.max_steps=6",
-                  "trainer.batch_size=4", "faults.oom_rank=0", "faults.oom_step=3", timeout=240)
+    proc = launch(
+        tmp_path / "run",
+        data_dir,
+        "parallelism=fsdp2_2",
+        "parallelism.timeout_s=600",
+        "trainer.max_steps=6",
+        "trainer.batch_size=4",
+        "faults.oom_rank=0",
+        "faults.oom_step=3",
+        timeout=240,
+    )
     assert proc.returncode == 1 and time.monotonic() - start < 120  # not parallelism.timeout_s
     assert "rank 0: Training stopped: rank 0 ran out of memory in forward at step 3 under FSDP2" in proc.stderr
     # one paragraph from the rank and one line from the launcher, not torch's 100-line failure report
@@ -209,16 +276,33 @@ def test_oom_under_fsdp2_stops_at_once_instead_of_hanging(data_dir: Path, tmp_pa
 
 
 def test_nonfinite_loss_with_stop_policy_stops_every_rank(data_dir: Path, tmp_path: Path) -> None:
-    proc = launch(tmp_path / "run", data_dir, "parallelism=ddp2", "trainer.max_steps=6", "trainer.batch_size=4",
-                  "faults.nan_rank=0", "faults.nan_step=2", "trainer.on_nonfinite=stop", timeout=120)
+    proc = launch(
+        tmp_path / "run",
+        data_dir,
+        "parallelism=ddp2",
+        "trainer.max_steps=6",
+        "trainer.batch_size=4",
+        "faults.nan_rank=0",
+        "faults.nan_step=2",
+        "trainer.on_nonfinite=stop",
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "stopping at step 2 on all ranks: non-finite loss" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow  # over 30 s on 2 cores: pytest -m slow (the default suite stays near 15 min)
 def test_four_ranks_from_a_plain_shell_write_one_run_dir(data_dir: Path, tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "ups.train", "parallelism=ddp4", *COMMON, f"paths.data_dir={data_dir}",
-            "trainer.max_steps=2", "trainer.batch_size=2"]
+    args = [
+        sys.executable,
+        "-m",
+        "ups.train",
+        "parallelism=ddp4",
+        *COMMON,
+        f"paths.data_dir={data_dir}",
+        "trainer.max_steps=2",
+        "trainer.batch_size=2",
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
     ok(proc)
     assert "launching 4 ranks" in proc.stdout + proc.stderr
@@ -233,8 +317,17 @@ def test_four_ranks_from_a_plain_shell_write_one_run_dir(data_dir: Path, tmp_pat
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_torchrun_joins_and_writes_one_run_dir(data_dir: Path, tmp_path: Path) -> None:
-    args = ["torchrun", "--nproc_per_node=2", "-m", "ups.train", "parallelism=ddp2", *COMMON,
-            f"paths.data_dir={data_dir}", "trainer.max_steps=2", "trainer.batch_size=2"]
+    args = [
+        "torchrun",
+        "--nproc_per_node=2",
+        "-m",
+        "ups.train",
+        "parallelism=ddp2",
+        *COMMON,
+        f"paths.data_dir={data_dir}",
+        "trainer.max_steps=2",
+        "trainer.batch_size=2",
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
     ok(proc)
     run_dirs = list((tmp_path / "outputs").glob("*/*"))
@@ -249,16 +342,34 @@ def test_torchrun_joins_and_writes_one_run_dir(data_dir: Path, tmp_path: Path) -
 def test_more_gpus_than_present_fails_at_once(tmp_path: Path) -> None:
     if torch.cuda.device_count() >= 8:
         pytest.skip("this machine has 8 GPUs")
-    proc = subprocess.run([sys.executable, "-m", "ups.train", "parallelism=ddp8", "hardware=gpu"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ups.train", "parallelism=ddp8", "hardware=gpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1
     assert "8 ranks per node need 8 GPUs" in proc.stderr and "hardware=cpu" in proc.stderr
 
 
 def test_dry_run_reports_sharded_layout(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ups.train", "parallelism=fsdp2_8", "parallelism.dry_run=true",
-                           "model=base", "trainer.batch_size=4", "trainer.accum_steps=2"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ups.train",
+            "parallelism=fsdp2_8",
+            "parallelism.dry_run=true",
+            "model=base",
+            "trainer.batch_size=4",
+            "trainer.accum_steps=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     ok(proc)
     assert "global batch = 4 per device x 2 accumulation x 8 ranks = 64" in proc.stdout
     total, per_rank = map(float, re.search(r"parameters ([\d.]+)M total, ([\d.]+)M held", proc.stdout).groups())
@@ -267,8 +378,17 @@ def test_dry_run_reports_sharded_layout(tmp_path: Path) -> None:
 
 def test_frozen_encoder_stage_under_ddp_reads_one_cache(single_b8: Path, data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    ok(launch(run_dir, data_dir, "parallelism=ddp2", "stage=operator_frozen_encoder", "trainer.batch_size=4",
-              f"stages.operator.init_from={single_b8 / 'checkpoints' / 'operator' / 'final'}", "trainer.max_steps=4"))
+    ok(
+        launch(
+            run_dir,
+            data_dir,
+            "parallelism=ddp2",
+            "stage=operator_frozen_encoder",
+            "trainer.batch_size=4",
+            f"stages.operator.init_from={single_b8 / 'checkpoints' / 'operator' / 'final'}",
+            "trainer.max_steps=4",
+        )
+    )
     caches = [p for p in (run_dir / "latent_cache").iterdir()]
     assert len(caches) == 2 and all((p / "meta.json").exists() for p in caches)  # built once, by rank 0
     before, after = final_weights(single_b8), final_weights(run_dir)
@@ -279,8 +399,18 @@ def test_frozen_encoder_stage_under_ddp_reads_one_cache(single_b8: Path, data_di
 def test_one_wandb_run_per_job_in_the_run_dir(data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     env = {**ENV, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    args = [sys.executable, "-m", "ups.train", "parallelism=ddp2", "logger=wandb", *COMMON,
-            f"paths.data_dir={data_dir}", f"paths.output_dir={run_dir}", "trainer.max_steps=2", "trainer.batch_size=2"]
+    args = [
+        sys.executable,
+        "-m",
+        "ups.train",
+        "parallelism=ddp2",
+        "logger=wandb",
+        *COMMON,
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={run_dir}",
+        "trainer.max_steps=2",
+        "trainer.batch_size=2",
+    ]
     ok(subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path))
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs  # rank 0 only, no account needed, mode left to WANDB_MODE
@@ -292,8 +422,15 @@ def test_resume_on_another_world_size_continues_or_refuses(data_dir: Path, tmp_p
     straight, run_dir = tmp_path / "straight", tmp_path / "run"
     ok(launch(straight, data_dir, "parallelism=ddp2", "trainer.batch_size=4", *common))
     # ddp2 dies after step 4; its newest checkpoint is step 3, in the middle of an epoch.
-    died = launch(run_dir, data_dir, "parallelism=ddp2", "trainer.batch_size=4", *common,
-                  "faults.crash_rank=1", "faults.crash_step=4")
+    died = launch(
+        run_dir,
+        data_dir,
+        "parallelism=ddp2",
+        "trainer.batch_size=4",
+        *common,
+        "faults.crash_rank=1",
+        "faults.crash_step=4",
+    )
     assert died.returncode == 1
     refused = launch(run_dir, data_dir, "trainer.batch_size=4", *common)  # one process, global batch 4 != 8
     assert refused.returncode == 1 and "Config error: cannot resume" in refused.stderr
@@ -305,12 +442,18 @@ def test_resume_on_another_world_size_continues_or_refuses(data_dir: Path, tmp_p
 
 
 @pytest.mark.parametrize("layout", ["ddp2", pytest.param("fsdp2_2", marks=pytest.mark.slow)])
-def test_latent_model_trains_1d_2d_3d_together_and_resumes_bit_identically(layout: str, data_dir: Path,
-                                                                           tmp_path: Path) -> None:
+def test_latent_model_trains_1d_2d_3d_together_and_resumes_bit_identically(
+    layout: str, data_dir: Path, tmp_path: Path
+) -> None:
     """One latent network on a 1D, a 2D and a 3D task, two ranks: every task trains, and a crash
     and restart ends with the straight run's weights and losses."""
-    common = [f"parallelism={layout}", "task=dims3", "task.datasets.cfd3d.synth.n_samples=4",
-              "trainer.max_steps=12", "trainer.batch_size=2"]
+    common = [
+        f"parallelism={layout}",
+        "task=dims3",
+        "task.datasets.cfd3d.synth.n_samples=4",
+        "trainer.max_steps=12",
+        "trainer.batch_size=2",
+    ]
     a = straight_and_crashed_agree(data_dir, tmp_path, common)
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     trained = {k.split("/", 1)[1] for r in records if r["kind"] == "train" for k in r if k.startswith("loss/")}

@@ -1,4 +1,5 @@
 """The docs match the code: every config option is documented, CI runs the README's commands."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """The environment module: ranks, run-directory naming and SLURM export, without a process group."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,16 @@ from ups.distributed.env import DistEnv, export_slurm_env, in_launched_rank, run
 
 
 def test_dist_env_reads_torchrun_variables() -> None:
-    env = DistEnv.from_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
-                            "TORCHELASTIC_RESTART_COUNT": "1", "UPS_RESTART_COUNT": "1"})
+    env = DistEnv.from_env(
+        {
+            "RANK": "3",
+            "LOCAL_RANK": "1",
+            "WORLD_SIZE": "8",
+            "LOCAL_WORLD_SIZE": "4",
+            "TORCHELASTIC_RESTART_COUNT": "1",
+            "UPS_RESTART_COUNT": "1",
+        }
+    )
     assert (env.rank, env.local_rank, env.world_size, env.local_world_size, env.restart_count) == (3, 1, 8, 4, 2)
     assert env.distributed and not env.is_main
     assert DistEnv.from_env({}) == DistEnv()
@@ -26,9 +35,17 @@ def test_run_dir_is_shared_by_ranks_of_one_job() -> None:
 
 
 def test_slurm_step_exports_ranks() -> None:
-    slurm = {"SLURM_JOB_ID": "42", "SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
-             "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu[01-02]", "SLURM_STEP_NODELIST": "gpu[01-02]",
-             "SLURM_NODEID": "1", "SLURM_JOB_NUM_NODES": "2"}
+    slurm = {
+        "SLURM_JOB_ID": "42",
+        "SLURM_NTASKS": "4",
+        "SLURM_PROCID": "3",
+        "SLURM_LOCALID": "1",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NODELIST": "gpu[01-02]",
+        "SLURM_STEP_NODELIST": "gpu[01-02]",
+        "SLURM_NODEID": "1",
+        "SLURM_JOB_NUM_NODES": "2",
+    }
     # patch.dict restores the whole environment, including the variables the export adds: a leaked
     # WORLD_SIZE would make every later in-process run wait for ranks that never come.
     with mock.patch.dict(os.environ, slurm):

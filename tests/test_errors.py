@@ -1,4 +1,5 @@
 """The one error path: error classes in ups/errors.py and the helper every entry point runs inside."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,16 @@ def test_expected_error_is_one_paragraph_and_exit_1(tmp_path: Path, capsys: pyte
     assert "Traceback" in log_file.read_text() and "x.hdf5 is missing" in log_file.read_text()
 
 
-@pytest.mark.parametrize("err, kind", [(ConfigError("a"), "Config error"), (CheckpointError("a"), "Checkpoint error"),
-                                       (StopTraining("a"), "Training stopped"), (FileNotFoundError("a"), "Data error"),
-                                       (OSError("a"), "I/O error")])
+@pytest.mark.parametrize(
+    "err, kind",
+    [
+        (ConfigError("a"), "Config error"),
+        (CheckpointError("a"), "Checkpoint error"),
+        (StopTraining("a"), "Training stopped"),
+        (FileNotFoundError("a"), "Data error"),
+        (OSError("a"), "I/O error"),
+    ],
+)
 def test_every_kind_is_named(err: Exception, kind: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as stop, exit_on_error(code=3):
         raise err
@@ -59,8 +67,12 @@ def test_old_homes_still_export_the_classes() -> None:
     from ups.training.checkpoint import CheckpointError as FromCheckpoint
     from ups.training.failures import StopTraining as FromFailures
 
-    assert (FromConfig, FromReaders, FromCheckpoint, FromFailures) == (ConfigError, DataFileError, CheckpointError,
-                                                                        StopTraining)
+    assert (FromConfig, FromReaders, FromCheckpoint, FromFailures) == (
+        ConfigError,
+        DataFileError,
+        CheckpointError,
+        StopTraining,
+    )
 
 
 def test_errors_module_imports_neither_hydra_nor_torch() -> None:

@@ -1,4 +1,5 @@
 """``python -m ups.evaluate``: the end-of-training numbers again from the checkpoint, every metric, the trivial predictors."""
+
 from __future__ import annotations
 
 import io
@@ -57,12 +58,20 @@ def test_every_metric_for_every_task_and_the_trivial_predictors(tiny_cfg) -> Non
 
 def test_cli_writes_files_and_fails_in_one_paragraph(tiny_cfg, tmp_path: Path) -> None:
     run_dir = Path(run(tiny_cfg("trainer.max_steps=3", "trainer.steps_per_epoch=3", "task=darcy2d"))["run_dir"])
-    proc = subprocess.run([sys.executable, "-m", "ups.evaluate", f"run={run_dir}", "checkpoint=best"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ups.evaluate", f"run={run_dir}", "checkpoint=best"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run_dir / "eval" / "best_test.md").exists() and "Rollout nRMSE" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "ups.evaluate", f"run={run_dir}", "checkpoint=step_00000099"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ups.evaluate", f"run={run_dir}", "checkpoint=step_00000099"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "step_00000099" in proc.stderr and "operator/final" in proc.stderr  # what exists is named
 
@@ -84,8 +93,14 @@ def test_progress_bar_shows_the_step_loss_and_log_lines_stay_on_their_own(monkey
     handler = logging.StreamHandler(sys.stdout)
     logging.getLogger().addHandler(handler)
     try:
-        trainer = SimpleNamespace(env=SimpleNamespace(is_main=True), total_steps=10, stage_name="operator", step=0,
-                                  epoch=0, last_loss=float("nan"))
+        trainer = SimpleNamespace(
+            env=SimpleNamespace(is_main=True),
+            total_steps=10,
+            stage_name="operator",
+            step=0,
+            epoch=0,
+            last_loss=float("nan"),
+        )
         bar = ProgressBar(stream=tty)
         bar.on_run_start(trainer)
         bar.on_fit_start(trainer)

@@ -4,6 +4,7 @@ code, and each fault still acts at the point it did when the loop called it by h
 The two-rank behaviour (both ranks skip, FSDP2 stops, a crashed rank restarts) is tested in
 ``test_distributed.py``; here one rank, in-process, so the places are checked cheaply.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,16 @@ def test_faults_are_off_unless_a_step_is_set(tiny_cfg) -> None:
 
 
 def test_oom_and_nan_skip_their_steps(tiny_cfg, caplog: pytest.LogCaptureFixture) -> None:
-    cfg = tiny_cfg("task=advection1d", "trainer.max_steps=5", "trainer.eval_every=null", "trainer.steps_per_epoch=100",
-                   "faults.oom_rank=0", "faults.oom_step=2", "faults.nan_rank=0", "faults.nan_step=4")
+    cfg = tiny_cfg(
+        "task=advection1d",
+        "trainer.max_steps=5",
+        "trainer.eval_every=null",
+        "trainer.steps_per_epoch=100",
+        "faults.oom_rank=0",
+        "faults.oom_step=2",
+        "faults.nan_rank=0",
+        "faults.nan_step=4",
+    )
     with caplog.at_level("WARNING"):
         run(cfg)
     text = caplog.text
@@ -52,6 +61,7 @@ def test_oom_and_nan_skip_their_steps(tiny_cfg, caplog: pytest.LogCaptureFixture
 def test_a_crash_comes_after_the_steps_evaluation_and_checkpoint(tiny_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
     """The crash at step 4 fires once step 4 is logged, evaluated and checkpointed: a restarted job
     resumes from step 4, as it did when the loop called the injector after the evaluation."""
+
     class Crashed(Exception):
         pass
 
@@ -59,8 +69,14 @@ def test_a_crash_comes_after_the_steps_evaluation_and_checkpoint(tiny_cfg, monke
         raise Crashed(code)
 
     monkeypatch.setattr(faults.os, "_exit", exit_)
-    cfg = tiny_cfg("task=advection1d", "trainer.max_steps=8", "trainer.eval_every=2", "trainer.steps_per_epoch=100",
-                   "faults.crash_rank=0", "faults.crash_step=4")
+    cfg = tiny_cfg(
+        "task=advection1d",
+        "trainer.max_steps=8",
+        "trainer.eval_every=2",
+        "trainer.steps_per_epoch=100",
+        "faults.crash_rank=0",
+        "faults.crash_step=4",
+    )
     with pytest.raises(Crashed):
         run(cfg)
     run_dir = Path(cfg.paths.output_dir)

@@ -1,5 +1,6 @@
 """The fault-injection harness (``python -m ups.faults``): its measurements can fail, a few cheap
 scenarios pass end to end in the default suite, and the whole table passes under ``-m slow``."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from ups.faults.resume_scenarios import redone_steps
 
 def test_one_paragraph_means_short_and_without_a_traceback() -> None:
     assert Proc(1, 1.0, "", "Data error: x.hdf5 is missing\n").paragraph() == (True, 1)
-    traceback = "Traceback (most recent call last):\n  File \"a.py\", line 1\nOSError: full\n"
+    traceback = 'Traceback (most recent call last):\n  File "a.py", line 1\nOSError: full\n'
     assert Proc(1, 1.0, "", traceback).paragraph()[0] is False
     assert Proc(1, 1.0, "", "".join(f"line {i}\n" for i in range(20))).paragraph()[0] is False
     assert Proc(1, 1.0, "", "").paragraph()[0] is False
@@ -41,8 +42,12 @@ def test_redone_steps_counts_steps_logged_twice(tmp_path: Path) -> None:
 
 
 def _faults(tmp_path: Path, *args: str, timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ups.faults", "--workdir", str(tmp_path), *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ups.faults", "--workdir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow  # over 30 s on 2 cores: pytest -m slow (the default suite stays near 15 min)

@@ -1,5 +1,6 @@
 """The generative core on toy densities: EDM's sampler reproduces a known 2-component Gaussian
 mixture, and consistency distillation brings a one-step student closer to its teacher's sampler."""
+
 import copy
 
 import pytest
@@ -22,8 +23,9 @@ class ToyNet(nn.Module):
 
     def __init__(self, dim: int = 3, width: int = 128):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim + 1, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
-                                 nn.Linear(width, dim))
+        self.net = nn.Sequential(
+            nn.Linear(dim + 1, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, dim)
+        )
 
     def forward(self, x, c_noise):
         return self.net(torch.cat([x, c_noise[:, None]], dim=-1))

@@ -2,6 +2,7 @@
 and one collective (skip flags, stop flags, the loss sums and the per-task losses travel together);
 ups/training/step_totals.py. Before it, a step cost 5 syncs and 4 collectives (6 and 5 with two
 micro-batches)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,8 @@ import torch
 
 from ups.distributed import collectives
 from ups.runner import run
-from ups.training.callbacks import Callback
 from ups.training import micro_batch, step_totals
+from ups.training.callbacks import Callback
 
 # Every way a tensor's value reaches Python: each one waits for the device on a GPU.
 SYNCS = ("item", "tolist", "__float__", "__int__", "__bool__")
@@ -30,14 +31,18 @@ def counting(monkeypatch: pytest.MonkeyPatch, counts: Counter):
             if "/ups/" in sys._getframe(1).f_code.co_filename:
                 counts[_name] += 1
             return _original(self, *a, **kw)
+
         monkeypatch.setattr(torch.Tensor, name, wrapped)
-    for module, name, kind in ((step_totals, "all_reduce_sum", "collective"),
-                               (micro_batch, "any_rank_on_host", "host agreement")):
+    for module, name, kind in (
+        (step_totals, "all_reduce_sum", "collective"),
+        (micro_batch, "any_rank_on_host", "host agreement"),
+    ):
         original = getattr(collectives, name)
 
         def wrapped_collective(*a, _original=original, _kind=kind, **kw):
             counts[_kind] += 1
             return _original(*a, **kw)
+
         monkeypatch.setattr(module, name, wrapped_collective)
     yield
 
@@ -57,8 +62,15 @@ class StepCounts(Callback):
 
 @pytest.mark.parametrize("accum", [1, 2])
 def test_a_step_costs_one_sync_and_one_collective(tiny_cfg, monkeypatch, accum: int) -> None:
-    cfg = tiny_cfg("task=pdebench2", "trainer.max_steps=12", "trainer.log_every=1000", "trainer.eval_every=null",
-                   "trainer.steps_per_epoch=100", f"trainer.accum_steps={accum}", "trainer.batch_size=4")
+    cfg = tiny_cfg(
+        "task=pdebench2",
+        "trainer.max_steps=12",
+        "trainer.log_every=1000",
+        "trainer.eval_every=null",
+        "trainer.steps_per_epoch=100",
+        f"trainer.accum_steps={accum}",
+        "trainer.batch_size=4",
+    )
     counts = Counter()
     probe = StepCounts(counts)
     monkeypatch.setattr("ups.runner.build_callbacks", lambda c: {"probe": probe})

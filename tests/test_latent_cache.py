@@ -1,4 +1,5 @@
 """Latent cache: same latents as encode, keyed on everything they depend on, atomic builds."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,7 +53,7 @@ def test_cached_latents_equal_encode_and_training_from_them_equals_the_full_forw
                 z = model.encode(t.name, raw["x"][None], coords)[0]
             torch.testing.assert_close(item["z"], z, rtol=1e-5, atol=1e-5)
             assert torch.equal(item["y"], raw["y"]) and torch.equal(item["cond"], raw["cond"])
-            assert torch.equal(item["last"], raw["x"][:, -t.channels:])
+            assert torch.equal(item["last"], raw["x"][:, -t.channels :])
     # Same sampler keys through both multi-task datasets -> same predictions, with and without residual.
     raw_set, lat_set = MultiTaskDataset(windows), MultiTaskLatentDataset(cached)
     assert lat_set.sizes() == raw_set.sizes()
@@ -89,8 +90,11 @@ def test_key_follows_encoder_weights_split_and_settings_only(tasks) -> None:
         "val split": lc.latent_key(model, adv, "val"),
         "dtype": lc.latent_key(model, adv, "train", dtype=torch.float16),
         "extra": lc.latent_key(model, adv, "train", {"note": 1}),
-        "stats": lc.latent_key(model, dataclasses.replace(
-            adv, stats=dataclasses.replace(adv.stats, in_mean=[m + 1 for m in adv.stats.in_mean])), "train"),
+        "stats": lc.latent_key(
+            model,
+            dataclasses.replace(adv, stats=dataclasses.replace(adv.stats, in_mean=[m + 1 for m in adv.stats.in_mean])),
+            "train",
+        ),
         "initial_step": lc.latent_key(model, dataclasses.replace(adv, initial_step=adv.initial_step - 1), "train"),
     }
     with torch.no_grad():

@@ -3,6 +3,7 @@
 Read from the source with ``ast``, every import counted (inside functions too), except those under
 ``if TYPE_CHECKING:``, which exist for annotations only.
 """
+
 from __future__ import annotations
 
 import ast
@@ -14,8 +15,17 @@ UPS = Path(__file__).resolve().parents[1] / "ups"
 
 # package (or module) -> modules it must never import
 RULES = {
-    "models": ("ups.data", "ups.training", "ups.objectives", "ups.evaluation", "ups.distributed", "ups.build",
-               "ups.runner", "ups.config", "torch.distributed"),
+    "models": (
+        "ups.data",
+        "ups.training",
+        "ups.objectives",
+        "ups.evaluation",
+        "ups.distributed",
+        "ups.build",
+        "ups.runner",
+        "ups.config",
+        "torch.distributed",
+    ),
     "data": ("ups.training", "ups.objectives", "ups.evaluation", "ups.build", "ups.runner", "ups.config"),
     "objectives": ("ups.training", "ups.evaluation", "ups.build", "ups.runner"),
     "evaluation": ("ups.runner",),
@@ -53,7 +63,9 @@ def imports_of(source: str, package: str) -> list[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             out += [base] + [f"{base}.{a.name}" for a in node.names]
     return out
 
@@ -65,13 +77,20 @@ def _files(where: str) -> list[Path]:
 
 @pytest.mark.parametrize("where", sorted(RULES))
 def test_a_lower_layer_never_imports_a_higher_one(where: str) -> None:
-    broken = [f"{p.relative_to(UPS.parent)} imports {m}" for p in _files(where) for m in imports(p)
-              if any(m == rule or m.startswith(rule + ".") for rule in RULES[where])]
+    broken = [
+        f"{p.relative_to(UPS.parent)} imports {m}"
+        for p in _files(where)
+        for m in imports(p)
+        if any(m == rule or m.startswith(rule + ".") for rule in RULES[where])
+    ]
     assert not broken, "\n".join(broken)
 
 
 def test_the_rules_can_fail() -> None:
     """The scan sees imports inside functions and relative ones, and skips TYPE_CHECKING blocks."""
-    found = imports_of("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ups.training import trainer\n"
-                       "def f():\n    from ..runner import run\n", "ups.models")
+    found = imports_of(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ups.training import trainer\n"
+        "def f():\n    from ..runner import run\n",
+        "ups.models",
+    )
     assert "ups.runner" in found and not any(m.startswith("ups.training") for m in found)

@@ -1,4 +1,5 @@
 """The W&B logger on a fake ``wandb`` module: what it sends, without a network or an account."""
+
 from __future__ import annotations
 
 import sys
@@ -27,8 +28,9 @@ def test_redone_steps_reach_wandb_on_the_trainer_step_axis(tmp_path: Path, monke
             pass
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: Run()))
-    trainer = types.SimpleNamespace(env=types.SimpleNamespace(is_main=True), run_dir=str(tmp_path),
-                                    cfg=OmegaConf.create({"a": 1}))
+    trainer = types.SimpleNamespace(
+        env=types.SimpleNamespace(is_main=True), run_dir=str(tmp_path), cfg=OmegaConf.create({"a": 1})
+    )
     logger = WandbLogger(mode="offline")
     logger.on_run_start(trainer)
     steps = [*range(1, 11), 9, 10]  # a restart from the checkpoint at step 8 redoes 9 and 10

@@ -1,4 +1,5 @@
 """PDEBench metrics (ups.evaluation.pdebench_metrics) against hand computations on small arrays."""
+
 import math
 
 import pytest
@@ -110,23 +111,29 @@ def test_frmse_empty_band_is_nan():
 def test_brmse_boundary_vs_interior():
     # 1D, 8 points: error 2 at x_0 only -> sqrt((4 + 0) / 2); interior error only -> 0
     y = torch.zeros(1, 1, 8, 1, dtype=torch.float64)
-    p = y.clone(); p[0, 0, 0, 0] = 2
+    p = y.clone()
+    p[0, 0, 0, 0] = 2
     assert pdebench_metrics(p, y, (8,))["brmse"] == pytest.approx(math.sqrt(2))
-    p = y.clone(); p[0, 0, 3, 0] = 2
+    p = y.clone()
+    p[0, 0, 3, 0] = 2
     assert pdebench_metrics(p, y, (8,))["brmse"] == 0.0
     # 2D grid (4, 5): error 1 at (1, 0) (flat index 5, on the j = 0 face) -> sqrt(1 / (2*4 + 2*5));
     # at the corner (0, 0) it lies on two faces -> sqrt(2 / 18); on all interior points -> 0 though rmse > 0
     y = torch.zeros(1, 1, 20, 1, dtype=torch.float64)
-    p = y.clone(); p[0, 0, 5, 0] = 1
+    p = y.clone()
+    p[0, 0, 5, 0] = 1
     assert pdebench_metrics(p, y, (4, 5))["brmse"] == pytest.approx(math.sqrt(1 / 18))
-    p = y.clone(); p[0, 0, 0, 0] = 1
+    p = y.clone()
+    p[0, 0, 0, 0] = 1
     assert pdebench_metrics(p, y, (4, 5))["brmse"] == pytest.approx(math.sqrt(2 / 18))
-    p = y.clone().view(1, 1, 4, 5, 1); p[:, :, 1:-1, 1:-1] = 1
+    p = y.clone().view(1, 1, 4, 5, 1)
+    p[:, :, 1:-1, 1:-1] = 1
     res = pdebench_metrics(p.reshape(1, 1, 20, 1), y, (4, 5))
     assert res["brmse"] == 0.0 and res["rmse"] > 0
     # 3D grid (3, 4, 5): error 1 at (0, 1, 2), on one x face -> sqrt(1 / (2 * (12 + 20 + 15)))
     y = torch.zeros(1, 1, 60, 1, dtype=torch.float64)
-    p = y.clone(); p[0, 0, 1 * 5 + 2, 0] = 1
+    p = y.clone()
+    p[0, 0, 1 * 5 + 2, 0] = 1
     assert pdebench_metrics(p, y, (3, 4, 5))["brmse"] == pytest.approx(math.sqrt(1 / 94))
 
 
@@ -162,13 +169,15 @@ def test_decomposable_and_padding_ignored():
     assert_same(split.finalize(), whole)
     # two "ranks": add the states, max the max_err
     r0, r1 = MetricSums(2, 3, grid=grid), MetricSums(2, 3, grid=grid)
-    r0.update(p[:4], y[:4], grid); r1.update(p[4:], y[4:], grid)
+    r0.update(p[:4], y[:4], grid)
+    r1.update(p[4:], y[4:], grid)
     r0.load_state(r0.state() + r1.state())
     r0.max_err = torch.maximum(r0.max_err, r1.max_err)
     assert_same(r0.finalize(), whole)
     # padding with weight 0 (huge and NaN values) changes nothing
     pad_p, pad_y = _random(2, 5, p=26 * 28)
-    pad_p[0] = 1e6; pad_y[1] = float("nan")
+    pad_p[0] = 1e6
+    pad_y[1] = float("nan")
     padded = MetricSums(2, 3)
     padded.update(torch.cat([p, pad_p]), torch.cat([y, pad_y]), grid, weight=torch.tensor([1.0] * 6 + [0.0] * 2))
     assert_same(padded.finalize(), whole)
@@ -183,15 +192,17 @@ def _pdebench_reference(pred, target):
     nb, nc, nt = target.shape[0], target.shape[1], target.shape[-1]
     pv, tv = pred.reshape(nb, nc, -1, nt), target.reshape(nb, nc, -1, nt)
     err_mean = torch.sqrt(torch.mean((pv - tv) ** 2, dim=2))
-    out = {"rmse": err_mean.mean(0), "nrmse": (err_mean / torch.sqrt(torch.mean(tv ** 2, dim=2))).mean(0)}
+    out = {"rmse": err_mean.mean(0), "nrmse": (err_mean / torch.sqrt(torch.mean(tv**2, dim=2))).mean(0)}
     out["crmse"] = torch.sqrt(torch.mean((pv.sum(2) - tv.sum(2)) ** 2, dim=0)) / pv.shape[2]
     out["max"] = torch.abs(pv - tv).max(2)[0].max(0)[0]
     if nd == 1:
         bd = (pred[:, :, 0] - target[:, :, 0]) ** 2 + (pred[:, :, -1] - target[:, :, -1]) ** 2
         out["brmse"] = torch.sqrt(bd / 2.0).mean(0)
         nx = pred.shape[2]
-        err_f = torch.sqrt(torch.mean(torch.abs(torch.fft.rfft(pred, dim=2) - torch.fft.rfft(target, dim=2)) ** 2,
-                                      dim=0)) / nx
+        err_f = (
+            torch.sqrt(torch.mean(torch.abs(torch.fft.rfft(pred, dim=2) - torch.fft.rfft(target, dim=2)) ** 2, dim=0))
+            / nx
+        )
     else:
         nx, ny = pred.shape[2:4]
         bx = (pred[:, :, 0] - target[:, :, 0]) ** 2 + (pred[:, :, -1] - target[:, :, -1]) ** 2
@@ -201,7 +212,7 @@ def _pdebench_reference(pred, target):
         shells = torch.zeros(nb, nc, min(nx // 2, ny // 2), nt, dtype=pred.dtype)
         for i in range(nx // 2):
             for j in range(ny // 2):
-                it = math.floor(math.sqrt(i ** 2 + j ** 2))
+                it = math.floor(math.sqrt(i**2 + j**2))
                 if it > min(nx // 2, ny // 2) - 1:
                     continue
                 shells[:, :, it] += f[:, :, i, j]

@@ -98,8 +98,13 @@ def test_cond_and_task_change_step_once_gates_nonzero():
 
 
 def test_token_lattice_follows_the_grid():
-    tasks = {"a": TaskIO(10, 1, 1, (64,)), "b": TaskIO(2, 2, 2, (32, 32)), "c": TaskIO(5, 5, 3, (8, 8, 8)),
-             "d": TaskIO(4, 4, 2, (24, 24)), "e": TaskIO(1, 1, 1, (30,))}
+    tasks = {
+        "a": TaskIO(10, 1, 1, (64,)),
+        "b": TaskIO(2, 2, 2, (32, 32)),
+        "c": TaskIO(5, 5, 3, (8, 8, 8)),
+        "d": TaskIO(4, 4, 2, (24, 24)),
+        "e": TaskIO(1, 1, 1, (30,)),
+    }
     model = make_model(tasks=tasks)
     # patch [4, 4, 2]; 30 points: the divisor of 30 nearest 4 is 3 (tie with 5: more cells).
     assert model.token_shapes == {"a": (16,), "b": (8, 8), "c": (4, 4, 4), "d": (6, 6), "e": (10,)}
@@ -259,9 +264,23 @@ def test_bf16_autocast_cpu(model):
 
 
 def test_yaml_style_kwargs_and_parameter_count():
-    kwargs = {"hidden": 32, "depth": 2, "heads": 2, "patch": [2, 4, 2], "lattice": [8, 4, 2], "cond_dim": 3,
-              "fourier_features": 3, "basis": 8, "spectral_modes": [4, 4, 2], "spectral_group": 8,
-              "mlp_ratio": 2.0, "dropout": 0.1, "encoder_layers": 0, "decoder_layers": 1, "predict_change": False}
+    kwargs = {
+        "hidden": 32,
+        "depth": 2,
+        "heads": 2,
+        "patch": [2, 4, 2],
+        "lattice": [8, 4, 2],
+        "cond_dim": 3,
+        "fourier_features": 3,
+        "basis": 8,
+        "spectral_modes": [4, 4, 2],
+        "spectral_group": 8,
+        "mlp_ratio": 2.0,
+        "dropout": 0.1,
+        "encoder_layers": 0,
+        "decoder_layers": 1,
+        "predict_change": False,
+    }
     model = LatentSurrogate(**kwargs, tasks={"burgers_nu0.01": {"in_channels": 2, "out_channels": 1, "dim": 1}})
     assert len(model.operator.blocks) == 2 and isinstance(model.operator.blocks, torch.nn.ModuleList)
     n = count_parameters(model)
@@ -301,7 +320,8 @@ def test_torch_compile_matches_eager():
     compiled = torch.compile(model, fullgraph=True)
     for task in ("burgers_1d", "ns_2d"):
         fields, coords, cond = sample(task)
-        torch.testing.assert_close(compiled(task, fields, coords, cond), model(task, fields, coords, cond),
-                                   atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(
+            compiled(task, fields, coords, cond), model(task, fields, coords, cond), atol=1e-4, rtol=1e-3
+        )
     compiled("ns_2d", *sample("ns_2d")).square().mean().backward()
     assert all(p.grad is not None for p in model.encoder.parameters())

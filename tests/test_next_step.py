@@ -1,4 +1,5 @@
 """NextStep's options: who decides residual prediction, the relative loss, training noise."""
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,14 @@ class Constant(nn.Module):
 def _batch(steady: bool = False) -> dict:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 3, generator=g)  # 3 context frames of 1 channel
-    return {"task": "t", "x": x, "y": x[..., -1:] + 0.1 * torch.randn(2, 5, 1, generator=g),
-            "coords": torch.zeros(1, 5, 1), "cond": torch.zeros(2, 4), "steady": steady}
+    return {
+        "task": "t",
+        "x": x,
+        "y": x[..., -1:] + 0.1 * torch.randn(2, 5, 1, generator=g),
+        "coords": torch.zeros(1, 5, 1),
+        "cond": torch.zeros(2, 4),
+        "steady": steady,
+    }
 
 
 def test_residual_left_open_follows_the_model_and_can_be_forced() -> None:

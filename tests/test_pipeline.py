@@ -1,4 +1,5 @@
 """Stages as a pipeline: checkpoints per stage, resume in the stage that stopped, one global step, one W&B run."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,14 @@ from tests.conftest import crash_run
 from ups.runner import run
 from ups.training.checkpoint import MARKER, Checkpointer, load_consolidated, pack
 
-TWO_STAGES = ["task=darcy2d", "stage=pretrain_finetune", "trainer.max_steps=6", "trainer.steps_per_epoch=3",
-              "stages.finetune.steps=6", "optim.warmup_steps=2"]
+TWO_STAGES = [
+    "task=darcy2d",
+    "stage=pretrain_finetune",
+    "trainer.max_steps=6",
+    "trainer.steps_per_epoch=3",
+    "stages.finetune.steps=6",
+    "optim.warmup_steps=2",
+]
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -48,8 +55,7 @@ def test_checkpoints_are_kept_pruned_and_found_per_stage(tmp_path: Path) -> None
     assert Checkpointer(tmp_path / "checkpoints" / "steady").latest() is None
 
 
-def test_two_stage_pipeline_resumes_in_the_second_stage_bit_identically(tiny_cfg, tmp_path: Path,
-                                                                       monkeypatch) -> None:
+def test_two_stage_pipeline_resumes_in_the_second_stage_bit_identically(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
     straight = run(tiny_cfg(*TWO_STAGES, f"paths.output_dir={tmp_path / 'a'}"))
     cfg = tiny_cfg(*TWO_STAGES, f"paths.output_dir={tmp_path / 'b'}")
     # finetune's step 4 comes after its step-3 checkpoint
@@ -74,8 +80,16 @@ def test_two_stage_pipeline_resumes_in_the_second_stage_bit_identically(tiny_cfg
 
 def test_steps_zero_skips_a_stage_and_a_raised_budget_continues(tiny_cfg, tmp_path: Path) -> None:
     # finetune trains everything: with operator skipped, a frozen encoder would be random (refused)
-    result = run(tiny_cfg("task=darcy2d", "stage=pretrain_finetune", "stages.operator.steps=0",
-                          "stages.finetune.steps=3", "stages.finetune.freeze=[]", "trainer.steps_per_epoch=3"))
+    result = run(
+        tiny_cfg(
+            "task=darcy2d",
+            "stage=pretrain_finetune",
+            "stages.operator.steps=0",
+            "stages.finetune.steps=3",
+            "stages.finetune.freeze=[]",
+            "trainer.steps_per_epoch=3",
+        )
+    )
     run_dir = Path(result["run_dir"])
     assert not (run_dir / "checkpoints" / "operator").exists()
     assert {r["stage"] for r in records(run_dir) if r["kind"] == "train"} == {"finetune"}

@@ -1,6 +1,7 @@
 """Precision switches (issue 22): TF32 for fp32 matmuls on CUDA by default with hardware.tf32 to turn
 it off, bf16 autocast composing with the flash attention kernel, and compilation that says when it
 fell back. The CUDA behaviour is marked gpu and skipped without CUDA."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_cfg
-from ups.config import ConfigError
 from ups.bench.variants import variant_overrides
+from ups.config import ConfigError
 from ups.training.compute import apply_tf32, compile_report, compute_context, tf32_enabled
 
 CUDA = torch.device("cuda")

@@ -1,4 +1,5 @@
 """Defects a new user's probes found (issue 21, item 5), one test each."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,11 @@ from tests.conftest import compose_cfg
 from ups.config import ConfigError
 from ups.objectives import check_frozen_start
 
-FROZEN_FIRST = {"operator_frozen_encoder": "operator", "operator_on_autoencoder": "operator",
-                "finetune_frozen_encoder": "finetune"}
+FROZEN_FIRST = {
+    "operator_frozen_encoder": "operator",
+    "operator_on_autoencoder": "operator",
+    "finetune_frozen_encoder": "finetune",
+}
 
 
 @pytest.mark.parametrize("option", sorted(FROZEN_FIRST))
@@ -27,7 +31,9 @@ def test_training_a_first_stage_on_a_frozen_random_encoder_is_refused(option: st
     check_frozen_start(cfg.stages)
     for ok in ("stage=pretrain_finetune", "stage=autoencoder_pretrain"):
         check_frozen_start(compose_cfg([ok, "paths.data_dir=d", "paths.output_dir=o"]).stages)
-    skipped = compose_cfg(["stage=pretrain_finetune", "stages.operator.steps=0", "paths.data_dir=d", "paths.output_dir=o"])
+    skipped = compose_cfg(
+        ["stage=pretrain_finetune", "stages.operator.steps=0", "paths.data_dir=d", "paths.output_dir=o"]
+    )
     with pytest.raises(ConfigError, match="stages.finetune freezes the encoder"):  # the stage that trained it skipped
         check_frozen_start(skipped.stages)
 
@@ -40,9 +46,11 @@ def test_stale_temporary_files_of_killed_generations_are_removed(tmp_path: Path)
     dead.wait()
     name = "1D_Advection_Sols_beta0.4.hdf5"  # the default small file
     old = time.time() - STALE_AFTER_S - 5
-    litter = {"dead_old": tmp_path / f"{name}.{dead.pid}-0badc0de.tmp",
-              "dead_fresh": tmp_path / f"{name}.{dead.pid}-0fresh00.tmp",
-              "alive_old": tmp_path / f"{name}.{os.getpid()}-a11ve000.tmp"}
+    litter = {
+        "dead_old": tmp_path / f"{name}.{dead.pid}-0badc0de.tmp",
+        "dead_fresh": tmp_path / f"{name}.{dead.pid}-0fresh00.tmp",
+        "alive_old": tmp_path / f"{name}.{os.getpid()}-a11ve000.tmp",
+    }
     for key, path in litter.items():
         path.write_bytes(b"partial")
         if key.endswith("old"):
@@ -80,14 +88,16 @@ def test_evaluate_without_a_run_or_with_a_wrong_one_is_one_paragraph_and_creates
     work = tmp_path / "work"
     work.mkdir()
     for args, needle in (([], "run= is required"), ([f"run={tmp_path / 'typo' / 'run'}"], "no config.yaml")):
-        proc = subprocess.run([sys.executable, "-m", "ups.evaluate", *args], cwd=work, capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ups.evaluate", *args], cwd=work, capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 1 and needle in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"] and not list(work.iterdir())
 
 
 def test_the_benchmark_writes_into_its_run_directory_unless_asked_for_the_docs(tmp_path: Path, monkeypatch) -> None:
-    from ups.bench import report, run as bench_run
+    from ups.bench import report
+    from ups.bench import run as bench_run
 
     cfg = compose_cfg(["paths.data_dir=d", f"paths.output_dir={tmp_path}", "hardware=cpu"])
     assert cfg.bench.docs is None and cfg.bench.plot_dir is None
@@ -116,8 +126,16 @@ def test_steps_redone_after_a_restart_count_once_in_the_sweep_report(tmp_path: P
     (job / ".hydra" / "overrides.yaml").write_text("[]\n")
 
     def rec(step, sps):
-        return {"kind": "train", "step": step, "stage": "operator", "samples_per_s": sps,
-                "global_batch": 8, "batch_size": 8, "accum_steps": 1, "world_size": 1}
+        return {
+            "kind": "train",
+            "step": step,
+            "stage": "operator",
+            "samples_per_s": sps,
+            "global_batch": 8,
+            "batch_size": 8,
+            "accum_steps": 1,
+            "world_size": 1,
+        }
 
     # steps 10, 20, 30; a restart from the checkpoint at 10 redoes 20 and 30 (slowly the first time)
     lines = [rec(10, 100.0), rec(20, 1.0), rec(30, 1.0), rec(20, 100.0), rec(30, 100.0)]
@@ -141,8 +159,9 @@ def test_max_restarts_of_a_single_process_is_not_silently_ignored(monkeypatch, c
 
 def test_help_names_the_command_and_lists_only_what_it_takes(tmp_path: Path) -> None:
     def helptext(module: str) -> str:
-        proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120,
-                              cwd=tmp_path)
+        proc = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 

@@ -1,5 +1,6 @@
 """Reads: lazy windows fetch only their frames, a split that fits is read in one pass, and every
 way of reading gives the arrays a whole-file h5py read gives; the read benchmark runs."""
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,13 @@ from ups.data.synth import generate
 from ups.data.tasks import TaskData, build_task
 
 # family: (n_samples, nx, nt, reduced_batch), tiny files with the task's own strides
-CASES = {"advection1d": (12, 32, 56, 2),  # single file, rr 4, rr_t 5, every 2nd sample
-         "cfd1d": (8, 64, 56, 1),  # single file, three fields stacked as channels
-         "darcy2d": (8, 16, None, 1),  # steady: [coefficient, solution] from two keys
-         "swe2d": (8, 8, 12, 1),  # one group per sample
-         "ns_incom2d": (4, 16, 120, 1)}  # batch-first, two keys concatenated
+CASES = {
+    "advection1d": (12, 32, 56, 2),  # single file, rr 4, rr_t 5, every 2nd sample
+    "cfd1d": (8, 64, 56, 1),  # single file, three fields stacked as channels
+    "darcy2d": (8, 16, None, 1),  # steady: [coefficient, solution] from two keys
+    "swe2d": (8, 8, 12, 1),  # one group per sample
+    "ns_incom2d": (4, 16, 120, 1),
+}  # batch-first, two keys concatenated
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,7 @@ def test_lazy_preloaded_and_one_pass_reads_equal_a_whole_file_read(family: str, 
     task, k = built(family), built(family).initial_step
     for split, ids in task.splits.items():
         want = [normalise(task, whole_file(task, f, i)) for f, i in ids]
-        for horizon in ((1,) if task.family.steady else (1, 2)):
+        for horizon in (1,) if task.family.steady else (1, 2):
             lazy, pre = (WindowDataset(task, split, gb, horizon) for gb in (0.0, 1.0))
             assert lazy.source._cache is None and pre.source._cache is not None
             assert lazy.source.ids == pre.source.ids == ids  # same samples, same order
@@ -86,8 +89,8 @@ def test_lazy_preloaded_and_one_pass_reads_equal_a_whole_file_read(family: str, 
                 j, s = divmod(index, lazy.per_traj)
                 a, b = lazy[index], pre[index]
                 assert all(torch.equal(a[key], b[key]) for key in ("x", "y", "cond"))
-                np.testing.assert_array_equal(a["x"].numpy(), to_points(want[j][s: s + k]))
-                np.testing.assert_array_equal(a["y"].numpy(), to_points(want[j][s + k: s + k + lazy.horizon]))
+                np.testing.assert_array_equal(a["x"].numpy(), to_points(want[j][s : s + k]))
+                np.testing.assert_array_equal(a["y"].numpy(), to_points(want[j][s + k : s + k + lazy.horizon]))
         lazy, pre = (TrajectoryDataset(task, split, preload_max_gb=gb) for gb in (0.0, 1.0))
         for j, traj in enumerate(want):
             assert torch.equal(lazy[j]["traj"], pre[j]["traj"])
@@ -160,7 +163,7 @@ def test_a_split_that_fits_is_read_with_one_read_per_field(built, monkeypatch: p
 
 def fake_pdebench(path: Path) -> Path:
     """A stand-in for PDEBench's fno/utils.py with its API and item layout (no network in tests)."""
-    path.write_text('''
+    path.write_text("""
 import h5py, numpy as np, torch
 
 class FNODatasetSingle(torch.utils.data.Dataset):
@@ -187,7 +190,7 @@ class FNODatasetMult(torch.utils.data.Dataset):
         with h5py.File(self.path, "r") as f:
             d = torch.tensor(np.moveaxis(np.array(f[self.keys[i]]["data"], dtype="f"), 0, -2))
         return d[..., : self.k, :], d, None
-''')
+""")
     return path
 
 
@@ -196,8 +199,20 @@ def test_the_read_benchmark_runs_and_its_numbers_agree(tmp_path: Path, capsys) -
     generate("advection1d", data_dir, n_samples=10, nx=32, nt=56)
     generate("swe2d", data_dir, n_samples=10, nx=8, nt=12)
     out = tmp_path / "r.json"
-    result = bench.main(["--data-dir", str(data_dir), "--tasks", "advection1d,swe2d", "--repeats", "1",
-                         "--pdebench-utils", str(fake_pdebench(tmp_path / "utils.py")), "--json", str(out)])
+    result = bench.main(
+        [
+            "--data-dir",
+            str(data_dir),
+            "--tasks",
+            "advection1d,swe2d",
+            "--repeats",
+            "1",
+            "--pdebench-utils",
+            str(fake_pdebench(tmp_path / "utils.py")),
+            "--json",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     rows = {(r["task"], r["reader"]): r for r in result["rows"]}
     assert len(rows) == 2 * 5

@@ -3,6 +3,7 @@ overwritten run, a batch that cannot fit is refused, a signal in the closing eva
 
 One short run is trained once per module; each test works on its own copy of it.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,22 @@ STEPS = ["task=darcy2d", "trainer.steps_per_epoch=2", "trainer.eval_every=2"]
 
 
 def _cfg(data_dir: Path, out: Path, *overrides: str):
-    cfg = compose_cfg(["model=tiny", "hardware=cpu", "hardware.threads=1", f"paths.data_dir={data_dir}",
-                       "data.generate=true", f"paths.output_dir={out}", "trainer.max_steps=4", "trainer.batch_size=4",
-                       "trainer.log_every=1", "data.eval_samples=2", *STEPS, *overrides])
+    cfg = compose_cfg(
+        [
+            "model=tiny",
+            "hardware=cpu",
+            "hardware.threads=1",
+            f"paths.data_dir={data_dir}",
+            "data.generate=true",
+            f"paths.output_dir={out}",
+            "trainer.max_steps=4",
+            "trainer.batch_size=4",
+            "trainer.log_every=1",
+            "data.eval_samples=2",
+            *STEPS,
+            *overrides,
+        ]
+    )
     for ds in cfg.task.datasets.values():
         ds.synth.n_samples = 16
     return cfg
@@ -57,12 +71,16 @@ def copy(trained, tmp_path: Path):
 
     def make(*overrides: str):
         return _cfg(tmp_path / "data", tmp_path / "run", *overrides)
+
     return make
 
 
 def _train_steps(run_dir: Path) -> list[int]:
-    return [json.loads(ln)["step"] for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if json.loads(ln).get("kind") == "train"]
+    return [
+        json.loads(ln)["step"]
+        for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if json.loads(ln).get("kind") == "train"
+    ]
 
 
 def _evaluate_cfg(*overrides: str):
@@ -80,8 +98,7 @@ class _Trap:
 
 
 @pytest.mark.parametrize("checksums", ["recomputed", "deleted"])
-def test_a_booby_trapped_checkpoint_runs_nothing_through_resume(copy, tmp_path: Path, checksums: str,
-                                                                caplog) -> None:
+def test_a_booby_trapped_checkpoint_runs_nothing_through_resume(copy, tmp_path: Path, checksums: str, caplog) -> None:
     marker = tmp_path / "PWNED"
     final = tmp_path / "run" / "checkpoints" / "operator" / "final"
     plant_trap(final, marker, keep_checksums=checksums == "recomputed")
@@ -99,8 +116,12 @@ def test_a_booby_trapped_checkpoint_runs_nothing_through_ups_evaluate(copy, tmp_
     marker = tmp_path / "PWNED"
     run_dir = tmp_path / "run"
     plant_trap(run_dir / "checkpoints" / "operator" / "final", marker, keep_checksums=True)
-    out = subprocess.run([sys.executable, "-m", "ups.evaluate", f"run={run_dir}", "checkpoint=final"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "ups.evaluate", f"run={run_dir}", "checkpoint=final"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert ".metadata is refused" in out.stderr and "posix.system" in out.stderr
     from ups.evaluate import evaluate_run
@@ -177,7 +198,9 @@ def test_a_duplicate_download_is_warned(trained, tmp_path: Path, caplog) -> None
     shutil.copy(src, dup)
     fam = get_family("darcy2d")
     with caplog.at_level(logging.WARNING, logger="ups.data.validate"):
-        assert warn_duplicates("darcy2d", [TrajectoryFile(src, fam), TrajectoryFile(dup, fam)]) == [(src.name, dup.name)]
+        assert warn_duplicates("darcy2d", [TrajectoryFile(src, fam), TrajectoryFile(dup, fam)]) == [
+            (src.name, dup.name)
+        ]
     assert "count twice" in caplog.text
 
 
@@ -240,7 +263,8 @@ def test_resume_false_is_refused_unless_overwrite_then_starts_clean(copy, tmp_pa
 # ------------------------------------------------------------------------------------- 8: closing evaluation
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_in_the_closing_evaluation_stops_it_and_the_rerun_only_evaluates(
-        copy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: int) -> None:
+    copy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: int
+) -> None:
     import ups.runner
 
     shutil.rmtree(tmp_path / "run" / "eval")

@@ -1,4 +1,5 @@
 """The run report: both figures from a tiny run, what is left when parts of the run are gone, the notebook."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,7 @@ def test_report_draws_curves_and_rollouts_of_the_run(tiny_cfg, caplog, extra) ->
         assert value == pytest.approx(last_val[f"nrmse/{task}"], rel=1e-4)
 
 
-def test_curves_survive_missing_eval_records_and_data(tiny_cfg, data_dir: Path, tmp_path: Path, capsys,
-                                                      caplog) -> None:
+def test_curves_survive_missing_eval_records_and_data(tiny_cfg, data_dir: Path, tmp_path: Path, capsys, caplog) -> None:
     own_data = tmp_path / "data"
     shutil.copytree(data_dir, own_data)  # removed below; the session's data stays for other tests
     run_dir = Path(run(tiny_cfg(*TINY, f"paths.data_dir={own_data}"))["run_dir"])

@@ -4,6 +4,7 @@ Each family's true next frame comes from the project's own generator at a tiny s
 must rank it at least as high as every perturbation of it (up to float32 round-off), and strictly
 higher than at least one, for every family that has terms.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,9 +21,19 @@ from ups.evaluation.rewards import FHN_BOX, FHN_K, REWARDS, physics_reward, rewa
 # family -> (nx, nt): the smallest sizes that still resolve each solution. Frames 1 -> 2 are
 # t = 0.25 -> 0.5 of the span at nt = 5; swe2d needs 32 cells: at 16 the smeared dam-break front
 # already carries ~1e-5 of int h through the outflow walls by then, no longer round-off.
-SIZES = {"advection1d": (64, 5), "burgers1d": (64, 5), "diff_react1d": (64, 5), "diff_sorp1d": (64, 5),
-         "cfd1d": (64, 5), "darcy2d": (16, None), "react_diff2d": (16, 5), "swe2d": (32, 5),
-         "cfd2d": (16, 5), "ns_incom2d": (16, 5), "cfd3d": (8, 5)}
+SIZES = {
+    "advection1d": (64, 5),
+    "burgers1d": (64, 5),
+    "diff_react1d": (64, 5),
+    "diff_sorp1d": (64, 5),
+    "cfd1d": (64, 5),
+    "darcy2d": (16, None),
+    "react_diff2d": (16, 5),
+    "swe2d": (32, 5),
+    "cfd2d": (16, 5),
+    "ns_incom2d": (16, 5),
+    "cfd3d": (8, 5),
+}
 N_SAMPLES = 2
 ROUNDOFF = 1e-5  # float32 sums and the darcy stencil's 1/h^2 cancellation stay below this
 # exact data has no violation beyond round-off, except the divergence term's stencil error O((kh)^2)
@@ -65,11 +76,13 @@ def smooth_noise(cand: torch.Tensor, grid: tuple[int, ...], amp: float = 0.1) ->
 
 def perturbations(cand: torch.Tensor, grid: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """Wrong candidates a model could produce: too large, shifted, noisy, sign-flipped, blown up."""
-    return {"x1.1": 1.1 * cand,
-            "offset": cand + 0.1 * cand.abs().mean(dim=1, keepdim=True),
-            "smooth_noise": smooth_noise(cand, grid),
-            "sign_flip": -cand,
-            "x4": 4.0 * cand}
+    return {
+        "x1.1": 1.1 * cand,
+        "offset": cand + 0.1 * cand.abs().mean(dim=1, keepdim=True),
+        "smooth_noise": smooth_noise(cand, grid),
+        "sign_flip": -cand,
+        "x4": 4.0 * cand,
+    }
 
 
 def test_true_frame_is_ranked_above_perturbations(frames):
@@ -143,7 +156,7 @@ def test_input_checks_and_dtypes():
 
 
 def test_fitzhugh_nagumo_box_is_the_invariance_threshold():
-    assert FHN_BOX ** 3 - 2 * FHN_BOX - FHN_K == pytest.approx(0.0, abs=1e-9)
+    assert FHN_BOX**3 - 2 * FHN_BOX - FHN_K == pytest.approx(0.0, abs=1e-9)
     fam = FAMILIES["react_diff2d"]
     prev = torch.full((1, 4, 2), 0.5)
     inside, outside = torch.full((1, 4, 2), FHN_BOX), torch.full((1, 4, 2), 2 * FHN_BOX)
@@ -178,4 +191,6 @@ def test_fitzhugh_nagumo_pde_term_ranks_the_truth_above_what_a_model_gets_wrong(
     best = physics_reward(fam, prev, cand, grid, dt=dt)
     for name, frame in wrong.items():
         assert (physics_reward(fam, prev, frame, grid, dt=dt) < best - 0.1).all(), name
-    assert torch.equal(physics_reward(fam, prev, -cand, grid), physics_reward(fam, prev, cand, grid))  # the old blind spot
+    assert torch.equal(
+        physics_reward(fam, prev, -cand, grid), physics_reward(fam, prev, cand, grid)
+    )  # the old blind spot

@@ -1,4 +1,5 @@
 """One run per output directory: a live holder refuses a second run, a dead one is taken over."""
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,19 @@ def test_a_second_run_in_the_same_directory_is_refused_in_one_paragraph(tmp_path
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         _lock_of(sleeper.pid, tmp_path / "run")
-        proc = subprocess.run([sys.executable, "-m", "ups.train", f"paths.output_dir={tmp_path / 'run'}",
-                               f"paths.data_dir={tmp_path / 'data'}"], capture_output=True, text=True, timeout=120,
-                              cwd=tmp_path)  # Hydra's own outputs/ lands here, not in the repository
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ups.train",
+                f"paths.output_dir={tmp_path / 'run'}",
+                f"paths.data_dir={tmp_path / 'data'}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )  # Hydra's own outputs/ lands here, not in the repository
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -9,20 +9,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ups.data.sampler import MODES, STRATEGIES, MultiTaskDistributedSampler as Sampler
+from ups.data.sampler import MODES, STRATEGIES
+from ups.data.sampler import MultiTaskDistributedSampler as Sampler
 
-settings.register_profile("sampler", deadline=None, max_examples=100,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("sampler", deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("sampler")
 
 sizes_st = st.lists(st.integers(1, 40), min_size=1, max_size=4)
-opts_st = st.fixed_dictionaries({
-    "strategy": st.sampled_from(STRATEGIES),
-    "mode": st.sampled_from(MODES),
-    "temperature": st.sampled_from([0.5, 1.0, 2.0, 5.0]),
-    "seed": st.integers(0, 2**32),
-    "steps_per_epoch": st.none() | st.integers(1, 25),
-})
+opts_st = st.fixed_dictionaries(
+    {
+        "strategy": st.sampled_from(STRATEGIES),
+        "mode": st.sampled_from(MODES),
+        "temperature": st.sampled_from([0.5, 1.0, 2.0, 5.0]),
+        "seed": st.integers(0, 2**32),
+        "steps_per_epoch": st.none() | st.integers(1, 25),
+    }
+)
 
 
 def ranks(sizes, b, world, epoch=0, **opts):
@@ -87,14 +89,19 @@ def test_no_repeat_before_task_exhausted(sizes, b, world, opts):
     for t, n in enumerate(sizes):
         seq = [i for task, i in stream if task == t]
         for k in range(0, len(seq), n):
-            chunk = seq[k:k + n]
+            chunk = seq[k : k + n]
             assert len(set(chunk)) == len(chunk)
             if len(chunk) == n:
                 assert set(chunk) == set(range(n))
 
 
-@given(st.lists(st.integers(1, 30), min_size=1, max_size=3), st.integers(1, 3), st.sampled_from(MODES),
-       st.sampled_from(STRATEGIES), st.integers(0, 1000))
+@given(
+    st.lists(st.integers(1, 30), min_size=1, max_size=3),
+    st.integers(1, 3),
+    st.sampled_from(MODES),
+    st.sampled_from(STRATEGIES),
+    st.integers(0, 1000),
+)
 def test_coverage_with_enough_steps(sizes, b, mode, strategy, seed):
     """Run long enough and every sample of every task appears."""
     samplers = ranks(sizes, b, 2, strategy=strategy, mode=mode, seed=seed, steps_per_epoch=400)
@@ -174,8 +181,13 @@ def test_resume_same_world(sizes, b, world, epoch, opts, data):
         assert list(fresh) == list(ranks(sizes, b, world, epoch + 1, **opts)[r])
 
 
-@given(sizes_st, st.sampled_from([(1, 8), (2, 4), (4, 2), (8, 1), (3, 4), (6, 2), (12, 1)]),
-       st.integers(0, 2), opts_st, st.data())
+@given(
+    sizes_st,
+    st.sampled_from([(1, 8), (2, 4), (4, 2), (8, 1), (3, 4), (6, 2), (12, 1)]),
+    st.integers(0, 2),
+    opts_st,
+    st.data(),
+)
 def test_resume_with_new_world_same_global_batch(sizes, old, epoch, opts, data):
     """Checkpoint on (world, b), resume on (world', b') with world'*b' == world*b."""
     g = old[0] * old[1]
@@ -231,24 +243,27 @@ def test_state_dict_override_and_mismatch():
             other.load_state_dict(state)
 
 
-@pytest.mark.parametrize("args, kwargs, match", [
-    (([], 4), {}, "task_sizes is empty"),
-    (([3, 0, 2], 4), {}, r"task_sizes\[1\]"),
-    (([3, -1], 4), {}, r"task_sizes\[1\]"),
-    (([3, 2.5], 4), {}, "integer"),
-    (([3], 0), {}, "batch_size"),
-    (([3], 2.0), {}, "batch_size"),
-    (([3], 2), {"num_replicas": 0}, "num_replicas"),
-    (([3], 2), {"num_replicas": 2, "rank": 2}, "rank"),
-    (([3], 2), {"rank": -1}, "rank"),
-    (([3], 2), {"strategy": "uniform"}, "unknown strategy"),
-    (([3], 2), {"mode": "both"}, "unknown mode"),
-    (([3], 2), {"temperature": 0}, "temperature"),
-    (([3], 2), {"temperature": -1.5}, "temperature"),
-    (([3], 2), {"temperature": float("nan")}, "temperature"),
-    (([3], 2), {"seed": -1}, "seed"),
-    (([3], 2), {"steps_per_epoch": 0}, "steps_per_epoch"),
-])
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        (([], 4), {}, "task_sizes is empty"),
+        (([3, 0, 2], 4), {}, r"task_sizes\[1\]"),
+        (([3, -1], 4), {}, r"task_sizes\[1\]"),
+        (([3, 2.5], 4), {}, "integer"),
+        (([3], 0), {}, "batch_size"),
+        (([3], 2.0), {}, "batch_size"),
+        (([3], 2), {"num_replicas": 0}, "num_replicas"),
+        (([3], 2), {"num_replicas": 2, "rank": 2}, "rank"),
+        (([3], 2), {"rank": -1}, "rank"),
+        (([3], 2), {"strategy": "uniform"}, "unknown strategy"),
+        (([3], 2), {"mode": "both"}, "unknown mode"),
+        (([3], 2), {"temperature": 0}, "temperature"),
+        (([3], 2), {"temperature": -1.5}, "temperature"),
+        (([3], 2), {"temperature": float("nan")}, "temperature"),
+        (([3], 2), {"seed": -1}, "seed"),
+        (([3], 2), {"steps_per_epoch": 0}, "steps_per_epoch"),
+    ],
+)
 def test_argument_validation(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         Sampler(*args, **kwargs)

@@ -1,4 +1,5 @@
 """SIGTERM, SIGINT and SIGUSR2: finish the step, checkpoint, exit 128 + signal with one line; resume after."""
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,39 @@ from pathlib import Path
 import pytest
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-COMMON = ["hardware=cpu", "model=tiny", "task=darcy2d", "data.generate=true", "data.eval_samples=2",
-          "trainer.log_every=1", "trainer.steps_per_epoch=50", "trainer.batch_size=4", "parallelism.timeout_s=60"]
+COMMON = [
+    "hardware=cpu",
+    "model=tiny",
+    "task=darcy2d",
+    "data.generate=true",
+    "data.eval_samples=2",
+    "trainer.log_every=1",
+    "trainer.steps_per_epoch=50",
+    "trainer.batch_size=4",
+    "parallelism.timeout_s=60",
+]
 
 
 def _start(run_dir: Path, data_dir: Path, *overrides: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "ups.train", *COMMON, f"paths.data_dir={data_dir}", f"paths.output_dir={run_dir}",
-            "trainer.max_steps=100000", *overrides]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                            cwd=run_dir.parent, start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "ups.train",
+        *COMMON,
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={run_dir}",
+        "trainer.max_steps=100000",
+        *overrides,
+    ]
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=run_dir.parent,
+        start_new_session=True,
+    )
 
 
 def _wait_for_training(proc: subprocess.Popen, run_dir: Path) -> None:
@@ -33,12 +58,19 @@ def _wait_for_training(proc: subprocess.Popen, run_dir: Path) -> None:
     raise AssertionError(f"training never started: {proc.communicate()[1][-2000:]}")
 
 
-@pytest.mark.parametrize("sig,layout", [
-    (signal.SIGTERM, "single"), (signal.SIGUSR2, "single"), (signal.SIGINT, "ddp2"),
-    # the same path as SIGINT under ddp2 (kept out of the default suite for time; -m slow runs it)
-    pytest.param(signal.SIGUSR2, "ddp2", marks=pytest.mark.slow)])
-def test_a_stop_signal_checkpoints_and_exits_with_128_plus_signal(sig, layout: str, data_dir: Path,
-                                                                  tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "sig,layout",
+    [
+        (signal.SIGTERM, "single"),
+        (signal.SIGUSR2, "single"),
+        (signal.SIGINT, "ddp2"),
+        # the same path as SIGINT under ddp2 (kept out of the default suite for time; -m slow runs it)
+        pytest.param(signal.SIGUSR2, "ddp2", marks=pytest.mark.slow),
+    ],
+)
+def test_a_stop_signal_checkpoints_and_exits_with_128_plus_signal(
+    sig, layout: str, data_dir: Path, tmp_path: Path
+) -> None:
     run_dir = tmp_path / "run"
     proc = _start(run_dir, data_dir, f"parallelism={layout}")
     _wait_for_training(proc, run_dir)
@@ -58,9 +90,23 @@ def test_a_stop_signal_checkpoints_and_exits_with_128_plus_signal(sig, layout: s
     logged = max(json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
     assert saved == logged  # nothing trained after the last checkpoint is lost
     # The same command, with a budget just past the stop, resumes there and finishes.
-    again = subprocess.run([sys.executable, "-m", "ups.train", *COMMON, f"paths.data_dir={data_dir}",
-                            f"paths.output_dir={run_dir}", f"trainer.max_steps={saved + 2}", f"parallelism={layout}"],
-                           capture_output=True, text=True, env=ENV, timeout=180, cwd=tmp_path)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ups.train",
+            *COMMON,
+            f"paths.data_dir={data_dir}",
+            f"paths.output_dir={run_dir}",
+            f"trainer.max_steps={saved + 2}",
+            f"parallelism={layout}",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=180,
+        cwd=tmp_path,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"at step {saved}" in again.stdout + again.stderr
 

@@ -1,6 +1,7 @@
 """SLURM: the launcher preset is sized from parallelism= and cluster=, a stop on SIGUSR2 requeues the
 job (scontrol under sbatch, submitit's handler under submitit), and the requeued job resumes to the
 same weights as an uninterrupted run, under sbatch and under submitit's local executor."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,11 @@ from ups.training.checkpoint import load_consolidated
 
 def test_the_slurm_launcher_is_sized_from_parallelism_and_cluster() -> None:
     with initialize_config_module("ups.conf", version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "cluster=example", "parallelism=ddp4",
-                                          "cluster.timeout_min=30"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", "cluster=example", "parallelism=ddp4", "cluster.timeout_min=30"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (1, 4, 4)
@@ -35,7 +39,7 @@ def _fake_scontrol(tmp_path: Path) -> tuple[dict, Path]:
     """A PATH whose ``scontrol`` records its arguments instead of talking to SLURM."""
     bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol_calls"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     (bin_dir / "scontrol").chmod(0o755)
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, calls
 
@@ -50,8 +54,9 @@ def test_requeue_only_on_sigusr2_from_rank_0(tmp_path: Path, monkeypatch) -> Non
     assert slurm_requeue(signal.SIGUSR2, {}) is None  # not under SLURM
     assert not calls.exists()
     assert "requeued SLURM job 4242" in slurm_requeue(signal.SIGUSR2, slurm)
-    assert "requeued SLURM job 7_3" in slurm_requeue(signal.SIGUSR2, {**slurm, "SLURM_ARRAY_JOB_ID": "7",
-                                                                      "SLURM_ARRAY_TASK_ID": "3"})
+    assert "requeued SLURM job 7_3" in slurm_requeue(
+        signal.SIGUSR2, {**slurm, "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3"}
+    )
     assert calls.read_text().split("\n")[:2] == ["requeue 4242", "requeue 7_3"]
 
 
@@ -65,21 +70,32 @@ def test_under_submitit_the_signal_goes_on_to_submitits_handler() -> None:
     assert seen == [signal.SIGUSR2]
 
 
-COMMON = ["hardware=cpu", "hardware.threads=1", "model=tiny", "task=advection1d", "data.generate=true",
-          "data.eval_samples=2", "trainer.log_every=1", "trainer.batch_size=4", "trainer.max_steps=40",
-          "trainer.eval_every=10"]
+COMMON = [
+    "hardware=cpu",
+    "hardware.threads=1",
+    "model=tiny",
+    "task=advection1d",
+    "data.generate=true",
+    "data.eval_samples=2",
+    "trainer.log_every=1",
+    "trainer.batch_size=4",
+    "trainer.max_steps=40",
+    "trainer.eval_every=10",
+]
 
 
 @pytest.mark.slow  # over 30 s on 2 cores: pytest -m slow (the default suite stays near 15 min)
-def test_a_time_limit_warning_checkpoints_requeues_and_the_job_resumes_identically(tmp_path: Path,
-                                                                                   data_dir: Path) -> None:
+def test_a_time_limit_warning_checkpoints_requeues_and_the_job_resumes_identically(
+    tmp_path: Path, data_dir: Path
+) -> None:
     path, calls = _fake_scontrol(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SLURM_JOB_ID": "777", **path}
 
     def train(run_dir: Path, **kw):
         args = [sys.executable, "-m", "ups.train", *COMMON, f"paths.data_dir={data_dir}", f"paths.output_dir={run_dir}"]
-        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                cwd=tmp_path, **kw)
+        return subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, **kw
+        )
 
     straight = train(tmp_path / "a")
     assert straight.wait(timeout=300) == 0, straight.communicate()[1][-3000:]
@@ -136,14 +152,34 @@ def test_submitit_local_ddp_job_is_preempted_requeued_and_resumes_identically(tm
     it resumes in the same job folder and ends with the weights of an uninterrupted run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = [*COMMON, "parallelism=ddp2", "parallelism.timeout_s=60", f"paths.data_dir={data_dir}"]
-    straight = subprocess.run([sys.executable, "-m", "ups.train", *run, f"paths.output_dir={tmp_path / 'a'}"],
-                              capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    straight = subprocess.run(
+        [sys.executable, "-m", "ups.train", *run, f"paths.output_dir={tmp_path / 'a'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
     sweep = tmp_path / "sweep"
-    job = subprocess.Popen([sys.executable, "-m", "ups.train", "-m", "hydra/launcher=submitit_local",
-                            "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=10", *run,
-                            f"hydra.sweep.dir={sweep}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, cwd=tmp_path, env=env)
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ups.train",
+            "-m",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.tasks_per_node=2",
+            "hydra.launcher.timeout_min=10",
+            *run,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     try:
         metrics, deadline = sweep / "0" / "metrics.jsonl", time.time() + 240
         while time.time() < deadline and job.poll() is None:
@@ -184,8 +220,14 @@ def test_the_slurm_launcher_without_sbatch_is_one_paragraph(tmp_path, monkeypatc
     monkeypatch.undo()
     env = {k: v for k, v in __import__("os").environ.items()}
     env["PATH"] = str(tmp_path)  # no sbatch here
-    proc = subprocess.run([sys.executable, "-m", "ups.train", "-m", "hydra/launcher=slurm", "trainer.batch_size=4,8"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ups.train", "-m", "hydra/launcher=slurm", "trainer.batch_size=4,8"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("Config error: hydra/launcher=slurm submits the jobs with SLURM's sbatch")
     assert not (tmp_path / "multirun").exists()

@@ -1,6 +1,7 @@
 """The staged trainer (docs/stages.md): every stage's objective falls when its network trains, the
 frozen parts stay fixed, stage=all runs end to end with its table and plots, resumes bit-identically
 in the middle of the diffusion stage, and runs on 2 ranks under DDP and FSDP2."""
+
 from __future__ import annotations
 
 import json
@@ -16,14 +17,28 @@ from ups.config import ConfigError
 from ups.data.datasets import MultiTaskDataset, WindowDataset
 from ups.evaluation.ttc import TestTimeCorrection
 from ups.models.spec import spec_of
-from ups.objectives import (Autoencoder, ConsistencyCorrection, DiffusionResidual, InverseConsistency, NextStep,
-                            SteadyPrior)
+from ups.objectives import (
+    Autoencoder,
+    ConsistencyCorrection,
+    DiffusionResidual,
+    InverseConsistency,
+    NextStep,
+    SteadyPrior,
+)
 from ups.runner import build_model, build_tasks, run
 from ups.training.checkpoint import load_consolidated
 
-SMALL = ["task=pdebench2", "stage=all", "stages.operator.steps=6", "stages.diffusion.steps=8",
-         "stages.consistency.steps=4", "stages.steady.steps=4", "trainer.steps_per_epoch=3",
-         "stages.diffusion.objective.steps=2", "data.eval_samples=2"]
+SMALL = [
+    "task=pdebench2",
+    "stage=all",
+    "stages.operator.steps=6",
+    "stages.diffusion.steps=8",
+    "stages.consistency.steps=4",
+    "stages.steady.steps=4",
+    "trainer.steps_per_epoch=3",
+    "stages.diffusion.objective.steps=2",
+    "data.eval_samples=2",
+]
 
 
 @pytest.fixture
@@ -36,7 +51,9 @@ def staged(tiny_cfg, tmp_path: Path):
 
 def _batch(task, n: int = 8) -> dict:
     windows = WindowDataset(task, "train")
-    return MultiTaskDataset([windows]).collate([{"task_index": 0, **windows[i * (len(windows) // n)]} for i in range(n)])[0]
+    return MultiTaskDataset([windows]).collate(
+        [{"task_index": 0, **windows[i * (len(windows) // n)]} for i in range(n)]
+    )[0]
 
 
 # Parameter-name prefixes of the latent model's encoder and decoder groups (their shared blocks
@@ -131,8 +148,9 @@ def test_ttc_never_keeps_a_candidate_scoring_worse_than_the_uncorrected(staged) 
 
 
 def test_a_stage_without_its_kind_of_task_keeps_the_weights(tiny_cfg) -> None:
-    result = run(tiny_cfg("task=advection1d", "stage=[operator,steady]", "stages.operator.steps=2",
-                          "stages.steady.steps=5"))
+    result = run(
+        tiny_cfg("task=advection1d", "stage=[operator,steady]", "stages.operator.steps=2", "stages.steady.steps=5")
+    )
     run_dir = Path(result["run_dir"])
     assert {r["stage"] for r in _records(run_dir) if r["kind"] == "train"} == {"operator"}
     a, b = (load_consolidated(run_dir / "checkpoints" / s / "final")["model"] for s in ("operator", "steady"))
@@ -146,12 +164,22 @@ def test_heads_need_a_latent_model_and_a_teacher(tiny_cfg) -> None:
     with pytest.raises(ConfigError, match="teacher='diffusion'"):
         run(tiny_cfg("task=advection1d", "stage=consistency"))
     with pytest.raises(ConfigError, match="stages.diffusion.objective under parallelism.strategy=fsdp2: invert_steps"):
-        run(tiny_cfg("task=advection1d", "stage=all", "parallelism=fsdp2_2", "stages.diffusion.objective.invert_steps=5"))
+        run(
+            tiny_cfg(
+                "task=advection1d", "stage=all", "parallelism=fsdp2_2", "stages.diffusion.objective.invert_steps=5"
+            )
+        )
     with pytest.raises(ConfigError, match="need steps >= 1, samples >= 1"):
         run(tiny_cfg("task=advection1d", "stage=diffusion", "stages.diffusion.objective.samples=0"))
     with pytest.raises(ConfigError, match="its objective trains only the head"):
-        run(tiny_cfg("task=advection1d", "stage=[operator,diffusion]", "stages.operator.steps=2",
-                     "stages.diffusion.freeze=[encoder]"))
+        run(
+            tiny_cfg(
+                "task=advection1d",
+                "stage=[operator,diffusion]",
+                "stages.operator.steps=2",
+                "stages.diffusion.freeze=[encoder]",
+            )
+        )
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -164,16 +192,30 @@ def test_stage_all_trains_each_stage_and_writes_the_table(tiny_cfg, tmp_path: Pa
     run_dir = Path(result["run_dir"])
     trained = [(r["stage"], r["stage_step"]) for r in _records(run_dir) if r["kind"] == "train"]
     assert [s for s, _ in trained] == ["operator"] * 6 + ["diffusion"] * 8 + ["consistency"] * 4 + ["steady"] * 4
-    final = {s: load_consolidated(run_dir / "checkpoints" / s / "final")["model"]
-             for s in ("operator", "diffusion", "consistency", "steady")}
+    final = {
+        s: load_consolidated(run_dir / "checkpoints" / s / "final")["model"]
+        for s in ("operator", "diffusion", "consistency", "steady")
+    }
     for prev, stage in (("operator", "diffusion"), ("diffusion", "consistency"), ("consistency", "steady")):
-        moved = {k.split(".")[1] for k in final[stage] if k.startswith("stage_heads.")
-                 and not torch.equal(final[stage][k], final[prev][k])}
+        moved = {
+            k.split(".")[1]
+            for k in final[stage]
+            if k.startswith("stage_heads.") and not torch.equal(final[stage][k], final[prev][k])
+        }
         assert moved == {stage}, (stage, moved)  # the stage's own head, nothing else
-        assert all(torch.equal(final[stage][k], final[prev][k]) for k in final[stage] if not k.startswith("stage_heads."))
+        assert all(
+            torch.equal(final[stage][k], final[prev][k]) for k in final[stage] if not k.startswith("stage_heads.")
+        )
     table = (run_dir / "eval" / "stages.md").read_text()
-    for row in ("| operator |", "operator + diffusion (2 Heun steps)", "operator + consistency (1 step)",
-                "operator + TTC", "| steady prior |", "| persistence |", "| training-mean field |"):
+    for row in (
+        "| operator |",
+        "operator + diffusion (2 Heun steps)",
+        "operator + consistency (1 step)",
+        "operator + TTC",
+        "| steady prior |",
+        "| persistence |",
+        "| training-mean field |",
+    ):
         assert row in table, row
     results = json.loads((run_dir / "eval" / "stages.json").read_text())["results"]
     assert results["operator + diffusion (2 Heun steps)"]["nfe"] == 4
@@ -184,9 +226,19 @@ def test_stage_all_trains_each_stage_and_writes_the_table(tiny_cfg, tmp_path: Pa
 
     from ups.evaluate import evaluate_run
 
-    written = evaluate_run(OmegaConf.create({"run": str(run_dir), "checkpoint": "final", "split": "test",
-                                             "device": "cpu", "eval_samples": None, "batch_size": None,
-                                             "data_dir": None}))
+    written = evaluate_run(
+        OmegaConf.create(
+            {
+                "run": str(run_dir),
+                "checkpoint": "final",
+                "split": "test",
+                "device": "cpu",
+                "eval_samples": None,
+                "batch_size": None,
+                "data_dir": None,
+            }
+        )
+    )
     assert run_dir / "eval" / "final_test_stages.md" in written
     again = json.loads((run_dir / "eval" / "final_test_stages.json").read_text())["results"]
     trained = json.loads((run_dir / "eval" / "stages.json").read_text())["results"]
@@ -197,12 +249,21 @@ def test_stage_all_trains_each_stage_and_writes_the_table(tiny_cfg, tmp_path: Pa
 
     from ups.evaluation.stage_diagnostics import diagnose
 
-    rows = {line.split(" | ")[1]: float(line.split(" | ")[2].rstrip(" |")) for line in
-            diagnose(run_dir, windows=8, k=3).splitlines() if line.startswith("| advection1d")}
+    rows = {
+        line.split(" | ")[1]: float(line.split(" | ")[2].rstrip(" |"))
+        for line in diagnose(run_dir, windows=8, k=3).splitlines()
+        if line.startswith("| advection1d")
+    }
     label = "diffusion (2 Heun steps)"
-    assert rows[f"+ {label}, best of 3 + uncorrected by the truth (ceiling of TTC)"] <= min(
-        rows["operator"], rows[f"+ {label}, one sample"],
-        rows[f"+ {label}, best of 3 + uncorrected by the physics reward (TTC)"]) + 1e-6
+    assert (
+        rows[f"+ {label}, best of 3 + uncorrected by the truth (ceiling of TTC)"]
+        <= min(
+            rows["operator"],
+            rows[f"+ {label}, one sample"],
+            rows[f"+ {label}, best of 3 + uncorrected by the physics reward (TTC)"],
+        )
+        + 1e-6
+    )
     assert rows["operator + true encoder residual (ceiling of the default target)"] > 0
     # the operator row is the error of what the run predicts one step ahead (a model that predicts the
     # change decodes it: the row once left the last frame out and read 0.98 for a 0.05 prediction)
@@ -212,7 +273,9 @@ def test_stage_all_trains_each_stage_and_writes_the_table(tiny_cfg, tmp_path: Pa
     loaded = load_run(run_dir, "final", device="cpu")
     (task,) = [t for t in loaded.tasks if t.name == "advection1d"]
     w = WindowDataset(task, "val")
-    batch = MultiTaskDataset([w]).collate([{"task_index": 0, **w[i]} for i in range(0, len(w), max(1, len(w) // 8))][:8])[0]
+    batch = MultiTaskDataset([w]).collate(
+        [{"task_index": 0, **w[i]} for i in range(0, len(w), max(1, len(w) // 8))][:8]
+    )[0]
     with torch.no_grad():
         err = (loaded.predict(batch).float() - batch["y"].float()).pow(2).mean((-2, -1)).sqrt().mean()
     assert rows["operator"] == pytest.approx(float(err), rel=1e-3)
@@ -240,13 +303,28 @@ def test_stage_all_resumes_mid_diffusion_bit_identically(tiny_cfg, tmp_path: Pat
 
 
 # DDP is also covered by the unrolled stage's two-rank test; FSDP2 is the stricter layout for heads
-@pytest.mark.parametrize("layout", [pytest.param("ddp2", marks=pytest.mark.slow),
-                                    pytest.param("fsdp2_2", marks=pytest.mark.slow)])  # 54 s
+@pytest.mark.parametrize(
+    "layout", [pytest.param("ddp2", marks=pytest.mark.slow), pytest.param("fsdp2_2", marks=pytest.mark.slow)]
+)  # 54 s
 def test_stage_all_runs_on_two_ranks(layout: str, data_dir: Path, tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "ups.train", "model=tiny", "hardware=cpu", "data.generate=true",
-            f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}", f"parallelism={layout}", *SMALL,
-            "stages.operator.steps=2", "stages.diffusion.steps=2", "stages.consistency.steps=2",
-            "stages.steady.steps=2", "trainer.batch_size=4", "parallelism.timeout_s=60"]
+    args = [
+        sys.executable,
+        "-m",
+        "ups.train",
+        "model=tiny",
+        "hardware=cpu",
+        "data.generate=true",
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        f"parallelism={layout}",
+        *SMALL,
+        "stages.operator.steps=2",
+        "stages.diffusion.steps=2",
+        "stages.consistency.steps=2",
+        "stages.steady.steps=2",
+        "trainer.batch_size=4",
+        "parallelism.timeout_s=60",
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     stages = {r["stage"] for r in _records(tmp_path / "run") if r["kind"] == "train"}
@@ -255,8 +333,15 @@ def test_stage_all_runs_on_two_ranks(layout: str, data_dir: Path, tmp_path: Path
 
 
 def test_autoencoder_pretraining_then_the_operator_on_its_cached_latents(tiny_cfg, tmp_path: Path) -> None:
-    result = run(tiny_cfg("task=advection1d", "stage=autoencoder_pretrain", "stages.autoencoder.steps=6",
-                          "stages.operator.steps=6", "trainer.steps_per_epoch=3"))
+    result = run(
+        tiny_cfg(
+            "task=advection1d",
+            "stage=autoencoder_pretrain",
+            "stages.autoencoder.steps=6",
+            "stages.operator.steps=6",
+            "trainer.steps_per_epoch=3",
+        )
+    )
     run_dir = Path(result["run_dir"])
     assert [r["stage"] for r in _records(run_dir) if r["kind"] == "train"] == ["autoencoder"] * 6 + ["operator"] * 6
     ae, op = (load_consolidated(run_dir / "checkpoints" / s / "final")["model"] for s in ("autoencoder", "operator"))

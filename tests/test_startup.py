@@ -5,6 +5,7 @@ Each case runs the real entry point in a fresh interpreter, from an empty folder
 whether ``torch`` ended up in ``sys.modules``. Timings are measured by hand (docs/configuration.md),
 not here: the test machines are shared.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,14 @@ sys.exit(code)
 def _probe(tmp_path: Path, module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the entry point from an empty ``tmp_path`` and check that it wrote nothing there."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    proc = subprocess.run([sys.executable, "-c", _PROBE, module, *args], cwd=tmp_path, env=full_env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, module, *args],
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert not list(tmp_path.iterdir()), f"{module} {' '.join(args)} wrote {list(tmp_path.iterdir())}"
     return proc
 

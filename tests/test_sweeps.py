@@ -1,6 +1,7 @@
 """Sweeps: a multirun ends in a report (CSV, markdown, plots) that keeps failed jobs with their
 error, a fixed global batch derives the accumulation per job, and ``python -m ups.report``
 rewrites the report of any sweep directory."""
+
 from __future__ import annotations
 
 import csv
@@ -29,9 +30,23 @@ def test_global_batch_sets_the_accumulation_or_names_the_batches_that_fit() -> N
 
 
 def _sweep(tmp_path: Path, data_dir: Path, *overrides: str, timeout: int = 420) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "ups.train", "-m", "model=tiny", "hardware=cpu", "hardware.threads=1",
-            "task=advection1d", "data.generate=true", f"paths.data_dir={data_dir}", "trainer.max_steps=4",
-            "trainer.log_every=2", "data.eval_samples=2", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
+    args = [
+        sys.executable,
+        "-m",
+        "ups.train",
+        "-m",
+        "model=tiny",
+        "hardware=cpu",
+        "hardware.threads=1",
+        "task=advection1d",
+        "data.generate=true",
+        f"paths.data_dir={data_dir}",
+        "trainer.max_steps=4",
+        "trainer.log_every=2",
+        "data.eval_samples=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *overrides,
+    ]
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
 
 
@@ -45,7 +60,10 @@ def test_a_sweep_reports_every_job_and_keeps_the_failed_ones(tmp_path: Path, dat
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(done) == 2 and len(failed) == 2
     assert all("optim.lr must be a finite number" in r["error"] for r in failed)
-    assert {(r["batch_size"], r["accum_steps"], r["global_batch"]) for r in done} == {("4", "4", "16"), ("8", "2", "16")}
+    assert {(r["batch_size"], r["accum_steps"], r["global_batch"]) for r in done} == {
+        ("4", "4", "16"),
+        ("8", "2", "16"),
+    }
     assert all(float(r["samples_per_s"]) > 0 and float(r["test/nrmse/advection1d"]) > 0 for r in done)
     table = (sweep / "sweep_report.md").read_text()
     assert "## Jobs that did not complete" in table and "optim.lr=inf" in table
@@ -60,9 +78,21 @@ def test_the_report_command_covers_an_unfinished_job(tmp_path: Path) -> None:
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(["trainer.batch_size=64"]))
     (job / "train.log").write_text("step 10\nkilled by the scheduler\n")
-    (job / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 10, "samples_per_s": 100.0,
-                                                   "world_size": 1, "batch_size": 64, "accum_steps": 1,
-                                                   "global_batch": 64, "peak_memory_mb": 10.0}) + "\n{cut")
+    (job / "metrics.jsonl").write_text(
+        json.dumps(
+            {
+                "kind": "train",
+                "step": 10,
+                "samples_per_s": 100.0,
+                "world_size": 1,
+                "batch_size": 64,
+                "accum_steps": 1,
+                "global_batch": 64,
+                "peak_memory_mb": 10.0,
+            }
+        )
+        + "\n{cut"
+    )
     from ups.report import main
 
     assert main([str(tmp_path / "sweep")]) == 0
@@ -74,8 +104,15 @@ def test_the_report_command_covers_an_unfinished_job(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_local_sweep_of_single_and_two_rank_jobs(tmp_path: Path, data_dir: Path) -> None:
-    proc = _sweep(tmp_path, data_dir, "trainer.batch_size=4,8", "trainer.accum_steps=1,2", "parallelism=single,ddp2",
-                  "parallelism.timeout_s=60", timeout=900)
+    proc = _sweep(
+        tmp_path,
+        data_dir,
+        "trainer.batch_size=4,8",
+        "trainer.accum_steps=1,2",
+        "parallelism=single,ddp2",
+        "parallelism.timeout_s=60",
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "sweep" / "sweep_report.csv").open()))
     assert len(rows) == 8 and {r["world_size"] for r in rows} == {"1", "2"}
@@ -84,8 +121,9 @@ def test_a_local_sweep_of_single_and_two_rank_jobs(tmp_path: Path, data_dir: Pat
     assert (tmp_path / "sweep" / "sweep_scaling.png").exists()
 
 
-def test_the_sweep_notebook_runs_headless_on_a_sweeps_output(tmp_path: Path, data_dir: Path, monkeypatch,
-                                                              capsys) -> None:
+def test_the_sweep_notebook_runs_headless_on_a_sweeps_output(
+    tmp_path: Path, data_dir: Path, monkeypatch, capsys
+) -> None:
     pytest.importorskip("matplotlib")
     proc = _sweep(tmp_path, data_dir, "trainer.batch_size=4,8")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -26,25 +26,40 @@ LAYOUT_A = {
     "advection1d": ("1D_Advection_Sols_beta0.4.hdf5", {"tensor": (N, NT, NX), **A1}),
     "burgers1d": ("1D_Burgers_Sols_Nu0.1.hdf5", {"tensor": (N, NT, NX), **A1}),
     "diff_react1d": ("ReacDiff_Nu0.5_Rho1.0.hdf5", {"tensor": (N, NT, NX), **A1}),
-    "cfd1d": ("1D_CFD_Rand_Eta0.1_Zeta0.1_periodic_Train.hdf5",
-              {k: (N, NT, NX) for k in ("density", "pressure", "Vx")} | A1),
-    "darcy2d": ("2D_DarcyFlow_beta1.0_Train.hdf5",
-                {"tensor": (N, 1, NX, NX), "nu": (N, NX, NX), "x-coordinate": (NX,),
-                 "y-coordinate": (NX,), "t-coordinate": (10,)}),
-    "cfd2d": ("2D_CFD_Rand_M0.1_Eta0.1_Zeta0.1_periodic_128_Train.hdf5",
-              {k: (N, NT, NX, NX) for k in ("density", "pressure", "Vx", "Vy")} | A2),
-    "cfd3d": ("3D_CFD_Rand_M1.0_Eta1e-08_Zeta1e-08_periodic_Train.hdf5",
-              {k: (N, NT, NX, NX, NX) for k in ("density", "pressure", "Vx", "Vy", "Vz")} | A3),
+    "cfd1d": (
+        "1D_CFD_Rand_Eta0.1_Zeta0.1_periodic_Train.hdf5",
+        {k: (N, NT, NX) for k in ("density", "pressure", "Vx")} | A1,
+    ),
+    "darcy2d": (
+        "2D_DarcyFlow_beta1.0_Train.hdf5",
+        {
+            "tensor": (N, 1, NX, NX),
+            "nu": (N, NX, NX),
+            "x-coordinate": (NX,),
+            "y-coordinate": (NX,),
+            "t-coordinate": (10,),
+        },
+    ),
+    "cfd2d": (
+        "2D_CFD_Rand_M0.1_Eta0.1_Zeta0.1_periodic_128_Train.hdf5",
+        {k: (N, NT, NX, NX) for k in ("density", "pressure", "Vx", "Vy")} | A2,
+    ),
+    "cfd3d": (
+        "3D_CFD_Rand_M1.0_Eta1e-08_Zeta1e-08_periodic_Train.hdf5",
+        {k: (N, NT, NX, NX, NX) for k in ("density", "pressure", "Vx", "Vy", "Vz")} | A3,
+    ),
 }
 LAYOUT_B = {  # family -> (file name, data shape, grid keys)
     "diff_sorp1d": ("1D_diff-sorp_NA_NA.h5", (NT, NX, 1), {"x": (NX,), "t": (NT,)}),
-    "react_diff2d": ("2D_diff-react_NA_NA.h5", (NT, NX, NX, 2),
-                     {"x": (NX,), "y": (NX,), "t": (NT,)}),
+    "react_diff2d": ("2D_diff-react_NA_NA.h5", (NT, NX, NX, 2), {"x": (NX,), "y": (NX,), "t": (NT,)}),
     "swe2d": ("2D_rdb_NA_NA.h5", (NT, NX, NX, 1), {"x": (NX,), "y": (NX,), "t": (NT,)}),
 }
-LAYOUT_C = {"ns_incom2d": ("ns_incom_inhom_2d_512-0.h5",
-                           {"velocity": (N, NT, NX, NX, 2), "particles": (N, NT, NX, NX, 1),
-                            "force": (N, NX, NX, 2), "t": (N, NT)})}
+LAYOUT_C = {
+    "ns_incom2d": (
+        "ns_incom_inhom_2d_512-0.h5",
+        {"velocity": (N, NT, NX, NX, 2), "particles": (N, NT, NX, NX, 1), "force": (N, NX, NX, 2), "t": (N, NT)},
+    )
+}
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +126,7 @@ def test_layout_b(tiny, family):
         assert sorted(f) == [f"{i:04d}" for i in range(N)]
         for g in f.values():
             assert set(g) == {"data", "grid"}
-            assert g["data"].shape == shape and g["data"].compression == (
-                None if family == "swe2d" else "lzf")
+            assert g["data"].shape == shape and g["data"].compression == (None if family == "swe2d" else "lzf")
             assert {k: g["grid"][k].shape for k in g["grid"]} == grid
             cfg = g.attrs["config"]
             assert isinstance(cfg, str) and cfg.startswith("sim:\n")
@@ -143,8 +157,7 @@ def test_turb_and_extra_parameters_names(tmp_path):
     (p,) = generate("cfd1d", tmp_path, n_samples=1, nx=16, nt=2, eta=1e-8, zeta=1e-8)
     assert p.name == "1D_CFD_Rand_Eta1.e-8_Zeta1.e-8_periodic_Train.hdf5"
     ps = generate("advection1d", tmp_path, n_samples=1, nx=8, nt=2, betas=[0.1, 4.0])
-    assert [q.name for q in ps] == ["1D_Advection_Sols_beta0.1.hdf5",
-                                    "1D_Advection_Sols_beta4.0.hdf5"]
+    assert [q.name for q in ps] == ["1D_Advection_Sols_beta0.1.hdf5", "1D_Advection_Sols_beta4.0.hdf5"]
 
 
 def test_deterministic_in_seed(tmp_path):
@@ -171,21 +184,23 @@ def test_failed_write_leaves_no_file(tmp_path):
     def writer(f):
         f["partial"] = np.zeros(3, dtype=np.float32)
         raise RuntimeError("killed")
+
     with pytest.raises(RuntimeError):
         produce(tmp_path, [("x.hdf5", writer)])
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_pdebench2_and_rerun(tmp_path):
-    cmd = [sys.executable, "-m", "ups.data.synth", "tasks=pdebench2", f"out={tmp_path}",
-           "n_samples=2", "nx=16", "nt=3"]
+    cmd = [sys.executable, "-m", "ups.data.synth", "tasks=pdebench2", f"out={tmp_path}", "n_samples=2", "nx=16", "nt=3"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "advection1d" in r.stdout and "darcy2d" in r.stdout and "total" in r.stdout
     assert "tensor(2, 3, 16)" in r.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "1D_Advection_Sols_beta0.4.hdf5", "2D_DarcyFlow_beta1.0_Train.hdf5"]
+        "1D_Advection_Sols_beta0.4.hdf5",
+        "2D_DarcyFlow_beta1.0_Train.hdf5",
+    ]
     stamps = [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())]
     assert main(["tasks=pdebench2", f"out={tmp_path}", "n_samples=2", "nx=16", "nt=3"]) == 0
     assert [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())] == stamps
@@ -201,12 +216,21 @@ def test_cli_bad_family_exits_nonzero(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("argv", [
-    ["out=x"], ["tasks=pdebench2"], ["pdebench2"],
-    ["tasks=pdebench2", "out=x", "nx=abc"], ["tasks=pdebench2", "out=x", "nx=0"],
-    ["tasks=pdebench2", "out=x", "foo=1"], ["tasks=pdebench2", "out=x", "overwrite=maybe"],
-    ["tasks=", "out=x"], ["tasks=pdebench2", "out=x", "nt=1"],
-    ["tasks=pdebench2", "out=x", "nx=2"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["out=x"],
+        ["tasks=pdebench2"],
+        ["pdebench2"],
+        ["tasks=pdebench2", "out=x", "nx=abc"],
+        ["tasks=pdebench2", "out=x", "nx=0"],
+        ["tasks=pdebench2", "out=x", "foo=1"],
+        ["tasks=pdebench2", "out=x", "overwrite=maybe"],
+        ["tasks=", "out=x"],
+        ["tasks=pdebench2", "out=x", "nt=1"],
+        ["tasks=pdebench2", "out=x", "nx=2"],
+    ],
+)
 def test_cli_bad_arguments(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

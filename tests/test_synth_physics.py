@@ -10,8 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ups.data.synth import generate
-from ups.data.synth import advection, darcy
+from ups.data.synth import advection, darcy, generate
 
 
 def _read(path, *keys):
@@ -60,7 +59,7 @@ def _darcy_residual(u, a, beta):
     for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
         nb = (slice(None), slice(1 + dx, up.shape[1] - 1 + dx), slice(1 + dy, up.shape[2] - 1 + dy))
         af = 2 * ap[c] * ap[nb] / (ap[c] + ap[nb])
-        out += af * (up[c] - up[nb]) / h ** 2
+        out += af * (up[c] - up[nb]) / h**2
     return out - beta
 
 
@@ -79,7 +78,7 @@ def test_darcy_constant_coefficient_matches_series_solution():
     x = (np.arange(n) + 0.5) / n
     m = np.arange(1, 80, 2)
     sx = np.sin(np.pi * m[:, None] * x[None, :])  # (M, n)
-    coef = 16.0 / (np.pi ** 4 * m[:, None] * m[None, :] * (m[:, None] ** 2 + m[None, :] ** 2))
+    coef = 16.0 / (np.pi**4 * m[:, None] * m[None, :] * (m[:, None] ** 2 + m[None, :] ** 2))
     exact = np.einsum("mn,mi,nj->ij", coef, sx, sx)
     # second order on the faces; a Dirichlet value at the cell centres would be off by ~6 %
     assert np.abs(u - exact).max() < 2e-3 * exact.max()
@@ -93,11 +92,13 @@ def test_darcy_file_residual_boundary_and_sign(tmp_path):
     res = _darcy_residual(u, a.astype(np.float64), 1.0)
     assert np.abs(res).max() < 1e-3  # float32 storage limits this, a wrong stencil gives O(1)
     assert u.min() > 0
+
     # u = 0 on the faces: quadratic extrapolation of the three edge cells to the face is small
     # next to the edge values (~0.15 here, jumps in a included); a zero imposed half a cell
     # further out, at the ghost centre, gives ~0.55
     def face(v):  # v: (N, X, ...) with axis 1 the normal direction
         return (15 * v[:, 0] - 10 * v[:, 1] + 3 * v[:, 2]) / 8
+
     sides = [u, u[:, ::-1], u.transpose(0, 2, 1), u.transpose(0, 2, 1)[:, ::-1]]
     ratio = sum(np.abs(face(v)).sum() for v in sides) / sum(v[:, 0].sum() for v in sides)
     assert ratio < 0.3
@@ -110,13 +111,14 @@ def test_burgers_file_conserves_mass_and_dissipates_energy(tmp_path):
     u = u.astype(np.float64)
     mass = u.sum(-1)
     assert np.all(np.abs(mass - mass[:, :1]) <= 1e-5 * np.abs(u[:, 0]).sum(-1, keepdims=True))
-    energy = (u ** 2).sum(-1)
+    energy = (u**2).sum(-1)
     assert np.all(np.diff(energy, axis=1) <= 1e-6 * energy[:, :-1])  # viscous + entropy-stable
     assert energy[:, -1].mean() < 0.9 * energy[:, 0].mean()
 
 
 def test_burgers_small_amplitude_decays_at_nu_over_pi():
     from ups.data.synth import burgers
+
     x = (np.arange(64) + 0.5) / 64
     u = burgers.solve(1e-4 * np.sin(2 * np.pi * x)[None], 0.1, np.array([0.0, 1.0]), 1 / 64)
     amp = np.abs(np.fft.rfft(u[0, -1].astype(np.float64))[1]) / 32 / 1e-4
@@ -126,6 +128,7 @@ def test_burgers_small_amplitude_decays_at_nu_over_pi():
 # ------------------------------------------------------------------------------ 1D reaction-diff.
 def test_reacdiff_bounds_logistic_and_diffusion():
     from ups.data.synth import reacdiff1d
+
     t = np.array([0.0, 0.5, 1.0])
     # spatially uniform data: pure logistic growth u e^{rho t} / (1 - u + u e^{rho t})
     u = reacdiff1d.solve(np.full((1, 16), 0.2), 0.5, 2.0, t, 1 / 16)[0, :, 0]
@@ -134,7 +137,7 @@ def test_reacdiff_bounds_logistic_and_diffusion():
     # no reaction: a Fourier mode decays with the FV Laplacian's symbol (periodic)
     x = (np.arange(32) + 0.5) / 32
     u = reacdiff1d.solve(0.5 + 0.1 * np.cos(2 * np.pi * x)[None], 0.01, 0.0, t, 1 / 32)
-    rate = 0.01 * (4 * 32 ** 2) * np.sin(np.pi / 32) ** 2
+    rate = 0.01 * (4 * 32**2) * np.sin(np.pi / 32) ** 2
     exact = 0.1 * np.cos(np.pi / 32) * np.exp(-rate * t)
     np.testing.assert_allclose(u[0, :, 0] - 0.5, exact, atol=1e-6)
 
@@ -149,11 +152,12 @@ def test_reacdiff_file_in_unit_interval(tmp_path):
 # ------------------------------------------------------------------------------ diffusion-sorption
 def test_diff_sorp_boundaries_and_bounds(tmp_path):
     from ups.data.synth import diffsorp
+
     dx = 1 / 32
     # left ghost is the solubility 1: no flux for u = 1 at the left, inflow D/R (1-u)/dx^2 below
     assert diffsorp.rhs(np.ones((1, 32)), dx)[0, 0] == pytest.approx(0.0, abs=1e-12)
     r = diffsorp.rhs(np.full((1, 32), 0.5), dx)[0]
-    inflow = 5e-4 / diffsorp.retardation(np.array(0.5)) * (1 - 0.5) / dx ** 2
+    inflow = 5e-4 / diffsorp.retardation(np.array(0.5)) * (1 - 0.5) / dx**2
     assert r[0] == pytest.approx(inflow, rel=1e-12)
     assert np.all(r[1:-1] == 0) and r[-1] < 0  # right (Cauchy) boundary drains
     (path,) = generate("diff_sorp1d", tmp_path, n_samples=6, nx=32, nt=11)
@@ -171,6 +175,7 @@ def test_diff_sorp_boundaries_and_bounds(tmp_path):
 # ------------------------------------------------------------------------------ FitzHugh-Nagumo
 def test_neumann_laplacian_is_no_flux():
     from ups.data.synth.fhn2d import neumann_laplacian
+
     n, dx = 12, 2 / 12
     rng = np.random.default_rng(0)
     f = rng.standard_normal((3, n, n))
@@ -180,20 +185,27 @@ def test_neumann_laplacian_is_no_flux():
     i = np.arange(n) + 0.5
     for kx, ky in ((1, 0), (2, 3)):
         mode = np.cos(kx * np.pi * i / n)[:, None] * np.cos(ky * np.pi * i / n)[None, :]
-        lam = -(4 / dx ** 2) * (np.sin(kx * np.pi / (2 * n)) ** 2
-                                + np.sin(ky * np.pi / (2 * n)) ** 2)
+        lam = -(4 / dx**2) * (np.sin(kx * np.pi / (2 * n)) ** 2 + np.sin(ky * np.pi / (2 * n)) ** 2)
         np.testing.assert_allclose(neumann_laplacian(mode, dx), lam * mode, atol=1e-9)
 
 
 def test_fhn_uniform_state_follows_the_ode(tmp_path):
     from ups.data.synth import fhn2d
+
     t = np.array([0.0, 1.0, 2.0])
     s0 = np.stack([np.full((1, 6, 6), 0.5), np.full((1, 6, 6), -0.2)])
     out = fhn2d.solve(s0, t, 1 / 3)  # (1, T, X, Y, 2)
     assert np.ptp(out, axis=(2, 3)).max() < 1e-6  # no-flux walls keep it uniform
     from scipy.integrate import solve_ivp
-    ref = solve_ivp(lambda _, y: [y[0] - y[0] ** 3 - fhn2d.K - y[1], y[0] - y[1]], (0, 2),
-                    [0.5, -0.2], t_eval=t, rtol=1e-10, atol=1e-12).y.T
+
+    ref = solve_ivp(
+        lambda _, y: [y[0] - y[0] ** 3 - fhn2d.K - y[1], y[0] - y[1]],
+        (0, 2),
+        [0.5, -0.2],
+        t_eval=t,
+        rtol=1e-10,
+        atol=1e-12,
+    ).y.T
     np.testing.assert_allclose(out[0, :, 0, 0], ref, atol=1e-5)
     (path,) = generate("react_diff2d", tmp_path, n_samples=2, nx=8, nt=3)
     with h5py.File(path, "r") as f:
@@ -204,6 +216,7 @@ def test_fhn_uniform_state_follows_the_ode(tmp_path):
 # ------------------------------------------------------------------------------ shallow water
 def test_swe_mass_symmetry_and_dam(tmp_path):
     import yaml
+
     (path,) = generate("swe2d", tmp_path, n_samples=3, nx=32, nt=11)
     with h5py.File(path, "r") as f:
         h = np.stack([f[k]["data"][()][..., 0] for k in sorted(f)]).astype(np.float64)
@@ -231,7 +244,7 @@ def _cfd_totals(path, d):
     rho, p, *vel = _read(path, "density", "pressure", *names)
     rho, p, vel = rho.astype(np.float64), p.astype(np.float64), np.stack(vel).astype(np.float64)
     axes = tuple(range(2, 2 + d))
-    energy = p / (5 / 3 - 1) + 0.5 * rho * (vel ** 2).sum(0)
+    energy = p / (5 / 3 - 1) + 0.5 * rho * (vel**2).sum(0)
     vaxes = tuple(a + 1 for a in axes)  # spatial axes of the (d, N, T, ...) velocity stack
     return rho.sum(axes), (rho * vel).sum(vaxes), energy.sum(axes), (rho * np.abs(vel)).sum(vaxes)
 
@@ -243,16 +256,17 @@ def test_cfd_periodic_conservation(tmp_path, d, nx):
     assert np.abs(mass / mass[:, :1] - 1).max() < 1e-6
     assert np.abs(energy / energy[:, :1] - 1).max() < 1e-5
     assert np.all(np.abs(mom - mom[:, :, :1]) <= 1e-5 * scale[:, :, :1] + 1e-6)
-    rho, = _read(path, "density")
+    (rho,) = _read(path, "density")
     assert rho.min() > 0 and np.abs(np.diff(rho, axis=1)).max() > 1e-3  # it does evolve
 
 
 def test_viscous_operator_coefficients():
     from ups.data.synth import compressible as cs
+
     n, dx, eta, zeta = 32, 1 / 32, 0.1, 0.05
     x = (np.arange(n) + 0.5) * dx
     s = np.sin(2 * np.pi * x)[None, :, None] * np.ones((1, n, n))
-    lap = (np.roll(s, -1, 1) - 2 * s + np.roll(s, 1, 1)) / dx ** 2
+    lap = (np.roll(s, -1, 1) - 2 * s + np.roll(s, 1, 1)) / dx**2
     one, zero = np.ones_like(s), np.zeros_like(s)
     # shear wave v_y(x): only m_y changes, at rate eta v_y''
     r = cs.viscous_rhs(cs.prim_to_cons(one, np.stack([zero, 1e-3 * s]), one), dx, 2, eta, zeta)

@@ -1,4 +1,5 @@
 """The eleven task files, the pdebench11 group and the aliases: config, files and built data."""
+
 from __future__ import annotations
 
 import logging
@@ -23,17 +24,42 @@ from ups.data.tasks import build_task, find_files, log_task_note
 FAMILY_NAMES = list(FAMILIES)
 # PDEBench's defaults (spec section 3): (reduced_resolution, reduced_resolution_t, initial_step);
 # ns_incom2d has no PDEBench config and is the documented choice in its task file.
-PDEBENCH = {"advection1d": (4, 5, 10), "burgers1d": (4, 5, 10), "diff_react1d": (4, 1, 5),
-            "diff_sorp1d": (1, 1, 10), "cfd1d": (8, 5, 10), "darcy2d": (2, 1, 1), "react_diff2d": (1, 1, 10),
-            "swe2d": (1, 1, 10), "cfd2d": (2, 1, 10), "ns_incom2d": (4, 10, 10), "cfd3d": (2, 1, 10)}
+PDEBENCH = {
+    "advection1d": (4, 5, 10),
+    "burgers1d": (4, 5, 10),
+    "diff_react1d": (4, 1, 5),
+    "diff_sorp1d": (1, 1, 10),
+    "cfd1d": (8, 5, 10),
+    "darcy2d": (2, 1, 1),
+    "react_diff2d": (1, 1, 10),
+    "swe2d": (1, 1, 10),
+    "cfd2d": (2, 1, 10),
+    "ns_incom2d": (4, 10, 10),
+    "cfd3d": (2, 1, 10),
+}
 # Grid points per axis after striding, per dimension, that CPU training can afford.
 AFFORDABLE = {1: (32, 64), 2: (16, 32), 3: (8, 8)}
 # Tiny sizes for building every family here: 2 windows per trajectory after PDEBench's strides.
-TINY = {"advection1d": (32, 56), "burgers1d": (32, 56), "diff_react1d": (32, 7), "diff_sorp1d": (16, 12),
-        "cfd1d": (64, 56), "darcy2d": (16, None), "react_diff2d": (8, 12), "swe2d": (8, 12), "cfd2d": (16, 12),
-        "ns_incom2d": (16, 120), "cfd3d": (8, 12)}
-ALIASES = {"comp_ns2d": "cfd2d", "ns2d_cond": "ns_incom2d", "diff_sorp2d": "diff_sorp1d",
-           "shallow_water2d_varied": "swe2d", "ns2d_turb": "cfd2d"}
+TINY = {
+    "advection1d": (32, 56),
+    "burgers1d": (32, 56),
+    "diff_react1d": (32, 7),
+    "diff_sorp1d": (16, 12),
+    "cfd1d": (64, 56),
+    "darcy2d": (16, None),
+    "react_diff2d": (8, 12),
+    "swe2d": (8, 12),
+    "cfd2d": (16, 12),
+    "ns_incom2d": (16, 120),
+    "cfd3d": (8, 12),
+}
+ALIASES = {
+    "comp_ns2d": "cfd2d",
+    "ns2d_cond": "ns_incom2d",
+    "diff_sorp2d": "diff_sorp1d",
+    "shallow_water2d_varied": "swe2d",
+    "ns2d_turb": "cfd2d",
+}
 
 
 def cfg_for(task: str, data_dir: Path | str = "d"):
@@ -94,8 +120,8 @@ def test_every_family_builds_task_data_and_windows(family: str, tiny_dir: Path) 
     cond = task.cond(0)
     params = [np.log10(v) for v in task.files[0].params.values()]
     assert cond.shape == (1 + COND_PARAMS,) and [k for k, _ in fam.params] == list(task.files[0].params)
-    np.testing.assert_allclose(cond[1: 1 + len(params)], params, rtol=1e-6)
-    assert not cond[1 + len(params):].any()
+    np.testing.assert_allclose(cond[1 : 1 + len(params)], params, rtol=1e-6)
+    assert not cond[1 + len(params) :].any()
     assert cond[0] == (0.0 if fam.steady else pytest.approx(np.log10(task.files[0].dt())))
     windows = WindowDataset(task, "train")
     k = task.initial_step
@@ -145,8 +171,11 @@ def test_ns_incom_is_batch_first_and_split_across_files(tmp_path: Path) -> None:
     task = build_task("ns_incom2d", ds, cfg.data, tmp_path, [tmp_path])
     assert [p.path.name.split("-")[-1] for p in task.files] == ["0.h5", "2.h5", "10.h5"]
     # 9 samples = 3 files x batch 3, split as one sequence: test last, validation before it
-    assert task.splits == {"train": [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0)],
-                           "val": [(2, 1)], "test": [(2, 2)]}
+    assert task.splits == {
+        "train": [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0)],
+        "val": [(2, 1)],
+        "test": [(2, 2)],
+    }
 
 
 @pytest.mark.parametrize("alias,family", list(ALIASES.items()))
@@ -174,7 +203,12 @@ def test_ns2d_turb_generates_the_turb_variant(tmp_path: Path) -> None:
 
 
 def test_alias_on_the_command_line(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ups.train", "task=comp_ns2d", "--cfg", "job"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ups.train", "task=comp_ns2d", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "name: comp_ns2d" in proc.stdout and "family: cfd2d" in proc.stdout and "note:" in proc.stdout

@@ -1,4 +1,5 @@
 """End-to-end runs through run(cfg): loss falls, outputs are written, resume continues."""
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,17 @@ def test_finished_run_is_not_repeated(tiny_cfg) -> None:
 
 
 def test_cli_default_entry_writes_one_run_dir(tmp_path: Path, data_dir: Path) -> None:
-    args = [sys.executable, "-m", "ups.train", "task=darcy2d", "model=tiny", "optim.lr=3e-4",
-            "trainer.max_steps=4", f"paths.data_dir={data_dir}", "data.generate=true"]
+    args = [
+        sys.executable,
+        "-m",
+        "ups.train",
+        "task=darcy2d",
+        "model=tiny",
+        "optim.lr=3e-4",
+        "trainer.max_steps=4",
+        f"paths.data_dir={data_dir}",
+        "data.generate=true",
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "darcy2d" in proc.stdout and "val nRMSE" in proc.stdout and "data: SYNTHETIC" in proc.stdout
@@ -90,9 +100,16 @@ def test_cli_default_entry_writes_one_run_dir(tmp_path: Path, data_dir: Path) ->
 def test_frozen_encoder_stage_trains_from_the_latent_cache(tiny_cfg, tmp_path: Path) -> None:
     run(tiny_cfg("trainer.max_steps=6", "trainer.steps_per_epoch=3", f"paths.output_dir={tmp_path / 'enc'}"))
     init = tmp_path / "enc" / "checkpoints" / "operator" / "final"
-    result = run(tiny_cfg("stage=operator_frozen_encoder", f"stages.operator.init_from={init}",
-                          "trainer.max_steps=24", "trainer.steps_per_epoch=6", "optim.warmup_steps=2",
-                          f"paths.output_dir={tmp_path / 'op'}"))
+    result = run(
+        tiny_cfg(
+            "stage=operator_frozen_encoder",
+            f"stages.operator.init_from={init}",
+            "trainer.max_steps=24",
+            "trainer.steps_per_epoch=6",
+            "optim.warmup_steps=2",
+            f"paths.output_dir={tmp_path / 'op'}",
+        )
+    )
     caches = [p for p in (tmp_path / "op" / "latent_cache").iterdir() if (p / "meta.json").exists()]
     assert sorted(p.name.split("-")[0] for p in caches) == ["advection1d", "darcy2d"]
     before = load_consolidated(init)["model"]
@@ -107,28 +124,51 @@ def test_frozen_encoder_stage_trains_from_the_latent_cache(tiny_cfg, tmp_path: P
 def test_compile_and_activation_checkpointing_match_eager(tiny_cfg, tmp_path: Path) -> None:
     common = ["task=darcy2d", "trainer.max_steps=6", "trainer.steps_per_epoch=3"]
     eager = run(tiny_cfg(*common, f"paths.output_dir={tmp_path / 'eager'}"))
-    fast = run(tiny_cfg(*common, "hardware.compile=true", "hardware.activation_checkpointing=true",
-                        f"paths.output_dir={tmp_path / 'fast'}"))
+    fast = run(
+        tiny_cfg(
+            *common,
+            "hardware.compile=true",
+            "hardware.activation_checkpointing=true",
+            f"paths.output_dir={tmp_path / 'fast'}",
+        )
+    )
     a = [r["loss"] for r in records(Path(eager["run_dir"])) if r["kind"] == "train"]
     b = [r["loss"] for r in records(Path(fast["run_dir"])) if r["kind"] == "train"]
     assert b == pytest.approx(a, rel=1e-4)
     # Parameter names do not change, so checkpoints load either way.
-    assert load_consolidated(Path(fast["run_dir"]) / "checkpoints" / "operator" / "final")["model"].keys() == \
-        load_consolidated(Path(eager["run_dir"]) / "checkpoints" / "operator" / "final")["model"].keys()
+    assert (
+        load_consolidated(Path(fast["run_dir"]) / "checkpoints" / "operator" / "final")["model"].keys()
+        == load_consolidated(Path(eager["run_dir"]) / "checkpoints" / "operator" / "final")["model"].keys()
+    )
 
 
 def test_early_stopping_stops_when_validation_stalls(tiny_cfg) -> None:
     # lr=0 keeps the weights, so the second evaluation cannot improve on the first.
-    result = run(tiny_cfg("task=darcy2d", "optim.lr=0", "trainer.max_steps=20", "trainer.steps_per_epoch=2",
-                          "callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=1"))
+    result = run(
+        tiny_cfg(
+            "task=darcy2d",
+            "optim.lr=0",
+            "trainer.max_steps=20",
+            "trainer.steps_per_epoch=2",
+            "callbacks=[default,early_stopping]",
+            "callbacks.early_stopping.patience=1",
+        )
+    )
     assert result["step"] == 4
 
 
 @pytest.mark.parametrize("model", ["fno", "unet"])
 def test_baselines_train_end_to_end_through_the_same_trainer(tiny_cfg, model: str) -> None:
     # A 1D time-dependent and a 2D steady task, one network each, same sampler, data and evaluation.
-    result = run(tiny_cfg(f"model={model}", "trainer.max_steps=60", "trainer.steps_per_epoch=15",
-                          "optim.warmup_steps=4", "optim.lr=3e-3"))
+    result = run(
+        tiny_cfg(
+            f"model={model}",
+            "trainer.max_steps=60",
+            "trainer.steps_per_epoch=15",
+            "optim.warmup_steps=4",
+            "optim.lr=3e-3",
+        )
+    )
     assert len(result["epoch_losses"]) == 4 and result["epoch_losses"][-1] < 0.6 * result["epoch_losses"][0]
     for task in ("advection1d", "darcy2d"):
         assert 0.0 < result[f"test/nrmse/{task}"] < 10.0
@@ -140,12 +180,36 @@ def test_diverged_weights_stop_after_the_consecutive_skip_limit(tiny_cfg, tmp_pa
 
     # lr=1e30 makes the weights non-finite after the first step; every later step is skipped.
     with pytest.raises(StopTraining, match="3 steps in a row were skipped.*non-finite"):
-        run(tiny_cfg("task=darcy2d", "optim.lr=1e30", "optim.warmup_steps=1", "trainer.max_consecutive_skips=3",
-                     "trainer.max_steps=1000", "trainer.steps_per_epoch=5"))
-    proc = subprocess.run([sys.executable, "-m", "ups.train", "task=darcy2d", "model=tiny", "optim.lr=1e30",
-                           "optim.warmup_steps=1", "trainer.max_consecutive_skips=3", "trainer.max_steps=1000",
-                           f"paths.data_dir={data_dir}", "data.generate=true", "data.eval_samples=2"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        run(
+            tiny_cfg(
+                "task=darcy2d",
+                "optim.lr=1e30",
+                "optim.warmup_steps=1",
+                "trainer.max_consecutive_skips=3",
+                "trainer.max_steps=1000",
+                "trainer.steps_per_epoch=5",
+            )
+        )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ups.train",
+            "task=darcy2d",
+            "model=tiny",
+            "optim.lr=1e30",
+            "optim.warmup_steps=1",
+            "trainer.max_consecutive_skips=3",
+            "trainer.max_steps=1000",
+            f"paths.data_dir={data_dir}",
+            "data.generate=true",
+            "data.eval_samples=2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "Training stopped: stopping at step" in proc.stderr and "optim.lr=1e+30" in proc.stderr
 
@@ -183,9 +247,25 @@ def test_one_loader_per_stage_with_persistent_workers_trains_like_no_workers(tin
     built = []
     real = train_sets_module.DataLoader
     monkeypatch.setattr(train_sets_module, "DataLoader", lambda *a, **k: built.append(k) or real(*a, **k))
-    runs = [run(tiny_cfg("task=advection1d", "trainer.steps_per_epoch=3", "trainer.max_steps=9",
-                         f"data.num_workers={w}", f"paths.output_dir={tmp_path / str(w)}")) for w in (0, 1)]
+    runs = [
+        run(
+            tiny_cfg(
+                "task=advection1d",
+                "trainer.steps_per_epoch=3",
+                "trainer.max_steps=9",
+                f"data.num_workers={w}",
+                f"paths.output_dir={tmp_path / str(w)}",
+            )
+        )
+        for w in (0, 1)
+    ]
     assert len(built) == 2 and built[1]["persistent_workers"] and not built[0]["persistent_workers"]  # 3 epochs each
-    losses = [[json.loads(x)["loss"] for x in (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines()
-               if json.loads(x)["kind"] == "train"] for r in runs]
+    losses = [
+        [
+            json.loads(x)["loss"]
+            for x in (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+            if json.loads(x)["kind"] == "train"
+        ]
+        for r in runs
+    ]
     assert len(losses[0]) == 9 and losses[0] == losses[1]

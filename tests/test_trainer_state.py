@@ -1,4 +1,5 @@
 """TrainerState: every counter of the trainer checkpoints and restores through one state_dict."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,10 @@ from ups.training.state import PROCESS, RECORDED, TrainerState
 
 # Fields that are deliberately not restored on resume. Adding a field to TrainerState needs nothing here
 # (it is saved and restored by default); marking it recorded or process-only needs its name here too.
-NOT_RESTORED = {RECORDED: {"stage", "total_steps"},
-                PROCESS: {"consecutive_skips", "last_loss", "stop_reason", "interrupted", "t0"}}
+NOT_RESTORED = {
+    RECORDED: {"stage", "total_steps"},
+    PROCESS: {"consecutive_skips", "last_loss", "stop_reason", "interrupted", "t0"},
+}
 
 
 def _same(a: object, b: object) -> bool:
@@ -18,10 +21,26 @@ def _same(a: object, b: object) -> bool:
 
 def _changed() -> TrainerState:
     """A state in which every field differs from its default."""
-    st = TrainerState(step=7, offset=40, epoch=3, batches_done=5, skipped_steps=2, epoch_losses=[0.5, 0.25],
-                      epoch_sum=1.5, epoch_n=4, last_val={"step": 45, "nrmse/mean": 0.3}, train_seconds=12.0,
-                      stopped="time budget", stage="finetune", total_steps=100, consecutive_skips=1, last_loss=0.2,
-                      stop_reason="asked", interrupted=15, t0=None)
+    st = TrainerState(
+        step=7,
+        offset=40,
+        epoch=3,
+        batches_done=5,
+        skipped_steps=2,
+        epoch_losses=[0.5, 0.25],
+        epoch_sum=1.5,
+        epoch_n=4,
+        last_val={"step": 45, "nrmse/mean": 0.3},
+        train_seconds=12.0,
+        stopped="time budget",
+        stage="finetune",
+        total_steps=100,
+        consecutive_skips=1,
+        last_loss=0.2,
+        stop_reason="asked",
+        interrupted=15,
+        t0=None,
+    )
     defaults = TrainerState()
     same = [f.name for f in fields(st) if getattr(st, f.name) == getattr(defaults, f.name) and f.name != "t0"]
     assert not same, f"_changed() leaves {same} at their defaults: give them values here"
@@ -56,7 +75,14 @@ def test_restored_lists_are_copies() -> None:
 def test_a_new_stage_starts_its_counters_and_keeps_the_runs() -> None:
     st = _changed()
     nxt = st.next_stage("steady", 30)
-    assert (nxt.offset, nxt.stage, nxt.total_steps, nxt.step, nxt.epoch, nxt.batches_done) == (47, "steady", 30, 0, 0, 0)
+    assert (nxt.offset, nxt.stage, nxt.total_steps, nxt.step, nxt.epoch, nxt.batches_done) == (
+        47,
+        "steady",
+        30,
+        0,
+        0,
+        0,
+    )
     assert (nxt.epoch_losses, nxt.last_val, nxt.stopped, nxt.stop_reason) == ([], {}, None, None)
     assert nxt.train_seconds == st.train_seconds and nxt.consecutive_skips == 1
 

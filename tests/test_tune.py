@@ -1,5 +1,6 @@
 """The batch-size tuner: doubling then bisection finds the largest batch below an injected
 out-of-memory threshold or a memory budget, keeps the margin, and writes a usable snippet."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """Multi-step (unrolled) training: windows with several future frames, losses that reach every
 trained module through the rollout, pushforward's detached steps, and a run under 1 and 2 ranks."""
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ def test_windows_hold_the_next_frames_and_fewer_starts(advection) -> None:
     c = task.channels
     w = three[per_traj - 2 + 1]  # second trajectory, second start
     for i in range(3):  # frame i after the context is window (start + i)'s next frame
-        assert torch.equal(w["y"][..., i * c:(i + 1) * c], one[per_traj + 1 + i]["y"])
+        assert torch.equal(w["y"][..., i * c : (i + 1) * c], one[per_traj + 1 + i]["y"])
     assert torch.equal(w["x"], one[per_traj + 1]["x"])
     with pytest.raises(ValueError, match=f"{task.name}: horizon 999"):
         WindowDataset(task, "train", horizon=999)
@@ -54,7 +55,7 @@ def test_unrolled_losses_reach_encoder_operator_and_decoder_through_the_rollout(
     task, model = advection
     batch = _batch(task, horizon=3)
     full, push = _grads(model, Unrolled(steps=3), batch), _grads(model, Unrolled(steps=3, pushforward=True), batch)
-    one = _grads(model, NextStep(), {**batch, "y": batch["y"][..., :task.channels]})
+    one = _grads(model, NextStep(), {**batch, "y": batch["y"][..., : task.channels]})
     for name, group in spec_of(model).groups(model).items():
         ids = {id(p) for p in group.parameters()}
         names = {n for n, p in model.named_parameters() if id(p) in ids}
@@ -71,8 +72,10 @@ def test_pushforward_trains_one_step_after_a_random_detached_unroll(advection) -
     with torch.no_grad():
         first = NextStep().predict(model, batch)
     shifted = {**batch, "x": torch.cat([batch["x"][..., c:], first], dim=-1), "y": batch["y"][..., c:]}
-    expected = {0: _grads(model, NextStep(), {**batch, "y": batch["y"][..., :c]}),  # true context
-                1: _grads(model, NextStep(), shifted)}  # the second step's MSE, its input a constant
+    expected = {
+        0: _grads(model, NextStep(), {**batch, "y": batch["y"][..., :c]}),  # true context
+        1: _grads(model, NextStep(), shifted),
+    }  # the second step's MSE, its input a constant
     drawn = set()
     for seed in range(8):
         torch.manual_seed(seed)
@@ -96,8 +99,10 @@ def test_relative_unrolled_loss_scales_each_step_by_its_true_change(advection) -
     with torch.no_grad():
         first = NextStep().predict(model, batch)
         second = NextStep().predict(model, {**batch, "x": torch.cat([batch["x"][..., c:], first], dim=-1)})
-        expected = (NextStep(relative=True).loss(model, {**batch, "y": y1})
-                    + torch.nn.functional.mse_loss(second, y2) / (y2 - y1).pow(2).mean()) / 2
+        expected = (
+            NextStep(relative=True).loss(model, {**batch, "y": y1})
+            + torch.nn.functional.mse_loss(second, y2) / (y2 - y1).pow(2).mean()
+        ) / 2
         got = Unrolled(steps=2, relative=True).loss(model, batch)
     assert torch.allclose(got, expected, rtol=1e-5)
     assert not torch.allclose(got, Unrolled(steps=2).loss(model, batch).detach(), rtol=1e-2)
@@ -107,15 +112,27 @@ UNROLLED = "stage=operator_unrolled"
 
 
 def test_an_unrolled_stage_trains_and_refuses_the_latent_cache(tiny_cfg, tmp_path: Path) -> None:
-    result = run(tiny_cfg("task=advection1d", UNROLLED, "trainer.max_steps=30", "trainer.steps_per_epoch=10",
-                          f"paths.output_dir={tmp_path / 'a'}"))
+    result = run(
+        tiny_cfg(
+            "task=advection1d",
+            UNROLLED,
+            "trainer.max_steps=30",
+            "trainer.steps_per_epoch=10",
+            f"paths.output_dir={tmp_path / 'a'}",
+        )
+    )
     train = [json.loads(ln) for ln in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in train if r["kind"] == "train"]
     assert len(losses) == 30 and sum(losses[-5:]) < 0.8 * sum(losses[:5])
     from ups.config import ConfigError
 
-    frozen = ["stage=pretrain_finetune", "stages.finetune.objective._target_=ups.objectives.Unrolled",
-              "trainer.max_steps=4", "stages.finetune.steps=4", f"paths.output_dir={tmp_path / 'b'}"]
+    frozen = [
+        "stage=pretrain_finetune",
+        "stages.finetune.objective._target_=ups.objectives.Unrolled",
+        "trainer.max_steps=4",
+        "stages.finetune.steps=4",
+        f"paths.output_dir={tmp_path / 'b'}",
+    ]
     with pytest.raises(ConfigError, match="stages.finetune.latent_cache=false"):
         run(tiny_cfg("task=advection1d", *frozen))
 
@@ -123,8 +140,22 @@ def test_an_unrolled_stage_trains_and_refuses_the_latent_cache(tiny_cfg, tmp_pat
 @pytest.mark.parametrize("layout", ["ddp2", pytest.param("fsdp2_2", marks=pytest.mark.slow)])
 def test_an_unrolled_stage_runs_on_two_ranks(layout: str, data_dir: Path, tmp_path: Path) -> None:
     # several forwards before one backward: DDP's reducer and FSDP2's reshard must both allow it
-    args = [sys.executable, "-m", "ups.train", "model=tiny", "hardware=cpu", "task=pdebench2", "data.generate=true",
-            f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}", f"parallelism={layout}", UNROLLED,
-            "trainer.max_steps=6", "trainer.batch_size=4", "data.eval_samples=2", "parallelism.timeout_s=60"]
+    args = [
+        sys.executable,
+        "-m",
+        "ups.train",
+        "model=tiny",
+        "hardware=cpu",
+        "task=pdebench2",
+        "data.generate=true",
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        f"parallelism={layout}",
+        UNROLLED,
+        "trainer.max_steps=6",
+        "trainer.batch_size=4",
+        "data.eval_samples=2",
+        "parallelism.timeout_s=60",
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]

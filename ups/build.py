@@ -7,6 +7,7 @@ the heads the objectives attach, which groups a stage trains, and the compute co
 autocast, attention backend). What a caller then does with the parts (wrap, train, measure, load
 weights, shard on a fake process group) is its own.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,12 @@ def build_compute(hw: Any, env: DistEnv | None = None, device: str | torch.devic
     unless ``device`` names one (evaluation's own ``device=`` option)."""
     where = "hardware.device" if device is None else "device"
     device = resolve_device(str(hw.device if device is None else device), env or DistEnv(), where)
-    return Compute(device, compute_context(hw, device), torch.bfloat16 if hw.precision == "bf16" else torch.float32,
-                   str(getattr(hw, "sdpa_backend", "auto")))
+    return Compute(
+        device,
+        compute_context(hw, device),
+        torch.bfloat16 if hw.precision == "bf16" else torch.float32,
+        str(getattr(hw, "sdpa_backend", "auto")),
+    )
 
 
 def build_objectives(stages: Any, strategy: str | None = None) -> dict[str, Objective]:
@@ -81,8 +86,10 @@ def build_tasks(cfg: Any, run_dir: Path) -> list[TaskData]:
 
 def task_io(tasks: list[TaskData]) -> dict[str, TaskIO]:
     """The sizes a model is built from, per task: channels, dimension, grid."""
-    return {t.name: TaskIO(in_channels=t.initial_step * t.channels, out_channels=t.channels, dim=t.family.dim,
-                           grid=t.grid) for t in tasks}
+    return {
+        t.name: TaskIO(in_channels=t.initial_step * t.channels, out_channels=t.channels, dim=t.family.dim, grid=t.grid)
+        for t in tasks
+    }
 
 
 def model_from_io(model_cfg: Any, io: Mapping[str, TaskIO], objectives: Mapping[str, Objective]) -> nn.Module:
@@ -99,8 +106,9 @@ def model_from_io(model_cfg: Any, io: Mapping[str, TaskIO], objectives: Mapping[
 def build_model(model_cfg: Any, tasks: list[TaskData], stages: Any = None) -> nn.Module:
     """The configured model family, sized from the data, with the heads of ``stages`` (stage configs
     or their built objectives)."""
-    objectives = stages if stages and all(isinstance(o, Objective) for o in stages.values()) \
-        else build_objectives(stages)
+    objectives = (
+        stages if stages and all(isinstance(o, Objective) for o in stages.values()) else build_objectives(stages)
+    )
     return model_from_io(model_cfg, task_io(tasks), objectives)
 
 
@@ -129,8 +137,16 @@ class BuiltRun:
         return TrainSets(self.tasks, self.cfg, env, self.device, run_dir)
 
 
-def build_run(cfg: Any, run_dir: Path, env: DistEnv | None = None, *, objectives: dict[str, Objective] | None = None,
-              compute: Compute | None = None, tasks: list[TaskData] | None = None, seed: bool = True) -> BuiltRun:
+def build_run(
+    cfg: Any,
+    run_dir: Path,
+    env: DistEnv | None = None,
+    *,
+    objectives: dict[str, Objective] | None = None,
+    compute: Compute | None = None,
+    tasks: list[TaskData] | None = None,
+    seed: bool = True,
+) -> BuiltRun:
     """Objectives, tasks, model and compute context of ``cfg``, in the order that makes the initial
     weights depend only on ``trainer.seed``: seed, data, model. ``objectives``, ``compute`` and
     ``tasks`` already built by the caller are used as they are; ``seed=False`` for a model whose

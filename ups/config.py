@@ -5,6 +5,7 @@ The top-level :class:`TrainConfig` is registered as ``train_schema`` and sits fi
 wrong type fails at compose time with the key named. Cross-field rules live in
 :func:`ups.config_checks.validate`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -118,7 +119,9 @@ class HardwareConfig:
     tf32: bool = True  # CUDA: fp32 matmuls and convolutions on TF32 tensor cores; false: full fp32
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead | max-autotune | ...
-    compile_scope: str = "blocks"  # blocks: each repeated block; model: the whole forward and backward, one graph per task
+    compile_scope: str = (
+        "blocks"  # blocks: each repeated block; model: the whole forward and backward, one graph per task
+    )
     activation_checkpointing: bool = False
     checkpoint_every: int = 1  # with activation_checkpointing: every k-th block recomputes
     sdpa_backend: str = "auto"  # attention kernel: auto (torch picks) | flash | efficient | math | cudnn
@@ -281,6 +284,7 @@ def config_groups() -> str:
     from importlib.resources import files
 
     lines = []
+
     def walk(node: Any, prefix: str) -> None:
         for child in sorted(node.iterdir(), key=lambda c: c.name):
             if child.is_dir() and child.name != "__pycache__":
@@ -288,6 +292,7 @@ def config_groups() -> str:
                 if options:
                     lines.append(f"{prefix}{child.name}: {', '.join(options)}")
                 walk(child, f"{prefix}{child.name}/")
+
     walk(files("ups.conf"), "")
     return "\n".join(lines)
 

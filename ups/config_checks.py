@@ -1,4 +1,5 @@
 """Cross-field rules of a composed config (what a typed schema cannot say), checked once before a run."""
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,18 @@ _CHOICES = {
     "trainer.on_oom": ("skip", "stop"),
     "trainer.on_nonfinite": ("skip", "stop"),
 }
-_POSITIVE = ("trainer.max_steps", "trainer.batch_size", "trainer.accum_steps", "trainer.log_every",
-             "trainer.max_consecutive_skips",
-             "trainer.keep_last_k", "hardware.checkpoint_every", "parallelism.nodes", "parallelism.ranks_per_node", "parallelism.timeout_s")
+_POSITIVE = (
+    "trainer.max_steps",
+    "trainer.batch_size",
+    "trainer.accum_steps",
+    "trainer.log_every",
+    "trainer.max_consecutive_skips",
+    "trainer.keep_last_k",
+    "hardware.checkpoint_every",
+    "parallelism.nodes",
+    "parallelism.ranks_per_node",
+    "parallelism.timeout_s",
+)
 
 
 def _unknown_keys(node: Any, path: str = "") -> list[str]:
@@ -61,8 +71,12 @@ def resolve_global_batch(cfg: Any, world_size: int) -> None:
         raise ConfigError(
             f"trainer.global_batch={t.global_batch} is not a multiple of trainer.batch_size x world size = "
             f"{t.batch_size} x {world_size} = {per_step}, so no whole number of accumulation steps reaches it; "
-            + (f"per-device batches that do: {', '.join(map(str, fits[-6:]))}" if fits
-               else f"with {world_size} ranks the global batch must be at least {world_size}"))
+            + (
+                f"per-device batches that do: {', '.join(map(str, fits[-6:]))}"
+                if fits
+                else f"with {world_size} ranks the global batch must be at least {world_size}"
+            )
+        )
     t.accum_steps = t.global_batch // per_step
 
 
@@ -75,8 +89,10 @@ def validate(cfg: Any) -> None:
 
     unknown = _unknown_keys(cfg)
     if unknown:
-        raise ConfigError(f"unknown setting {', '.join(sorted(unknown))}: not a field of its schema, so it would be "
-                          "ignored; docs/configuration.md lists every option")
+        raise ConfigError(
+            f"unknown setting {', '.join(sorted(unknown))}: not a field of its schema, so it would be "
+            "ignored; docs/configuration.md lists every option"
+        )
 
     for key, options in _CHOICES.items():
         if get(key) not in options:
@@ -85,7 +101,9 @@ def validate(cfg: Any) -> None:
         if get(key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {get(key)}")
     if get("trainer.eval_every") is not None and get("trainer.eval_every") < 1:
-        raise ConfigError(f"trainer.eval_every must be at least 1 (null: once per epoch), got {get('trainer.eval_every')}")
+        raise ConfigError(
+            f"trainer.eval_every must be at least 1 (null: once per epoch), got {get('trainer.eval_every')}"
+        )
     for key in ["optim.lr"] + [f"stages.{n}.lr" for n in cfg.stages]:
         lr = get(key)
         if lr is not None and not (math.isfinite(lr) and lr >= 0):
@@ -96,8 +114,10 @@ def validate(cfg: Any) -> None:
     world = cfg.parallelism.nodes * cfg.parallelism.ranks_per_node
     resolve_global_batch(cfg, world)
     if cfg.parallelism.strategy == "none" and world > 1:
-        raise ConfigError(f"parallelism.strategy=none runs one process, but nodes x ranks_per_node = {world}; "
-                          "choose parallelism=ddpN or fsdp2_N")
+        raise ConfigError(
+            f"parallelism.strategy=none runs one process, but nodes x ranks_per_node = {world}; "
+            "choose parallelism=ddpN or fsdp2_N"
+        )
     if cfg.parallelism.strategy == "fsdp2" and cfg.data.sampler.mode != "task":
         # FSDP gathers parameters module by module: ranks running different tasks would issue
         # different collectives and hang.
@@ -114,13 +134,17 @@ def validate(cfg: Any) -> None:
     if all(stage.steps == 0 for stage in cfg.stages.values()):
         raise ConfigError("every stage has steps=0: nothing would be trained")
     if "_target_" not in cfg.model:
-        raise ConfigError("model has no _target_: a conf/model/ file starts from its family's schema "
-                          "(defaults: [/schema/model/<family>@_here_]); see docs/architecture.md")
+        raise ConfigError(
+            "model has no _target_: a conf/model/ file starts from its family's schema "
+            "(defaults: [/schema/model/<family>@_here_]); see docs/architecture.md"
+        )
     if cfg.trainer.time_budget_s is not None and cfg.trainer.time_budget_s <= 0:
         raise ConfigError(f"trainer.time_budget_s must be positive, got {cfg.trainer.time_budget_s}")
     if cfg.optim.schedule == "cosine_time" and cfg.trainer.time_budget_s is None:
-        raise ConfigError("optim.schedule=cosine_time decays over the wall-clock budget: set trainer.time_budget_s "
-                          "(or choose optim.schedule=cosine, which decays over trainer.max_steps)")
+        raise ConfigError(
+            "optim.schedule=cosine_time decays over the wall-clock budget: set trainer.time_budget_s "
+            "(or choose optim.schedule=cosine, which decays over trainer.max_steps)"
+        )
     for name, ds in cfg.task.datasets.items():
         from ups.data.registry import FAMILIES
 

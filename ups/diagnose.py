@@ -4,6 +4,7 @@ Rollout and one-step nRMSE and, for a model with a latent encoder, the floors it
 (true next latent, decoder floor, reconstruction), all in normalised units
 (``ups/evaluation/diagnosis.py``). Writes ``<run>/eval/diagnosis.{json,md}``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,20 +52,32 @@ def diagnose_run(cfg: DictConfig) -> list[Path]:
         raise ConfigError(f"split={cfg.split!r} is not one of test, val")
     device = resolve_device(str(cfg.device), DistEnv(), "device")
     run = load_run(cfg.run, cfg.checkpoint, cfg.data_dir, device, cfg.allow_unverified_checkpoints)
-    settings = DiagnosisSettings(cfg.eval_samples or None, cfg.windows_per_trajectory, cfg.invert_steps,
-                                 cfg.invert_lr, cfg.batch_size)
+    settings = DiagnosisSettings(
+        cfg.eval_samples or None, cfg.windows_per_trajectory, cfg.invert_steps, cfg.invert_lr, cfg.batch_size
+    )
     from ups.objectives.next_step import predicts_change
 
     # As the run's own objective decides: its setting, or the model's choice when it leaves it open.
     residual = predicts_change(run.model, getattr(run.objective, "residual", False))
-    results = diagnose(run.predict, run.model, run.tasks, residual, cfg.split, device, settings,
-                       run.cfg.data.preload_max_gb)
-    meta = {"run": str(cfg.run), "checkpoint": str(run.checkpoint.relative_to(Path(cfg.run))), "weights": run.source,
-            "split": cfg.split, "device": str(device), "model": run.cfg.model.get("_target_"),
-            "latent": spec_of(run.model).latent is not None, "objective": type(run.objective).__name__,
-            "residual": residual, "eval_samples": settings.eval_samples,
-            "windows_per_trajectory": settings.windows_per_trajectory, "invert_steps": settings.invert_steps,
-            "invert_lr": settings.invert_lr, "units": "normalised"}
+    results = diagnose(
+        run.predict, run.model, run.tasks, residual, cfg.split, device, settings, run.cfg.data.preload_max_gb
+    )
+    meta = {
+        "run": str(cfg.run),
+        "checkpoint": str(run.checkpoint.relative_to(Path(cfg.run))),
+        "weights": run.source,
+        "split": cfg.split,
+        "device": str(device),
+        "model": run.cfg.model.get("_target_"),
+        "latent": spec_of(run.model).latent is not None,
+        "objective": type(run.objective).__name__,
+        "residual": residual,
+        "eval_samples": settings.eval_samples,
+        "windows_per_trajectory": settings.windows_per_trajectory,
+        "invert_steps": settings.invert_steps,
+        "invert_lr": settings.invert_lr,
+        "units": "normalised",
+    }
     paths = write_tables(Path(cfg.run) / "eval", "diagnosis", results, meta, lambda m: markdown(results, m))
     print(paths[1].read_text())
     return paths

@@ -5,6 +5,7 @@ training raise them without pulling in Hydra (``ups/config.py``) or torch's chec
 command-line entry point (``python -m ups.*``) runs its body inside :func:`exit_on_error`, so an
 expected error reads the same from any of them, and from each rank of a launched job.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,14 @@ class StopTraining(RuntimeError):
 
 # Checked in order: the first class that matches names the kind. FileNotFoundError is an OSError the
 # user fixes by pointing at the data, hence "Data error" before the general I/O one.
-KINDS = ((ConfigError, "Config error"), (CheckpointError, "Checkpoint error"), (StopTraining, "Training stopped"),
-         (DataFileError, "Data error"), (FileNotFoundError, "Data error"), (OSError, "I/O error"))
+KINDS = (
+    (ConfigError, "Config error"),
+    (CheckpointError, "Checkpoint error"),
+    (StopTraining, "Training stopped"),
+    (DataFileError, "Data error"),
+    (FileNotFoundError, "Data error"),
+    (OSError, "I/O error"),
+)
 
 
 def user_message(err: BaseException) -> str | None:
@@ -65,8 +72,9 @@ def report_expected(err: BaseException, log_file: Path | None, prefix: str = "")
 
 
 @contextmanager
-def exit_on_error(prefix: str = "", log_file: Path | None = None, output_dir: str | Path | None = None,
-                  code: int = 1) -> Iterator[None]:
+def exit_on_error(
+    prefix: str = "", log_file: Path | None = None, output_dir: str | Path | None = None, code: int = 1
+) -> Iterator[None]:
     """The one error path of every entry point: run the block; an expected error is one paragraph on
     stderr (after ``prefix``), its traceback appended to ``log_file``, and exit status ``code``.
 

@@ -3,6 +3,7 @@
 The same code scores the model at the end of training (``eval/final_test.*``), so re-evaluating a
 finished run's final checkpoint reproduces those numbers. Also installed as ``ups-evaluate``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -35,8 +36,10 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
     written = []
     for name in which:
         if cfg.checkpoint == "both" and name == "best" and not _has_best(Path(cfg.run)):
-            print(f"{cfg.run}: no complete best checkpoint (the run never saved one); evaluated final only",
-                  file=sys.stderr)
+            print(
+                f"{cfg.run}: no complete best checkpoint (the run never saved one); evaluated final only",
+                file=sys.stderr,
+            )
             continue
         if name == "export":
             from ups.evaluation.export_eval import load_exported_run
@@ -47,17 +50,36 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
         autocast = run.autocast  # the run's precision and attention backend
         samples = run.cfg.data.eval_samples if cfg.eval_samples is None else (cfg.eval_samples or None)
         batch = cfg.batch_size or run.cfg.trainer.batch_size
-        results = evaluate_suite(run.predict, run.model, run.tasks, cfg.split, device, autocast, batch, samples,
-                                 run.cfg.data.preload_max_gb)
-        meta = {"run": str(cfg.run), "checkpoint": str(run.checkpoint.relative_to(Path(cfg.run))),
-                "weights": run.source, "split": cfg.split, "device": str(device), "eval_samples": samples}
+        results = evaluate_suite(
+            run.predict, run.model, run.tasks, cfg.split, device, autocast, batch, samples, run.cfg.data.preload_max_gb
+        )
+        meta = {
+            "run": str(cfg.run),
+            "checkpoint": str(run.checkpoint.relative_to(Path(cfg.run))),
+            "weights": run.source,
+            "split": cfg.split,
+            "device": str(device),
+            "eval_samples": samples,
+        }
         paths = write_results(Path(cfg.run) / "eval", f"{name}_{cfg.split}", results, run.tasks, meta)
         print((Path(cfg.run) / "eval" / f"{name}_{cfg.split}.md").read_text())
         written += paths
         if has_heads(run.model):  # a staged run: every variant of its stages, as at the end of training
             out, stem = Path(cfg.run) / "eval", f"{name}_{cfg.split}_stages"
-            evaluate_stages(trained(run.cfg.stages, run.objectives), run.model, run.tasks, cfg.split, device, autocast, batch, samples,
-                            run.cfg.data.preload_max_gb, out, meta, stem=stem)
+            evaluate_stages(
+                trained(run.cfg.stages, run.objectives),
+                run.model,
+                run.tasks,
+                cfg.split,
+                device,
+                autocast,
+                batch,
+                samples,
+                run.cfg.data.preload_max_gb,
+                out,
+                meta,
+                stem=stem,
+            )
             print((out / f"{stem}.md").read_text())
             written += sorted(out.glob(f"{stem}*"))
     return written
@@ -79,8 +101,11 @@ def _has_best(run: Path) -> bool:
 def main(cfg: DictConfig) -> None:
     """Evaluate; a missing run, checkpoint or data directory is one paragraph on stderr and exit 1."""
     if OmegaConf.is_missing(cfg, "run"):  # before anything reads cfg.run: one paragraph, not a traceback
-        print("Cannot evaluate: run= is required, e.g. python -m ups.evaluate run=outputs/<date>/<time> "
-              "(a run directory) or run=<run>/export/final (python -m ups.export)", file=sys.stderr)
+        print(
+            "Cannot evaluate: run= is required, e.g. python -m ups.evaluate run=outputs/<date>/<time> "
+            "(a run directory) or run=<run>/export/final (python -m ups.export)",
+            file=sys.stderr,
+        )
         sys.exit(1)
     with exit_on_error(f"Cannot evaluate {cfg.run}: "):
         for path in evaluate_run(cfg):

@@ -8,6 +8,7 @@ ups.evaluate run=<out>`` and ``ups.load_model(<out>)`` read it without unpicklin
 (``ups/exported.py``). Reading the *run directory* here goes through its checkpoint, which is
 trusted input: export only runs you made or trust (docs/export.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,17 @@ import shutil
 import sys
 from pathlib import Path
 
-from ups.exported import CONFIG, FORMAT, MANIFEST, WEIGHTS, sha256
 from ups.errors import exit_on_error
+from ups.exported import CONFIG, FORMAT, MANIFEST, WEIGHTS, sha256
 
 
-def export_run(run: str | Path, ckpt: str = "final", out: str | Path | None = None,
-               allow_unverified: bool = False, data_dir: str | None = None) -> Path:
+def export_run(
+    run: str | Path,
+    ckpt: str = "final",
+    out: str | Path | None = None,
+    allow_unverified: bool = False,
+    data_dir: str | None = None,
+) -> Path:
     """Export checkpoint ``ckpt`` of the run's last training stage; returns the export folder.
 
     The data gives the tasks' sizes: read from ``data_dir``, else the run's ``paths.data_dir``, else
@@ -29,13 +35,15 @@ def export_run(run: str | Path, ckpt: str = "final", out: str | Path | None = No
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
 
+    from ups import provenance
     from ups.evaluation.loading import load_run
 
-    from ups import provenance
-
     run = Path(run)
-    if data_dir is None and (run / "config.yaml").exists() and \
-            not Path(OmegaConf.load(run / "config.yaml").paths.data_dir).is_dir():
+    if (
+        data_dir is None
+        and (run / "config.yaml").exists()
+        and not Path(OmegaConf.load(run / "config.yaml").paths.data_dir).is_dir()
+    ):
         data_dir = provenance.read(run).get("data_dir")
     loaded = load_run(run, ckpt, data_dir, torch.device("cpu"), allow_unverified)
     out = Path(out) if out else run / "export" / ckpt
@@ -46,11 +54,25 @@ def export_run(run: str | Path, ckpt: str = "final", out: str | Path | None = No
     weights = {k: v.detach().clone().contiguous() for k, v in loaded.model.state_dict().items()}
     save_file(weights, str(tmp / WEIGHTS), metadata={"format": FORMAT, "checkpoint": ckpt})
     OmegaConf.save(loaded.cfg, tmp / CONFIG, resolve=True)
-    tasks = {t.name: {"in_channels": t.initial_step * t.channels, "out_channels": t.channels, "dim": t.family.dim,
-                      "grid": list(t.grid)} for t in loaded.tasks}
+    tasks = {
+        t.name: {
+            "in_channels": t.initial_step * t.channels,
+            "out_channels": t.channels,
+            "dim": t.family.dim,
+            "grid": list(t.grid),
+        }
+        for t in loaded.tasks
+    }
     step = json.loads((loaded.checkpoint / "meta.json").read_text()).get("step")
-    manifest = {"format": FORMAT, "run": str(run.resolve()), "checkpoint": str(loaded.checkpoint.relative_to(run)),
-                "weights": loaded.source, "step": step, "tasks": tasks, "sha256": sha256(tmp / WEIGHTS)}
+    manifest = {
+        "format": FORMAT,
+        "run": str(run.resolve()),
+        "checkpoint": str(loaded.checkpoint.relative_to(run)),
+        "weights": loaded.source,
+        "step": step,
+        "tasks": tasks,
+        "sha256": sha256(tmp / WEIGHTS),
+    }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     for name in (f"eval/{ckpt}_test.json", f"eval/{ckpt}_test.md", "provenance.json"):
         if (run / name).is_file():
@@ -82,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     """Export; a missing run or checkpoint is one paragraph on stderr and exit 1 (ups/errors.py)."""
     opts = _parse(list(sys.argv[1:] if argv is None else argv))
     with exit_on_error(f"Cannot export {opts['run']}: "):
-        out = export_run(opts["run"], opts.get("ckpt", "final"), opts.get("out"),
-                         opts.get("allow_unverified_checkpoints", "false").lower() == "true", opts.get("data_dir"))
+        out = export_run(
+            opts["run"],
+            opts.get("ckpt", "final"),
+            opts.get("out"),
+            opts.get("allow_unverified_checkpoints", "false").lower() == "true",
+            opts.get("data_dir"),
+        )
         print(f"exported to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0
 

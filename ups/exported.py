@@ -6,6 +6,7 @@ loader), ``export.json`` (the tasks' input and output sizes, so the model is bui
 and the weights' sha256) and the run's evaluation JSON. Nothing else in the folder is opened, so a
 pickle placed there is never read. ``ups.load_model(path)`` is :func:`load_model`.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,9 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> Export:
     try:
         model.load_state_dict(load_file(str(path / WEIGHTS), device=str(device)))
     except RuntimeError as err:
-        raise ExportError(f"{path / WEIGHTS} does not fit the model {path / CONFIG} describes: "
-                          f"{str(err).splitlines()[0][:200]}") from None
+        raise ExportError(
+            f"{path / WEIGHTS} does not fit the model {path / CONFIG} describes: {str(err).splitlines()[0][:200]}"
+        ) from None
     objective = objectives[last_trained_stage(cfg.stages)]
     return Export(cfg, manifest, model.to(device).eval(), objective)
 

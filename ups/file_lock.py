@@ -1,4 +1,5 @@
 """An exclusive lock between processes on one file (``flock``), for writers that share a folder."""
+
 from __future__ import annotations
 
 import contextlib

@@ -15,6 +15,7 @@ A failed gate stops the run before the next stage and before the closing evaluat
 leaderboard lists the run as gated out. A rerun stops at the same gate (the file says so) until the
 gates change or ``gates=none``.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,8 +97,9 @@ def beats_run(scores: dict, previous: dict | None, run: str, margin: float = 0.0
     return out
 
 
-KINDS: dict[str, Callable[..., list[str]]] = {f.__name__: f for f in (beats_trivial, no_worse_than_previous, below,
-                                                                       beats_run)}
+KINDS: dict[str, Callable[..., list[str]]] = {
+    f.__name__: f for f in (beats_trivial, no_worse_than_previous, below, beats_run)
+}
 
 
 def active(gates: Any) -> list[tuple[str, Any]]:
@@ -168,21 +170,30 @@ class Gates(Callback):
         previous = stages[names[names.index(failed_at) - 1]] if names.index(failed_at) else None
         failed = judge(self.gates, stages[failed_at], previous)
         if failed:
-            raise GateFailed(f"gates stopped this run after stage {failed_at}: {'; '.join(failed)}; numbers in "
-                             f"{Path(trainer.run_dir) / FILE}. Change the gates, or rerun with gates=none")
+            raise GateFailed(
+                f"gates stopped this run after stage {failed_at}: {'; '.join(failed)}; numbers in "
+                f"{Path(trainer.run_dir) / FILE}. Change the gates, or rerun with gates=none"
+            )
         self.record.update(passed=True, failed=[])
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         from ups.evaluation.baselines import persistence
         from ups.evaluation.evaluate import evaluate
 
-        kw = dict(device=trainer.device, autocast=trainer.autocast, batch_size=trainer.cfg.trainer.batch_size,
-                  rank=trainer.env.rank, world_size=trainer.env.world_size)
+        kw = dict(
+            device=trainer.device,
+            autocast=trainer.autocast,
+            batch_size=trainer.cfg.trainer.batch_size,
+            rank=trainer.env.rank,
+            world_size=trainer.env.world_size,
+        )
         with trainer.eval_weights():
             objective, model = trainer.objective, trainer.raw_model
-            scores = {"model": evaluate(lambda b: objective.predict(model, b), model, self.sets, **kw),
-                      "persistence": evaluate(persistence, None, self.sets, **kw),
-                      "mean_field": evaluate(self.mean_field, None, self.sets, **kw)}
+            scores = {
+                "model": evaluate(lambda b: objective.predict(model, b), model, self.sets, **kw),
+                "persistence": evaluate(persistence, None, self.sets, **kw),
+                "mean_field": evaluate(self.mean_field, None, self.sets, **kw),
+            }
         stages = self.record.setdefault("stages", {})
         previous = stages[list(stages)[-1]] if stages and list(stages)[-1] != trainer.stage_name else None
         stages[trainer.stage_name] = scores
@@ -199,7 +210,9 @@ class Gates(Callback):
                 from ups.leaderboard.hook import on_run_finished
 
                 on_run_finished(trainer.cfg, trainer.run_dir)
-            raise GateFailed(f"a gate failed after stage {trainer.stage_name} (small evaluation: {self.samples} "
-                             f"validation trajectories per task): {'; '.join(failed)}. The next stages and the full "
-                             f"evaluation did not run; numbers in {Path(trainer.run_dir) / FILE}")
+            raise GateFailed(
+                f"a gate failed after stage {trainer.stage_name} (small evaluation: {self.samples} "
+                f"validation trajectories per task): {'; '.join(failed)}. The next stages and the full "
+                f"evaluation did not run; numbers in {Path(trainer.run_dir) / FILE}"
+            )
         log.info("gates passed after stage %s: %s", trainer.stage_name, ", ".join(n for n, _ in active(self.gates)))

@@ -8,6 +8,7 @@
   run directory's newest checkpoint. Workers get the resolved config as a plain dict (a DictConfig
   holding ``${hydra:...}`` cannot be resolved in a spawned child) and configure their own logging.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,9 +27,8 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from ups.config import validate
-from ups.errors import ConfigError
 from ups.distributed.env import RESTART_ENV, DistEnv, check_devices, export_slurm_env, in_launched_rank
-from ups.errors import EXPECTED_EXIT, exit_on_error
+from ups.errors import EXPECTED_EXIT, ConfigError, exit_on_error
 from ups.training.signals import Interrupted
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,11 @@ def _exit_with_parent(interval_s: float = 1.0) -> None:
         while True:
             time.sleep(interval_s)
             if os.getppid() != parent:  # re-parented: the launcher died
-                print(f"rank {os.environ.get('RANK', '?')}: the launcher (pid {parent}) is gone; exiting",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"rank {os.environ.get('RANK', '?')}: the launcher (pid {parent}) is gone; exiting",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 os._exit(1)
 
     threading.Thread(target=watch, name="ups-exit-with-parent", daemon=True).start()
@@ -171,18 +174,25 @@ def _launch(cfg: DictConfig) -> dict[str, Any]:
 
         env = DistEnv.from_env()
         if world == 1 and p.max_restarts and not in_launched_rank():  # said, not silently dropped
-            log.warning("parallelism.max_restarts=%d is not used by a single process (there is no launcher to "
-                        "restart it): rerun the same command to resume, or use parallelism=ddp<N>, torchrun or "
-                        "SLURM's requeue", p.max_restarts)
+            log.warning(
+                "parallelism.max_restarts=%d is not used by a single process (there is no launcher to "
+                "restart it): rerun the same command to resume, or use parallelism=ddp<N>, torchrun or "
+                "SLURM's requeue",
+                p.max_restarts,
+            )
         if env.world_size != world:
-            raise ConfigError(f"the launcher started {env.world_size} rank(s) but parallelism={p.name} asks for "
-                              f"{world} (nodes x ranks_per_node); make them agree, e.g. "
-                              f"parallelism.nodes={max(1, env.world_size // env.local_world_size)} "
-                              f"parallelism.ranks_per_node={env.local_world_size}")
+            raise ConfigError(
+                f"the launcher started {env.world_size} rank(s) but parallelism={p.name} asks for "
+                f"{world} (nodes x ranks_per_node); make them agree, e.g. "
+                f"parallelism.nodes={max(1, env.world_size // env.local_world_size)} "
+                f"parallelism.ranks_per_node={env.local_world_size}"
+            )
         return run(cfg, env)
     if p.nodes > 1:
-        raise ConfigError(f"parallelism.nodes={p.nodes}: start multi-node jobs with torchrun on every node or "
-                          "with srun under SLURM (docs/distributed.md); self-launch covers one node")
+        raise ConfigError(
+            f"parallelism.nodes={p.nodes}: start multi-node jobs with torchrun on every node or "
+            "with srun under SLURM (docs/distributed.md); self-launch covers one node"
+        )
     device_type = cfg.hardware.device
     if device_type == "auto":
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -209,19 +219,34 @@ def _launch_local(cfg: DictConfig, device_type: str) -> dict[str, Any]:
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_not_an_expected_stop)
     try:
         for attempt in range(p.max_restarts + 1):
-            config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=p.ranks_per_node,
-                                  run_id=f"ups-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
-                                  rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
-                                  start_method="spawn")
+            config = LaunchConfig(
+                min_nodes=1,
+                max_nodes=1,
+                nproc_per_node=p.ranks_per_node,
+                run_id=f"ups-{uuid.uuid4().hex[:8]}",
+                rdzv_backend="c10d",
+                rdzv_endpoint="localhost:0",
+                max_restarts=0,
+                monitor_interval=0.5,
+                start_method="spawn",
+            )
             os.environ[RESTART_ENV] = str(attempt)
-            log.info("launching %d ranks on this node (%s), attempt %d of %d", p.ranks_per_node, device_type,
-                     attempt + 1, p.max_restarts + 1)
+            log.info(
+                "launching %d ranks on this node (%s), attempt %d of %d",
+                p.ranks_per_node,
+                device_type,
+                attempt + 1,
+                p.max_restarts + 1,
+            )
             try:
                 result = elastic_launch(config, _worker)(container)[0]
             except SignalException as err:
-                raise Interrupted(int(err.sigval), f"stopped by {signal.Signals(err.sigval).name}: the ranks saved "
-                                  "a checkpoint at their next step boundary; run the same command again to "
-                                  "resume") from None
+                raise Interrupted(
+                    int(err.sigval),
+                    f"stopped by {signal.Signals(err.sigval).name}: the ranks saved "
+                    "a checkpoint at their next step boundary; run the same command again to "
+                    "resume",
+                ) from None
             except ChildFailedError:
                 if attempt == p.max_restarts:
                     raise

@@ -5,6 +5,7 @@ that decide the numbers (torch, numpy, h5py, UPS), the data files by name with t
 data checks already compute (size and sha256 of sampled blocks, ``ups.data.validate``), the seed and
 the world size. The leaderboard shows it beside each run's numbers (``ups/leaderboard/``).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,19 @@ def git_state(repo: str | Path | None = None) -> dict[str, Any]:
     """
     where = Path(repo) if repo else Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if commit.returncode != 0:
             return {"commit": None, "dirty": None}
         # Untracked files count: a new module the run imported is part of the code that ran.
-        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain"], capture_output=True, text=True,
-                                timeout=30)
-        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+        status = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain"], capture_output=True, text=True, timeout=30
+        )
+        return {
+            "commit": commit.stdout.strip(),
+            "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None,
+        }
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
 
@@ -54,9 +60,16 @@ def collect(cfg: Any, tasks: Sequence, world_size: int) -> dict[str, Any]:
     """The provenance record of a run about to train ``tasks`` as ``cfg`` says, on ``world_size`` ranks."""
     from ups.data.validate import data_fingerprints  # computed already by the data checks: cached, cheap
 
-    return {**git_state(), "versions": versions(), "data": data_fingerprints(tasks),
-            "data_dir": str(Path(cfg.paths.data_dir).resolve()), "seed": int(cfg.trainer.seed),
-            "world_size": int(world_size), "host": platform.node(), "choices": _choices()}
+    return {
+        **git_state(),
+        "versions": versions(),
+        "data": data_fingerprints(tasks),
+        "data_dir": str(Path(cfg.paths.data_dir).resolve()),
+        "seed": int(cfg.trainer.seed),
+        "world_size": int(world_size),
+        "host": platform.node(),
+        "choices": _choices(),
+    }
 
 
 def _choices() -> dict[str, str]:

@@ -4,6 +4,7 @@ Writes ``sweep_report.csv``, ``sweep_report.md`` and the ``sweep_*.png`` plots i
 directory (``ups/sweeps/report.py``) and prints the table. The same report is written by a Hydra
 callback when a local multirun ends.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,6 @@
 """Typed settings of the tools that run over the training config: ``python -m ups.tune`` (``tune.*``)
 and ``python -m ups.bench`` (``bench.*``). Torch-free, like ups/config.py, so ``--help`` stays fast."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,9 +24,26 @@ class TuneConfig:
 class BenchConfig:
     """``python -m ups.bench``: the speed switches against the baseline (ups/bench/)."""
 
-    variants: List[str] = field(default_factory=lambda: [
-        "baseline", "bf16", "compile", "compile_step", "fused_adamw", "ac_every", "ac_every_2", "sdpa_flash", "sdpa_efficient",
-        "sdpa_math", "preload", "workers", "frozen_encoder", "latent_cache", "all", "all_fp32"])
+    variants: List[str] = field(
+        default_factory=lambda: [
+            "baseline",
+            "bf16",
+            "compile",
+            "compile_step",
+            "fused_adamw",
+            "ac_every",
+            "ac_every_2",
+            "sdpa_flash",
+            "sdpa_efficient",
+            "sdpa_math",
+            "preload",
+            "workers",
+            "frozen_encoder",
+            "latent_cache",
+            "all",
+            "all_fp32",
+        ]
+    )
     warmup_steps: int = 3
     steps: int = 20  # per pass (real, split, loader only, model only)
     axis: Optional[str] = None  # a scaling run instead: batch | model | tasks | ranks

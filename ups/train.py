@@ -1,5 +1,6 @@
 """Command-line entry point: ``python -m ups.train [overrides]``, also installed as ``ups-train``. Hydra
 composes the config from ``conf/`` (``ups.conf``); :func:`ups.runner.run` does the work, importable."""
+
 from __future__ import annotations
 
 import sys

@@ -1,6 +1,7 @@
 """``python -m ups.bench [overrides]``: the speed of the composed run, every switch against the
 baseline, in one process (``bench.*`` settings; docs/benchmarks.md). ``bench.axis=batch|model|tasks|ranks``
 with ``bench.points=[...]`` measures one scaling axis instead and plots it."""
+
 from __future__ import annotations
 
 import hydra

@@ -11,6 +11,7 @@ The two agree when every heavy operation of the model is a layer the formulas kn
 prints both, and their ratio, so a model whose FLOPs the formulas miss (an FFT, a custom einsum)
 is visible instead of silently inflating or deflating MFU.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,8 +61,9 @@ def analytic_forward_flops(model: nn.Module, forward: Callable[[], object]) -> f
             hooks.append(m.register_forward_hook(linear))
         elif isinstance(m, Attention):
             hooks.append(m.register_forward_hook(attention))
-        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                            nn.ConvTranspose3d)):
+        elif isinstance(
+            m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+        ):
             hooks.append(m.register_forward_hook(conv))
     try:
         with torch.no_grad():
@@ -101,7 +103,7 @@ def measured_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 0, 
             sync()
             if time.perf_counter() - t0 >= seconds:
                 break
-    return 2.0 * n ** 3 * reps / (time.perf_counter() - t0)
+    return 2.0 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def datasheet_peak(device: torch.device) -> tuple[float | None, str]:

@@ -16,13 +16,14 @@ loss (:func:`ups.training.step_totals.batch_loss`) and the optimizer. In order, 
    compiled variant's ops are the kernels its step launches (``ups.bench.ops``), besides the eager
    count of the same step.
 """
+
 from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,12 +35,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ups.bench.flops import analytic_step_flops
 from ups.bench.ops import OpCounter, count_ops, eager, record_compiled_kernels
+from ups.build import build_compute, build_objectives, build_run, build_tasks, seed_everything
 from ups.data.datasets import MultiTaskDataset, WindowDataset
 from ups.data.sampler import MultiTaskDistributedSampler
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import parallelize
 from ups.models.spec import spec_of
-from ups.build import build_compute, build_objectives, build_run, build_tasks, seed_everything
 from ups.training.compute import compile_counts, compile_report
 from ups.training.optim import build_optimizer
 from ups.training.step_totals import batch_loss, to_device
@@ -103,7 +104,12 @@ class Bench:
         t0 = time.perf_counter()
         # the trainer's builder and freezing rules (ups/build.py): what is measured is what trains
         built = build_run(cfg, work_dir, env, objectives=objectives, compute=compute, tasks=tasks, seed=False)
-        self.tasks, self.raw, self.objective, self.context = tasks, built.model, objectives[stage_name], compute.autocast
+        self.tasks, self.raw, self.objective, self.context = (
+            tasks,
+            built.model,
+            objectives[stage_name],
+            compute.autocast,
+        )
         sync(device)
         self.startup["model_build_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -119,8 +125,15 @@ class Bench:
         self.startup["train_set_s"] = time.perf_counter() - t0  # a latent cache is built here
         t = cfg.trainer
         self.sampler = MultiTaskDistributedSampler(
-            self.train_set.sizes(), t.batch_size, num_replicas=1, rank=0, strategy=cfg.data.sampler.strategy,
-            temperature=cfg.data.sampler.temperature, mode=cfg.data.sampler.mode, seed=t.seed)
+            self.train_set.sizes(),
+            t.batch_size,
+            num_replicas=1,
+            rank=0,
+            strategy=cfg.data.sampler.strategy,
+            temperature=cfg.data.sampler.temperature,
+            mode=cfg.data.sampler.mode,
+            seed=t.seed,
+        )
         self.loader = stage_loader(self.train_set, self.sampler, cfg.data, device)
         self.batches = _forever(self.loader, self.sampler)
         self.optimizer = build_optimizer(self.raw, cfg.optim, stage.lr, device)
@@ -243,8 +256,10 @@ class Bench:
         timed passes."""
         kinds: dict[tuple, list] = {}
         for batch in self.replay:
-            key = tuple((b["task"], tuple((k, tuple(v.shape)) for k, v in sorted(b.items()) if torch.is_tensor(v)))
-                        for b in batch)
+            key = tuple(
+                (b["task"], tuple((k, tuple(v.shape)) for k, v in sorted(b.items()) if torch.is_tensor(v)))
+                for b in batch
+            )
             kinds.setdefault(key, [batch, 0])[1] += 1
         flops = counted = 0.0
         launches, eager_launches, views = Counter(), Counter(), 0
@@ -254,7 +269,8 @@ class Bench:
             batch = _to_device(batch, self.device)
             with eager():
                 analytic = analytic_step_flops(
-                    self.raw, lambda: batch_loss(self.objective, self.raw, batch, self.device))
+                    self.raw, lambda: batch_loss(self.objective, self.raw, batch, self.device)
+                )
                 with FlopCounterMode(display=False) as fc, OpCounter() as ops:
                     self.step(batch)
             sync(self.device)
@@ -273,12 +289,20 @@ class Bench:
             row["ops"] += runs * sum(ops.launches.values())
         steps = len(self.replay)
         samples = sum(len(b["y"]) for batch in self.replay for b in batch)
-        return {"steps": steps, "samples": samples, "analytic": flops, "counted": counted,
-                "flops_per_sample": flops / samples, "ops_per_step": sum(launches.values()) / steps,
-                "eager_ops_per_step": sum(eager_launches.values()) / steps, "ops_compiled": compiled,
-                "generated_kernels_per_step": sum(v for k, v in launches.items() if k.startswith("inductor:")) / steps,
-                "views_per_step": views / steps, "top_ops": [(k, v / steps) for k, v in launches.most_common(8)],
-                "per_task": per_task}
+        return {
+            "steps": steps,
+            "samples": samples,
+            "analytic": flops,
+            "counted": counted,
+            "flops_per_sample": flops / samples,
+            "ops_per_step": sum(launches.values()) / steps,
+            "eager_ops_per_step": sum(eager_launches.values()) / steps,
+            "ops_compiled": compiled,
+            "generated_kernels_per_step": sum(v for k, v in launches.items() if k.startswith("inductor:")) / steps,
+            "views_per_step": views / steps,
+            "top_ops": [(k, v / steps) for k, v in launches.most_common(8)],
+            "per_task": per_task,
+        }
 
 
 def measure(cfg: DictConfig, device: torch.device, warmup: int, steps: int, work: bool = False) -> dict[str, Any]:
@@ -299,11 +323,18 @@ def measure(cfg: DictConfig, device: torch.device, warmup: int, steps: int, work
             bench.step(next(bench.batches))
         seconds, samples = bench.real(steps)
         # the raw figures too: two rows with the same seconds to the nanosecond are one measurement
-        out.update(samples_per_s=samples / seconds, step_ms=1000 * seconds / steps, batch_samples=samples / steps,
-                   real_s=seconds, real_samples=samples, real_steps=steps)
+        out.update(
+            samples_per_s=samples / seconds,
+            step_ms=1000 * seconds / steps,
+            batch_samples=samples / steps,
+            real_s=seconds,
+            real_samples=samples,
+            real_steps=steps,
+        )
         out.update(bench.split(steps))
-        out["startup"]["compile_s"] = max(0.0, out["startup"]["first_step_s"] - out["step_ms"] / 1000) \
-            if cfg.hardware.compile else 0.0
+        out["startup"]["compile_s"] = (
+            max(0.0, out["startup"]["first_step_s"] - out["step_ms"] / 1000) if cfg.hardware.compile else 0.0
+        )
         out["val_loss"] = bench.val_loss()
         out["loader_samples_per_s"] = bench.loader_only(steps)
         out["model_samples_per_s"] = bench.model_only()

@@ -11,6 +11,7 @@ folder) it measures samples/s of one shuffled pass over the training windows whe
 plus the one-off cache build time, and then seconds per training epoch of operator+decoder steps
 (AdamW, batch 16, encoder frozen) fed from raw HDF5 + encode, preload + encode, and the cache.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,12 +27,12 @@ from hydra import compose, initialize_config_module
 from torch.utils.data import DataLoader
 
 from ups.bench.common import load_average, machine_info, named_tasks
+from ups.build import build_model
 from ups.config import register_configs
 from ups.data import latent_cache as lc
 from ups.data.datasets import WindowDataset
 from ups.data.latent_dataset import LatentWindowDataset
 from ups.data.tasks import TaskData
-from ups.build import build_model
 
 
 def load_tasks(data_dir: Path, names: list[str]) -> list[TaskData]:
@@ -69,9 +70,16 @@ def timed_pass(batches: Iterable[dict], work: Callable[[dict], None], device: to
     return time.perf_counter() - t0, n
 
 
-def loader_rates(model: torch.nn.Module, task: TaskData, windows: WindowDataset, preloaded: WindowDataset,
-                 cached: LatentWindowDataset, device: torch.device, batch_size: int,
-                 repeats: int = 1) -> dict[str, float]:
+def loader_rates(
+    model: torch.nn.Module,
+    task: TaskData,
+    windows: WindowDataset,
+    preloaded: WindowDataset,
+    cached: LatentWindowDataset,
+    device: torch.device,
+    batch_size: int,
+    repeats: int = 1,
+) -> dict[str, float]:
     """Samples/s of one shuffled pass: lazy HDF5 + encode, preload + encode, cache read."""
     coords = torch.from_numpy(task.coords)[None].to(device)
 
@@ -85,16 +93,20 @@ def loader_rates(model: torch.nn.Module, task: TaskData, windows: WindowDataset,
     model.eval()
     encode(next(iter(_loader(preloaded, batch_size))))  # warm-up: allocator, kernels
     out = {}
-    for name, ds, work in (("lazy_encode", windows, encode), ("preload_encode", preloaded, encode),
-                           ("cache", cached, read)):
+    for name, ds, work in (
+        ("lazy_encode", windows, encode),
+        ("preload_encode", preloaded, encode),
+        ("cache", cached, read),
+    ):
         # Best of `repeats`: on a shared host the minimum is the least disturbed measurement.
         seconds, n = min(timed_pass(_loader(ds, batch_size), work, device) for _ in range(repeats))
         out[f"{name}_samples_per_s"] = n / seconds
     return out
 
 
-def train_epoch(model: torch.nn.Module, task: TaskData, dataset: Any, device: torch.device, batch_size: int,
-                from_cache: bool) -> float:
+def train_epoch(
+    model: torch.nn.Module, task: TaskData, dataset: Any, device: torch.device, batch_size: int, from_cache: bool
+) -> float:
     """Seconds for one epoch of operator+decoder AdamW steps, encoder frozen (encoding on the fly unless cached)."""
     model = copy.deepcopy(model).train()
     for group, trainable in ((model.encoder_modules, False), ([model.operator, *model.decoder_modules], True)):
@@ -128,9 +140,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data_dir = Path(args.data_dir or Path(tmp) / "data")
         t0 = time.perf_counter()
         tasks = load_tasks(data_dir, names)
-        info = {**machine_info(), "device": str(device), "data_dir": str(data_dir), "repeats": args.repeats,
-                "data_seconds": round(time.perf_counter() - t0, 2),
-                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+        info = {
+            **machine_info(),
+            "device": str(device),
+            "data_dir": str(data_dir),
+            "repeats": args.repeats,
+            "data_seconds": round(time.perf_counter() - t0, 2),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        }
         rows = []
         for size in args.models.split(","):
             model = fresh_model(size, tasks, device)
@@ -145,14 +162,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 path = lc.build_latent_cache(model, windows, cache_root, key, device, batch_size=args.batch_size)
                 build_s = time.perf_counter() - t0
                 cached = LatentWindowDataset(path, windows, key)
-                row = {"model": size, "task": task.name, "windows": len(windows), "points": task.coords.shape[0],
-                       "preload_s": preload_s, "build_s": build_s,
-                       "cache_mb": sum((path / f).stat().st_size for f in ("z.npy", "frames.npy", "cond.npy")) / 2**20,
-                       **loader_rates(model, task, windows, preloaded, cached, device, args.batch_size, args.repeats)}
-                for name, ds, from_cache in (("lazy", windows, False), ("preload", preloaded, False),
-                                             ("cache", cached, True)):
-                    row[f"epoch_{name}_s"] = min(train_epoch(model, task, ds, device, args.train_batch, from_cache)
-                                                 for _ in range(args.repeats))
+                row = {
+                    "model": size,
+                    "task": task.name,
+                    "windows": len(windows),
+                    "points": task.coords.shape[0],
+                    "preload_s": preload_s,
+                    "build_s": build_s,
+                    "cache_mb": sum((path / f).stat().st_size for f in ("z.npy", "frames.npy", "cond.npy")) / 2**20,
+                    **loader_rates(model, task, windows, preloaded, cached, device, args.batch_size, args.repeats),
+                }
+                for name, ds, from_cache in (
+                    ("lazy", windows, False),
+                    ("preload", preloaded, False),
+                    ("cache", cached, True),
+                ):
+                    row[f"epoch_{name}_s"] = min(
+                        train_epoch(model, task, ds, device, args.train_batch, from_cache) for _ in range(args.repeats)
+                    )
                 row["speedup_vs_lazy"] = row["epoch_lazy_s"] / row["epoch_cache_s"]
                 row["speedup_vs_preload"] = row["epoch_preload_s"] / row["epoch_cache_s"]
                 rows.append(row)
@@ -165,21 +192,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def format_table(result: dict[str, Any]) -> str:
     """The results as two Markdown tables (loader throughput; epoch times) under a header."""
     i = result["info"]
-    head = [f"date {i['date']}, torch {i['torch']}, device {i['device']}"
-            + (f" ({i['gpu']})" if i["gpu"] else "") + f", CPU {i['cpu']}, {i['threads']} torch threads"
-            f" ({i['cpu_count']} CPUs), best of {i['repeats']}, load average {i['loadavg_before']} -> "
-            f"{i['loadavg_after']}", ""]
-    loader = ["| model | task | windows | points | HDF5 lazy + encode (samples/s) | preload + encode (samples/s) "
-              "| cache (samples/s) | preload (s) | cache build (s) | cache size (MB) |", "|" + "---|" * 10]
-    epoch = ["| model | task | epoch, HDF5 lazy + encode (s) | epoch, preload + encode (s) | epoch, cache (s) "
-             "| speed-up vs lazy | speed-up vs preload |", "|" + "---|" * 7]
+    head = [
+        f"date {i['date']}, torch {i['torch']}, device {i['device']}"
+        + (f" ({i['gpu']})" if i["gpu"] else "")
+        + f", CPU {i['cpu']}, {i['threads']} torch threads"
+        f" ({i['cpu_count']} CPUs), best of {i['repeats']}, load average {i['loadavg_before']} -> "
+        f"{i['loadavg_after']}",
+        "",
+    ]
+    loader = [
+        "| model | task | windows | points | HDF5 lazy + encode (samples/s) | preload + encode (samples/s) "
+        "| cache (samples/s) | preload (s) | cache build (s) | cache size (MB) |",
+        "|" + "---|" * 10,
+    ]
+    epoch = [
+        "| model | task | epoch, HDF5 lazy + encode (s) | epoch, preload + encode (s) | epoch, cache (s) "
+        "| speed-up vs lazy | speed-up vs preload |",
+        "|" + "---|" * 7,
+    ]
     for r in result["rows"]:
-        loader.append(f"| {r['model']} | {r['task']} | {r['windows']} | {r['points']} | "
-                      f"{r['lazy_encode_samples_per_s']:,.0f} | {r['preload_encode_samples_per_s']:,.0f} | "
-                      f"{r['cache_samples_per_s']:,.0f} | {r['preload_s']:.2f} | {r['build_s']:.2f} | "
-                      f"{r['cache_mb']:.1f} |")
-        epoch.append(f"| {r['model']} | {r['task']} | {r['epoch_lazy_s']:.2f} | {r['epoch_preload_s']:.2f} | "
-                     f"{r['epoch_cache_s']:.2f} | {r['speedup_vs_lazy']:.1f}x | {r['speedup_vs_preload']:.1f}x |")
+        loader.append(
+            f"| {r['model']} | {r['task']} | {r['windows']} | {r['points']} | "
+            f"{r['lazy_encode_samples_per_s']:,.0f} | {r['preload_encode_samples_per_s']:,.0f} | "
+            f"{r['cache_samples_per_s']:,.0f} | {r['preload_s']:.2f} | {r['build_s']:.2f} | "
+            f"{r['cache_mb']:.1f} |"
+        )
+        epoch.append(
+            f"| {r['model']} | {r['task']} | {r['epoch_lazy_s']:.2f} | {r['epoch_preload_s']:.2f} | "
+            f"{r['epoch_cache_s']:.2f} | {r['speedup_vs_lazy']:.1f}x | {r['speedup_vs_preload']:.1f}x |"
+        )
     return "\n".join(head + loader + [""] + epoch)
 
 

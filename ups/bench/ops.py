@@ -16,6 +16,7 @@ records its name when ``torch._inductor.config.cpp.enable_kernel_profile`` was o
 :func:`record_compiled_kernels`). Nothing is inferred from the generated code: a kernel that does
 not run is not counted.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,10 +27,29 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # Ops that launch no kernel whatever the device: metadata, aliasing, or nothing at all.
-_NO_KERNEL = {"detach", "alias", "lift_fresh", "_to_copy_noop", "empty", "empty_like", "empty_strided",
-              "_local_scalar_dense", "is_same_size", "sym_size", "sym_stride", "sym_numel", "size", "stride",
-              "_has_compatible_shallow_copy_type", "set_", "_record_function_enter_new", "_record_function_exit",
-              "promote_types", "result_type", "can_cast"}  # dtype arithmetic
+_NO_KERNEL = {
+    "detach",
+    "alias",
+    "lift_fresh",
+    "_to_copy_noop",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "_local_scalar_dense",
+    "is_same_size",
+    "sym_size",
+    "sym_stride",
+    "sym_numel",
+    "size",
+    "stride",
+    "_has_compatible_shallow_copy_type",
+    "set_",
+    "_record_function_enter_new",
+    "_record_function_exit",
+    "promote_types",
+    "result_type",
+    "can_cast",
+}  # dtype arithmetic
 
 
 def _is_view(func: Any) -> bool:
@@ -102,12 +122,17 @@ def count_ops(fn: Callable[[], Any], compiled: bool = False) -> OpCounter:
     if graphs and not any(k.startswith("inductor:") for k in counter.launches):
         # graphs ran but none of their kernels recorded itself: compiled before record_compiled_kernels()
         # (or by a backend that records nothing); a count without them would flatter the step
-        raise RuntimeError(f"{graphs} compiled graphs ran but no generated kernel was recorded: call "
-                           "ups.bench.ops.record_compiled_kernels() before the first compiled step")
+        raise RuntimeError(
+            f"{graphs} compiled graphs ran but no generated kernel was recorded: call "
+            "ups.bench.ops.record_compiled_kernels() before the first compiled step"
+        )
     return counter
 
 
 def summary(counter: OpCounter, top: int = 8) -> dict[str, Any]:
     """Totals and the most frequent ops, for JSON and tables."""
-    return {"launches": sum(counter.launches.values()), "views": sum(counter.views.values()),
-            "top": counter.launches.most_common(top)}
+    return {
+        "launches": sum(counter.launches.values()),
+        "views": sum(counter.views.values()),
+        "top": counter.launches.most_common(top),
+    }

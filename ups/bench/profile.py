@@ -12,6 +12,7 @@ and ``bench.steps`` loader-fed steps run under ``torch.profiler``. Printed and w
   the wall time (the rest is launch overhead, host work and waiting), host-device syncs per step;
 - the top operations by self time (device time on CUDA, CPU time otherwise).
 """
+
 from __future__ import annotations
 
 import json
@@ -59,21 +60,27 @@ def profile_variant(cfg: DictConfig, device: torch.device, warmup: int, steps: i
         work_counts = bench.work()  # eager ops of the same batches, weighted as they ran
         del bench
     events = prof.events()
-    out: dict[str, Any] = {"steps": steps, "ops_per_step": work_counts["ops_per_step"],
-                           "flops_per_sample": work_counts["flops_per_sample"],
-                           "eager_ops_per_step": work_counts["eager_ops_per_step"],
-                           "generated_kernels_per_step": work_counts["generated_kernels_per_step"],
-                           "top_launches": work_counts["top_ops"]}
+    out: dict[str, Any] = {
+        "steps": steps,
+        "ops_per_step": work_counts["ops_per_step"],
+        "flops_per_sample": work_counts["flops_per_sample"],
+        "eager_ops_per_step": work_counts["eager_ops_per_step"],
+        "generated_kernels_per_step": work_counts["generated_kernels_per_step"],
+        "top_launches": work_counts["top_ops"],
+    }
     wall_us = max(e.time_range.end for e in events) - min(e.time_range.start for e in events)
     out["wall_ms_per_step"] = wall_us / 1000 / steps
     if cuda:
         on_gpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
         kernels = [e for e in on_gpu if not e.name.startswith(("Memcpy", "Memset"))]  # copies apart
         busy_us = sum(e.time_range.end - e.time_range.start for e in on_gpu)
-        out.update(kernels_per_step=len(kernels) / steps, copies_per_step=(len(on_gpu) - len(kernels)) / steps,
-                   gpu_busy_share=busy_us / wall_us,
-                   syncs_per_step=sum(1 for e in events if e.name in _SYNCS) / steps,
-                   mean_kernel_us=busy_us / max(1, len(kernels)))
+        out.update(
+            kernels_per_step=len(kernels) / steps,
+            copies_per_step=(len(on_gpu) - len(kernels)) / steps,
+            gpu_busy_share=busy_us / wall_us,
+            syncs_per_step=sum(1 for e in events if e.name in _SYNCS) / steps,
+            mean_kernel_us=busy_us / max(1, len(kernels)),
+        )
         by_name: Counter[str] = Counter()
         for e in kernels:
             by_name[e.name[:80]] += e.time_range.end - e.time_range.start
@@ -85,29 +92,50 @@ def profile_variant(cfg: DictConfig, device: torch.device, warmup: int, steps: i
 
 
 def markdown(info: dict, rows: dict[str, dict]) -> str:
-    lines = [f"Measured {info['date']} on {info['device']}{' (' + info['gpu'] + ')' if info.get('gpu') else ''}, torch "
-             f"{info['torch']}. Command: `{info['command']}`", "",
-             "| variant | wall ms/step (profiled) | ops/step (as run) | kernels/step | mean kernel µs | GPU busy | "
-             "syncs/step |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured {info['date']} on {info['device']}{' (' + info['gpu'] + ')' if info.get('gpu') else ''}, torch "
+        f"{info['torch']}. Command: `{info['command']}`",
+        "",
+        "| variant | wall ms/step (profiled) | ops/step (as run) | kernels/step | mean kernel µs | GPU busy | "
+        "syncs/step |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error']} | | | | | |")
             continue
+
         def f(k: str, fmt: str) -> str:
             return fmt.format(r[k]) if k in r else "–"
 
-        lines.append(f"| {name} | {r['wall_ms_per_step']:.1f} | {r['ops_per_step']:,.0f} | "
-                     f"{f('kernels_per_step', '{:,.0f}')} | {f('mean_kernel_us', '{:.1f}')} | "
-                     f"{f('gpu_busy_share', '{:.0%}')} | {f('syncs_per_step', '{:.1f}')} |")
-    counted = [f"`{name}` {r['ops_per_step']:,.0f} as run ({r['generated_kernels_per_step']:,.0f} generated kernels), "
-               f"{r['eager_ops_per_step']:,.0f} eager" for name, r in rows.items() if "eager_ops_per_step" in r]
+        lines.append(
+            f"| {name} | {r['wall_ms_per_step']:.1f} | {r['ops_per_step']:,.0f} | "
+            f"{f('kernels_per_step', '{:,.0f}')} | {f('mean_kernel_us', '{:.1f}')} | "
+            f"{f('gpu_busy_share', '{:.0%}')} | {f('syncs_per_step', '{:.1f}')} |"
+        )
+    counted = [
+        f"`{name}` {r['ops_per_step']:,.0f} as run ({r['generated_kernels_per_step']:,.0f} generated kernels), "
+        f"{r['eager_ops_per_step']:,.0f} eager"
+        for name, r in rows.items()
+        if "eager_ops_per_step" in r
+    ]
     if counted:
-        lines += ["", "Ops per step (ups/bench/ops.py; a compiled step's are the kernels it launches): "
-                  + "; ".join(counted) + "."]
+        lines += [
+            "",
+            "Ops per step (ups/bench/ops.py; a compiled step's are the kernels it launches): "
+            + "; ".join(counted)
+            + ".",
+        ]
     for name, r in rows.items():
         if "top_ops_table" in r:
-            lines += ["", f"Top operations, `{name}` (self time, {r['steps']} steps):", "", "```",
-                      r["top_ops_table"].rstrip(), "```"]
+            lines += [
+                "",
+                f"Top operations, `{name}` (self time, {r['steps']} steps):",
+                "",
+                "```",
+                r["top_ops_table"].rstrip(),
+                "```",
+            ]
     return "\n".join(lines)
 
 
@@ -126,8 +154,8 @@ def _profile(cfg: DictConfig) -> None:
     from ups.bench.run import environment
     from ups.bench.variants import check_names, variant_overrides
     from ups.config import validate
-    from ups.errors import ConfigError
     from ups.distributed.env import DistEnv, resolve_device
+    from ups.errors import ConfigError
 
     device = resolve_device(cfg.hardware.device, DistEnv())
     if cfg.hardware.threads:
@@ -140,8 +168,9 @@ def _profile(cfg: DictConfig) -> None:
     for name in cfg.bench.variants:
         print(f"[profile] {name}", flush=True)
         try:
-            vcfg = compose(config_name="train",
-                           overrides=list(HydraConfig.get().overrides.task) + variant_overrides(name, stage))
+            vcfg = compose(
+                config_name="train", overrides=list(HydraConfig.get().overrides.task) + variant_overrides(name, stage)
+            )
             validate(vcfg)
             rows[name] = profile_variant(vcfg, device, cfg.bench.warmup_steps, cfg.bench.steps)
         except (RuntimeError, ConfigError, ValueError, NotImplementedError) as err:

@@ -19,6 +19,7 @@ the fork) is its own. Files are read once beforehand: the numbers are for a warm
 PDEBench is not a dependency: its loader file (pure Python: torch, h5py, numpy) is loaded from
 ``--pdebench-utils`` or fetched with ``pip download`` into a cache folder (see ``pdebench_module``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,7 @@ def pdebench_module(path: Path | None, fetch: bool = True) -> ModuleType:
     if target.is_file():
         print(f"PDEBench loader: using the cached {target}", flush=True)
         return _import_file(target)
-    how = (f"get it with `{' '.join(PIP_COMMAND)} -d DIR`, unzip the wheel and pass "
-           f"--pdebench-utils DIR/{WHEEL_MEMBER}")
+    how = f"get it with `{' '.join(PIP_COMMAND)} -d DIR`, unzip the wheel and pass --pdebench-utils DIR/{WHEEL_MEMBER}"
     if not fetch:
         raise SystemExit(f"no PDEBench loader given: {how}")
     cmd = [sys.executable, "-m", *PIP_COMMAND, "-d", str(cache_dir())]
@@ -118,9 +118,16 @@ def pdebench_dataset(module: ModuleType, task: TaskData) -> Any:
     f, folder = task.files[0], str(task.files[0].path.parent) + "/"  # PDEBench concatenates folder + name
     if task.family.layout == "group":
         return module.FNODatasetMult(f.path.stem, initial_step=task.initial_step, saved_folder=folder, if_test=False)
-    return module.FNODatasetSingle(f.path.name, initial_step=task.initial_step, saved_folder=folder,
-                                   reduced_resolution=f.rr, reduced_resolution_t=f.rr_t, reduced_batch=f.rb,
-                                   if_test=False, num_samples_max=f.max_samples or -1)
+    return module.FNODatasetSingle(
+        f.path.name,
+        initial_step=task.initial_step,
+        saved_folder=folder,
+        reduced_resolution=f.rr,
+        reduced_resolution_t=f.rr_t,
+        reduced_batch=f.rb,
+        if_test=False,
+        num_samples_max=f.max_samples or -1,
+    )
 
 
 def readers(task: TaskData, module: ModuleType | None, preload_gb: float) -> list[tuple[str, str, Callable]]:
@@ -130,11 +137,21 @@ def readers(task: TaskData, module: ModuleType | None, preload_gb: float) -> lis
         kind = "Mult" if task.family.layout == "group" else "Single"
         out.append((f"PDEBench FNODataset{kind}", PDEBENCH_ITEM, lambda: pdebench_dataset(module, task)))
     for gb, how in ((0.0, "lazy"), (preload_gb, "preload")):
-        out.append((f"UPS TrajectoryDataset, {how}", "trajectory (T, P, C), normalised, + cond",
-                    lambda gb=gb: TrajectoryDataset(task, BENCH_SPLIT, preload_max_gb=gb)))
+        out.append(
+            (
+                f"UPS TrajectoryDataset, {how}",
+                "trajectory (T, P, C), normalised, + cond",
+                lambda gb=gb: TrajectoryDataset(task, BENCH_SPLIT, preload_max_gb=gb),
+            )
+        )
     for gb, how in ((0.0, "lazy"), (preload_gb, "preload")):
-        out.append((f"UPS WindowDataset, {how}", "window: k frames -> next frame, normalised, + cond",
-                    lambda gb=gb: WindowDataset(task, BENCH_SPLIT, preload_max_gb=gb)))
+        out.append(
+            (
+                f"UPS WindowDataset, {how}",
+                "window: k frames -> next frame, normalised, + cond",
+                lambda gb=gb: WindowDataset(task, BENCH_SPLIT, preload_max_gb=gb),
+            )
+        )
     return out
 
 
@@ -164,8 +181,15 @@ def _child(factory: Callable, conn: Any) -> None:
     t2 = time.perf_counter()
     _one_pass(ds)
     t3 = time.perf_counter()
-    conn.send({"items": n, "build_s": t1 - t0, "first_s": t2 - t0, "later_s": t3 - t2,
-               "peak_mb": (_status_kib("VmHWM") - rss0) / 1024})
+    conn.send(
+        {
+            "items": n,
+            "build_s": t1 - t0,
+            "first_s": t2 - t0,
+            "later_s": t3 - t2,
+            "peak_mb": (_status_kib("VmHWM") - rss0) / 1024,
+        }
+    )
     conn.close()
 
 
@@ -187,8 +211,13 @@ def measure(factory: Callable, repeats: int) -> dict[str, float]:
         runs.append(result)
     best = {k: min(r[k] for r in runs) for k in ("build_s", "first_s", "later_s")}
     n = runs[0]["items"]
-    return {"items": n, **best, "peak_mb": max(r["peak_mb"] for r in runs),
-            "first_items_per_s": n / best["first_s"], "later_items_per_s": n / best["later_s"]}
+    return {
+        "items": n,
+        **best,
+        "peak_mb": max(r["peak_mb"] for r in runs),
+        "first_items_per_s": n / best["first_s"],
+        "later_items_per_s": n / best["later_s"],
+    }
 
 
 def same_values(task: TaskData, pdebench_ds: Any) -> bool:
@@ -207,14 +236,25 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         tasks = load_tasks(data_dir, args.tasks.split(","))
         for task in tasks:
             task.files[0].path.read_bytes()  # warm the page cache: every reader then sees the same
-        info = {**machine_info(), "repeats": args.repeats, "preload_max_gb": args.preload_gb,
-                "command": shlex.join(["python", "-m", "ups.bench.reads", *argv]),
-                "pdebench": getattr(module, "__file__", None)}
+        info = {
+            **machine_info(),
+            "repeats": args.repeats,
+            "preload_max_gb": args.preload_gb,
+            "command": shlex.join(["python", "-m", "ups.bench.reads", *argv]),
+            "pdebench": getattr(module, "__file__", None),
+        }
         rows = []
         for task in tasks:
             f = task.files[0]
-            base = {"task": task.name, "layout": LAYOUTS[task.family.layout], "file": f.path.name,
-                    "dim": task.family.dim, "rr": f.rr, "rr_t": f.rr_t, "initial_step": task.initial_step}
+            base = {
+                "task": task.name,
+                "layout": LAYOUTS[task.family.layout],
+                "file": f.path.name,
+                "dim": task.family.dim,
+                "rr": f.rr,
+                "rr_t": f.rr_t,
+                "initial_step": task.initial_step,
+            }
             for name, item, factory in readers(task, module, args.preload_gb):
                 row = {**base, "reader": name, "item": item, **measure(factory, args.repeats)}
                 if name.startswith("PDEBench"):
@@ -237,18 +277,25 @@ def add_ratios(rows: list[dict]) -> list[dict]:
 def format_table(result: dict[str, Any]) -> str:
     """The results as a Markdown table under a header naming the date, versions, CPU and command."""
     i = result["info"]
-    head = [f"`{i['command']}`", "",
-            f"date {i['date']}, torch {i['torch']}, Python {i['python']}, CPU {i['cpu']} ({i['cpu_count']} CPUs, "
-            f"{i['threads']} torch thread(s)), warm page cache, best of {i['repeats']}, preload_max_gb "
-            f"{i['preload_max_gb']}, load average {i['loadavg_before']} -> {i['loadavg_after']}", "",
-            "| task | layout | reader | item | items | build (s) | first epoch (items/s) | later epochs (items/s) "
-            "| first epoch vs PDEBench | peak memory (MB) |", "|" + "---|" * 10]
+    head = [
+        f"`{i['command']}`",
+        "",
+        f"date {i['date']}, torch {i['torch']}, Python {i['python']}, CPU {i['cpu']} ({i['cpu_count']} CPUs, "
+        f"{i['threads']} torch thread(s)), warm page cache, best of {i['repeats']}, preload_max_gb "
+        f"{i['preload_max_gb']}, load average {i['loadavg_before']} -> {i['loadavg_after']}",
+        "",
+        "| task | layout | reader | item | items | build (s) | first epoch (items/s) | later epochs (items/s) "
+        "| first epoch vs PDEBench | peak memory (MB) |",
+        "|" + "---|" * 10,
+    ]
     for r in result["rows"]:
         ratio = "—" if r["vs_pdebench"] is None else f"{r['vs_pdebench']:.2f}x"
         check = {True: " (same values)", False: " (values differ)"}.get(r.get("same_values"), "")
-        head.append(f"| {r['task']} | {r['layout']}, {r['dim']}D | {r['reader']}{check} | {r['item']} | {r['items']} "
-                    f"| {r['build_s']:.3f} | {r['first_items_per_s']:,.0f} | {r['later_items_per_s']:,.0f} | {ratio} "
-                    f"| {r['peak_mb']:.1f} |")
+        head.append(
+            f"| {r['task']} | {r['layout']}, {r['dim']}D | {r['reader']}{check} | {r['item']} | {r['items']} "
+            f"| {r['build_s']:.3f} | {r['first_items_per_s']:,.0f} | {r['later_items_per_s']:,.0f} | {ratio} "
+            f"| {r['peak_mb']:.1f} |"
+        )
     return "\n".join(head)
 
 

@@ -1,5 +1,6 @@
 """``python -m ups.bench``: every variant of the composed run measured in one process, or one
 scaling axis (``bench.axis``), with the date, the device and the exact command beside the figures."""
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,13 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from ups.bench.common import load_average, machine_info
 from ups.bench.flops import datasheet_peak, measured_matmul_flops
 from ups.bench.harness import measure
-from ups.bench.common import load_average, machine_info
 from ups.bench.variants import VARIANTS, check_names, variant_overrides
 from ups.config import validate
-from ups.errors import ConfigError
 from ups.distributed.env import DistEnv, resolve_device
+from ups.errors import ConfigError
 from ups.training.startup import process_age_s
 
 AXES = {"batch": "trainer.batch_size={}", "model": "model={}", "tasks": "task={}", "ranks": "parallelism={}"}
@@ -29,17 +30,21 @@ AXES = {"batch": "trainer.batch_size={}", "model": "model={}", "tasks": "task={}
 
 def environment(device: torch.device, cfg: DictConfig) -> dict[str, Any]:
     """Where and when the figures were measured, and the command that measured them."""
-    return {**machine_info(), "device": str(device),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "command": " ".join(["python -m ups.bench", *HydraConfig.get().overrides.task]),
-            "model": cfg.model._target_, "task": cfg.task.name, "batch_size": cfg.trainer.batch_size}
+    return {
+        **machine_info(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "command": " ".join(["python -m ups.bench", *HydraConfig.get().overrides.task]),
+        "model": cfg.model._target_,
+        "task": cfg.task.name,
+        "batch_size": cfg.trainer.batch_size,
+    }
 
 
 def peaks(device: torch.device) -> dict[str, Any]:
     """The device's peaks: its data sheet's bf16 figure (GPUs) and matmuls measured in this process."""
     sheet, name = datasheet_peak(device)
-    out = {"datasheet_bf16": sheet, "device_name": name,
-           "measured_fp32": measured_matmul_flops(device, torch.float32)}
+    out = {"datasheet_bf16": sheet, "device_name": name, "measured_fp32": measured_matmul_flops(device, torch.float32)}
     if device.type == "cuda":
         out["measured_bf16"] = measured_matmul_flops(device, torch.bfloat16)
     return out
@@ -97,8 +102,11 @@ def run_variants(cfg: DictConfig, device: torch.device, partial: Path | None = N
     out["flops"] = ok[0]["work"] if ok else None  # the first variant's, for the formulas-vs-counter line
     out["same_measurement"] = same_measurements(out["rows"])
     for a, c in out["same_measurement"]:
-        print(f"[bench] WARNING: {a} and {c} report the same real-pass time to the nanosecond: one measurement "
-              "reported twice, not two", flush=True)
+        print(
+            f"[bench] WARNING: {a} and {c} report the same real-pass time to the nanosecond: one measurement "
+            "reported twice, not two",
+            flush=True,
+        )
     bases = [r["samples_per_s"] for r in ok if r["variant"].startswith("baseline")]
     base = sum(bases) / len(bases) if bases else None
     if len(bases) == 2:
@@ -120,24 +128,35 @@ def run_variants(cfg: DictConfig, device: torch.device, partial: Path | None = N
 def _train_rate(overrides: list[str], work: Path) -> dict[str, Any]:
     """Samples/s of a real ``ups.train`` run (for an axis that needs more than one process)."""
     run_dir = work / "run"
-    cmd = [sys.executable, "-m", "ups.train", *HydraConfig.get().overrides.task, *overrides,
-           f"paths.output_dir={run_dir}", "trainer.log_every=5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ups.train",
+        *HydraConfig.get().overrides.task,
+        *overrides,
+        f"paths.output_dir={run_dir}",
+        "trainer.log_every=5",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r.get("kind") == "train"][1:]  # the first window holds the start-up
-    return {"samples_per_s": sum(r["samples_per_s"] for r in train) / len(train),
-            "peak_memory_mb": max(r["peak_memory_mb"] for r in train), "world_size": train[-1]["world_size"],
-            "global_batch": train[-1]["global_batch"]}
+    return {
+        "samples_per_s": sum(r["samples_per_s"] for r in train) / len(train),
+        "peak_memory_mb": max(r["peak_memory_mb"] for r in train),
+        "world_size": train[-1]["world_size"],
+        "global_batch": train[-1]["global_batch"],
+    }
 
 
 def run_axis(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """Samples/s and peak memory of the composed run at each of ``bench.points`` along ``bench.axis``."""
     b = cfg.bench
     if b.axis not in AXES or not b.points:
-        raise ConfigError(f"bench.axis must be one of {', '.join(AXES)} with bench.points set, got {b.axis!r} "
-                          f"and {list(b.points)}")
+        raise ConfigError(
+            f"bench.axis must be one of {', '.join(AXES)} with bench.points set, got {b.axis!r} and {list(b.points)}"
+        )
     out = {"info": {**environment(device, cfg), "axis": b.axis}, "axis": b.axis, "rows": []}
     for value in b.points:
         print(f"[bench] {b.axis}={value}", flush=True)
@@ -173,8 +192,11 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     result["info"].update(config_s=started, bench_s=round(time.perf_counter() - t0, 1))
     name = f"bench_{cfg.bench.axis}" if cfg.bench.axis else "bench"
     (run_dir / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
-    text = report.axis_markdown(result, cfg.bench.plot_dir or run_dir) if cfg.bench.axis \
+    text = (
+        report.axis_markdown(result, cfg.bench.plot_dir or run_dir)
+        if cfg.bench.axis
         else report.variants_markdown(result)
+    )
     print(text, flush=True)
     (run_dir / f"{name}.md").write_text(text)
     if cfg.bench.docs:

@@ -4,6 +4,7 @@ Fields are flattened to points, (T, *space, C) -> (P, T*C) with time outermost p
 their coordinates; every batch also carries the task's ``grid`` shape, so a grid model (FNO,
 U-Net) views the same tensors as ``(B, C, *grid)`` (``ups.models.spec.points_to_grid``).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -52,8 +53,11 @@ class _TrajectorySource:
         by_file: dict[int, list[int]] = {}
         for file_idx, i in self.ids:
             by_file.setdefault(file_idx, []).append(i)
-        loaded = {(file_idx, i): normalise(self.task, traj) for file_idx, idx in by_file.items()
-                  for i, traj in self.task.files[file_idx].read_many(idx, block_bytes)}
+        loaded = {
+            (file_idx, i): normalise(self.task, traj)
+            for file_idx, idx in by_file.items()
+            for i, traj in self.task.files[file_idx].read_many(idx, block_bytes)
+        }
         return [loaded[key] for key in self.ids]
 
     def frames(self, j: int, start: int, stop: int) -> np.ndarray:
@@ -83,8 +87,10 @@ class WindowDataset(Dataset):
         self.horizon = 1 if task.family.steady else horizon
         self.per_traj = task.n_steps - task.initial_step - (self.horizon - 1)
         if self.per_traj < 1:
-            raise ValueError(f"{task.name}: horizon {horizon} needs {task.initial_step + horizon} frames per "
-                             f"trajectory, but it has {task.n_steps} (after reduced_resolution_t)")
+            raise ValueError(
+                f"{task.name}: horizon {horizon} needs {task.initial_step + horizon} frames per "
+                f"trajectory, but it has {task.n_steps} (after reduced_resolution_t)"
+            )
         self.source = _TrajectorySource(task, task.splits[split], preload_max_gb)
         self._conds = [task.cond(file_idx) for file_idx, _ in self.source.ids]
 
@@ -116,8 +122,10 @@ class TrajectoryDataset(Dataset):
     def __getitem__(self, j: int) -> dict:
         traj = self.source[j]
         t, c = traj.shape[0], traj.shape[-1]
-        return {"traj": torch.from_numpy(traj.reshape(t, -1, c)),
-                "cond": torch.from_numpy(self.task.cond(self.source.ids[j][0]))}
+        return {
+            "traj": torch.from_numpy(traj.reshape(t, -1, c)),
+            "cond": torch.from_numpy(self.task.cond(self.source.ids[j][0])),
+        }
 
 
 class MultiTaskDataset(Dataset):
@@ -139,16 +147,22 @@ class MultiTaskDataset(Dataset):
         for t in sorted({it["task_index"] for it in items}):
             group = [it for it in items if it["task_index"] == t]
             task = self.datasets[t].task
-            out.append({
-                "x": torch.stack([g["x"] for g in group]),
-                "y": torch.stack([g["y"] for g in group]),
-                "cond": torch.stack([g["cond"] for g in group]),
-                **task_keys(task),
-            })
+            out.append(
+                {
+                    "x": torch.stack([g["x"] for g in group]),
+                    "y": torch.stack([g["y"] for g in group]),
+                    "cond": torch.stack([g["cond"] for g in group]),
+                    **task_keys(task),
+                }
+            )
         return out
 
 
 def task_keys(task: TaskData) -> dict:
     """What every batch of a task carries besides its tensors: name, grid, coordinates, steadiness."""
-    return {"task": task.name, "coords": torch.from_numpy(task.coords)[None], "grid": task.grid,
-            "steady": task.family.steady}
+    return {
+        "task": task.name,
+        "coords": torch.from_numpy(task.coords)[None],
+        "grid": task.grid,
+        "steady": task.family.steady,
+    }

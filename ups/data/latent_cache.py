@@ -16,6 +16,7 @@ renamed into place only when complete: a killed build leaves only a ``.tmp-*`` f
 never read. In distributed runs rank 0 builds and the other ranks wait at a barrier, then open it.
 Reading a cache (its validity check and the datasets over it) is ``ups.data.latent_dataset``.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -41,8 +42,11 @@ from ups.data.stats import stats_key
 from ups.data.tasks import TaskData
 from ups.models.spec import LatentEncoder, spec_of, unwrap
 
-_DTYPES = {torch.float32: ("float32", np.float32), torch.float16: ("float16", np.float16),
-           torch.bfloat16: ("bfloat16", np.uint16)}  # numpy has no bfloat16: keep its bits
+_DTYPES = {
+    torch.float32: ("float32", np.float32),
+    torch.float16: ("float16", np.float16),
+    torch.bfloat16: ("bfloat16", np.uint16),
+}  # numpy has no bfloat16: keep its bits
 
 
 def _latent(model: nn.Module) -> tuple[nn.Module, LatentEncoder]:
@@ -71,8 +75,9 @@ def _code_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def latent_key(model: nn.Module, task: TaskData, split: str, extra: dict | None = None,
-               dtype: torch.dtype = torch.float32) -> str:
+def latent_key(
+    model: nn.Module, task: TaskData, split: str, extra: dict | None = None, dtype: torch.dtype = torch.float32
+) -> str:
     """A hash of everything the cached latents of ``task``/``split`` depend on.
 
     (a) the encoder weights this task uses (`encoder_state`) and the encoder's source code, (b) the
@@ -85,15 +90,29 @@ def latent_key(model: nn.Module, task: TaskData, split: str, extra: dict | None 
     io = getattr(m, "tasks", {}).get(task.name)
     fourier = [f for f in (getattr(m, n, None) for n in ("local_fourier", "position_fourier")) if f is not None]
     h = hashlib.sha256()
-    h.update(json.dumps({
-        "version": CACHE_VERSION, "task": task.name, "split": split, "ids": ids,
-        "data": stats_key(task.files, task.splits[split]), "family": task.family.name,
-        "initial_step": task.initial_step, "n_steps": task.n_steps, "dt": task.dt, "stats": asdict(task.stats),
-        "latent_shape": list(latent.shape(m, task.name)),
-        "io": asdict(io) if io is not None else None,
-        "fourier": [[getattr(f, "n_freqs", None), getattr(f, "max_freq", None)] for f in fourier],
-        "dtype": _DTYPES[dtype][0], "extra": extra or {},
-    }, sort_keys=True, default=str).encode())
+    h.update(
+        json.dumps(
+            {
+                "version": CACHE_VERSION,
+                "task": task.name,
+                "split": split,
+                "ids": ids,
+                "data": stats_key(task.files, task.splits[split]),
+                "family": task.family.name,
+                "initial_step": task.initial_step,
+                "n_steps": task.n_steps,
+                "dt": task.dt,
+                "stats": asdict(task.stats),
+                "latent_shape": list(latent.shape(m, task.name)),
+                "io": asdict(io) if io is not None else None,
+                "fourier": [[getattr(f, "n_freqs", None), getattr(f, "max_freq", None)] for f in fourier],
+                "dtype": _DTYPES[dtype][0],
+                "extra": extra or {},
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     h.update(np.ascontiguousarray(task.coords, dtype=np.float32).tobytes())
     for name, t in sorted(encoder_state(m, task.name).items()):
         t = t.detach().to("cpu").contiguous().reshape(-1)
@@ -140,9 +159,17 @@ def _fsync(path: Path) -> None:
 
 
 @torch.no_grad()
-def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Path, key: str, device: Any,
-                       batch_size: int = 64, dtype: torch.dtype = torch.float32,
-                       progress: Callable[[int, int], None] | None = None, split: str | None = None) -> Path:
+def build_latent_cache(
+    model: nn.Module,
+    dataset: WindowDataset,
+    cache_root: Path,
+    key: str,
+    device: Any,
+    batch_size: int = 64,
+    dtype: torch.dtype = torch.float32,
+    progress: Callable[[int, int], None] | None = None,
+    split: str | None = None,
+) -> Path:
     """Encode every window of ``dataset`` with the spec's encoder (eval mode, no grad) and store it atomically.
 
     Returns the final folder. If a complete cache with this key already exists (e.g. another rank
@@ -159,8 +186,10 @@ def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Pat
     need = cache_nbytes(dataset, m, dtype)
     free = shutil.disk_usage(root).free
     if free < need * 1.05:
-        raise OSError(f"latent cache for {task.name}/{split} needs {need / 2**30:.2f} GiB, {root} has "
-                      f"{free / 2**30:.2f} GiB free; use a float16/bfloat16 cache or another cache root")
+        raise OSError(
+            f"latent cache for {task.name}/{split} needs {need / 2**30:.2f} GiB, {root} has "
+            f"{free / 2**30:.2f} GiB free; use a float16/bfloat16 cache or another cache root"
+        )
     tmp = root / f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     was_training = m.training
@@ -171,8 +200,9 @@ def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Pat
         n, n_pts, c = len(dataset), task.coords.shape[0], task.channels
         zname, znp = _DTYPES[dtype]
         z_mm = np.lib.format.open_memmap(tmp / "z.npy", mode="w+", dtype=znp, shape=(n, *latent.shape(m, task.name)))
-        f_mm = np.lib.format.open_memmap(tmp / "frames.npy", mode="w+", dtype=np.float32,
-                                         shape=(n_traj, task.n_steps, n_pts, c))
+        f_mm = np.lib.format.open_memmap(
+            tmp / "frames.npy", mode="w+", dtype=np.float32, shape=(n_traj, task.n_steps, n_pts, c)
+        )
         conds = np.stack([task.cond(file_idx) for file_idx, _ in dataset.source.ids]).astype(np.float32)
         coords = torch.from_numpy(task.coords)[None].to(device)
         pending: list[np.ndarray] = []
@@ -184,7 +214,7 @@ def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Pat
             with torch.autocast(torch.device(device).type, enabled=False):  # the key assumes the weights' precision
                 z = latent.encode(m, task.name, x, coords).to(dtype).cpu()
             z_np = z.view(torch.int16).numpy().view(np.uint16) if dtype == torch.bfloat16 else z.numpy()
-            z_mm[done: done + len(pending)] = z_np  # noqa: F821 - the enclosing scope's; its later del misleads pyflakes
+            z_mm[done : done + len(pending)] = z_np  # noqa: F821 - the enclosing scope's; its later del misleads pyflakes
             done += len(pending)
             pending.clear()
             if progress is not None:
@@ -196,7 +226,7 @@ def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Pat
             f_mm[j] = frames
             for start in range(per_traj):
                 # (k, P, C) -> (P, k*C), time outermost per point: exactly WindowDataset's "x".
-                pending.append(np.ascontiguousarray(frames[start: start + k].transpose(1, 0, 2).reshape(n_pts, k * c)))
+                pending.append(np.ascontiguousarray(frames[start : start + k].transpose(1, 0, 2).reshape(n_pts, k * c)))
                 if len(pending) == batch_size:
                     flush()
         if pending:
@@ -207,12 +237,25 @@ def build_latent_cache(model: nn.Module, dataset: WindowDataset, cache_root: Pat
         files = ("z.npy", "frames.npy", "cond.npy")
         for name in files:
             _fsync(tmp / name)
-        meta = {"version": CACHE_VERSION, "key": key, "task": task.name, "split": split,
-                "created": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname(),
-                "n_windows": n, "n_traj": n_traj, "per_traj": per_traj, "initial_step": k,
-                "z_shape": [n, *latent.shape(m, task.name)], "z_dtype": zname, "frames_shape": [n_traj, task.n_steps, n_pts, c],
-                "cond_shape": list(conds.shape), "build_seconds": round(time.perf_counter() - t0, 3),
-                "file_sizes": {f: (tmp / f).stat().st_size for f in files}, "torch": torch.__version__}
+        meta = {
+            "version": CACHE_VERSION,
+            "key": key,
+            "task": task.name,
+            "split": split,
+            "created": _dt.datetime.now().isoformat(timespec="seconds"),
+            "host": socket.gethostname(),
+            "n_windows": n,
+            "n_traj": n_traj,
+            "per_traj": per_traj,
+            "initial_step": k,
+            "z_shape": [n, *latent.shape(m, task.name)],
+            "z_dtype": zname,
+            "frames_shape": [n_traj, task.n_steps, n_pts, c],
+            "cond_shape": list(conds.shape),
+            "build_seconds": round(time.perf_counter() - t0, 3),
+            "file_sizes": {f: (tmp / f).stat().st_size for f in files},
+            "torch": torch.__version__,
+        }
         with open(tmp / MARKER, "w") as fh:  # the marker goes last: without it the folder is not a cache
             json.dump(meta, fh, indent=1)
             fh.flush()
@@ -245,10 +288,19 @@ def _publish(tmp: Path, final: Path, key: str) -> None:
     raise OSError(f"could not move {tmp} to {final}")
 
 
-def load_or_build(model: nn.Module, dataset: WindowDataset, cache_root: Path, device: Any, *,
-                  split: str | None = None, batch_size: int = 64, dtype: torch.dtype = torch.float32,
-                  extra: dict | None = None, progress: Callable[[int, int], None] | None = None,
-                  build: bool = True) -> LatentWindowDataset:
+def load_or_build(
+    model: nn.Module,
+    dataset: WindowDataset,
+    cache_root: Path,
+    device: Any,
+    *,
+    split: str | None = None,
+    batch_size: int = 64,
+    dtype: torch.dtype = torch.float32,
+    extra: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    build: bool = True,
+) -> LatentWindowDataset:
     """Open the cache for the model's current encoder weights, building it first if absent.
 
     ``build=False`` (ranks other than 0, after the barrier) raises FileNotFoundError instead of building.
@@ -263,7 +315,9 @@ def load_or_build(model: nn.Module, dataset: WindowDataset, cache_root: Path, de
     return LatentWindowDataset(path, dataset, key)
 
 
-def prune_cache(cache_root: Path, keep_keys: Iterable[str] | None = None, tmp_older_than_s: float = 3600.0) -> list[Path]:
+def prune_cache(
+    cache_root: Path, keep_keys: Iterable[str] | None = None, tmp_older_than_s: float = 3600.0
+) -> list[Path]:
     """Delete ``.tmp-*`` folders older than ``tmp_older_than_s`` (killed builds) and, if ``keep_keys``
     is given, complete caches whose key is not in it. Call on one rank only, before others read."""
     removed, keep = [], None if keep_keys is None else set(keep_keys)

@@ -1,6 +1,7 @@
 """Reading a latent cache (``ups.data.latent_cache`` builds it): the folder format's validity check
 and the datasets that serve its windows in place of a WindowDataset's.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,11 +49,16 @@ class LatentWindowDataset(torch.utils.data.Dataset):
     def __init__(self, cache_dir: Path, windows: WindowDataset, key: str | None = None):
         self.cache_dir, self.task = Path(cache_dir), windows.task
         if not is_complete(self.cache_dir, key):
-            raise FileNotFoundError(f"{self.cache_dir} is not a complete latent cache"
-                                    + (f" with key {key}" if key else ""))
+            raise FileNotFoundError(
+                f"{self.cache_dir} is not a complete latent cache" + (f" with key {key}" if key else "")
+            )
         self.meta = read_meta(self.cache_dir)
-        expect = {"task": windows.task.name, "n_windows": len(windows), "per_traj": windows.per_traj,
-                  "initial_step": windows.task.initial_step}
+        expect = {
+            "task": windows.task.name,
+            "n_windows": len(windows),
+            "per_traj": windows.per_traj,
+            "initial_step": windows.task.initial_step,
+        }
         wrong = {k: (self.meta[k], v) for k, v in expect.items() if self.meta[k] != v}
         if wrong:
             raise ValueError(f"latent cache {self.cache_dir} does not match the windows (cache, windows): {wrong}")
@@ -62,7 +68,9 @@ class LatentWindowDataset(torch.utils.data.Dataset):
 
     def _open(self) -> tuple[np.ndarray, ...]:
         if self._arrays is None or self._pid != os.getpid():
-            self._arrays = tuple(np.load(self.cache_dir / f, mmap_mode="r") for f in ("z.npy", "frames.npy", "cond.npy"))
+            self._arrays = tuple(
+                np.load(self.cache_dir / f, mmap_mode="r") for f in ("z.npy", "frames.npy", "cond.npy")
+            )
             self._pid = os.getpid()
         return self._arrays
 
@@ -76,12 +84,17 @@ class LatentWindowDataset(torch.utils.data.Dataset):
         z_mm, frames, cond = self._open()
         j, start = divmod(index, self.per_traj)
         z = np.array(z_mm[index])  # copy: torch wants writable memory, the map is read-only
-        zt = torch.from_numpy(z.view(np.int16)).view(torch.bfloat16) if self.meta["z_dtype"] == "bfloat16" \
+        zt = (
+            torch.from_numpy(z.view(np.int16)).view(torch.bfloat16)
+            if self.meta["z_dtype"] == "bfloat16"
             else torch.from_numpy(z)
-        return {"z": zt.float(),
-                "y": torch.from_numpy(np.array(frames[j, start + self.k])),
-                "last": torch.from_numpy(np.array(frames[j, start + self.k - 1])),
-                "cond": torch.from_numpy(np.array(cond[j]))}
+        )
+        return {
+            "z": zt.float(),
+            "y": torch.from_numpy(np.array(frames[j, start + self.k])),
+            "last": torch.from_numpy(np.array(frames[j, start + self.k - 1])),
+            "cond": torch.from_numpy(np.array(cond[j])),
+        }
 
 
 class MultiTaskLatentDataset(MultiTaskDataset):

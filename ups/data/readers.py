@@ -10,6 +10,7 @@ coordinates and the time step are checked when the reader is built, so a broken 
 dataset construction with the file and key named, never deep inside a DataLoader worker; the
 deeper per-sample checks (readability, NaN/Inf) live in ``ups.data.validate``.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,6 @@ import numpy as np
 from ups.data.registry import Family
 from ups.errors import DataFileError  # noqa: F401 - defined in ups.errors, imported from here too
 
-
 SYNTHETIC_ATTR = "ups_synthetic"  # root attribute of files UPS generates; PDEBench's loaders ignore it
 
 
@@ -32,8 +32,10 @@ def _open(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as err:
-        raise DataFileError(f"{path}: not a readable HDF5 file: truncated, corrupted or not HDF5 ({err}). "
-                            f"Download or generate it again.") from None
+        raise DataFileError(
+            f"{path}: not a readable HDF5 file: truncated, corrupted or not HDF5 ({err}). "
+            f"Download or generate it again."
+        ) from None
 
 
 def _need(node: h5py.Group, key: str, path: Path) -> h5py.Dataset:
@@ -55,8 +57,9 @@ class TrajectoryFile:
     ``i * rb`` of this file; a task's samples are then files x batch).
     """
 
-    def __init__(self, path: str | Path, family: Family, rr: int = 1, rr_t: int = 1, rb: int = 1,
-                 max_samples: int | None = None):
+    def __init__(
+        self, path: str | Path, family: Family, rr: int = 1, rr_t: int = 1, rb: int = 1, max_samples: int | None = None
+    ):
         self.path, self.family = Path(path), family
         self.rr, self.rr_t, self.rb, self.max_samples = rr, rr_t, rb, max_samples
         self._handle: h5py.File | None = None
@@ -96,16 +99,25 @@ class TrajectoryFile:
         try:
             now = self._identity()
         except OSError as err:
-            raise DataFileError(f"{self.path} disappeared while the run was reading it ({err.strerror}); "
-                                "stopping rather than training on partial data") from None
+            raise DataFileError(
+                f"{self.path} disappeared while the run was reading it ({err.strerror}); "
+                "stopping rather than training on partial data"
+            ) from None
         if now != self._stat:
             (size, _, ino), (nsize, _, nino) = self._stat, now
-            what = (f"its size went from {size} to {nsize} bytes" if nsize != size else
-                    "it was replaced by another file" if nino != ino else "it was rewritten (modification time changed)")
-            raise DataFileError(f"{self.path} changed while the run was reading it: {what}. Stopping rather than "
-                                "training on data that changed under the run (a cut file reads as zeros). Put the "
-                                "file back and rerun to resume from the last checkpoint, or start a new run "
-                                "(another paths.output_dir) on the new data")
+            what = (
+                f"its size went from {size} to {nsize} bytes"
+                if nsize != size
+                else "it was replaced by another file"
+                if nino != ino
+                else "it was rewritten (modification time changed)"
+            )
+            raise DataFileError(
+                f"{self.path} changed while the run was reading it: {what}. Stopping rather than "
+                "training on data that changed under the run (a cut file reads as zeros). Put the "
+                "file back and rerun to resume from the last checkpoint, or start a new run "
+                "(another paths.output_dir) on the new data"
+            )
 
     # -- layout inspection -------------------------------------------------------------------
     def _inspect(self, f: h5py.File) -> tuple[int, int, tuple[int, ...]]:
@@ -133,18 +145,24 @@ class TrajectoryFile:
             ds = {k: _need(f, k, self.path) for k in fam.fields}
             got = sum(d.shape[-1] for d in ds.values())
             if got != len(fam.channels):
-                raise DataFileError(f"{self.path}: {' + '.join(f'{k}{d.shape}' for k, d in ds.items())} give {got} "
-                                    f"channels; {fam.name} has {len(fam.channels)} ({', '.join(fam.channels)})")
+                raise DataFileError(
+                    f"{self.path}: {' + '.join(f'{k}{d.shape}' for k, d in ds.items())} give {got} "
+                    f"channels; {fam.name} has {len(fam.channels)} ({', '.join(fam.channels)})"
+                )
             shapes = {k: d.shape[:-1] for k, d in ds.items()}
             want = 2 + dim
         ref_key, ref = next(iter(shapes.items()))
         for key, shape in shapes.items():
             if len(shape) != want:
-                raise DataFileError(f"{self.path}: dataset {key!r} has shape {shape} ({len(shape)} axes); "
-                                    f"{fam.name} needs {want} axes (N, T, {dim} spatial)")
+                raise DataFileError(
+                    f"{self.path}: dataset {key!r} has shape {shape} ({len(shape)} axes); "
+                    f"{fam.name} needs {want} axes (N, T, {dim} spatial)"
+                )
             if shape != ref:
-                raise DataFileError(f"{self.path}: dataset {key!r} has shape {shape}, but {ref_key!r} has {ref}; "
-                                    f"every field of {fam.name} needs the same (N, T, {dim} spatial) shape")
+                raise DataFileError(
+                    f"{self.path}: dataset {key!r} has shape {shape}, but {ref_key!r} has {ref}; "
+                    f"every field of {fam.name} needs the same (N, T, {dim} spatial) shape"
+                )
         return ref[0], ref[1], tuple(ref[2:])
 
     def _check_group_data(self, data: h5py.Dataset, ref: tuple[int, ...] | None = None) -> None:
@@ -153,8 +171,10 @@ class TrajectoryFile:
         if data.ndim != 2 + dim:
             raise DataFileError(f"{self.path}: {data.name} has shape {data.shape}, expected (T, {dim} spatial axes, C)")
         if data.shape[-1] != len(fam.channels):
-            raise DataFileError(f"{self.path}: {data.name} has {data.shape[-1]} channels, {fam.name} has "
-                                f"{len(fam.channels)} ({', '.join(fam.channels)})")
+            raise DataFileError(
+                f"{self.path}: {data.name} has {data.shape[-1]} channels, {fam.name} has "
+                f"{len(fam.channels)} ({', '.join(fam.channels)})"
+            )
         if ref is not None and data.shape != ref:
             raise DataFileError(f"{self.path}: {data.name} has shape {data.shape}, the first group {ref}")
 
@@ -191,8 +211,10 @@ class TrajectoryFile:
         key = t.name.lstrip("/")
         # PDEBench's single-file t-coordinate has one entry more than frames; fewer than T is broken
         if t.shape[-1] < raw_t or raw_t < 2:
-            raise DataFileError(f"{self.path}: {key!r} has {t.shape[-1]} values for {raw_t} stored frames "
-                                f"(a time-dependent file needs at least 2 frames and one time per frame)")
+            raise DataFileError(
+                f"{self.path}: {key!r} has {t.shape[-1]} values for {raw_t} stored frames "
+                f"(a time-dependent file needs at least 2 frames and one time per frame)"
+            )
         t01 = np.asarray(t[0, :2] if t.ndim == 2 else t[:2], dtype=np.float64)
         dt = float(t01[1] - t01[0]) * self.rr_t
         if not np.isfinite(dt) or dt <= 0:
@@ -262,8 +284,10 @@ class TrajectoryFile:
             tsel = slice(start * self.rr_t, (stop - 1) * self.rr_t + 1, self.rr_t)
             return self._assemble(self._fetch(i * self.rb, tsel))
         except (OSError, KeyError, RuntimeError) as err:  # h5py's read errors: corrupt chunk, cut file
-            raise DataFileError(f"{self.path}: {self.sample_name(i)} cannot be read ({err}); the file is "
-                                f"truncated or corrupted: download or generate it again") from None
+            raise DataFileError(
+                f"{self.path}: {self.sample_name(i)} cannot be read ({err}); the file is "
+                f"truncated or corrupted: download or generate it again"
+            ) from None
 
     def read_many(self, indices: Sequence[int], max_block_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
         """``(i, read(i))`` for every index, in ascending order, with few large reads.
@@ -343,9 +367,11 @@ class TrajectoryFile:
                     rest = ds.ndim - len(lead)
                     ds[lead + (0,) * rest], ds[lead + (-1,) * rest]
                 except (OSError, KeyError, ValueError, RuntimeError) as err:
-                    raise DataFileError(f"{self.path}: key {key!r} of {self.sample_name(j // self.rb)} cannot be "
-                                        f"read ({err}); the file is truncated or corrupted: download or generate it "
-                                        f"again") from None
+                    raise DataFileError(
+                        f"{self.path}: key {key!r} of {self.sample_name(j // self.rb)} cannot be "
+                        f"read ({err}); the file is truncated or corrupted: download or generate it "
+                        f"again"
+                    ) from None
 
     def dt(self) -> float:
         """Time between frames after ``rr_t`` (0 for steady problems)."""

@@ -3,6 +3,7 @@
 These are properties of the PDEBench files, not user choices; what a run reads (file patterns,
 reductions, context length) is in ``conf/task/``.
 """
+
 from __future__ import annotations
 
 import re
@@ -47,15 +48,29 @@ FAMILIES: dict[str, Family] = {
         Family("burgers1d", 1, "tensor", ("tensor",), ("u",), (0.0, 1.0), (("nu", "Nu"),)),
         Family("diff_react1d", 1, "tensor", ("tensor",), ("u",), (0.0, 1.0), (("nu", "Nu"), ("rho", "Rho"))),
         Family("diff_sorp1d", 1, "group", ("data",), ("u",), (0.0, 1.0)),
-        Family("cfd1d", 1, "tensor", ("density", "pressure", "Vx"), ("rho", "p", "vx"), (-1.0, 1.0),
-               (("eta", "Eta"), ("zeta", "Zeta"))),
+        Family(
+            "cfd1d",
+            1,
+            "tensor",
+            ("density", "pressure", "Vx"),
+            ("rho", "p", "vx"),
+            (-1.0, 1.0),
+            (("eta", "Eta"), ("zeta", "Zeta")),
+        ),
         Family("darcy2d", 2, "tensor", ("tensor",), ("u",), (0.0, 1.0), (("beta", "beta"),), steady=True),
         Family("react_diff2d", 2, "group", ("data",), ("u", "v"), (-1.0, 1.0)),
         Family("swe2d", 2, "group", ("data",), ("h",), (-2.5, 2.5)),
         Family("cfd2d", 2, "tensor", ("density", "pressure", "Vx", "Vy"), ("rho", "p", "vx", "vy"), (0.0, 1.0), _CFD),
         Family("ns_incom2d", 2, "ns_incom", ("velocity", "particles"), ("vx", "vy", "smoke"), (0.0, 1.0)),
-        Family("cfd3d", 3, "tensor", ("density", "pressure", "Vx", "Vy", "Vz"), ("rho", "p", "vx", "vy", "vz"),
-               (0.0, 1.0), _CFD),
+        Family(
+            "cfd3d",
+            3,
+            "tensor",
+            ("density", "pressure", "Vx", "Vy", "Vz"),
+            ("rho", "p", "vx", "vy", "vz"),
+            (0.0, 1.0),
+            _CFD,
+        ),
     ]
 }
 

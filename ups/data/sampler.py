@@ -66,7 +66,7 @@ class _TaskStream:
                     perm = perm[np.argsort(used[perm], kind="stable")]
                 self.perm, self.pos = perm, 0
             k = min(count - got, self.n - self.pos)
-            parts.append(self.perm[self.pos:self.pos + k])
+            parts.append(self.perm[self.pos : self.pos + k])
             self.pos += k
             got += k
         return np.concatenate(parts)
@@ -88,15 +88,24 @@ class MultiTaskDistributedSampler(Sampler[list[tuple[int, int]]]):
         steps_per_epoch: global batches per epoch; default ``max(1, sum(task_sizes) // G)``.
     """
 
-    def __init__(self, task_sizes: Sequence[int], batch_size: int, *, num_replicas: int = 1,
-                 rank: int = 0, strategy: str = "balanced", temperature: float = 2.0,
-                 mode: str = "task", seed: int = 0, steps_per_epoch: int | None = None):
+    def __init__(
+        self,
+        task_sizes: Sequence[int],
+        batch_size: int,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        strategy: str = "balanced",
+        temperature: float = 2.0,
+        mode: str = "task",
+        seed: int = 0,
+        steps_per_epoch: int | None = None,
+    ):
         super().__init__()
         sizes = list(task_sizes)
         if not sizes:
             raise ValueError("task_sizes is empty: the sampler needs at least one task")
-        self.task_sizes = [_int(f"task_sizes[{t}] (size of task {t})", n, 1)
-                           for t, n in enumerate(sizes)]
+        self.task_sizes = [_int(f"task_sizes[{t}] (size of task {t})", n, 1) for t, n in enumerate(sizes)]
         self.batch_size = _int("batch_size", batch_size, 1)
         self.num_replicas = _int("num_replicas", num_replicas, 1)
         self.rank = _int("rank", rank, 0)
@@ -111,11 +120,10 @@ class MultiTaskDistributedSampler(Sampler[list[tuple[int, int]]]):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.strategy, self.mode, self.temperature = strategy, mode, temperature
         self.seed = _int("seed", seed, 0)
-        self.steps_per_epoch = (None if steps_per_epoch is None
-                                else _int("steps_per_epoch", steps_per_epoch, 1))
+        self.steps_per_epoch = None if steps_per_epoch is None else _int("steps_per_epoch", steps_per_epoch, 1)
         self.global_batch_size = self.batch_size * self.num_replicas
         self._epoch = 0
-        self._start = 0         # global batches to skip on the next __iter__ (resume)
+        self._start = 0  # global batches to skip on the next __iter__ (resume)
         self._batches_done = 0  # global batches of the current epoch handed out so far
 
     # ------------------------------------------------------------------ sampling
@@ -192,12 +200,19 @@ class MultiTaskDistributedSampler(Sampler[list[tuple[int, int]]]):
         """
         done = self._batches_done if batches_done is None else _int("batches_done", batches_done, 0)
         return {
-            "version": _STATE_VERSION, "epoch": self._epoch, "seed": self.seed,
-            "batches_done": done, "global_batch_size": self.global_batch_size,
-            "samples_consumed": done * self.global_batch_size, "epoch_length": len(self),
-            "batch_size": self.batch_size, "num_replicas": self.num_replicas,
-            "task_sizes": list(self.task_sizes), "strategy": self.strategy,
-            "temperature": self.temperature, "mode": self.mode,
+            "version": _STATE_VERSION,
+            "epoch": self._epoch,
+            "seed": self.seed,
+            "batches_done": done,
+            "global_batch_size": self.global_batch_size,
+            "samples_consumed": done * self.global_batch_size,
+            "epoch_length": len(self),
+            "batch_size": self.batch_size,
+            "num_replicas": self.num_replicas,
+            "task_sizes": list(self.task_sizes),
+            "strategy": self.strategy,
+            "temperature": self.temperature,
+            "mode": self.mode,
             "steps_per_epoch": self.steps_per_epoch,
         }
 
@@ -214,8 +229,10 @@ class MultiTaskDistributedSampler(Sampler[list[tuple[int, int]]]):
         for key in keys:
             theirs = list(state[key]) if key == "task_sizes" else state[key]
             if theirs != mine[key]:
-                raise ValueError(f"checkpointed sampler has {key}={state[key]!r} but this one has "
-                                 f"{key}={mine[key]!r}; resuming would change the data order")
+                raise ValueError(
+                    f"checkpointed sampler has {key}={state[key]!r} but this one has "
+                    f"{key}={mine[key]!r}; resuming would change the data order"
+                )
         old_g = _int("state['global_batch_size']", state["global_batch_size"], 1)
         done = _int("state['batches_done']", state["batches_done"], 0)
         old_len = _int("state['epoch_length']", state.get("epoch_length", done + 1), 1)
@@ -237,7 +254,8 @@ class MultiTaskDistributedSampler(Sampler[list[tuple[int, int]]]):
                 f"this sampler uses {self.global_batch_size} (batch_size={self.batch_size} x "
                 f"num_replicas={self.num_replicas}). An epoch's sample stream depends on the global "
                 f"batch size, so continuing would silently change the data order. Keep the global "
-                f"batch size at {old_g} ({hint}) or resume from a checkpoint taken at an epoch boundary.")
+                f"batch size at {old_g} ({hint}) or resume from a checkpoint taken at an epoch boundary."
+            )
         self.seed = _int("state['seed']", state["seed"], 0)
         self._epoch = _int("state['epoch']", state["epoch"], 0)
         self._start = self._batches_done = start

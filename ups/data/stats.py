@@ -7,6 +7,7 @@ cannot be parsed or does not fit the task (wrong channel count, NaN, std <= 0) i
 warning. Statistics are never defaulted: there is no code path that normalises with mean 0 / std 1
 in place of missing numbers; computing them from an empty split or from non-finite data is an error.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -90,8 +91,10 @@ def compute_stats(files: Sequence[TrajectoryFile], sample_ids: Sequence[tuple[in
     stats = Stats(in_mean, in_std, out_mean, out_std)
     problem = stats.problem(channels)
     if problem is not None:  # NaN/Inf in the data: ups.data.validate should have caught it first
-        raise DataFileError(f"normalisation statistics of {', '.join(str(f.path) for f in files)} are unusable: "
-                            f"{problem}. Check the data for NaN/Inf or set data.nonfinite=skip.")
+        raise DataFileError(
+            f"normalisation statistics of {', '.join(str(f.path) for f in files)} are unusable: "
+            f"{problem}. Check the data for NaN/Inf or set data.nonfinite=skip."
+        )
     return stats
 
 
@@ -166,8 +169,13 @@ def store_cached(name: str, text: str, store_dirs: Sequence[Path]) -> None:
             continue
 
 
-def load_or_compute_stats(task: str, files: Sequence[TrajectoryFile], sample_ids: Sequence[tuple[int, int]],
-                          steady: bool, store_dirs: Sequence[Path]) -> Stats:
+def load_or_compute_stats(
+    task: str,
+    files: Sequence[TrajectoryFile],
+    sample_ids: Sequence[tuple[int, int]],
+    steady: bool,
+    store_dirs: Sequence[Path],
+) -> Stats:
     """Read the stored statistics for exactly this data and split, or compute and store them.
 
     ``store_dirs`` are tried in order (the data directory first; a read-only one falls through to

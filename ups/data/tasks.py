@@ -4,6 +4,7 @@ Everything that can be wrong with the data is found here, in the main process, b
 DataLoader worker starts: missing files, unreadable or truncated files, missing keys, wrong shapes,
 NaN/Inf samples (``ups.data.validate``), and unusable statistics.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,11 +17,11 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from ups.errors import ConfigError
 from ups.data.readers import DataFileError, TrajectoryFile
 from ups.data.registry import COND_DIM, Family, get_family
 from ups.data.stats import Stats, load_or_compute_stats, read_only_data_dir
 from ups.data.validate import NONFINITE_POLICIES, nonfinite_samples
+from ups.errors import ConfigError
 from ups.file_lock import exclusive
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,17 @@ def split_indices(n: int, layout: str, val_fraction: float, test_fraction: float
     n_val = max(int(n * val_fraction), 1)
     idx = list(range(n))
     test, rest = (idx[-n_test:], idx[:-n_test]) if layout == "group" else (idx[:n_test], idx[n_test:])
-    train, val = rest[: len(rest) - n_val], rest[len(rest) - n_val:]
+    train, val = rest[: len(rest) - n_val], rest[len(rest) - n_val :]
     return {"train": train, "val": val, "test": test}
 
 
-def make_splits(files: list[TrajectoryFile], layout: str, val_fraction: float, test_fraction: float,
-                skipped: set[SampleId] = frozenset()) -> dict[str, list[SampleId]]:
+def make_splits(
+    files: list[TrajectoryFile],
+    layout: str,
+    val_fraction: float,
+    test_fraction: float,
+    skipped: set[SampleId] = frozenset(),
+) -> dict[str, list[SampleId]]:
     """Apply :func:`split_indices` per file, or across all files for NS-incom, then drop ``skipped``.
 
     A PDEBench NS-incom file holds a batch of only 4 samples, and the set is the files x batch; a
@@ -124,7 +130,7 @@ class TaskData:
         vec = np.zeros(COND_DIM, dtype=np.float32)
         dt = self.files[file_idx].dt()  # per file: e.g. 1D CFD's Shock files are saved at another dt
         vec[0] = np.log10(dt) if dt > 0 else 0.0
-        vec[1: 1 + len(params)] = params
+        vec[1 : 1 + len(params)] = params
         return vec
 
 
@@ -143,8 +149,10 @@ def find_files(data_dir: Path, patterns: list[str]) -> list[Path]:
     found = {p for pattern in patterns for p in data_dir.glob(pattern) if not p.name.endswith(".tmp")}
     broken = sorted(str(p) for p in found if p.is_symlink() and not p.exists())
     if broken:
-        raise DataFileError(f"{', '.join(broken)}: a link whose target does not exist (an unmounted share?); "
-                            "mount or fix it, or remove the link")
+        raise DataFileError(
+            f"{', '.join(broken)}: a link whose target does not exist (an unmounted share?); "
+            "mount or fix it, or remove the link"
+        )
     return sorted((p for p in found if p.is_file()), key=_natural)
 
 
@@ -181,7 +189,8 @@ def generate_command(ds: Any, data_dir: Path) -> str:
     options = _options(ds)
     if not options:
         return f"python -m ups.data.synth tasks={ds.family} out={data_dir}" + "".join(
-            f" {k}={v}" for k, v in sizes.items())
+            f" {k}={v}" for k, v in sizes.items()
+        )
     kw = "".join(f", {k}={v!r}" for k, v in {**sizes, **options}.items())
     return f"python -c \"from ups.data.synth import generate; generate('{ds.family}', '{data_dir}'{kw})\""
 
@@ -195,13 +204,17 @@ def locate_or_generate(name: str, ds: Any, data_dir: Path, generate: bool) -> li
         return paths
     options = _options(ds)
     if not generate:
-        where = (f"paths.data_dir={data_dir} does not exist" if not data_dir.exists()
-                 else f"no files match {list(ds.files)} in {data_dir}")
+        where = (
+            f"paths.data_dir={data_dir} does not exist"
+            if not data_dir.exists()
+            else f"no files match {list(ds.files)} in {data_dir}"
+        )
         raise FileNotFoundError(
             f"task {name}: {where}. Either point paths.data_dir at the directory holding the PDEBench files under "
             f"their original names, or write small synthetic ones there with: {generate_command(ds, data_dir)} "
             f"(or run with data.generate=true; without it UPS generates only into the default directory "
-            f"'{DEFAULT_DATA_DIR}'). See docs/data.md.")
+            f"'{DEFAULT_DATA_DIR}'). See docs/data.md."
+        )
     from ups.data.synth import generate as synth_generate
 
     with _generation_lock(data_dir):
@@ -232,28 +245,36 @@ def build_task(name: str, ds: Any, data_cfg: Any, data_dir: Path, stats_dirs: li
     paths = locate_or_generate(name, ds, data_dir, generate)
     if not generate:  # a data directory UPS may not generate into is only read: its caches go elsewhere
         stats_dirs = read_only_data_dir(data_dir, stats_dirs)
-    files = [TrajectoryFile(p, family, ds.reduced_resolution, ds.reduced_resolution_t, ds.reduced_batch,
-                            ds.max_samples) for p in paths]
+    files = [
+        TrajectoryFile(p, family, ds.reduced_resolution, ds.reduced_resolution_t, ds.reduced_batch, ds.max_samples)
+        for p in paths
+    ]
     first = files[0]
     for f in files[1:]:
         if (f.space, f.n_steps) != (first.space, first.n_steps):
-            raise DataFileError(f"task {name}: {f.path.name} has grid {f.space} x {f.n_steps} steps but "
-                                f"{first.path.name} has {first.space} x {first.n_steps}; one task needs one grid")
+            raise DataFileError(
+                f"task {name}: {f.path.name} has grid {f.space} x {f.n_steps} steps but "
+                f"{first.path.name} has {first.space} x {first.n_steps}; one task needs one grid"
+            )
     if not family.steady and first.n_steps <= ds.initial_step:
-        raise DataFileError(f"task {name}: {first.n_steps} time steps after reduced_resolution_t="
-                            f"{ds.reduced_resolution_t} leave nothing to predict after initial_step={ds.initial_step}")
+        raise DataFileError(
+            f"task {name}: {first.n_steps} time steps after reduced_resolution_t="
+            f"{ds.reduced_resolution_t} leave nothing to predict after initial_step={ds.initial_step}"
+        )
     skipped = nonfinite_samples(name, files, stats_dirs, policy)
     splits = make_splits(files, family.layout, data_cfg.val_fraction, data_cfg.test_fraction, skipped)
     empty = [s for s, ids in splits.items() if not ids]
     if empty:
-        raise DataFileError(f"task {name}: no {'/'.join(empty)} samples left after leaving out {len(skipped)} "
-                            f"samples holding NaN/Inf")
+        raise DataFileError(
+            f"task {name}: no {'/'.join(empty)} samples left after leaving out {len(skipped)} samples holding NaN/Inf"
+        )
     stats = load_or_compute_stats(name, files, splits["train"], family.steady, stats_dirs)
     lo, hi = family.domain
     coords = (2.0 * (first.coords() - lo) / (hi - lo) - 1.0).reshape(-1, family.dim)
     initial_step = 1 if family.steady else ds.initial_step
-    return TaskData(name, family, files, splits, stats, initial_step, coords.astype(np.float32), first.dt(),
-                    sorted(skipped))
+    return TaskData(
+        name, family, files, splits, stats, initial_step, coords.astype(np.float32), first.dt(), sorted(skipped)
+    )
 
 
 def log_task_note(task_cfg: Any, is_main: bool = True) -> str | None:

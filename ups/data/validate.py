@@ -20,6 +20,7 @@ Three levels, from cheap to thorough:
 Samples with non-finite values fail the run by default (``data.nonfinite=error``) naming the file,
 sample, frame and key; ``data.nonfinite=skip`` drops them from every split with a warning.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,8 +52,10 @@ def _first_nonfinite(traj: np.ndarray) -> tuple[int, int] | None:
 
 def describe_nonfinite(f: TrajectoryFile, i: int, frame: int, channel: int) -> str:
     """'<file>: sample j frame t (key 'k') holds NaN/Inf values', in stored (unstrided) indices."""
-    return (f"{f.path}: {f.sample_name(i)} frame {f.stored_frame(frame)} (key {f.key_of(i, frame, channel)!r}, "
-            f"channel {f.family.channels[channel]!r}) holds NaN/Inf values")
+    return (
+        f"{f.path}: {f.sample_name(i)} frame {f.stored_frame(frame)} (key {f.key_of(i, frame, channel)!r}, "
+        f"channel {f.family.channels[channel]!r}) holds NaN/Inf values"
+    )
 
 
 def probe_ends(f: TrajectoryFile) -> None:
@@ -70,8 +73,10 @@ def scan_file(f: TrajectoryFile) -> list[list[int]]:
     for i in range(f.n_samples):
         traj = f.read(i)
         if traj.shape != want:
-            raise DataFileError(f"{f.path}: {f.sample_name(i)} reads as shape {traj.shape}; the first sample "
-                                f"gives {want}: every sample of a file needs the same shape")
+            raise DataFileError(
+                f"{f.path}: {f.sample_name(i)} reads as shape {traj.shape}; the first sample "
+                f"gives {want}: every sample of a file needs the same shape"
+            )
         where = _first_nonfinite(traj)
         if where is not None:
             bad.append([i, *where])
@@ -88,7 +93,8 @@ def _load_cached(path: Path, f: TrajectoryFile) -> list[list[int]] | None:
         entry = json.loads(path.read_text())
         bad = entry["nonfinite"]
         if entry["n_samples"] != f.n_samples or not all(
-                len(b) == 3 and 0 <= b[0] < f.n_samples and 0 <= b[2] < f.channels for b in bad):
+            len(b) == 3 and 0 <= b[0] < f.n_samples and 0 <= b[2] < f.channels for b in bad
+        ):
             raise ValueError("entries do not fit the file")
         return [[int(v) for v in b] for b in bad]
     except (OSError, ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
@@ -107,11 +113,15 @@ def load_or_scan(f: TrajectoryFile, store_dirs: Sequence[Path]) -> list[list[int
         cached = _load_cached(path, f) if path.exists() else None
         if cached is not None:
             return cached
-    log.info("%s: checking all %d samples once for read errors and NaN/Inf (cached under .ups_stats/)",
-             f.path.name, f.n_samples)
+    log.info(
+        "%s: checking all %d samples once for read errors and NaN/Inf (cached under .ups_stats/)",
+        f.path.name,
+        f.n_samples,
+    )
     bad = scan_file(f)
-    entry = json.dumps({"file": f.path.name, "fingerprint": file_fingerprint(f), "n_samples": f.n_samples,
-                        "nonfinite": bad})
+    entry = json.dumps(
+        {"file": f.path.name, "fingerprint": file_fingerprint(f), "n_samples": f.n_samples, "nonfinite": bad}
+    )
     store_cached(name, entry, store_dirs)
     return bad
 
@@ -157,13 +167,19 @@ def warn_duplicates(task: str, files: Sequence[TrajectoryFile]) -> list[tuple[st
         else:
             seen[fp] = f.path
     for a, b in pairs:
-        log.warning("task %s: %s and %s hold the same content (a duplicate download?); both match the task's file "
-                    "patterns, so their samples count twice in every split. Remove or move one of them", task, a, b)
+        log.warning(
+            "task %s: %s and %s hold the same content (a duplicate download?); both match the task's file "
+            "patterns, so their samples count twice in every split. Remove or move one of them",
+            task,
+            a,
+            b,
+        )
     return pairs
 
 
-def nonfinite_samples(task: str, files: Sequence[TrajectoryFile], store_dirs: Sequence[Path],
-                      policy: str) -> set[tuple[int, int]]:
+def nonfinite_samples(
+    task: str, files: Sequence[TrajectoryFile], store_dirs: Sequence[Path], policy: str
+) -> set[tuple[int, int]]:
     """Check every file of a task; return the (file index, sample) pairs to leave out.
 
     ``policy="error"`` raises DataFileError at the first bad sample (file, sample, frame, key named);
@@ -179,12 +195,19 @@ def nonfinite_samples(task: str, files: Sequence[TrajectoryFile], store_dirs: Se
         bad = load_or_scan(f, store_dirs)
         if bad and policy == "error":
             i, frame, channel = bad[0]
-            raise DataFileError(f"{describe_nonfinite(f, i, frame, channel)}; {len(bad)} of {f.n_samples} samples "
-                                f"of this file hold NaN/Inf. Set data.nonfinite=skip to leave them out.")
+            raise DataFileError(
+                f"{describe_nonfinite(f, i, frame, channel)}; {len(bad)} of {f.n_samples} samples "
+                f"of this file hold NaN/Inf. Set data.nonfinite=skip to leave them out."
+            )
         skipped.update((k, b[0]) for b in bad)
     if skipped:
         per_file = {files[k].path.name: sum(1 for kk, _ in skipped if kk == k) for k in sorted({k for k, _ in skipped})}
         total = sum(f.n_samples for f in files)
-        log.warning("task %s: skipped %d of %d samples holding NaN/Inf (data.nonfinite=skip): %s", task,
-                    len(skipped), total, ", ".join(f"{n}: {c}" for n, c in per_file.items()))
+        log.warning(
+            "task %s: skipped %d of %d samples holding NaN/Inf (data.nonfinite=skip): %s",
+            task,
+            len(skipped),
+            total,
+            ", ".join(f"{n}: {c}" for n, c in per_file.items()),
+        )
     return skipped

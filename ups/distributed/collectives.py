@@ -3,6 +3,7 @@
 Decisions that change control flow (skip a step, stop training) must go through :func:`any_rank`
 so that all ranks take the same branch; a rank-local branch would mispair later collectives.
 """
+
 from __future__ import annotations
 
 import contextlib

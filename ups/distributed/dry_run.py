@@ -4,6 +4,7 @@ The model is built on the meta device (no memory) and wrapped by the real ``para
 torch's fake process group of the requested world size, so FSDP2 sharding runs exactly as on the
 cluster. The report gives the global batch and a per-rank memory estimate.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
 from ups.build import build_objectives, model_from_io
 from ups.data.registry import get_family
 from ups.distributed.env import DistEnv
@@ -33,7 +35,7 @@ def task_io(cfg: Any) -> tuple[dict[str, TaskIO], int]:
         k = 1 if fam.steady else ds.initial_step
         side = math.ceil(ds.synth.nx / ds.reduced_resolution) if ds.synth.nx else 64
         io[name] = TaskIO(k * len(fam.channels), len(fam.channels), fam.dim, (side,) * fam.dim)
-        points = max(points, side ** fam.dim)
+        points = max(points, side**fam.dim)
     return io, points
 
 
@@ -80,23 +82,37 @@ def dry_run(cfg: Any) -> dict:
     finally:
         dist.destroy_process_group()
     width = 2 if cfg.hardware.precision == "bf16" else 4
-    mem = {"params": local * 4, "grads": local * 4, "adamw_state": local * 8,
-           "gathered_block": 2 * gathered * width}
+    mem = {"params": local * 4, "grads": local * 4, "adamw_state": local * 8, "gathered_block": 2 * gathered * width}
     activations = activation_bytes(cfg, io, points)
     if activations is not None:
         mem["activations"] = activations
-    report = {"layout": p.name, "strategy": p.strategy, "nodes": p.nodes, "ranks_per_node": p.ranks_per_node,
-              "world_size": world, "batch_size": t.batch_size, "accum_steps": t.accum_steps,
-              "global_batch": t.batch_size * t.accum_steps * world, "parameters": total,
-              "parameters_per_rank": local, "largest_grid_points": points,
-              "memory_gb": {k: v / GB for k, v in mem.items()}, "memory_per_rank_gb": sum(mem.values()) / GB}
-    lines = [f"dry run: {p.name} ({p.strategy}), {p.nodes} node(s) x {p.ranks_per_node} ranks = {world}",
-             f"  global batch = {t.batch_size} per device x {t.accum_steps} accumulation x {world} ranks "
-             f"= {report['global_batch']}",
-             f"  parameters {total / 1e6:.2f}M total, {local / 1e6:.2f}M held per rank",
-             "  per-rank memory estimate (GB): " + ", ".join(f"{k} {v:.3f}" for k, v in report["memory_gb"].items()),
-             f"  total ≈ {report['memory_per_rank_gb']:.2f} GB per rank "
-             + (f"(activations: a rough formula, grid of {points} points)" if activations is not None
-                else "(activations not estimated for this model family)")]
+    report = {
+        "layout": p.name,
+        "strategy": p.strategy,
+        "nodes": p.nodes,
+        "ranks_per_node": p.ranks_per_node,
+        "world_size": world,
+        "batch_size": t.batch_size,
+        "accum_steps": t.accum_steps,
+        "global_batch": t.batch_size * t.accum_steps * world,
+        "parameters": total,
+        "parameters_per_rank": local,
+        "largest_grid_points": points,
+        "memory_gb": {k: v / GB for k, v in mem.items()},
+        "memory_per_rank_gb": sum(mem.values()) / GB,
+    }
+    lines = [
+        f"dry run: {p.name} ({p.strategy}), {p.nodes} node(s) x {p.ranks_per_node} ranks = {world}",
+        f"  global batch = {t.batch_size} per device x {t.accum_steps} accumulation x {world} ranks "
+        f"= {report['global_batch']}",
+        f"  parameters {total / 1e6:.2f}M total, {local / 1e6:.2f}M held per rank",
+        "  per-rank memory estimate (GB): " + ", ".join(f"{k} {v:.3f}" for k, v in report["memory_gb"].items()),
+        f"  total ≈ {report['memory_per_rank_gb']:.2f} GB per rank "
+        + (
+            f"(activations: a rough formula, grid of {points} points)"
+            if activations is not None
+            else "(activations not estimated for this model family)"
+        ),
+    ]
     print("\n".join(lines), flush=True)
     return report

@@ -3,6 +3,7 @@
 Everything else asks a :class:`DistEnv`; nothing outside ``ups.distributed`` reads RANK or
 WORLD_SIZE, so the rest of the code is testable without a process group.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,10 +39,14 @@ class DistEnv:
         """Read torchrun's variables (also set by the elastic launcher and by submitit's export)."""
         env = os.environ if environ is None else environ
         world = int(env.get("WORLD_SIZE", "1"))
-        return cls(rank=int(env.get("RANK", "0")), local_rank=int(env.get("LOCAL_RANK", "0")),
-                   world_size=world, local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(world))),
-                   restart_count=int(env.get(RESTART_ENV, "0")) + int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
-                   under_agent="TORCHELASTIC_RUN_ID" in env)
+        return cls(
+            rank=int(env.get("RANK", "0")),
+            local_rank=int(env.get("LOCAL_RANK", "0")),
+            world_size=world,
+            local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(world))),
+            restart_count=int(env.get(RESTART_ENV, "0")) + int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
+            under_agent="TORCHELASTIC_RUN_ID" in env,
+        )
 
     @property
     def is_main(self) -> bool:
@@ -78,9 +83,14 @@ def export_slurm_env() -> bool:
 
     job = JobEnvironment()
     port = env.get("MASTER_PORT") or str(20000 + int(job.job_id.split("_")[0]) % 40000)
-    env.update(MASTER_ADDR=job.hostnames[0], MASTER_PORT=port, RANK=str(job.global_rank),
-               WORLD_SIZE=str(job.num_tasks), LOCAL_RANK=str(job.local_rank),
-               LOCAL_WORLD_SIZE=str(job.num_tasks // job.num_nodes))
+    env.update(
+        MASTER_ADDR=job.hostnames[0],
+        MASTER_PORT=port,
+        RANK=str(job.global_rank),
+        WORLD_SIZE=str(job.num_tasks),
+        LOCAL_RANK=str(job.local_rank),
+        LOCAL_WORLD_SIZE=str(job.num_tasks // job.num_nodes),
+    )
     return True
 
 
@@ -103,8 +113,11 @@ def slurm_requeue(signum: int, environ: Mapping[str, str] | None = None) -> str 
         return "handed the signal to submitit, which requeues the job"
     if "SLURM_JOB_ID" not in env or int(env.get("RANK", env.get("SLURM_PROCID", "0"))) != 0:
         return None
-    job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in env
-           else env["SLURM_JOB_ID"])
+    job = (
+        f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+        if "SLURM_ARRAY_TASK_ID" in env
+        else env["SLURM_JOB_ID"]
+    )
     try:
         subprocess.run(["scontrol", "requeue", job], check=True, timeout=60, capture_output=True, text=True)
     except (OSError, subprocess.SubprocessError) as err:
@@ -159,8 +172,9 @@ def resolve_device(name: str, env: DistEnv, key: str = "hardware.device") -> tor
         raise ConfigError(f"{key}={name!r} is not one of auto, cpu, cuda (or cuda:N)")
     if not torch.cuda.is_available():
         fix = "hardware=cpu or hardware=auto" if key == "hardware.device" else f"{key}=cpu or {key}=auto"
-        raise ConfigError(f"{key}={name} but this machine has no usable CUDA GPU (torch {torch.__version__}); "
-                          f"use {fix}")
+        raise ConfigError(
+            f"{key}={name} but this machine has no usable CUDA GPU (torch {torch.__version__}); use {fix}"
+        )
     return torch.device("cuda", env.local_rank) if name == "cuda" else torch.device(name)
 
 
@@ -173,12 +187,15 @@ def check_devices(device_type: str, ranks_per_node: int) -> None:
     have = torch.cuda.device_count()
     if ranks_per_node > have:
         if have == 0:
-            raise RuntimeError(f"{ranks_per_node} ranks per node need {ranks_per_node} GPUs, but this machine has "
-                               f"none: run them on the CPU with hardware=cpu")
+            raise RuntimeError(
+                f"{ranks_per_node} ranks per node need {ranks_per_node} GPUs, but this machine has "
+                f"none: run them on the CPU with hardware=cpu"
+            )
         raise RuntimeError(
             f"{ranks_per_node} ranks per node need {ranks_per_node} GPUs, but this machine has {have}. "
             f"Use parallelism=ddp{have} (or fsdp2_{have}), set parallelism.ranks_per_node={have}, or run "
-            f"{ranks_per_node} CPU ranks with hardware=cpu.")
+            f"{ranks_per_node} CPU ranks with hardware=cpu."
+        )
 
 
 @contextlib.contextmanager
@@ -199,8 +216,9 @@ def process_group(env: DistEnv, device: torch.device, backend: str, timeout_s: i
         backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s),
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        backend, timeout=dt.timedelta(seconds=timeout_s), device_id=device if device.type == "cuda" else None
+    )
     log.info("rank %d/%d joined the %s process group", env.rank, env.world_size, backend)
     # An error raised in the block leaves here, skipping the barrier: the other ranks may be stuck in a
     # collective this one will never join (an FSDP2 all-gather), and the launcher ends them as soon
@@ -219,6 +237,8 @@ def slurm_unavailable(argv: list[str]) -> str | None:
 
     if "hydra/launcher=slurm" not in argv or shutil.which("sbatch"):
         return None
-    return ("Config error: hydra/launcher=slurm submits the jobs with SLURM's sbatch, which this machine "
-            "does not have. Run the sweep on a SLURM login node, or here without the launcher "
-            "(drop hydra/launcher=slurm: the jobs run one after another; docs/slurm.md)")
+    return (
+        "Config error: hydra/launcher=slurm submits the jobs with SLURM's sbatch, which this machine "
+        "does not have. Run the sweep on a SLURM login node, or here without the launcher "
+        "(drop hydra/launcher=slurm: the jobs run one after another; docs/slurm.md)"
+    )

@@ -4,6 +4,7 @@ Order matters and is fixed: activation checkpointing first (so compile traces th
 forward), then torch.compile per block (or of the whole forward), then FSDP2 per block or DDP around the whole model. AC and
 compile patch blocks in place, so parameter names and checkpoints are the same with them on or off.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -84,8 +85,9 @@ def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, precisio
 def apply_ddp(model: nn.Module, device: torch.device, find_unused: bool) -> nn.Module:
     """Replicate the model. ``find_unused``: some parameters get no gradient in a step (other tasks'
     heads, a group a stage freezes after wrapping, another stage's head), and DDP must not wait for them."""
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=find_unused)
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused
+    )
 
 
 def parallelize(model: nn.Module, cfg: Any, env: DistEnv, device: torch.device) -> nn.Module:

@@ -8,6 +8,7 @@
   would cost a pass over all its files at the end of every run.
 Both are predictors in the sense of ``ups.evaluation.evaluate`` and work in normalised units.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -22,7 +23,7 @@ def persistence(batch: dict) -> torch.Tensor | None:
     """The last context frame; None for steady tasks."""
     if batch.get("steady"):
         return None
-    return batch["x"][..., -batch["channels"]:]
+    return batch["x"][..., -batch["channels"] :]
 
 
 class MeanField:

@@ -17,6 +17,7 @@ decode of a latent whose newest frame is frame t is compared with frame t after 
 (the operator's latent: frame t+1, plus the last context frame). Reconstruction then needs two
 context frames; with one it is not defined. Steady tasks have no next context: only the floor.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,8 +61,16 @@ def _positions(initial_step: int, n_steps: int, per_traj: int | None) -> list[in
 
 
 @torch.no_grad()
-def diagnose_task(predict: Any, model: nn.Module, task: TaskData, residual: bool, split: str, device: torch.device,
-                  settings: DiagnosisSettings, preload_max_gb: float = 2.0) -> dict[str, float]:
+def diagnose_task(
+    predict: Any,
+    model: nn.Module,
+    task: TaskData,
+    residual: bool,
+    split: str,
+    device: torch.device,
+    settings: DiagnosisSettings,
+    preload_max_gb: float = 2.0,
+) -> dict[str, float]:
     """One task's numbers: ``rollout``, ``one_step`` and, for latent models, the floors (NaN where undefined)."""
     ds = TrajectoryDataset(task, split, settings.eval_samples, preload_max_gb)
     keys = {**task_keys(task), "coords": task_keys(task)["coords"].to(device)}
@@ -86,31 +95,45 @@ def diagnose_task(predict: Any, model: nn.Module, task: TaskData, residual: bool
     return out
 
 
-def _floors(model: nn.Module, task: TaskData, batch: dict, traj: Tensor, t: int, residual: bool,
-            settings: DiagnosisSettings) -> dict[str, Tensor]:
+def _floors(
+    model: nn.Module, task: TaskData, batch: dict, traj: Tensor, t: int, residual: bool, settings: DiagnosisSettings
+) -> dict[str, Tensor]:
     """Per-sample errors at predicted frame ``t`` of a batch of trajectories (B, T, P, C)."""
     b, _, p, c = traj.shape
     k, name, coords, cond = task.initial_step, task.name, batch["coords"], batch["cond"]
     flat = lambda frames: frames.permute(0, 2, 1, 3).reshape(b, p, -1)  # noqa: E731 - (B,k,P,C) -> (B,P,k*C)
-    x, y = flat(traj[:, t - k:t]), traj[:, t]
+    x, y = flat(traj[:, t - k : t]), traj[:, t]
     base = traj[:, t - 1] if residual else torch.zeros_like(y)  # the frame before the target's
     z_pred = model.step(name, model.encode(name, x, coords), cond)
     start = _frame_nrmse(base + model.decode(name, z_pred, coords), y)
     z_inv = invert_decoder(model, name, z_pred, coords, y - base, settings.invert_steps, settings.invert_lr)
-    out = {"operator_decode": start,
-           "decoder_floor": torch.minimum(start, _frame_nrmse(base + model.decode(name, z_inv.to(z_pred.dtype), coords), y))}
+    out = {
+        "operator_decode": start,
+        "decoder_floor": torch.minimum(
+            start, _frame_nrmse(base + model.decode(name, z_inv.to(z_pred.dtype), coords), y)
+        ),
+    }
     if not task.family.steady:
         z_next = model.encode(name, next_context(x, y), coords)
         out["true_next_latent"] = _frame_nrmse(base + model.decode(name, z_next, coords), y)
         if not residual or k >= 2:  # a change needs the frame before the last context frame
             before = traj[:, t - 2] if residual else torch.zeros_like(y)
-            out["reconstruction"] = _frame_nrmse(before + model.decode(name, model.encode(name, x, coords), coords),
-                                                 traj[:, t - 1])
+            out["reconstruction"] = _frame_nrmse(
+                before + model.decode(name, model.encode(name, x, coords), coords), traj[:, t - 1]
+            )
     return out
 
 
-def diagnose(predict: Any, model: nn.Module, tasks: Sequence[TaskData], residual: bool, split: str,
-             device: torch.device, settings: DiagnosisSettings, preload_max_gb: float = 2.0) -> dict[str, dict]:
+def diagnose(
+    predict: Any,
+    model: nn.Module,
+    tasks: Sequence[TaskData],
+    residual: bool,
+    split: str,
+    device: torch.device,
+    settings: DiagnosisSettings,
+    preload_max_gb: float = 2.0,
+) -> dict[str, dict]:
     """Every task's numbers (see :func:`diagnose_task`), by task name, plus ``mean`` over tasks."""
     model.eval()
     out = {t.name: diagnose_task(predict, model, t, residual, split, device, settings, preload_max_gb) for t in tasks}
@@ -119,30 +142,46 @@ def diagnose(predict: Any, model: nn.Module, tasks: Sequence[TaskData], residual
     return out
 
 
-_COLUMNS = [("rollout", "rollout"), ("one_step", "one step"), ("operator_decode", "operator, floor windows"),
-            ("true_next_latent", "true next latent"), ("decoder_floor", "decoder floor"),
-            ("reconstruction", "reconstruction")]
+_COLUMNS = [
+    ("rollout", "rollout"),
+    ("one_step", "one step"),
+    ("operator_decode", "operator, floor windows"),
+    ("true_next_latent", "true next latent"),
+    ("decoder_floor", "decoder floor"),
+    ("reconstruction", "reconstruction"),
+]
 
 
 def markdown(results: dict[str, dict], meta: dict) -> str:
     """The diagnosis as a markdown table with what each column means."""
     cols = [(key, label) for key, label in _COLUMNS if any(key in v for v in results.values())]
-    lines = ["# Diagnosis", ""] + [f"- {k}: {v}" for k, v in meta.items()] + [
-        "", "nRMSE in **normalised units** (each field scaled by its training mean and std), per sample, channel "
-        "and frame; conditioning frames excluded; not comparable with eval/final_test's physical units.", "",
-        "| task | " + " | ".join(label for _, label in cols) + " |", "|---|" + "---|" * len(cols)]
+    lines = (
+        ["# Diagnosis", ""]
+        + [f"- {k}: {v}" for k, v in meta.items()]
+        + [
+            "",
+            "nRMSE in **normalised units** (each field scaled by its training mean and std), per sample, channel "
+            "and frame; conditioning frames excluded; not comparable with eval/final_test's physical units.",
+            "",
+            "| task | " + " | ".join(label for _, label in cols) + " |",
+            "|---|" + "---|" * len(cols),
+        ]
+    )
     fmt = lambda v: "–" if v is None or v != v else f"{v:.4g}"  # noqa: E731
     for task, row in results.items():
         lines.append(f"| {task} | " + " | ".join(fmt(row.get(key)) for key, _ in cols) + " |")
     if len(cols) > 2:
-        lines += ["", "- rollout / one step: the run's own predictions (autoregressive / true frames as context), "
-                  "every frame of each trajectory.",
-                  "- operator, floor windows: its one-step error on the frames the floors use (a decoder floor never "
-                  "exceeds it; the floor starts there).",
-                  "- true next latent: decode(encode(true next context)) against the next frame.",
-                  f"- decoder floor: the best of {meta.get('invert_steps')} Adam steps on the latent tokens "
-                  "(from the operator's latent) and their start, decoding to the next frame.",
-                  "- reconstruction: decode(encode(context)) against the last context frame.",
-                  "- residual objective: a decode is a change and is added to the frame before its target; "
-                  "reconstruction then needs initial_step >= 2 (else –). Steady tasks: floor only (–)."]
+        lines += [
+            "",
+            "- rollout / one step: the run's own predictions (autoregressive / true frames as context), "
+            "every frame of each trajectory.",
+            "- operator, floor windows: its one-step error on the frames the floors use (a decoder floor never "
+            "exceeds it; the floor starts there).",
+            "- true next latent: decode(encode(true next context)) against the next frame.",
+            f"- decoder floor: the best of {meta.get('invert_steps')} Adam steps on the latent tokens "
+            "(from the operator's latent) and their start, decoding to the next frame.",
+            "- reconstruction: decode(encode(context)) against the last context frame.",
+            "- residual objective: a decode is a change and is added to the frame before its target; "
+            "reconstruction then needs initial_step >= 2 (else –). Steady tasks: floor only (–).",
+        ]
     return "\n".join(lines) + "\n"

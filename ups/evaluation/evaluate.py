@@ -5,6 +5,7 @@ A predictor is a function ``predict(batch) -> (B, P, C)`` of a batch as the obje
 model's objective, persistence and the training-mean field (``baselines.py``) are all predictors,
 so they are scored by the same code. A predictor returning None does not apply to the task.
 """
+
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
@@ -22,8 +23,9 @@ Predictor = Callable[[dict], Optional[torch.Tensor]]
 
 
 @torch.no_grad()
-def rollout(predict: Predictor, batch: dict, traj: torch.Tensor, initial_step: int,
-            teacher_forced: bool = False) -> torch.Tensor | None:
+def rollout(
+    predict: Predictor, batch: dict, traj: torch.Tensor, initial_step: int, teacher_forced: bool = False
+) -> torch.Tensor | None:
     """Predict frames ``initial_step..T-1`` from the first ``initial_step`` true frames.
 
     ``traj`` is (B, T, P, C), normalised. Autoregressive (PDEBench's protocol): each prediction
@@ -55,14 +57,22 @@ def _batches(ds: TrajectoryDataset, rank: int, world_size: int, batch_size: int)
     weights = [1.0] * len(ids) + [0.0] * (per_rank - len(ids))
     ids += [0] * (per_rank - len(ids))
     for start in range(0, per_rank, batch_size):
-        items = [ds[j] for j in ids[start: start + batch_size]]
-        yield items, torch.tensor(weights[start: start + batch_size], dtype=torch.float64)
+        items = [ds[j] for j in ids[start : start + batch_size]]
+        yield items, torch.tensor(weights[start : start + batch_size], dtype=torch.float64)
 
 
 @torch.no_grad()
-def evaluate(predict: Predictor, model: nn.Module | None, sets: Sequence[TrajectoryDataset], device: torch.device,
-             autocast: Callable[[], AbstractContextManager], batch_size: int = 16, rank: int = 0,
-             world_size: int = 1, full: bool = False) -> dict:
+def evaluate(
+    predict: Predictor,
+    model: nn.Module | None,
+    sets: Sequence[TrajectoryDataset],
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager],
+    batch_size: int = 16,
+    rank: int = 0,
+    world_size: int = 1,
+    full: bool = False,
+) -> dict:
     """Scores per task in physical units over the predicted frames (conditioning frames excluded).
 
     Always ``nrmse/<task>`` (autoregressive rollout) and ``nrmse/mean``. With ``full``, every
@@ -82,13 +92,16 @@ def evaluate(predict: Predictor, model: nn.Module | None, sets: Sequence[Traject
         keys = task_keys(task)
         keys["coords"] = keys["coords"].to(device)
         n_pred = task.n_steps - task.initial_step
-        sums = {mode: MetricSums(task.channels, n_pred, device, grid=task.grid) for mode in (("rollout", "one_step") if full else ())}
+        sums = {
+            mode: MetricSums(task.channels, n_pred, device, grid=task.grid)
+            for mode in (("rollout", "one_step") if full else ())
+        }
         total = torch.zeros(2, dtype=torch.float64, device=device)
         applies = True
         for items, w in _batches(ds, rank, world_size, batch_size):
             traj = torch.stack([it["traj"] for it in items]).to(device)
             batch = {**keys, "cond": torch.stack([it["cond"] for it in items]).to(device)}
-            target = traj[:, task.initial_step:] * out_std + out_mean
+            target = traj[:, task.initial_step :] * out_std + out_mean
             for mode in ("rollout", "one_step") if full else ("rollout",):
                 with autocast():
                     pred = rollout(predict, batch, traj, task.initial_step, teacher_forced=mode == "one_step")

@@ -16,6 +16,7 @@ instead of washing out the truth; the |error| panels share their own scale acros
 variants compare. At most 5 variants are drawn; the suptitle says when more were given.
 ``plot_error_vs_step_variants``: nRMSE against rollout step, one panel per task, one line per variant.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,10 @@ def _check(task_name, dim, grid, channels, truth, preds, context):
     out = {name: _np(pred) for name, pred in preds.items()}
     for name, pred in out.items():
         if pred.shape != truth.shape:
-            raise ValueError(f"{task_name}: prediction of variant {name!r} has shape {tuple(pred.shape)}, "
-                             f"truth has {tuple(truth.shape)}")
+            raise ValueError(
+                f"{task_name}: prediction of variant {name!r} has shape {tuple(pred.shape)}, "
+                f"truth has {tuple(truth.shape)}"
+            )
     if context is not None:
         context = _np(context)
         context = context[None] if context.ndim == 2 else context
@@ -84,9 +87,17 @@ def _check(task_name, dim, grid, channels, truth, preds, context):
     return truth, out, context
 
 
-def plot_fields(task_name: str, dim: int, grid: tuple[int, ...], channels: tuple[str, ...], steady: bool,
-                truth: torch.Tensor | np.ndarray, preds: dict[str, torch.Tensor | np.ndarray], path: Path,
-                context: torch.Tensor | np.ndarray | None = None) -> Path:
+def plot_fields(
+    task_name: str,
+    dim: int,
+    grid: tuple[int, ...],
+    channels: tuple[str, ...],
+    steady: bool,
+    truth: torch.Tensor | np.ndarray,
+    preds: dict[str, torch.Tensor | np.ndarray],
+    path: Path,
+    context: torch.Tensor | np.ndarray | None = None,
+) -> Path:
     """Truth against each variant's prediction and its |error|, for one trajectory of one task.
 
     truth and every preds[v]: (T, P, C) physical units over the predicted frames (T >= 1), P the C-order
@@ -101,6 +112,7 @@ def plot_fields(task_name: str, dim: int, grid: tuple[int, ...], channels: tuple
 
         def mid(a):  # the mid-plane along the last axis, flattened back to (T, nx*ny, C)
             return a.reshape(a.shape[0], *grid, a.shape[-1])[:, :, :, nz // 2].reshape(a.shape[0], -1, a.shape[-1])
+
         truth, preds = mid(truth), {n: mid(p) for n, p in preds.items()}
         context = None if context is None else mid(context)
         grid, note = tuple(grid[:2]), f", mid-plane z={nz // 2} of {nz}{note}"
@@ -117,6 +129,7 @@ def _spacetime_1d(task, grid, channels, truth, preds, context, note):
     V = len(preds)
     fig = figure(figsize=_size(12.0, 0.8 + 2.2 * V * len(chans)), layout="constrained")
     from matplotlib.ticker import MaxNLocator  # after figure(), which gives the install hint
+
     axes = fig.subplots(V * len(chans), 3, squeeze=False)
     span = (-0.5, P - 0.5)
     for ci, c in enumerate(chans):
@@ -132,8 +145,11 @@ def _spacetime_1d(task, grid, channels, truth, preds, context, note):
                 ax_t.axhline(0.5, color="w", ls="--", lw=0.8)
             im = ax_p.imshow(pred[..., c], extent=(*span, 0.5, T + 0.5), vmin=vmin, vmax=vmax, **kw)
             ime = ax_e.imshow(errs[name], extent=(*span, 0.5, T + 0.5), vmin=0, vmax=emax, cmap="magma", **kw)
-            for ax, title in ((ax_t, f"truth · {channels[c]}"), (ax_p, f"{name} · {channels[c]}"),
-                              (ax_e, f"|error| {name} · {channels[c]}")):
+            for ax, title in (
+                (ax_t, f"truth · {channels[c]}"),
+                (ax_p, f"{name} · {channels[c]}"),
+                (ax_e, f"|error| {name} · {channels[c]}"),
+            ):
                 ax.set_ylim(0.5 - k, T + 0.5)  # the same steps at the same height in the three panels
                 ax.yaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_title(title, fontsize="small")
@@ -148,8 +164,14 @@ def _spacetime_1d(task, grid, channels, truth, preds, context, note):
 
 def _show(ax, field, grid, title, lims, err=False):
     # (P,) in C order -> (nx, ny); transposed so x runs horizontally and y upwards.
-    im = ax.imshow(field.reshape(grid).T, origin="lower", cmap="magma" if err else "viridis",
-                   vmin=lims[0], vmax=lims[1], interpolation="nearest")
+    im = ax.imshow(
+        field.reshape(grid).T,
+        origin="lower",
+        cmap="magma" if err else "viridis",
+        vmin=lims[0],
+        vmax=lims[1],
+        interpolation="nearest",
+    )
     ax.set_title(title, fontsize="small")
     ax.set(xticks=[], yticks=[])
     return im
@@ -175,8 +197,9 @@ def _snapshots_2d(task, grid, channels, truth, preds, context, note):
         im = _show(axes[0, lead + j], truth[s, :, c], grid, f"truth · step {s + 1}", lims)
         for vi, (name, pred) in enumerate(preds.items()):
             _show(axes[1 + 2 * vi, lead + j], pred[s, :, c], grid, f"{name} · step {s + 1}", lims)
-            ime = _show(axes[2 + 2 * vi, lead + j], errs[name][j], grid, f"|error| {name} · step {s + 1}",
-                        elims, err=True)
+            ime = _show(
+                axes[2 + 2 * vi, lead + j], errs[name][j], grid, f"|error| {name} · step {s + 1}", elims, err=True
+            )
     for r in range(rows):  # a colour bar per row (scales shared), so none has to be matched to its row
         fig.colorbar(im if r == 0 or r % 2 else ime, ax=axes[r, :].tolist())
     fig.suptitle(f"{task}: channel '{channels[c]}', steps {', '.join(str(s + 1) for s in steps)} of {T}{note}")
@@ -208,8 +231,9 @@ def _steady_2d(task, grid, channels, truth, preds, context, note):
     return fig
 
 
-def plot_error_vs_step_variants(curves: dict[str, dict[str, list[float]]], path: Path,
-                                title: str = "nRMSE against rollout step") -> Path | None:
+def plot_error_vs_step_variants(
+    curves: dict[str, dict[str, list[float]]], path: Path, title: str = "nRMSE against rollout step"
+) -> Path | None:
     """nRMSE per rollout step, a panel per task and a line per variant (curves[variant][task]).
 
     The trivial predictors (persistence, mean_field) are grey and dashed/dotted. None (nothing drawn)
@@ -225,6 +249,7 @@ def plot_error_vs_step_variants(curves: dict[str, dict[str, list[float]]], path:
     # at least 8 inches wide: the legend of long variant names goes under the panels
     fig = figure(figsize=_size(max(8.0, 3.6 * cols), 2.9 * rows + 0.3 * len(curves) + 0.4), layout="constrained")
     from matplotlib.ticker import MaxNLocator  # after figure(), which gives the install hint
+
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     learned = [v for v in curves if v not in BASELINE_STYLE]  # one colour per variant in every panel
     styles = {v: (VARIANT_COLOURS[i % len(VARIANT_COLOURS)], "-") for i, v in enumerate(learned)}
@@ -238,10 +263,10 @@ def plot_error_vs_step_variants(curves: dict[str, dict[str, list[float]]], path:
         ax.set(title=task, xlabel="rollout step", ylabel="nRMSE", yscale="log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-    for ax in axes[len(tasks):]:
+    for ax in axes[len(tasks) :]:
         ax.set_visible(False)
     handles = {}  # every variant in the legend, even one missing from the first task
-    for ax in axes[:len(tasks)]:
+    for ax in axes[: len(tasks)]:
         handles.update(zip(*reversed(ax.get_legend_handles_labels())))
     fig.legend(handles.values(), handles.keys(), fontsize="small", loc="outside lower center", ncols=2)
     fig.suptitle(title)

@@ -1,4 +1,5 @@
 """Rebuild a finished run for evaluation: its config, data, model with a checkpoint's weights, and objective."""
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,13 @@ class LoadedRun:
         return self.objective.predict(self.model, batch)
 
 
-def load_run(run_dir: str | Path, which: str = "final", data_dir: str | None = None,
-             device: torch.device | str | None = None, allow_unverified: bool = False) -> LoadedRun:
+def load_run(
+    run_dir: str | Path,
+    which: str = "final",
+    data_dir: str | None = None,
+    device: torch.device | str | None = None,
+    allow_unverified: bool = False,
+) -> LoadedRun:
     """The run's model at ``checkpoints/<last stage>/<which>`` on its own data, in eval mode.
 
     The data is read from the run's ``paths.data_dir`` (or ``data_dir``) and never generated.
@@ -55,15 +61,19 @@ def load_run(run_dir: str | Path, which: str = "final", data_dir: str | None = N
         cfg.stages, cfg.model, cfg.data, cfg.paths  # noqa: B018 - the keys evaluation reads
     except Exception as err:  # noqa: BLE001 - YAML and OmegaConf raise many kinds
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{run_dir / 'config.yaml'} cannot be read as a UPS run config ({first}); restore it "
-                          "from the run's checkpoint with python -m ups.training.checkpoint, or from a backup") from None
+        raise ConfigError(
+            f"{run_dir / 'config.yaml'} cannot be read as a UPS run config ({first}); restore it "
+            "from the run's checkpoint with python -m ups.training.checkpoint, or from a backup"
+        ) from None
     checkpoint = run_checkpoint(run_dir, cfg.stages, which)
     weights, source = load_eval_weights(checkpoint, allow_unverified)
     cfg.data.generate = False  # never write synthetic files into a data dir just to evaluate
     cfg.paths.data_dir = str(data_dir or cfg.paths.data_dir)
     if not Path(cfg.paths.data_dir).is_dir():
-        raise FileNotFoundError(f"the run's data directory {cfg.paths.data_dir} (paths.data_dir in config.yaml) "
-                                "is gone; point at the data files (python -m ups.evaluate ... data_dir=DIR; the report: --data-dir DIR)")
+        raise FileNotFoundError(
+            f"the run's data directory {cfg.paths.data_dir} (paths.data_dir in config.yaml) "
+            "is gone; point at the data files (python -m ups.evaluate ... data_dir=DIR; the report: --data-dir DIR)"
+        )
     compute = build_compute(cfg.hardware, device=device if device is not None else "auto")
     built = build_run(cfg, run_dir, compute=compute, seed=False)  # the weights are loaded next
     model, device = built.model.eval(), compute.device
@@ -71,9 +81,11 @@ def load_run(run_dir: str | Path, which: str = "final", data_dir: str | None = N
         model.load_state_dict(weights)
     except RuntimeError as err:  # missing/unexpected keys or size mismatches: config.yaml is of another model
         lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()]
-        raise CheckpointError(f"{checkpoint} does not fit the model that {run_dir / 'config.yaml'} describes "
-                              f"({cfg.model.get('_target_')}): {len(lines)} differences, e.g. {lines[0][:160] if lines else err}. "
-                              "The config and the checkpoint are from different runs; restore the run's config.yaml") from None
+        raise CheckpointError(
+            f"{checkpoint} does not fit the model that {run_dir / 'config.yaml'} describes "
+            f"({cfg.model.get('_target_')}): {len(lines)} differences, e.g. {lines[0][:160] if lines else err}. "
+            "The config and the checkpoint are from different runs; restore the run's config.yaml"
+        ) from None
     stage = last_trained_stage(cfg.stages)
     log.info("evaluating %s on %s", source, device)
     return LoadedRun(cfg, built.tasks, model, built.objectives[stage], checkpoint, source, compute, built.objectives)

@@ -1,4 +1,5 @@
 """PDEBench's nRMSE per sample: the validation metric (the full set is in ``pdebench_metrics.py``)."""
+
 from __future__ import annotations
 
 import torch

@@ -14,6 +14,7 @@ Deliberate differences from PDEBench:
 Distributed use: ``all_reduce(state(), SUM)`` then ``load_state``, and ``all_reduce(max_err, MAX)``
 separately, since a max does not add.
 """
+
 from __future__ import annotations
 
 import math
@@ -106,8 +107,9 @@ class MetricSums:
             if not 1 <= len(grid) <= 3:
                 raise ValueError(f"grid must have 1 to 3 axes, got {grid}")
             self.grid = grid
-            self.f_sq = torch.zeros(self.steps, n_wavenumbers(grid), self.channels,
-                                    dtype=torch.float64, device=self.device)
+            self.f_sq = torch.zeros(
+                self.steps, n_wavenumbers(grid), self.channels, dtype=torch.float64, device=self.device
+            )
         elif grid != self.grid:
             raise ValueError(f"grid {grid} differs from this task's {self.grid}")
 
@@ -117,8 +119,10 @@ class MetricSums:
         self._set_grid(grid)
         b, t, p, c = pred.shape
         if target.shape != pred.shape or (t, c) != (self.steps, self.channels) or p != math.prod(self.grid):
-            raise ValueError(f"pred {tuple(pred.shape)} / target {tuple(target.shape)} do not fit "
-                             f"steps={self.steps}, grid={self.grid}, channels={self.channels}")
+            raise ValueError(
+                f"pred {tuple(pred.shape)} / target {tuple(target.shape)} do not fit "
+                f"steps={self.steps}, grid={self.grid}, channels={self.channels}"
+            )
         if b == 0:
             return
         dev = self.n.device
@@ -153,8 +157,8 @@ class MetricSums:
         if t.numel() != self.state().numel():
             raise ValueError(f"state has {t.numel()} values, expected {self.state().numel()}")
         self.n = t[:1].clone()
-        self.sums = t[1:1 + self.sums.numel()].view_as(self.sums).clone()
-        self.f_sq = t[1 + self.sums.numel():].view_as(self.f_sq).clone()
+        self.sums = t[1 : 1 + self.sums.numel()].view_as(self.sums).clone()
+        self.f_sq = t[1 + self.sums.numel() :].view_as(self.f_sq).clone()
 
     def merge(self, other: "MetricSums") -> None:
         """In-process equivalent of the two reductions."""
@@ -169,8 +173,13 @@ class MetricSums:
             per = {m: nan for m in METRICS}
         else:
             size = math.prod(self.grid)
-            per = {"rmse": self.sums[0] / n, "nrmse": self.sums[1] / n,
-                   "crmse": (self.sums[2] / n).sqrt() / size, "brmse": self.sums[3] / n, "max": self.max_err}
+            per = {
+                "rmse": self.sums[0] / n,
+                "nrmse": self.sums[1] / n,
+                "crmse": (self.sums[2] / n).sqrt() / size,
+                "brmse": self.sums[3] / n,
+                "max": self.max_err,
+            }
             spec = (self.f_sq / n).sqrt() / size  # E[t, k, c]; L^ndim = 1
             k_max = spec.shape[1]
             for name, lo, hi in _BANDS:

@@ -1,4 +1,5 @@
 """Figures shared by the run report and the evaluation tables, drawn without pyplot (Agg canvas)."""
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@ from ``metrics.jsonl`` alone and ``rollouts.png`` by rebuilding the run's data a
 its final checkpoint; when the data or checkpoint are gone, curves.png is still written and the log says why.
 matplotlib is optional (``ups[plot]``), drawn on the Agg canvas without pyplot: no backend is ever switched.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,14 +63,22 @@ def timeline(records: list[dict]) -> dict:
             train[step] = r
         elif r.get("split") == "val":
             val[step] = r
-    return {"train": dict(sorted(train.items())), "val": dict(sorted(val.items())), "test": test,
-            "restarts": restarts, "stages": starts}
+    return {
+        "train": dict(sorted(train.items())),
+        "val": dict(sorted(val.items())),
+        "test": test,
+        "restarts": restarts,
+        "stages": starts,
+    }
 
 
 def _series(by_step: dict[int, dict], key: str) -> tuple[list, list]:
     """(steps, values) of ``key`` where it is logged, positive and finite: log axes show nothing else."""
-    keep = [(x, r[key]) for x, r in by_step.items() if isinstance(r.get(key), (int, float))
-            and math.isfinite(r[key]) and r[key] > 0]
+    keep = [
+        (x, r[key])
+        for x, r in by_step.items()
+        if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and r[key] > 0
+    ]
     return [x for x, _ in keep], [y for _, y in keep]
 
 
@@ -79,8 +88,10 @@ def plot_curves(records: list[dict], path: Path) -> Path:
     from matplotlib import colormaps  # tab20 when the 10-colour cycle would repeat a colour
 
     tl = timeline(records)
-    tasks = sorted({k.split("/")[1] for r in records for k in r
-                    if k.startswith(("loss/", "nrmse/")) and k.count("/") == 1} - {"mean"})
+    tasks = sorted(
+        {k.split("/")[1] for r in records for k in r if k.startswith(("loss/", "nrmse/")) and k.count("/") == 1}
+        - {"mean"}
+    )
     colour = {t: f"C{i}" if len(tasks) <= 10 else colormaps["tab20"](i % 20) for i, t in enumerate(tasks)}
     ax_loss, ax_val = fig.subplots(1, 2)
     ax_loss.plot(*_series(tl["train"], "loss"), color="0.15", lw=1, alpha=0.7, label="loss (all tasks)")
@@ -92,9 +103,13 @@ def plot_curves(records: list[dict], path: Path) -> Path:
         if len(py) >= 20:
             w = max(5, len(py) // 20)
             smooth = np.exp(np.convolve(np.log(py), np.ones(w) / w, "valid"))  # geometric: log axis
-            ax_loss.plot(px[w - 1:], smooth, color=colour[t], lw=1.5)
-    ax_loss.set(yscale="log", xlabel="optimizer step", ylabel="MSE (normalised units)",
-                title="Training loss" if tl["train"] else "Training loss (no train records)")
+            ax_loss.plot(px[w - 1 :], smooth, color=colour[t], lw=1.5)
+    ax_loss.set(
+        yscale="log",
+        xlabel="optimizer step",
+        ylabel="MSE (normalised units)",
+        title="Training loss" if tl["train"] else "Training loss (no train records)",
+    )
     test = tl["test"] or {}
     for t in tasks:
         vx, vy = _series(tl["val"], f"nrmse/{t}")
@@ -107,19 +122,34 @@ def plot_curves(records: list[dict], path: Path) -> Path:
         ax_val.plot(vx, vy, "k--", lw=1.5, label="mean" + mean)
         ax_val.set_yscale("log")
     else:
-        ax_val.text(0.5, 0.5, "no validation (eval) records in metrics.jsonl", ha="center", va="center",
-                    transform=ax_val.transAxes, color="0.4")
+        ax_val.text(
+            0.5,
+            0.5,
+            "no validation (eval) records in metrics.jsonl",
+            ha="center",
+            va="center",
+            transform=ax_val.transAxes,
+            color="0.4",
+        )
         ax_val.tick_params(labelleft=False, labelbottom=False)  # an empty panel's 0..1 would mislead
-    title = "Validation nRMSE per task" + (f"\nfinal test nRMSE (mean over tasks): {test['nrmse/mean']:.4g}"
-                                           if "nrmse/mean" in test else "")
+    title = "Validation nRMSE per task" + (
+        f"\nfinal test nRMSE (mean over tasks): {test['nrmse/mean']:.4g}" if "nrmse/mean" in test else ""
+    )
     ax_val.set(xlabel="optimizer step", ylabel="nRMSE", title=title)
     for ax in (ax_loss, ax_val):
         for i, x in enumerate(tl["restarts"]):
             ax.axvline(x, color="C3", ls=":", lw=1.2, label="restart (resumed)" if i == 0 else None)
         for name, x in tl["stages"].items() if len(tl["stages"]) > 1 else ():  # stage starts, named
             ax.axvline(x, color="0.5", ls="--", lw=0.8)
-            ax.text(x, 0.99, f" {name}", transform=ax.get_xaxis_transform(), va="top", fontsize=8,
-                    bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})  # clear of the title
+            ax.text(
+                x,
+                0.99,
+                f" {name}",
+                transform=ax.get_xaxis_transform(),
+                va="top",
+                fontsize=8,
+                bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1},
+            )  # clear of the title
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3, frameon=False)
         ax.grid(True, which="major", alpha=0.3)
@@ -147,9 +177,11 @@ def _draw_1d(sf, task, truth, pred, frames):
 def _draw_nd(sf, task, truth, pred, frames):
     """Images of the first channel: rows truth/prediction/|error|, a column per frame (a row if one)."""
     space, dim, (lo, hi), chan = task.files[0].space, task.family.dim, task.family.domain, task.family.channels[0]
+
     def img(a):  # (P,) -> an image with y up; 3D: the middle z slice
         g = a.reshape(space)
         return (g[:, :, space[2] // 2] if dim == 3 else g).T
+
     shown = [(img(truth[i, :, 0]), img(pred[i, :, 0])) for i, _, _ in frames]
     vmin, vmax = min(t.min() for t, _ in shown), max(t.max() for t, _ in shown)  # the truth's range
     emax = max(float(np.abs(p - t).max()) for t, p in shown) or 1.0
@@ -171,8 +203,7 @@ def _draw_nd(sf, task, truth, pred, frames):
     sf.colorbar(ie, ax=axes[2].ravel().tolist(), shrink=0.8, label=f"|error| {chan}")
 
 
-def plot_rollouts(run_dir: Path, path: Path, samples: int = 1, split: str = "val",
-                  data_dir: str | None = None) -> Path:
+def plot_rollouts(run_dir: Path, path: Path, samples: int = 1, split: str = "val", data_dir: str | None = None) -> Path:
     """Truth, prediction and |error| of the run's model on ``samples`` trajectories of each task."""
     loaded = load_run(run_dir, "final", data_dir)
     cfg, tasks, device = loaded.cfg, loaded.tasks, next(loaded.model.parameters()).device
@@ -183,10 +214,11 @@ def plot_rollouts(run_dir: Path, path: Path, samples: int = 1, split: str = "val
         traj, cond = (torch.stack([it[key] for it in items]).to(device) for key in ("traj", "cond"))
         coords = torch.as_tensor(task.coords, device=device)[None]
         with loaded.autocast():  # as the run computed
-            pred = rollout(loaded.predict, {**task_keys(task), "coords": coords, "cond": cond},
-                           traj, task.initial_step).float()
+            pred = rollout(
+                loaded.predict, {**task_keys(task), "coords": coords, "cond": cond}, traj, task.initial_step
+            ).float()
         _, _, mean, std = (torch.as_tensor(a, device=device) for a in task.stats.arrays())
-        pred, truth = pred * std + mean, traj[:, task.initial_step:] * std + mean  # physical units
+        pred, truth = pred * std + mean, traj[:, task.initial_step :] * std + mean  # physical units
         scores = nrmse(pred, truth).tolist()
         for j in range(len(items)):
             log.info("%s: %s trajectory %d: nRMSE %.6g", task.name, split, j, scores[j])
@@ -197,19 +229,33 @@ def plot_rollouts(run_dir: Path, path: Path, samples: int = 1, split: str = "val
     for sf, (task, j, score, truth, pred) in zip(subfigs, rows):
         k, chan, n = task.initial_step, task.family.channels[0], truth.shape[0]
         dt = task.files[task.splits[split][j][0]].dt()
-        frames = [(0, "", "solution from the coefficient")] if task.family.steady else [
-            (i, what, f"frame {k + i}" + (f", t = {(k + i) * dt:.3g}" if dt else ""))
-            for i, what in sorted({0: "first predicted", (n - 1) // 2: "middle", n - 1: "last"}.items())]
+        frames = (
+            [(0, "", "solution from the coefficient")]
+            if task.family.steady
+            else [
+                (i, what, f"frame {k + i}" + (f", t = {(k + i) * dt:.3g}" if dt else ""))
+                for i, what in sorted({0: "first predicted", (n - 1) // 2: "middle", n - 1: "last"}.items())
+            ]
+        )
         where = ", middle z slice" if task.family.dim == 3 else ""
-        sf.suptitle(f"{task.name} ({task.family.dim}D), {split} trajectory {j}: nRMSE {score:.3g} "
-                    f"(all channels); showing channel '{chan}'{where}", fontsize=11, fontweight="bold")
+        sf.suptitle(
+            f"{task.name} ({task.family.dim}D), {split} trajectory {j}: nRMSE {score:.3g} "
+            f"(all channels); showing channel '{chan}'{where}",
+            fontsize=11,
+            fontweight="bold",
+        )
         (_draw_1d if task.family.dim == 1 else _draw_nd)(sf, task, truth, pred, frames)
     fig.savefig(path, dpi=min(100, int(30000 / sum(heights))))  # stays under the PNG size limit
     return path
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, samples: int = 1, split: str = "val",
-                 data_dir: str | Path | None = None) -> list[Path]:
+def write_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    samples: int = 1,
+    split: str = "val",
+    data_dir: str | Path | None = None,
+) -> list[Path]:
     """Write ``curves.png`` and ``rollouts.png`` into ``out`` (default ``<run_dir>/report``).
 
     Returns the paths written; a figure that cannot be drawn is logged with the reason and left out.

@@ -37,6 +37,7 @@ Conventions. ``prev`` and ``cand`` are (B, P, C) in physical units, P the C-orde
 ``domain``). Conservation terms compare domain means of the two frames; they assume periodic or
 closed boundaries, so PDEBench's 1D CFD ``trans`` (outgoing) files break them by design.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,7 @@ def _fhn_box() -> float:
     lo, hi = 1.0, 2.0  # f(1) < 0 < f(2); bisection, evaluated once at import
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if mid ** 3 - 2 * mid - FHN_K < 0 else (lo, mid)
+        lo, hi = (mid, hi) if mid**3 - 2 * mid - FHN_K < 0 else (lo, mid)
     return hi
 
 
@@ -65,22 +66,22 @@ FHN_BOX = _fhn_box()  # ~1.4159
 REWARDS: dict[str, str] = {
     "advection1d": "mass, l2: periodic advection only shifts u, so int u and int u^2 are conserved",
     "burgers1d": "mass, energy_growth, bounds: periodic conservative flux conserves int u; viscosity and "
-                 "shocks only dissipate int u^2; maximum principle keeps u in the previous frame's range",
+    "shocks only dissipate int u^2; maximum principle keeps u in the previous frame's range",
     "diff_react1d": "bounds [min prev, 1], mass_growth: Fisher-KPP keeps u <= 1, min u never decreases and "
-                    "the reaction only adds mass",
+    "the reaction only adds mass",
     "diff_sorp1d": "bounds [0,1]: the concentration stays between 0 and the solubility 1; boundary fluxes "
-                   "change the mass, so no conservation term",
+    "change the mass, so no conservation term",
     "cfd1d": "mass, momentum, energy, positivity (rho, p): periodic compressible NS in flux form",
     "darcy2d": "residual of -div(a grad u) = beta (beta fitted: it is not passed), boundary u = 0, "
-               "positivity u > 0 (beta > 0); a wrong overall scale is invisible without beta",
+    "positivity u > 0 (beta > 0); a wrong overall scale is invisible without beta",
     "react_diff2d": "bounds: FitzHugh-Nagumo's invariant square |u|, |v| <= max(1.416, max |prev|); pde (given "
-                    "dt): the trapezoid rule's misfit of the PDE over the step, which the box alone misses "
-                    "(-u, a frame that changed too little); no conservation (reaction)",
+    "dt): the trapezoid rule's misfit of the PDE over the step, which the box alone misses "
+    "(-u, a frame that changed too little); no conservation (reaction)",
     "swe2d": "mass, positivity (h): int h is conserved while the wave is inside the outflow walls (coarse "
-             "grids smear the front: the synthetic 16^2 data loses ~1e-5 of int h by t = 0.5, ~1e-3 by t = 1)",
+    "grids smear the front: the synthetic 16^2 data loses ~1e-5 of int h by t = 0.5, ~1e-3 by t = 1)",
     "cfd2d": "mass, momentum, energy, positivity (rho, p): periodic compressible NS in flux form",
     "ns_incom2d": "divergence (div v = 0, floor O((kh)^2) from the stencil), smoke_mass: passive smoke in "
-                  "a divergence-free flow",
+    "a divergence-free flow",
     "cfd3d": "mass, momentum, energy, positivity (rho, p): periodic compressible NS in flux form",
 }
 
@@ -91,8 +92,9 @@ def _mean(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).mean(1)
 
 
-def _drift(before: torch.Tensor, after: torch.Tensor, scale_before: torch.Tensor,
-           scale_after: torch.Tensor) -> torch.Tensor:
+def _drift(
+    before: torch.Tensor, after: torch.Tensor, scale_before: torch.Tensor, scale_after: torch.Tensor
+) -> torch.Tensor:
     """-2 |after - before| / (scale_before + scale_after): the relative change, symmetric so it is
     bounded by 2 and a zero previous frame does not divide by zero. Vectors (B, k) use the L2 norm."""
     diff = after - before
@@ -119,8 +121,10 @@ def _positive(x: torch.Tensor) -> torch.Tensor:
 def _bounds(x: torch.Tensor, lo, hi, scale) -> torch.Tensor:
     """Mean excursion of x outside [lo, hi] (floats or per-sample (B,) tensors), relative to scale."""
     shape = (-1,) + (1,) * (x.dim() - 1)
-    lo, hi, scale = (torch.as_tensor(v, dtype=x.dtype, device=x.device).reshape(shape) if torch.is_tensor(v)
-                     else v for v in (lo, hi, scale))
+    lo, hi, scale = (
+        torch.as_tensor(v, dtype=x.dtype, device=x.device).reshape(shape) if torch.is_tensor(v) else v
+        for v in (lo, hi, scale)
+    )
     return -_mean((torch.relu(x - hi) + torch.relu(lo - x)) / (scale + EPS))
 
 
@@ -137,7 +141,7 @@ def _shift(x: torch.Tensor, axis: int, lo: int, hi: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------- families
 def _advection(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, torch.Tensor]:
     u0, u1 = p0["u"], p1["u"]
-    return {"mass": _conserved(u0, u1), "l2": _conserved(u0 ** 2, u1 ** 2)}
+    return {"mass": _conserved(u0, u1), "l2": _conserved(u0**2, u1**2)}
 
 
 def _burgers(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, torch.Tensor]:
@@ -145,8 +149,11 @@ def _burgers(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, 
     # maximum principle: u stays within the previous frame's range (the generator's MUSCL-minmod
     # Godunov scheme and exact heat step keep it on the samples too); relative to max|u| of both
     lo, hi = u0.flatten(1).amin(1), u0.flatten(1).amax(1)
-    return {"mass": _conserved(u0, u1), "energy_growth": _no_growth(u0 ** 2, u1 ** 2),
-            "bounds": _bounds(u1, lo, hi, _amax(u0) + _amax(u1))}
+    return {
+        "mass": _conserved(u0, u1),
+        "energy_growth": _no_growth(u0**2, u1**2),
+        "bounds": _bounds(u1, lo, hi, _amax(u0) + _amax(u1)),
+    }
 
 
 def _fisher(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, torch.Tensor]:
@@ -168,15 +175,19 @@ def _compressible(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[
         """(mass density, momentum (B, d, ...), |rho| |v| (a scale, >= 0 for any input), energy density)."""
         rho, p = f["rho"], f["p"]
         v = torch.stack([f[k] for k in names], dim=1)
-        speed2 = (v ** 2).sum(1)
+        speed2 = (v**2).sum(1)
         return rho, rho.unsqueeze(1) * v, rho.abs() * speed2.sqrt(), p / (GAMMA - 1) + 0.5 * rho * speed2
 
     rho0, m0, s0, e0 = totals(p0)
     rho1, m1, s1, e1 = totals(p1)
     # momentum is a vector that can integrate to ~0: relative to int rho |v|, not to |int rho v|
     momentum = _drift(m0.flatten(2).mean(2), m1.flatten(2).mean(2), _mean(s0), _mean(s1))
-    return {"mass": _conserved(rho0, rho1), "momentum": momentum, "energy": _conserved(e0, e1),
-            "positivity": _positive(rho1) + _positive(p1["p"])}
+    return {
+        "mass": _conserved(rho0, rho1),
+        "momentum": momentum,
+        "energy": _conserved(e0, e1),
+        "positivity": _positive(rho1) + _positive(p1["p"]),
+    }
 
 
 def _darcy_operator(a: torch.Tensor, u: torch.Tensor, h: list[float]) -> torch.Tensor:
@@ -185,8 +196,9 @@ def _darcy_operator(a: torch.Tensor, u: torch.Tensor, h: list[float]) -> torch.T
     (conductance 2a there). a, u: (B, X, Y); returns (B, X, Y)."""
     out = torch.zeros_like(u)
     for axis in (1, 2):
-        inner = 2 * _shift(a, axis, 1, 0) * _shift(a, axis, 0, -1) / (
-            _shift(a, axis, 1, 0) + _shift(a, axis, 0, -1) + EPS)
+        inner = (
+            2 * _shift(a, axis, 1, 0) * _shift(a, axis, 0, -1) / (_shift(a, axis, 1, 0) + _shift(a, axis, 0, -1) + EPS)
+        )
         first, last = a.narrow(axis, 0, 1), a.narrow(axis, a.shape[axis] - 1, 1)
         g = torch.cat([2 * first, inner, 2 * last], dim=axis)  # faces 0 .. n
         pad = [0, 0, 1, 1] if axis == 1 else [1, 1]  # zero ghost values: u = 0 on the faces
@@ -210,21 +222,24 @@ def _darcy(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, to
     def misfit(x):
         """RMS of x - beta relative to RMS x + |beta|: in [0, 1], 0 for an exact solution."""
         return -(x - beta).pow(2).mean(1).sqrt() / (x.pow(2).mean(1).sqrt() + beta[:, 0].abs() + EPS)
+
     return {"residual": misfit(r_in), "boundary": misfit(r_ring), "positivity": _positive(u)}
 
 
 def _neumann_laplacian(u: torch.Tensor, h: list[float]) -> torch.Tensor:
     """5-point Laplacian of u (B, X, Y) with zero-flux walls (mirror ghost cells), the generator's stencil."""
     g = torch.nn.functional.pad(u.unsqueeze(1), (1, 1, 1, 1), mode="replicate").squeeze(1)
-    return ((g[:, 2:, 1:-1] + g[:, :-2, 1:-1] - 2 * u) / h[0] ** 2
-            + (g[:, 1:-1, 2:] + g[:, 1:-1, :-2] - 2 * u) / h[1] ** 2)
+    return (g[:, 2:, 1:-1] + g[:, :-2, 1:-1] - 2 * u) / h[0] ** 2 + (g[:, 1:-1, 2:] + g[:, 1:-1, :-2] - 2 * u) / h[
+        1
+    ] ** 2
 
 
 def _fhn_rate(f: dict) -> torch.Tensor:
     """FitzHugh-Nagumo's time derivative of (u, v), stacked on axis 1: (B, 2, X, Y)."""
     u, v, h = f["u"], f["v"], f["h"]
-    return torch.stack([FHN_DU * _neumann_laplacian(u, h) + u - u ** 3 - FHN_K - v,
-                        FHN_DV * _neumann_laplacian(v, h) + u - v], dim=1)
+    return torch.stack(
+        [FHN_DU * _neumann_laplacian(u, h) + u - u**3 - FHN_K - v, FHN_DV * _neumann_laplacian(v, h) + u - v], dim=1
+    )
 
 
 def _fitzhugh_nagumo(p0: dict, p1: dict, h: list[float], dt: float | None) -> dict[str, torch.Tensor]:
@@ -262,17 +277,26 @@ def _incompressible(p0: dict, p1: dict, h: list[float], dt: float | None) -> dic
         """Central difference of f (B, X, Y) along axis (1 or 2), on the (X-2, Y-2) interior."""
         other = 3 - axis
         return _shift((_shift(f, axis, 2, 0) - _shift(f, axis, 0, -2)) / (2 * h[axis - 1]), other, 1, -1)
+
     grads = [[d(v[b], a + 1) for a in range(2)] for b in range(2)]  # grads[b][a] = d v_b / d x_a
     div = grads[0][0] + grads[1][1]
-    grad2 = sum(g ** 2 for row in grads for g in row)
-    divergence = -_mean(div ** 2).sqrt() / (_mean(grad2).sqrt() + EPS)  # in [-sqrt 2, 0]
+    grad2 = sum(g**2 for row in grads for g in row)
+    divergence = -_mean(div**2).sqrt() / (_mean(grad2).sqrt() + EPS)  # in [-sqrt 2, 0]
     return {"divergence": divergence, "smoke_mass": smoke_mass}
 
 
 _TERMS = {
-    "advection1d": _advection, "burgers1d": _burgers, "diff_react1d": _fisher, "diff_sorp1d": _sorption,
-    "cfd1d": _compressible, "darcy2d": _darcy, "react_diff2d": _fitzhugh_nagumo, "swe2d": _swe,
-    "cfd2d": _compressible, "ns_incom2d": _incompressible, "cfd3d": _compressible,
+    "advection1d": _advection,
+    "burgers1d": _burgers,
+    "diff_react1d": _fisher,
+    "diff_sorp1d": _sorption,
+    "cfd1d": _compressible,
+    "darcy2d": _darcy,
+    "react_diff2d": _fitzhugh_nagumo,
+    "swe2d": _swe,
+    "cfd2d": _compressible,
+    "ns_incom2d": _incompressible,
+    "cfd3d": _compressible,
 }
 
 
@@ -281,15 +305,23 @@ def _fields(family: Family, x: torch.Tensor, grid: tuple[int, ...], what: str) -
     """(B, P, C) -> {channel name: (B, *grid)}, computed in at least float32."""
     want = (len(family.channels),)
     if x.dim() != 3 or x.shape[1] != math.prod(grid) or x.shape[2:] != want:
-        raise ValueError(f"{family.name}: {what} has shape {tuple(x.shape)}; expected (B, {math.prod(grid)}, "
-                         f"{want[0]}) for grid {tuple(grid)} and channels {family.channels}")
+        raise ValueError(
+            f"{family.name}: {what} has shape {tuple(x.shape)}; expected (B, {math.prod(grid)}, "
+            f"{want[0]}) for grid {tuple(grid)} and channels {family.channels}"
+        )
     x = x.to(torch.promote_types(x.dtype, torch.float32))
     x = x.reshape(x.shape[0], *grid, want[0])
     return {name: x[..., i] for i, name in enumerate(family.channels)}
 
 
-def reward_terms(family: Family, prev: torch.Tensor, cand: torch.Tensor, grid: tuple[int, ...],
-                 domain: tuple[float, float] | None = None, dt: float | None = None) -> dict[str, torch.Tensor]:
+def reward_terms(
+    family: Family,
+    prev: torch.Tensor,
+    cand: torch.Tensor,
+    grid: tuple[int, ...],
+    domain: tuple[float, float] | None = None,
+    dt: float | None = None,
+) -> dict[str, torch.Tensor]:
     """The named terms of ``family`` (each (B,), <= 0, 0 = no violation); they sum to
     :func:`physics_reward`. Empty for a family with no applicable term. ``dt``: the time between the
     frames, for terms that check the PDE over the step (react_diff2d's ``pde``); None leaves them out."""
@@ -305,8 +337,14 @@ def reward_terms(family: Family, prev: torch.Tensor, cand: torch.Tensor, grid: t
     return {} if terms is None else terms(fields0, fields1, spacing, dt)
 
 
-def physics_reward(family: Family, prev: torch.Tensor, cand: torch.Tensor, grid: tuple[int, ...],
-                   domain: tuple[float, float] | None = None, dt: float | None = None) -> torch.Tensor:
+def physics_reward(
+    family: Family,
+    prev: torch.Tensor,
+    cand: torch.Tensor,
+    grid: tuple[int, ...],
+    domain: tuple[float, float] | None = None,
+    dt: float | None = None,
+) -> torch.Tensor:
     """Reward per sample (B,), higher is better, <= 0 (0 = no violation): the sum of
     :func:`reward_terms`. ``prev`` is the previous frame (darcy2d: the coefficient a), ``cand`` the
     candidate next frame (darcy2d: the solution u), both (B, P, C) in physical units; P is the C-order

@@ -10,6 +10,7 @@ uncorrected prediction chosen by the truth (the ceiling of any selector) and by 
 (TTC's choice). Printed as
 a markdown table; nothing is written into the run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import torch
 
+from ups.build import trained
 from ups.data.datasets import MultiTaskDataset, WindowDataset
 from ups.evaluation.loading import load_run
 from ups.evaluation.ttc import TestTimeCorrection
-from ups.build import trained
 from ups.objectives import latent_heads as programs
 from ups.objectives.next_step import change_base
 
@@ -37,8 +38,12 @@ def diagnose(run_dir: str | Path, split: str = "val", windows: int = 128, k: int
     loaded = load_run(run_dir, "final", device=torch.device("cpu"))
     model, tasks = loaded.model, loaded.tasks
     correctors = [o for o in trained(loaded.cfg.stages, loaded.objectives).values() if o.table_role == "corrector"]
-    lines = [f"One step ahead, RMSE (normalised units), mean over {windows} {split} windows per task; k = {k}.", "",
-             "| task | what | RMSE |", "|---|---|---|"]
+    lines = [
+        f"One step ahead, RMSE (normalised units), mean over {windows} {split} windows per task; k = {k}.",
+        "",
+        "| task | what | RMSE |",
+        "|---|---|---|",
+    ]
     for task in (t for t in tasks if not t.family.steady):
         w = WindowDataset(task, split)
         items = [{"task_index": 0, **w[i]} for i in range(0, len(w), max(1, len(w) // windows))][:windows]
@@ -49,16 +54,22 @@ def diagnose(run_dir: str | Path, split: str = "val", windows: int = 128, k: int
         z_pred = programs.call(model, b, programs.operator_latents)
         rows.append(("operator", rmse(model.decode(task.name, z_pred, b["coords"]) + base, y)))
         true_next = model.encode(task.name, programs.next_context(b["x"], y), b["coords"])
-        rows.append(("operator + true encoder residual (ceiling of the default target)",
-                     rmse(model.decode(task.name, true_next, b["coords"]) + base, y)))
+        rows.append(
+            (
+                "operator + true encoder residual (ceiling of the default target)",
+                rmse(model.decode(task.name, true_next, b["coords"]) + base, y),
+            )
+        )
         for c in correctors:
             cands = c.candidates(model, b, k)  # the uncorrected prediction first, then k corrected
             errors = rmse(cands, y)  # (1 + k, B)
             ttc = TestTimeCorrection(c, model, [task], k)
-            rows += [(f"+ {c.label}, one sample", errors[1]),
-                     (f"+ {c.label}, mean of {k}", rmse(cands[1:].mean(0), y)),
-                     (f"+ {c.label}, best of {k} + uncorrected by the truth (ceiling of TTC)", errors.min(0).values),
-                     (f"+ {c.label}, best of {k} + uncorrected by the physics reward (TTC)", rmse(ttc.choose(b)[0], y))]
+            rows += [
+                (f"+ {c.label}, one sample", errors[1]),
+                (f"+ {c.label}, mean of {k}", rmse(cands[1:].mean(0), y)),
+                (f"+ {c.label}, best of {k} + uncorrected by the truth (ceiling of TTC)", errors.min(0).values),
+                (f"+ {c.label}, best of {k} + uncorrected by the physics reward (TTC)", rmse(ttc.choose(b)[0], y)),
+            ]
         lines += [f"| {task.name} | {what} | {float(e.mean()):.4g} |" for what, e in rows]
     return "\n".join(lines) + "\n"
 

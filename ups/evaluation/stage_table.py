@@ -9,6 +9,7 @@ writes ``eval/stages.json`` and ``eval/stages.md``, with ``stages_nrmse_vs_step.
 ``stages_fields_<task>.png`` per task (truth, predictions, errors on the first trajectory);
 ``python -m ups.evaluate`` the same as ``eval/<checkpoint>_<split>_stages*``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -71,9 +72,11 @@ ROW_BUILDERS: dict[str, RowBuilder] = {}
 
 def rows_for(role: str) -> Callable[[RowBuilder], RowBuilder]:
     """Register the row builder of the stages whose objective has ``table_role == role``."""
+
     def register(fn: RowBuilder) -> RowBuilder:
         ROW_BUILDERS[role] = fn
         return fn
+
     return register
 
 
@@ -92,8 +95,15 @@ def _corrector_rows(objs: dict[str, Objective], ctx: TableContext) -> list[Varia
         out.append(ctx.row(f"operator + {obj.label}, mean of {ctx.mean_of}", mean, corrects=True, in_figures=False))
     best = min(objs.values(), key=lambda o: o.evaluations)  # TTC over the cheapest corrector's candidates
     ttc = TestTimeCorrection(best, ctx.model, ctx.tasks, ctx.ttc_candidates)
-    out.append(Variant(f"operator + TTC ({ctx.ttc_candidates} {best.head} candidates + uncorrected)", ttc,
-                       ttc.evaluations, corrects=True, extra={"ttc": ttc}))
+    out.append(
+        Variant(
+            f"operator + TTC ({ctx.ttc_candidates} {best.head} candidates + uncorrected)",
+            ttc,
+            ttc.evaluations,
+            corrects=True,
+            extra={"ttc": ttc},
+        )
+    )
     return out
 
 
@@ -106,12 +116,19 @@ def _steady_rows(objs: dict[str, Objective], ctx: TableContext) -> list[Variant]
 
 def _generic_rows(objs: dict[str, Objective], ctx: TableContext) -> list[Variant]:
     """A role nobody registered: one row per stage, named by the stage, its own predictions."""
-    return [ctx.row(f"{name} ({type(obj).__name__})", obj, steady_only=not obj.applies(False))
-            for name, obj in objs.items()]
+    return [
+        ctx.row(f"{name} ({type(obj).__name__})", obj, steady_only=not obj.applies(False)) for name, obj in objs.items()
+    ]
 
 
-def variants(built: Mapping[str, Objective], model: nn.Module, tasks: Sequence[TaskData], ttc_candidates: int = 4,
-             mean_of: int = 4, preload_max_gb: float = 2.0) -> list[Variant]:
+def variants(
+    built: Mapping[str, Objective],
+    model: nn.Module,
+    tasks: Sequence[TaskData],
+    ttc_candidates: int = 4,
+    mean_of: int = 4,
+    preload_max_gb: float = 2.0,
+) -> list[Variant]:
     """The variants the run's trained stages offer, by role in the registered order, then the trivial
     predictors. ``built``: the trained stages' objectives by name (``ups.build.trained``)."""
     ctx = TableContext(model, tasks, ttc_candidates, mean_of)
@@ -127,28 +144,56 @@ def variants(built: Mapping[str, Objective], model: nn.Module, tasks: Sequence[T
     return out
 
 
-def evaluate_variants(vs: Sequence[Variant], model: nn.Module, tasks: Sequence[TaskData], split: str,
-                      device: torch.device, autocast: Callable[[], AbstractContextManager], batch_size: int,
-                      eval_samples: int | None, preload_max_gb: float, rank: int = 0, world_size: int = 1) -> dict:
+def evaluate_variants(
+    vs: Sequence[Variant],
+    model: nn.Module,
+    tasks: Sequence[TaskData],
+    split: str,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager],
+    batch_size: int,
+    eval_samples: int | None,
+    preload_max_gb: float,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict:
     """{variant: {"metrics": evaluate(...) with full=True, "seconds": wall-clock, "nfe": ..., ...}}."""
     sets = [TrajectoryDataset(t, split, eval_samples, preload_max_gb) for t in tasks]
     results = {}
     for v in vs:
         chosen = [s for s in sets if s.task.family.steady] if v.steady_only else sets
         t0 = time.perf_counter()
-        metrics = evaluate(v.predict, model if v.evaluations else None, chosen, device, autocast, batch_size,
-                           rank, world_size, full=True)
+        metrics = evaluate(
+            v.predict,
+            model if v.evaluations else None,
+            chosen,
+            device,
+            autocast,
+            batch_size,
+            rank,
+            world_size,
+            full=True,
+        )
         seconds = float(all_reduce_max(torch.tensor(time.perf_counter() - t0, device=device)))
         row = {"metrics": metrics, "seconds": seconds, "nfe": v.evaluations}
         if "ttc" in v.extra:  # summed over the ranks' shares of the samples (each rank has every task)
             stats = v.extra["ttc"].stats
             keys = ("samples", "kept_uncorrected", "reward_gain")
-            sums = all_reduce_sum(torch.tensor([[stats.get(t.name, {}).get(k, 0.0) for k in keys] for t in tasks],
-                                               dtype=torch.float64, device=device)).tolist()
+            sums = all_reduce_sum(
+                torch.tensor(
+                    [[stats.get(t.name, {}).get(k, 0.0) for k in keys] for t in tasks],
+                    dtype=torch.float64,
+                    device=device,
+                )
+            ).tolist()
             row["ttc"] = {t.name: dict(zip(keys, row_sums)) for t, row_sums in zip(tasks, sums) if row_sums[0]}
         results[v.name] = row
-        log.info("evaluated %s in %.1f s: %s", v.name, seconds, "  ".join(
-            f"{k.split('/')[1]}={m:.4g}" for k, m in metrics.items() if k.startswith("nrmse/")))
+        log.info(
+            "evaluated %s in %.1f s: %s",
+            v.name,
+            seconds,
+            "  ".join(f"{k.split('/')[1]}={m:.4g}" for k, m in metrics.items() if k.startswith("nrmse/")),
+        )
     return results
 
 
@@ -160,29 +205,44 @@ def markdown(results: dict, tasks: Sequence[TaskData], meta: dict) -> str:
     """The table: rollout nRMSE per task for every variant, with NFE per step and time."""
     names = [t.name for t in tasks]
     lines = ["# Staged trainer: evaluation of every variant", ""] + [f"- {k}: {v}" for k, v in meta.items()]
-    lines += ["", "Rollout nRMSE in physical units, conditioning frames excluded (steady tasks: the one "
-              "solution). NFE: network evaluations per predicted frame (operator = 1, each denoiser or "
-              "student call = 1). Time: wall-clock of the variant's whole evaluation on this split. "
-              "– : not defined (persistence on steady tasks) or not this variant's task. The correctors "
-              "(diffusion, consistency, TTC) apply to time-dependent tasks; on steady ones they return the "
-              "operator's prediction.", "",
-              "| variant | " + " | ".join(names) + " | NFE per step | time (s) |",
-              "|---|" + "---|" * (len(names) + 2)]
+    lines += [
+        "",
+        "Rollout nRMSE in physical units, conditioning frames excluded (steady tasks: the one "
+        "solution). NFE: network evaluations per predicted frame (operator = 1, each denoiser or "
+        "student call = 1). Time: wall-clock of the variant's whole evaluation on this split. "
+        "– : not defined (persistence on steady tasks) or not this variant's task. The correctors "
+        "(diffusion, consistency, TTC) apply to time-dependent tasks; on steady ones they return the "
+        "operator's prediction.",
+        "",
+        "| variant | " + " | ".join(names) + " | NFE per step | time (s) |",
+        "|---|" + "---|" * (len(names) + 2),
+    ]
     for name, row in results.items():
         m = row["metrics"]
-        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(f"nrmse/{t}")) for t in names)
-                     + f" | {row['nfe'] if row['nfe'] is not None else '–'} | {row['seconds']:.1f} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_fmt(m.get(f"nrmse/{t}")) for t in names)
+            + f" | {row['nfe'] if row['nfe'] is not None else '–'} | {row['seconds']:.1f} |"
+        )
     for name, row in results.items():
         for task, s in (row.get("ttc") or {}).items():
             if s["samples"]:
-                lines.append(f"\n{name}, {task}: kept the uncorrected prediction in {s['kept_uncorrected']:.0f} of "
-                             f"{s['samples']:.0f} sample-steps; mean physics-reward gain over the uncorrected "
-                             f"prediction {s['reward_gain'] / s['samples']:.4g}")
+                lines.append(
+                    f"\n{name}, {task}: kept the uncorrected prediction in {s['kept_uncorrected']:.0f} of "
+                    f"{s['samples']:.0f} sample-steps; mean physics-reward gain over the uncorrected "
+                    f"prediction {s['reward_gain'] / s['samples']:.4g}"
+                )
     return "\n".join(lines) + "\n"
 
 
-def first_trajectories(vs: Sequence[Variant], tasks: Sequence[TaskData], split: str, device: torch.device,
-                       autocast: Callable[[], AbstractContextManager], preload_max_gb: float) -> dict:
+def first_trajectories(
+    vs: Sequence[Variant],
+    tasks: Sequence[TaskData],
+    split: str,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager],
+    preload_max_gb: float,
+) -> dict:
     """Per task: (context, truth, {variant: prediction}) of its first trajectory, physical units."""
     out = {}
     for task in tasks:
@@ -192,8 +252,12 @@ def first_trajectories(vs: Sequence[Variant], tasks: Sequence[TaskData], split: 
         in_mean, in_std, out_mean, out_std = (torch.as_tensor(a, device=device) for a in task.stats.arrays())
         preds = {}
         for v in vs:  # the networks only, and on steady tasks not the correctors (the operator again)
-            if (v.evaluations is None or not v.in_figures or (v.steady_only and not task.family.steady)
-                    or (v.corrects and task.family.steady)):
+            if (
+                v.evaluations is None
+                or not v.in_figures
+                or (v.steady_only and not task.family.steady)
+                or (v.corrects and task.family.steady)
+            ):
                 continue
             with autocast():
                 pred = rollout(v.predict, batch, traj, task.initial_step)
@@ -204,8 +268,9 @@ def first_trajectories(vs: Sequence[Variant], tasks: Sequence[TaskData], split: 
     return out
 
 
-def write_stage_table(out_dir: str | Path, stem: str, results: dict, tasks: Sequence[TaskData], meta: dict,
-                      fields: dict | None = None) -> list[Path]:
+def write_stage_table(
+    out_dir: str | Path, stem: str, results: dict, tasks: Sequence[TaskData], meta: dict, fields: dict | None = None
+) -> list[Path]:
     """``<stem>.json``, ``<stem>.md`` and, with matplotlib, ``<stem>_nrmse_vs_step.png`` and
     ``<stem>_fields_<task>.png``; returns the paths written."""
     out = Path(out_dir)
@@ -213,16 +278,28 @@ def write_stage_table(out_dir: str | Path, stem: str, results: dict, tasks: Sequ
     try:
         from ups.evaluation.field_plots import plot_error_vs_step_variants, plot_fields
 
-        curves = {name: {t.name: row["metrics"].get(f"nrmse_t/{t.name}") or [] for t in tasks}
-                  for name, row in results.items()}
+        curves = {
+            name: {t.name: row["metrics"].get(f"nrmse_t/{t.name}") or [] for t in tasks}
+            for name, row in results.items()
+        }
         plot = plot_error_vs_step_variants(curves, out / f"{stem}_nrmse_vs_step.png")
         paths += [plot] if plot is not None else []
         for task in tasks:
             if fields and task.name in fields:
                 context, truth, preds = fields[task.name]
-                paths.append(plot_fields(task.name, task.family.dim, task.grid, task.family.channels,
-                                         task.family.steady, truth, preds, out / f"{stem}_fields_{task.name}.png",
-                                         context=context))
+                paths.append(
+                    plot_fields(
+                        task.name,
+                        task.family.dim,
+                        task.grid,
+                        task.family.channels,
+                        task.family.steady,
+                        truth,
+                        preds,
+                        out / f"{stem}_fields_{task.name}.png",
+                        context=context,
+                    )
+                )
     except ImportError as err:  # matplotlib is optional: the numbers are in the JSON anyway
         log.info("stage plots not drawn: %s", err)
     return paths
@@ -236,15 +313,28 @@ def has_heads(model: nn.Module) -> bool:
     return bool(spec.stage_heads and len(spec.stage_heads(model)))
 
 
-def evaluate_stages(objectives: Mapping[str, Objective], model: nn.Module, tasks: Sequence[TaskData], split: str,
-                    device: torch.device, autocast: Callable[[], AbstractContextManager], batch_size: int, eval_samples: int | None,
-                    preload_max_gb: float, out_dir: Path | None, meta: dict, rank: int = 0,
-                    world_size: int = 1, stem: str = "stages") -> dict:
+def evaluate_stages(
+    objectives: Mapping[str, Objective],
+    model: nn.Module,
+    tasks: Sequence[TaskData],
+    split: str,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager],
+    batch_size: int,
+    eval_samples: int | None,
+    preload_max_gb: float,
+    out_dir: Path | None,
+    meta: dict,
+    rank: int = 0,
+    world_size: int = 1,
+    stem: str = "stages",
+) -> dict:
     """Evaluate every variant on ``split`` on all ranks; rank 0 (``out_dir`` set) writes the table and
     plots as ``<out_dir>/<stem>*`` (:func:`write_stage_table`)."""
     vs = variants(objectives, model, tasks, preload_max_gb=preload_max_gb)
-    results = evaluate_variants(vs, model, tasks, split, device, autocast, batch_size, eval_samples,
-                                preload_max_gb, rank, world_size)
+    results = evaluate_variants(
+        vs, model, tasks, split, device, autocast, batch_size, eval_samples, preload_max_gb, rank, world_size
+    )
     # every rank rolls out the figures' trajectories: a sharded model needs all of them in each forward
     fields = first_trajectories(vs, tasks, split, device, autocast, preload_max_gb)
     if out_dir is not None:

@@ -1,6 +1,7 @@
 """The evaluation a run ends with, and ``python -m ups.evaluate`` repeats: the model beside persistence
 and the training-mean field, every PDEBench metric, written as JSON and a markdown table.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -27,15 +28,27 @@ log = logging.getLogger(__name__)
 PREDICTORS = ("model", "persistence", "mean_field")
 
 
-def evaluate_suite(predict: Predictor, model: nn.Module, tasks: Sequence[TaskData], split: str, device: torch.device,
-                   autocast: Callable[[], AbstractContextManager], batch_size: int, eval_samples: int | None,
-                   preload_max_gb: float, rank: int = 0, world_size: int = 1) -> dict[str, dict]:
+def evaluate_suite(
+    predict: Predictor,
+    model: nn.Module,
+    tasks: Sequence[TaskData],
+    split: str,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager],
+    batch_size: int,
+    eval_samples: int | None,
+    preload_max_gb: float,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, dict]:
     """Full metrics of the model and of the two trivial predictors on ``split``, by predictor name."""
     sets = [TrajectoryDataset(t, split, eval_samples, preload_max_gb) for t in tasks]
     kw = dict(device=device, autocast=autocast, batch_size=batch_size, rank=rank, world_size=world_size, full=True)
-    return {"model": evaluate(predict, model, sets, **kw),
-            "persistence": evaluate(persistence, None, sets, **kw),
-            "mean_field": evaluate(MeanField(tasks, preload_max_gb), None, sets, **kw)}
+    return {
+        "model": evaluate(predict, model, sets, **kw),
+        "persistence": evaluate(persistence, None, sets, **kw),
+        "mean_field": evaluate(MeanField(tasks, preload_max_gb), None, sets, **kw),
+    }
 
 
 def _fmt(value: Any) -> str:
@@ -47,22 +60,38 @@ def markdown(results: dict[str, dict], tasks: Sequence[TaskData], meta: dict) ->
     m = results["model"]
     lines = [f"# Evaluation: {meta.get('checkpoint', '')} on the {meta.get('split', '')} split", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
-    lines += ["", "Physical units; conditioning frames excluded; each sample weighs the same. Persistence is "
-              "not defined for steady tasks (–).", "",
-              "## Rollout nRMSE against the trivial predictors", "",
-              "| task | model | model, one step | persistence | training-mean field |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Physical units; conditioning frames excluded; each sample weighs the same. Persistence is "
+        "not defined for steady tasks (–).",
+        "",
+        "## Rollout nRMSE against the trivial predictors",
+        "",
+        "| task | model | model, one step | persistence | training-mean field |",
+        "|---|---|---|---|---|",
+    ]
     for name in [t.name for t in tasks] + ["mean"]:
-        lines.append(f"| {name} | {_fmt(m.get(f'nrmse/{name}'))} | {_fmt(m.get(f'one_step/nrmse/{name}'))} | "
-                     f"{_fmt(results['persistence'].get(f'nrmse/{name}'))} | "
-                     f"{_fmt(results['mean_field'].get(f'nrmse/{name}'))} |")
+        lines.append(
+            f"| {name} | {_fmt(m.get(f'nrmse/{name}'))} | {_fmt(m.get(f'one_step/nrmse/{name}'))} | "
+            f"{_fmt(results['persistence'].get(f'nrmse/{name}'))} | "
+            f"{_fmt(results['mean_field'].get(f'nrmse/{name}'))} |"
+        )
     for title, prefix in (("autoregressive rollout", ""), ("one step ahead", "one_step/")):
-        lines += ["", f"## Every metric of the model, {title}", "",
-                  "| task | channel | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+        lines += [
+            "",
+            f"## Every metric of the model, {title}",
+            "",
+            "| task | channel | " + " | ".join(METRICS) + " |",
+            "|---|---|" + "---|" * len(METRICS),
+        ]
         for t in tasks:
             rows = [("all", "")] + ([(c, f"/{c}") for c in t.family.channels] if t.channels > 1 else [])
             for label, suffix in rows:
-                lines.append(f"| {t.name} | {label} | " + " | ".join(
-                    _fmt(m.get(f"{prefix}{k}/{t.name}{suffix}")) for k in METRICS) + " |")
+                lines.append(
+                    f"| {t.name} | {label} | "
+                    + " | ".join(_fmt(m.get(f"{prefix}{k}/{t.name}{suffix}")) for k in METRICS)
+                    + " |"
+                )
     lines += ["", "## nRMSE against the rollout step (model)", ""]
     for t in tasks:
         curve = m.get(f"nrmse_t/{t.name}") or []
@@ -85,16 +114,18 @@ def write_tables(out_dir: str | Path, stem: str, results: dict, meta: dict, text
     return paths
 
 
-def write_results(out_dir: str | Path, stem: str, results: dict[str, dict], tasks: Sequence[TaskData],
-                  meta: dict) -> list[Path]:
+def write_results(
+    out_dir: str | Path, stem: str, results: dict[str, dict], tasks: Sequence[TaskData], meta: dict
+) -> list[Path]:
     """``<stem>.json`` (every number), ``<stem>.md`` (the tables) and, with matplotlib,
     ``<stem>_nrmse_vs_step.png`` in ``out_dir``; returns their paths."""
     paths = write_tables(out_dir, stem, results, meta, lambda m: markdown(results, tasks, m))
     try:
         from ups.evaluation.field_plots import plot_error_vs_step_variants
 
-        curves = {name: {t.name: results.get(name, {}).get(f"nrmse_t/{t.name}") or [] for t in tasks}
-                  for name in PREDICTORS}
+        curves = {
+            name: {t.name: results.get(name, {}).get(f"nrmse_t/{t.name}") or [] for t in tasks} for name in PREDICTORS
+        }
         plot = plot_error_vs_step_variants(curves, Path(out_dir) / f"{stem}_nrmse_vs_step.png")
         if plot is not None:  # None: steady tasks only
             paths.append(plot)

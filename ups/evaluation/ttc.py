@@ -7,6 +7,7 @@ boundary conditions) against the previous frame, and each sample keeps its best-
 uncorrected prediction is always a candidate, so TTC never keeps a frame that scores worse than it.
 Steady tasks keep the corrector's own prediction (it has no candidates for them).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -48,8 +49,12 @@ class TestTimeCorrection:
         cands = self.corrector.candidates(self.model, batch, self.k)  # (1 + K, B, P, C), normalised
         c = cands.shape[-1]
         prev = physical(task, batch["x"][..., -c:], "in")
-        rewards = torch.stack([physics_reward(task.family, prev, physical(task, cand, "in"), task.grid,
-                                              task.family.domain, task.dt) for cand in cands])
+        rewards = torch.stack(
+            [
+                physics_reward(task.family, prev, physical(task, cand, "in"), task.grid, task.family.domain, task.dt)
+                for cand in cands
+            ]
+        )
         best = rewards.argmax(0)  # ties go to the first: the uncorrected prediction
         chosen = cands.gather(0, best[None, :, None, None].expand(1, *cands.shape[1:]))[0]
         s = self.stats.setdefault(task.name, {"samples": 0, "kept_uncorrected": 0, "reward_gain": 0.0})

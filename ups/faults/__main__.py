@@ -11,6 +11,7 @@ optimizer steps done twice after a resume. A row passes only with no hang, no or
 file modified, on top of its own expectation. ``--pythonpath`` runs another checkout's code (the
 table before a fix). The whole table (45 rows) takes about 15 minutes on 2 cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,23 +53,45 @@ def run_one(ctx: Ctx, name: str, issue: str, expected: str, fn) -> Row:
     except Exception as err:  # noqa: BLE001 - the table reports it, the other scenarios go on
         row.ok, row.observed = False, f"harness error: {type(err).__name__}: {err}"
     row.data_changed = changed(before, data_checksums(ctx.data))
-    row.ok = (row.ok and row.exit != HUNG and not row.orphans and row.data_changed == 0)
+    row.ok = row.ok and row.exit != HUNG and not row.orphans and row.data_changed == 0
     row.notes.append(f"scenario took {time.monotonic() - start:.0f} s")
     return row
 
 
 def markdown(rows: list[Row], header: str) -> str:
     cell = lambda v: "-" if v is None else str(v).replace("|", "\\|")  # noqa: E731
-    lines = [header, "", "| # | scenario | expected | observed | exit | time to exit (s) | orphans after 30 s "
-             "| data files modified | steps redone | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        "",
+        "| # | scenario | expected | observed | exit | time to exit (s) | orphans after 30 s "
+        "| data files modified | steps redone | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
     def order(r: Row) -> tuple:  # "4", "4, 8", "19.3": by the first number, then its item; "-" last
         first = r.issue.split(",")[0].strip()
         return tuple(int(x) for x in first.split(".")) if first.replace(".", "").isdigit() else (999,)
 
     for r in sorted(rows, key=order):
-        lines.append("| " + " | ".join(cell(v) for v in (r.issue, r.scenario, r.expected, r.observed, r.exit,
-                                                            r.seconds, r.orphans, r.data_changed, r.work_lost,
-                                                            "pass" if r.ok else "FAIL")) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                cell(v)
+                for v in (
+                    r.issue,
+                    r.scenario,
+                    r.expected,
+                    r.observed,
+                    r.exit,
+                    r.seconds,
+                    r.orphans,
+                    r.data_changed,
+                    r.work_lost,
+                    "pass" if r.ok else "FAIL",
+                )
+            )
+            + " |"
+        )
     passed = sum(r.ok for r in rows)
     lines += ["", f"{passed} of {len(rows)} scenarios as expected."]
     return "\n".join(lines)
@@ -96,12 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(work, sys.executable, args.pythonpath, args.before, args.cap_s)
     code = args.pythonpath or str(Path(__file__).resolve().parents[2])
     rev = subprocess.run(["git", "-C", code, "log", "-1", "--format=%h %s"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", code, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    header = (f"`python -m ups.faults{' ' + ' '.join(argv or sys.argv[1:]) if (argv or sys.argv[1:]) else ''}` "
-              f"on {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {os.cpu_count()} CPUs, "
-              f"Python {platform.python_version()}; code: {rev.stdout.strip()[:70] or code}"
-              f"{' (with uncommitted changes)' if dirty else ''}")
+    dirty = subprocess.run(
+        ["git", "-C", code, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
+    header = (
+        f"`python -m ups.faults{' ' + ' '.join(argv or sys.argv[1:]) if (argv or sys.argv[1:]) else ''}` "
+        f"on {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}; code: {rev.stdout.strip()[:70] or code}"
+        f"{' (with uncommitted changes)' if dirty else ''}"
+    )
     print(header, flush=True)
     prepare(ctx)
     rows = []

@@ -5,6 +5,7 @@ would see (exit status, time to exit, stderr, processes left behind, data files 
 Every command runs in its own session with a marker in its environment, so its ranks can be found
 (and, after a hang, killed) without touching anything else on the machine.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,11 +22,13 @@ MARKER = "UPS_FAULTS_TAG"
 HUNG = "hung (killed at the cap)"  # the exit column of a command still running at the cap
 # Run ``ups.train`` after executing the patch in UPS_FAULTS_PATCH (a fault that needs code, e.g. an
 # out-of-memory error in backward); only the first process of a command applies it.
-_PATCHED_MAIN = ("import os, runpy, sys\n"
-                 "patch = os.environ.pop('UPS_FAULTS_PATCH', '')\n"
-                 "exec(patch)\n"
-                 "sys.argv = ['ups.train'] + sys.argv[1:]\n"
-                 "runpy.run_module('ups.train', run_name='__main__')\n")
+_PATCHED_MAIN = (
+    "import os, runpy, sys\n"
+    "patch = os.environ.pop('UPS_FAULTS_PATCH', '')\n"
+    "exec(patch)\n"
+    "sys.argv = ['ups.train'] + sys.argv[1:]\n"
+    "runpy.run_module('ups.train', run_name='__main__')\n"
+)
 
 
 @dataclass
@@ -82,13 +85,25 @@ class Ctx:
         self.reference: dict[str, dict] = {}
 
     # ----------------------------------------------------------------------------------- commands
-    def base(self, name: str, *extra: str, data: Optional[Path] = None, task: str = "burgers1d",
-             hardware: str = "cpu") -> list[str]:
+    def base(
+        self, name: str, *extra: str, data: Optional[Path] = None, task: str = "burgers1d", hardware: str = "cpu"
+    ) -> list[str]:
         """The overrides of a small single-process run into ``runs/<name>`` (40 steps, evaluated every 10)."""
-        return [f"task={task}", "model=tiny", f"hardware={hardware}", "hardware.threads=1",
-                f"paths.data_dir={data or self.data}", f"paths.output_dir={self.run_dir(name)}",
-                "trainer.max_steps=40", "trainer.eval_every=10", "trainer.steps_per_epoch=16",
-                "trainer.batch_size=8", "trainer.log_every=1", "data.eval_samples=2", *extra]
+        return [
+            f"task={task}",
+            "model=tiny",
+            f"hardware={hardware}",
+            "hardware.threads=1",
+            f"paths.data_dir={data or self.data}",
+            f"paths.output_dir={self.run_dir(name)}",
+            "trainer.max_steps=40",
+            "trainer.eval_every=10",
+            "trainer.steps_per_epoch=16",
+            "trainer.batch_size=8",
+            "trainer.log_every=1",
+            "data.eval_samples=2",
+            *extra,
+        ]
 
     def run_dir(self, name: str) -> Path:
         return self.work / "runs" / name
@@ -97,8 +112,9 @@ class Ctx:
         """``data.generate=true`` where it exists (the code before the fix generated anywhere)."""
         return [] if self.before else ["data.generate=true"]
 
-    def start(self, args: list[str], patch: str = "", module: bool = True,
-              as_plain_user: bool = False) -> subprocess.Popen:
+    def start(
+        self, args: list[str], patch: str = "", module: bool = True, as_plain_user: bool = False
+    ) -> subprocess.Popen:
         """Start ``python -m ups.train <args>`` (or ``python <args>`` with ``module=False``)."""
         self._n += 1
         tag = f"{os.getpid()}-{self._n}"
@@ -112,13 +128,25 @@ class Ctx:
         logs = self.work / "logs"
         logs.mkdir(exist_ok=True)
         with open(logs / f"{tag}.out", "w") as out, open(logs / f"{tag}.err", "w") as err:
-            proc = subprocess.Popen(cmd, cwd=self.cwd, env=full_env, stdout=out, stderr=err, start_new_session=True,
-                                    preexec_fn=_without_root_file_access if as_plain_user else None)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=self.cwd,
+                env=full_env,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=_without_root_file_access if as_plain_user else None,
+            )
         proc.ups_tag, proc.ups_logs, proc.ups_t0 = tag, logs / tag, time.monotonic()  # type: ignore[attr-defined]
         return proc
 
-    def finish(self, proc: subprocess.Popen, since: Optional[float] = None, cap_s: Optional[float] = None,
-               orphan_wait_s: float = 30.0) -> Proc:
+    def finish(
+        self,
+        proc: subprocess.Popen,
+        since: Optional[float] = None,
+        cap_s: Optional[float] = None,
+        orphan_wait_s: float = 30.0,
+    ) -> Proc:
         """Wait for ``proc`` (at most the cap, then kill its whole session: a hang) and count its orphans.
         The time to exit counts from ``since`` (the injected fault) or from the start."""
         start = proc.ups_t0 if since is None else since  # type: ignore[attr-defined]
@@ -184,8 +212,11 @@ def final(run_dir: Path) -> dict:
             by_step[(r["kind"], r["step"])] = r
     train = [v for (k, _), v in sorted(by_step.items()) if k == "train"]
     val = [v for (k, _), v in sorted(by_step.items()) if k == "eval"]
-    return {"step": train[-1]["step"] if train else None, "loss": train[-1]["loss"] if train else None,
-            "val": val[-1].get("nrmse/mean") if val else None}
+    return {
+        "step": train[-1]["step"] if train else None,
+        "loss": train[-1]["loss"] if train else None,
+        "val": val[-1].get("nrmse/mean") if val else None,
+    }
 
 
 def epoch_line(stdout: str) -> Optional[str]:
@@ -196,8 +227,7 @@ def epoch_line(stdout: str) -> Optional[str]:
 def checkpoints(run_dir: Path) -> list[Path]:
     """Complete step checkpoints, oldest first (any stage folder, or the flat layout of older runs)."""
     root = Path(run_dir) / "checkpoints"
-    return sorted((p for p in root.rglob("step_*") if p.is_dir() and not p.name.startswith(".")),
-                  key=lambda p: p.name)
+    return sorted((p for p in root.rglob("step_*") if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
 def data_checksums(data_dir: Path) -> dict[str, str]:

@@ -5,6 +5,7 @@ or cut under a run, a batch that cannot fit, ``best`` after a full disk, a refus
 Their first column reads ``19.<item>``. Scenarios that change data files do so in a copy of the
 data directory of their own, so the table's "data files modified" column stays about the user's data.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,12 @@ def plant_trap(folder: Path, marker: Path, keep_checksums: bool) -> None:
         sums.unlink(missing_ok=True)
 
 
-@scenario("booby-trapped-checkpoint", "19.1", "a .metadata pickle that runs a command: resume and ups.evaluate refuse "
-          "it in one paragraph, with checksums recomputed or deleted; the command never runs")
+@scenario(
+    "booby-trapped-checkpoint",
+    "19.1",
+    "a .metadata pickle that runs a command: resume and ups.evaluate refuse "
+    "it in one paragraph, with checksums recomputed or deleted; the command never runs",
+)
 def booby_trap(ctx: Ctx, row: Row) -> None:
     name = "booby-trap"
     args, first = _fresh(ctx, name)
@@ -94,13 +99,22 @@ def booby_trap(ctx: Ctx, row: Row) -> None:
 # --------------------------------------------------------------------------------- 2: data replaced on resume
 def _synthetic(ctx: Ctx, out: Path, seed: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    subprocess.run([ctx.python, "-m", "ups.data.synth", "tasks=burgers1d", f"out={out}", f"seed={seed}"], cwd=ctx.cwd,
-                   env=ctx.env, capture_output=True, check=True)
+    subprocess.run(
+        [ctx.python, "-m", "ups.data.synth", "tasks=burgers1d", f"out={out}", f"seed={seed}"],
+        cwd=ctx.cwd,
+        env=ctx.env,
+        capture_output=True,
+        check=True,
+    )
     return out / BURGERS
 
 
-@scenario("data-replaced-on-resume", "19.2", "kill -9 at step 20, another file (seed 7) copied over the data: the "
-          "rerun refuses with both fingerprints and trainer.allow_data_change")
+@scenario(
+    "data-replaced-on-resume",
+    "19.2",
+    "kill -9 at step 20, another file (seed 7) copied over the data: the "
+    "rerun refuses with both fingerprints and trainer.allow_data_change",
+)
 def data_replaced(ctx: Ctx, row: Row) -> None:
     name = "data-replaced"
     data = _own_data(ctx, name)
@@ -120,8 +134,12 @@ def data_replaced(ctx: Ctx, row: Row) -> None:
 
 
 # ------------------------------------------------------------------------------------ 3: data cut under a run
-@scenario("data-truncated-mid-run", "19.3", "the data file cut to 4 MB at step 10 (lazy reads): the run stops with a "
-          "data error naming the file; no checkpoint after the cut, no best or final from it")
+@scenario(
+    "data-truncated-mid-run",
+    "19.3",
+    "the data file cut to 4 MB at step 10 (lazy reads): the run stops with a "
+    "data error naming the file; no checkpoint after the cut, no best or final from it",
+)
 def data_truncated(ctx: Ctx, row: Row) -> None:
     name = "data-truncated"
     data = _own_data(ctx, name)
@@ -136,14 +154,20 @@ def data_truncated(ctx: Ctx, row: Row) -> None:
     root = run_dir / "checkpoints" / "operator"
     steps = [json.loads((q / "meta.json").read_text())["step"] for q in root.glob("*") if (q / "meta.json").exists()]
     worst = max((r.get("nrmse/mean", 0) for r in records(run_dir) if r.get("kind") == "eval"), default=0)
-    row.observed += (f"; cut at step {cut_at}, newest checkpoint step {max(steps, default=0)}, final "
-                     f"{'SAVED' if (root / 'final').exists() else 'absent'}, worst val nRMSE {worst:.3g}")
+    row.observed += (
+        f"; cut at step {cut_at}, newest checkpoint step {max(steps, default=0)}, final "
+        f"{'SAVED' if (root / 'final').exists() else 'absent'}, worst val nRMSE {worst:.3g}"
+    )
     row.ok = row.ok and not (root / "final").exists() and max(steps, default=0) <= cut_at + 10 and worst < 1e3
 
 
 # ------------------------------------------------------------------------------------------ 4: batch too big
-@scenario("batch-cannot-fit", "19.4", "trainer.batch_size=1000000: refused before the first step with the estimate, "
-          "the memory available and python -m ups.tune")
+@scenario(
+    "batch-cannot-fit",
+    "19.4",
+    "trainer.batch_size=1000000: refused before the first step with the estimate, "
+    "the memory available and python -m ups.tune",
+)
 def batch_too_big(ctx: Ctx, row: Row) -> None:
     p = ctx.train(ctx.base("batch-too-big", "trainer.batch_size=1000000"), cap_s=120)
     expect_error(row, p, "ups.tune", "GB")
@@ -151,8 +175,12 @@ def batch_too_big(ctx: Ctx, row: Row) -> None:
 
 
 # ------------------------------------------------------------------------------------ 5: best after a full disk
-@scenario("best-after-full-disk", "19.5", "the copy to best fails at step 10 on a 2 MiB tmpfs; with more space the "
-          "rerun ends with a complete best/, no temporary folder, and ups.evaluate works")
+@scenario(
+    "best-after-full-disk",
+    "19.5",
+    "the copy to best fails at step 10 on a 2 MiB tmpfs; with more space the "
+    "rerun ends with a complete best/, no temporary folder, and ups.evaluate works",
+)
 def best_after_full_disk(ctx: Ctx, row: Row) -> None:
     mount = ctx.work / "small-disk"
     mount.mkdir(exist_ok=True)
@@ -173,20 +201,36 @@ def best_after_full_disk(ctx: Ctx, row: Row) -> None:
         root = mount / "run" / "checkpoints" / "operator"
         left = sorted(q.name for q in root.glob(".*"))
         ev = _evaluate(ctx, f"run={mount / 'run'}")
-        row.exit, row.seconds, row.orphans = f"{exit_of(full)}, rerun {exit_of(again)}", round(again.seconds, 1), \
-            again.orphans
-        row.observed = (f"full disk: {message_of(full, 60)}; rerun exit {exit_of(again)}, best/ "
-                        f"{'complete' if (root / 'best' / 'COMPLETE').exists() else 'MISSING'}, leftovers "
-                        f"{left or 'none'}; ups.evaluate exit {exit_of(ev)}")
-        row.ok = (full.rc == 1 and "No space left" in full.stderr and ".best.tmp" in full.stderr and again.rc == 0 and
-                  (root / "best" / "COMPLETE").exists() and not left and ev.rc == 0)
+        row.exit, row.seconds, row.orphans = (
+            f"{exit_of(full)}, rerun {exit_of(again)}",
+            round(again.seconds, 1),
+            again.orphans,
+        )
+        row.observed = (
+            f"full disk: {message_of(full, 60)}; rerun exit {exit_of(again)}, best/ "
+            f"{'complete' if (root / 'best' / 'COMPLETE').exists() else 'MISSING'}, leftovers "
+            f"{left or 'none'}; ups.evaluate exit {exit_of(ev)}"
+        )
+        row.ok = (
+            full.rc == 1
+            and "No space left" in full.stderr
+            and ".best.tmp" in full.stderr
+            and again.rc == 0
+            and (root / "best" / "COMPLETE").exists()
+            and not left
+            and ev.rc == 0
+        )
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 # ------------------------------------------------------------------------- 6, 7: reruns into an existing run
-@scenario("refused-rerun-keeps-config", "19.6", "a rerun with model=small is refused naming the differing settings "
-          "(old -> new); config.yaml is unchanged and ups.evaluate still works")
+@scenario(
+    "refused-rerun-keeps-config",
+    "19.6",
+    "a rerun with model=small is refused naming the differing settings "
+    "(old -> new); config.yaml is unchanged and ups.evaluate still works",
+)
 def refused_rerun(ctx: Ctx, row: Row) -> None:
     name = "refused-rerun"
     args, first = _fresh(ctx, name)
@@ -200,8 +244,12 @@ def refused_rerun(ctx: Ctx, row: Row) -> None:
     row.ok = row.ok and first.rc == 0 and kept and ev.rc == 0
 
 
-@scenario("resume-false-on-a-run", "19.7", "trainer.resume=false on a finished run is refused naming "
-          "trainer.overwrite; with it the run starts clean (no step logged twice)")
+@scenario(
+    "resume-false-on-a-run",
+    "19.7",
+    "trainer.resume=false on a finished run is refused naming "
+    "trainer.overwrite; with it the run starts clean (no step logged twice)",
+)
 def resume_false(ctx: Ctx, row: Row) -> None:
     name = "resume-false"
     args, first = _fresh(ctx, name)
@@ -213,8 +261,10 @@ def resume_false(ctx: Ctx, row: Row) -> None:
     kept = (_sha(final), _sha(run_dir / "metrics.jsonl")) == before
     again = ctx.train(args + ["trainer.seed=5", "trainer.resume=false", "trainer.overwrite=true"])
     twice = redone_steps(run_dir)
-    row.observed += (f"; the run {'unchanged' if kept else 'CHANGED'}; with trainer.overwrite=true exit "
-                     f"{exit_of(again)}, {twice} steps logged twice")
+    row.observed += (
+        f"; the run {'unchanged' if kept else 'CHANGED'}; with trainer.overwrite=true exit "
+        f"{exit_of(again)}, {twice} steps logged twice"
+    )
     row.ok = row.ok and first.rc == 0 and kept and again.rc == 0 and twice == 0
 
 
@@ -249,10 +299,17 @@ def _signal_in_closing_eval(ctx: Ctx, row: Row, sig: int, want: int) -> None:
     short, n = p.paragraph()
     again = ctx.train(args)
     evaluated = (run_dir / "eval" / "final_test.json").exists()
-    row.exit, row.seconds, row.orphans, row.work_lost = exit_of(p), round(p.seconds, 1), p.orphans, redone_steps(run_dir)
-    row.observed = (f"exit {row.exit} {p.seconds:.1f} s after the signal: {message_of(p, 70)} [{n} stderr lines]; "
-                    f"rerun exit {exit_of(again)}, {row.work_lost} steps redone, evaluation "
-                    f"{'written' if evaluated else 'MISSING'}")
+    row.exit, row.seconds, row.orphans, row.work_lost = (
+        exit_of(p),
+        round(p.seconds, 1),
+        p.orphans,
+        redone_steps(run_dir),
+    )
+    row.observed = (
+        f"exit {row.exit} {p.seconds:.1f} s after the signal: {message_of(p, 70)} [{n} stderr lines]; "
+        f"rerun exit {exit_of(again)}, {row.work_lost} steps redone, evaluation "
+        f"{'written' if evaluated else 'MISSING'}"
+    )
     row.ok = p.rc == want and short and again.rc == 0 and row.work_lost == 0 and evaluated
 
 

@@ -8,6 +8,7 @@ single-process rerun is also compared with an uninterrupted run of the same comm
 last validation nRMSE and epoch-mean losses must be bit-identical, which they are only if the
 checkpoint it resumed from was complete and intact.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,9 +33,17 @@ def redone_steps(run_dir: Path) -> int:
     return len(steps) - len(set(steps))
 
 
-def interrupt_and_resume(ctx: Ctx, row: Row, name: str, fault: Callable[[subprocess.Popen], None], *extra: str,
-                         at_step: int = 25, damage: Optional[Callable[[Path], str]] = None,
-                         max_lost: Optional[int] = INTERVAL, want_rc: Optional[int] = None) -> Optional[Proc]:
+def interrupt_and_resume(
+    ctx: Ctx,
+    row: Row,
+    name: str,
+    fault: Callable[[subprocess.Popen], None],
+    *extra: str,
+    at_step: int = 25,
+    damage: Optional[Callable[[Path], str]] = None,
+    max_lost: Optional[int] = INTERVAL,
+    want_rc: Optional[int] = None,
+) -> Optional[Proc]:
     """Start ``base(name)``, apply ``fault`` once step ``at_step`` is logged, optionally damage the
     checkpoints, rerun the same command, and judge exit, lost work and (single process) identity.
     Returns what the interrupted command showed."""
@@ -55,8 +64,10 @@ def interrupt_and_resume(ctx: Ctx, row: Row, name: str, fault: Callable[[subproc
     again = ctx.train(args)
     row.work_lost = redone_steps(run_dir)
     warned = [ln for ln in again.stderr.splitlines() if "WARNING" in ln and "checkpoint" in ln.lower()]
-    row.observed = (f"exit {row.exit} {p.seconds:.1f} s after the fault at step {done}; rerun exit {exit_of(again)}, "
-                    f"{row.work_lost} steps redone")
+    row.observed = (
+        f"exit {row.exit} {p.seconds:.1f} s after the fault at step {done}; rerun exit {exit_of(again)}, "
+        f"{row.work_lost} steps redone"
+    )
     if warned:
         row.observed += f"; warned: {warned[0].split(' - ', 1)[-1][:90]}"
     ok = again.rc == 0 and (want_rc is None or p.rc == want_rc) and not p.hung
@@ -66,9 +77,12 @@ def interrupt_and_resume(ctx: Ctx, row: Row, name: str, fault: Callable[[subproc
         ref = ctx.reference_of("single")
         same = final(run_dir) == {k: ref[k] for k in ("step", "loss", "val")}
         same_epochs = epoch_line(again.stdout) == ref["epoch_line"]
-        row.observed += ("; identical to an uninterrupted run" if same and same_epochs else
-                         f"; DIFFERS from an uninterrupted run (final {'same' if same else 'differs'}, "
-                         f"epoch means {'same' if same_epochs else 'differ'})")
+        row.observed += (
+            "; identical to an uninterrupted run"
+            if same and same_epochs
+            else f"; DIFFERS from an uninterrupted run (final {'same' if same else 'differs'}, "
+            f"epoch means {'same' if same_epochs else 'differ'})"
+        )
         ok = ok and same and same_epochs
     row.ok, row.notes = ok, row.notes + notes
     return p
@@ -77,12 +91,17 @@ def interrupt_and_resume(ctx: Ctx, row: Row, name: str, fault: Callable[[subproc
 def _signal(sig: int, group: bool = False) -> Callable[[subprocess.Popen], None]:
     def send(proc: subprocess.Popen) -> None:
         (os.killpg if group else os.kill)(proc.pid, sig)  # a terminal's Ctrl-C reaches the whole group
+
     return send
 
 
 # ----------------------------------------------------------------------------------------- kills
-@scenario("kill-9-mid-epoch", "14, kill", f"rerun resumes from the newest checkpoint (<= {INTERVAL} steps redone); "
-          "final loss, val nRMSE and epoch means identical to an uninterrupted run")
+@scenario(
+    "kill-9-mid-epoch",
+    "14, kill",
+    f"rerun resumes from the newest checkpoint (<= {INTERVAL} steps redone); "
+    "final loss, val nRMSE and epoch means identical to an uninterrupted run",
+)
 def kill_single(ctx: Ctx, row: Row) -> None:
     # after the step-10 checkpoint, inside the first epoch (16 steps): the rerun's first epoch is cut
     interrupt_and_resume(ctx, row, "kill-9", _signal(signal.SIGKILL), at_step=12)
@@ -103,8 +122,11 @@ os.rename, os.replace = _die_on_4th(_rename), _die_on_4th(_replace)
 """
 
 
-@scenario("kill-9-inside-a-checkpoint-save", "4, 8", "no torn checkpoint loaded: the rerun is identical to an "
-          "uninterrupted run")
+@scenario(
+    "kill-9-inside-a-checkpoint-save",
+    "4, 8",
+    "no torn checkpoint loaded: the rerun is identical to an uninterrupted run",
+)
 def kill_in_save(ctx: Ctx, row: Row) -> None:
     name = "kill-in-save"
     shutil.rmtree(ctx.run_dir(name), ignore_errors=True)
@@ -115,8 +137,10 @@ def kill_in_save(ctx: Ctx, row: Row) -> None:
     ref = ctx.reference_of("single")
     same = final(ctx.run_dir(name)) == {k: ref[k] for k in ("step", "loss", "val")}
     row.work_lost = redone_steps(ctx.run_dir(name))
-    row.observed = (f"killed in a save at step {done} (exit {row.exit}); rerun exit {exit_of(again)}, "
-                    f"{row.work_lost} steps redone, {'identical to' if same else 'DIFFERS from'} an uninterrupted run")
+    row.observed = (
+        f"killed in a save at step {done} (exit {row.exit}); rerun exit {exit_of(again)}, "
+        f"{row.work_lost} steps redone, {'identical to' if same else 'DIFFERS from'} an uninterrupted run"
+    )
     if again.rc != 0:
         row.observed += f": {message_of(again, 80)}"
     row.ok = p.rc == 137 and again.rc == 0 and same and row.work_lost <= INTERVAL
@@ -144,24 +168,31 @@ def kill_launcher(ctx: Ctx, row: Row) -> None:
         os.kill(pid, signal.SIGKILL)
     again = ctx.train(args)
     row.exit, row.work_lost = f"-9, rerun {exit_of(again)}", redone_steps(run_dir)
-    row.observed = (f"ranks gone {row.seconds} s after the launcher; rerun exit {exit_of(again)}, "
-                    f"{row.work_lost} steps redone")
+    row.observed = (
+        f"ranks gone {row.seconds} s after the launcher; rerun exit {exit_of(again)}, {row.work_lost} steps redone"
+    )
     row.ok = row.seconds < 30 and again.rc == 0 and row.work_lost <= INTERVAL
 
 
-@scenario("rank-crash-ddp2-restart", "-", f"the launcher restarts both ranks from the newest checkpoint "
-          f"(<= {INTERVAL} steps redone) and the run finishes")
+@scenario(
+    "rank-crash-ddp2-restart",
+    "-",
+    f"the launcher restarts both ranks from the newest checkpoint (<= {INTERVAL} steps redone) and the run finishes",
+)
 def rank_crash(ctx: Ctx, row: Row) -> None:
     name = "rank-crash"
     shutil.rmtree(ctx.run_dir(name), ignore_errors=True)
-    p = ctx.train(ctx.base(name, "parallelism=ddp2", "parallelism.max_restarts=1", "faults.crash_rank=1",
-                           "faults.crash_step=15"))
+    p = ctx.train(
+        ctx.base(name, "parallelism=ddp2", "parallelism.max_restarts=1", "faults.crash_rank=1", "faults.crash_step=15")
+    )
     row.exit, row.seconds, row.orphans = exit_of(p), round(p.seconds, 1), p.orphans
     row.work_lost = redone_steps(ctx.run_dir(name))
     log = ctx.run_dir(name) / "train.log"
     restart_logged = log.exists() and "restart" in log.read_text().lower()
-    row.observed = (f"exit {row.exit}, {row.work_lost} steps redone; the restart is "
-                    f"{'in' if restart_logged else 'NOT in'} the run's train.log")
+    row.observed = (
+        f"exit {row.exit}, {row.work_lost} steps redone; the restart is "
+        f"{'in' if restart_logged else 'NOT in'} the run's train.log"
+    )
     row.issue = "12"  # launcher events in the run directory's train.log
     row.ok = p.rc == 0 and row.work_lost <= INTERVAL and restart_logged
 
@@ -179,19 +210,29 @@ def ctrl_c(ctx: Ctx, row: Row) -> None:
 
 @scenario("sigusr2-ddp2-launcher", "9", "SLURM's warning: exit 140 with one line; checkpoint, nothing redone")
 def sigusr2(ctx: Ctx, row: Row) -> None:
-    interrupt_and_resume(ctx, row, "sigusr2", _signal(signal.SIGUSR2), "parallelism=ddp2", at_step=15,
-                         max_lost=0, want_rc=140)
+    interrupt_and_resume(
+        ctx, row, "sigusr2", _signal(signal.SIGUSR2), "parallelism=ddp2", at_step=15, max_lost=0, want_rc=140
+    )
 
 
 @scenario("ctrl-c-ddp2", "7, 9", "exit 130 within seconds (not after the exit barrier's timeout); nothing redone")
 def ctrl_c_ddp(ctx: Ctx, row: Row) -> None:
-    interrupt_and_resume(ctx, row, "ctrl-c-ddp2", _signal(signal.SIGINT, group=True), "parallelism=ddp2",
-                         at_step=15, max_lost=0, want_rc=130)
+    interrupt_and_resume(
+        ctx,
+        row,
+        "ctrl-c-ddp2",
+        _signal(signal.SIGINT, group=True),
+        "parallelism=ddp2",
+        at_step=15,
+        max_lost=0,
+        want_rc=130,
+    )
     row.ok = row.ok and (row.seconds or 99) < 10
 
 
-@scenario("second-ctrl-c", "9", "the second Ctrl-C exits at once, without a checkpoint; rerun resumes from the "
-          "newest one")
+@scenario(
+    "second-ctrl-c", "9", "the second Ctrl-C exits at once, without a checkpoint; rerun resumes from the newest one"
+)
 def second_ctrl_c(ctx: Ctx, row: Row) -> None:
     def twice(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGINT)
@@ -233,8 +274,12 @@ def _bad_meta(run_dir: Path) -> str:
     return f"garbled {meta.relative_to(run_dir)}"
 
 
-@scenario("checkpoint-bit-flip", "4", "the damaged newest checkpoint is skipped with a warning naming the file; "
-          "the older one is used; rerun identical to an uninterrupted run")
+@scenario(
+    "checkpoint-bit-flip",
+    "4",
+    "the damaged newest checkpoint is skipped with a warning naming the file; "
+    "the older one is used; rerun identical to an uninterrupted run",
+)
 def bit_flip(ctx: Ctx, row: Row) -> None:
     interrupt_and_resume(ctx, row, "bit-flip", _signal(signal.SIGKILL), at_step=33, damage=_flip_bit, max_lost=None)
 

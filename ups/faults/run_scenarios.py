@@ -2,6 +2,7 @@
 torchrun, per-task losses across ranks and PDEBench's test split. They follow the resume scenarios
 in the table (``python -m ups.faults`` imports this module after ``resume_scenarios``).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,12 +30,21 @@ def two_runs(ctx: Ctx, row: Row) -> None:
     row.ok = row.ok and p1.rc == 143
 
 
-@scenario("torchrun-logging", "12", "INFO once (rank 0): one validation line per evaluation in the console and train.log")
+@scenario(
+    "torchrun-logging", "12", "INFO once (rank 0): one validation line per evaluation in the console and train.log"
+)
 def torchrun_logging(ctx: Ctx, row: Row) -> None:
     name = "torchrun"
     shutil.rmtree(ctx.run_dir(name), ignore_errors=True)
-    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ups.train",
-            *ctx.base(name, "parallelism=ddp2", "trainer.max_steps=20")]
+    args = [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ups.train",
+        *ctx.base(name, "parallelism=ddp2", "trainer.max_steps=20"),
+    ]
     p = ctx.finish(ctx.start(args, module=False))
     log = ctx.run_dir(name) / "train.log"
     in_log = log.read_text().count("val nRMSE burgers1d=") if log.exists() else 0
@@ -67,10 +77,8 @@ def per_task_loss(ctx: Ctx, row: Row) -> None:
 
 @scenario("group-file-test-split-n48", "15", "PDEBench's rule: N - int(0.9 N) = 5 test groups of 48")
 def group_split(ctx: Ctx, row: Row) -> None:
-    code = ("from ups.data.tasks import split_indices; "
-            "print(len(split_indices(48, 'group', 0.1, 0.1)['test']))")
+    code = "from ups.data.tasks import split_indices; print(len(split_indices(48, 'group', 0.1, 0.1)['test']))"
     out = subprocess.run([ctx.python, "-c", code], cwd=ctx.cwd, env=ctx.env, capture_output=True, text=True)
     n = out.stdout.strip()
     row.exit, row.observed = str(out.returncode), f"{n or out.stderr.strip()[-80:]} test groups of 48"
     row.ok = n == "5"
-

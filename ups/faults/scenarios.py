@@ -5,6 +5,7 @@ A scenario runs real ``python -m ups.train`` commands through :class:`~ups.fault
 fills one :class:`~ups.faults.harness.Row`: what a user would see, and whether that is what UPS
 promises in ``docs/reliability.md``.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,11 @@ SCENARIOS: list[tuple[str, str, str, Callable[[Ctx, Row], None]]] = []
 
 def scenario(name: str, issue: str, expected: str):
     """Register ``fn(ctx, row)`` as a scenario of the table."""
+
     def wrap(fn: Callable[[Ctx, Row], None]) -> Callable[[Ctx, Row], None]:
         SCENARIOS.append((name, issue, expected, fn))
         return fn
+
     return wrap
 
 
@@ -34,8 +37,11 @@ def exit_of(p: Proc) -> str:
 def message_of(p: Proc, width: int = 110) -> str:
     """The line of stderr that says what happened, cut to ``width``."""
     # the message itself, not the library warnings or torch's own log lines ("W1202 03:22:45 ...") around it
-    lines = [ln.strip() for ln in p.stderr.splitlines()
-             if ln.strip() and "Warning" not in ln and not re.match(r"[WIE]\d{4} ", ln)]
+    lines = [
+        ln.strip()
+        for ln in p.stderr.splitlines()
+        if ln.strip() and "Warning" not in ln and not re.match(r"[WIE]\d{4} ", ln)
+    ]
     # after a traceback the exception itself, on the last line, says what happened
     tb = any(ln.startswith(("Traceback", "Error executing job")) for ln in lines)
     text = (lines[-1] if tb else lines[0]) if lines else "(no stderr)"
@@ -58,10 +64,13 @@ def expect_error(row: Row, p: Proc, *needles: str) -> None:
 
 
 # ------------------------------------------------------------------------------- step failures
-@scenario("fsdp2-oom-one-rank", "1", "the job stops within seconds (no agreed skip is possible mid-forward), one paragraph")
+@scenario(
+    "fsdp2-oom-one-rank", "1", "the job stops within seconds (no agreed skip is possible mid-forward), one paragraph"
+)
 def fsdp2_oom(ctx: Ctx, row: Row) -> None:
-    p = ctx.train(ctx.base("fsdp2-oom", "parallelism=fsdp2_2", "trainer.max_steps=10", "faults.oom_rank=0",
-                           "faults.oom_step=3"))
+    p = ctx.train(
+        ctx.base("fsdp2-oom", "parallelism=fsdp2_2", "trainer.max_steps=10", "faults.oom_rank=0", "faults.oom_step=3")
+    )
     _record(row, p)
     n = len([ln for ln in p.stderr.splitlines() if ln.strip()])
     row.observed = f"exit {row.exit} after {p.seconds:.0f} s: {message_of(p, 70)} [{n} stderr lines]"
@@ -70,8 +79,9 @@ def fsdp2_oom(ctx: Ctx, row: Row) -> None:
 
 @scenario("ddp2-oom-one-rank", "-", "both ranks skip the step together and the run finishes")
 def ddp2_oom(ctx: Ctx, row: Row) -> None:
-    p = ctx.train(ctx.base("ddp2-oom", "parallelism=ddp2", "trainer.max_steps=10", "faults.oom_rank=1",
-                           "faults.oom_step=3"))
+    p = ctx.train(
+        ctx.base("ddp2-oom", "parallelism=ddp2", "trainer.max_steps=10", "faults.oom_rank=1", "faults.oom_step=3")
+    )
     _record(row, p)
     skipped = max((r.get("skipped_steps", 0) for r in records(ctx.run_dir("ddp2-oom"))), default=0)
     row.observed = f"exit {row.exit}, {skipped} step skipped, {last_step(ctx.run_dir('ddp2-oom'))} steps done"
@@ -114,13 +124,13 @@ def cpu_oom(ctx: Ctx, row: Row) -> None:
     p = ctx.train(ctx.base("cpu-oom", "trainer.max_steps=10"), patch=_CPU_OOM)
     _record(row, p)
     skipped = max((r.get("skipped_steps", 0) for r in records(ctx.run_dir("cpu-oom"))), default=0)
-    row.observed = (f"exit {row.exit}, {skipped} step skipped" if p.rc == 0 else
-                    f"exit {row.exit}: {message_of(p, 80)}")
+    row.observed = f"exit {row.exit}, {skipped} step skipped" if p.rc == 0 else f"exit {row.exit}: {message_of(p, 80)}"
     row.ok = p.rc == 0 and skipped == 1
 
 
-@scenario("oom-in-backward", "16", "one paragraph (stop: other ranks may be inside the gradient all-reduce); "
-          "rerun resumes")
+@scenario(
+    "oom-in-backward", "16", "one paragraph (stop: other ranks may be inside the gradient all-reduce); rerun resumes"
+)
 def backward_oom(ctx: Ctx, row: Row) -> None:
     p = ctx.train(ctx.base("backward-oom"), patch=_BACKWARD_OOM)
     expect_error(row, p, "out of memory in backward")
@@ -159,8 +169,9 @@ def mistyped_dir(ctx: Ctx, row: Row) -> None:
 def concurrent_generation(ctx: Ctx, row: Row) -> None:
     shared = ctx.work / "data-generated-twice"
     shutil.rmtree(shared, ignore_errors=True)
-    procs = [ctx.start(ctx.base(f"generate-{i}", *ctx.generate_flag(), "trainer.max_steps=5", data=shared))
-             for i in range(2)]
+    procs = [
+        ctx.start(ctx.base(f"generate-{i}", *ctx.generate_flag(), "trainer.max_steps=5", data=shared)) for i in range(2)
+    ]
     done = [ctx.finish(q) for q in procs]
     row.exit = ", ".join(exit_of(p) for p in done)
     row.seconds, row.orphans = round(max(p.seconds for p in done), 1), sum(p.orphans for p in done)
@@ -244,12 +255,14 @@ _CONFIG_ERRORS = [
 def _config_error(override: str, needles: tuple[str, ...]) -> Callable[[Ctx, Row], None]:
     def check(ctx: Ctx, row: Row) -> None:
         expect_error(row, ctx.train(ctx.base(row.scenario, override)), *needles)
+
     return check
 
 
 for _name, _issue, _override, _needles in _CONFIG_ERRORS:
     scenario(_name, _issue, f"config error naming {' and '.join(_needles)}, before any work")(
-        _config_error(_override, _needles))
+        _config_error(_override, _needles)
+    )
 
 
 @scenario("ddp4-on-a-cpu-machine", "10", "one paragraph; the advice is a parallelism that exists (not ddp0)")

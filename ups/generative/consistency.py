@@ -9,6 +9,7 @@ parametrisation ``f = c_skip x + c_out F`` with ``c_skip(sigma_min) = 1, c_out(s
 makes ``f`` the identity at ``sigma_min``; it matches EDM's preconditioning away from it, so a
 student initialised from the teacher starts as the teacher's one-step denoiser.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,9 +32,9 @@ class ConsistencyDistillation:
         """f(x, sigma) for sigma of shape (B,): the student's estimate of the trajectory's origin."""
         e, s = self.edm, _expand(sigma, x)
         sd, smin = e.sigma_data, e.sigma_min
-        c_skip = sd ** 2 / ((s - smin) ** 2 + sd ** 2)
-        c_out = (s - smin) * sd / (s ** 2 + sd ** 2).sqrt()
-        c_in = 1 / (s ** 2 + sd ** 2).sqrt()
+        c_skip = sd**2 / ((s - smin) ** 2 + sd**2)
+        c_out = (s - smin) * sd / (s**2 + sd**2).sqrt()
+        c_in = 1 / (s**2 + sd**2).sqrt()
         out = net((c_in * x).to(x.dtype), (sigma.log() / 4).to(x.dtype), **cond)
         return c_skip * x + c_out * out.to(x.dtype)
 
@@ -53,8 +54,14 @@ class ConsistencyDistillation:
         pred = self.consistency(student, x_hi, t_hi, **cond)
         return ((pred.float() - target.float()) ** 2).mean()
 
-    def sample(self, net: Net, noise: Tensor, sigmas: Sequence[float] = (), generator: torch.Generator | None = None,
-               **cond: Any) -> Tensor:
+    def sample(
+        self,
+        net: Net,
+        noise: Tensor,
+        sigmas: Sequence[float] = (),
+        generator: torch.Generator | None = None,
+        **cond: Any,
+    ) -> Tensor:
         """Multistep consistency sampling: jump from ``noise * sigma_max`` to an origin estimate, then
         re-noise to each further level in ``sigmas`` (descending) and jump again; one evaluation per
         level, so ``sigmas=()`` is the one-step sampler. Re-noising draws from ``generator``."""
@@ -63,5 +70,5 @@ class ConsistencyDistillation:
         out = self.consistency(net, noise * e.sigma_max, full(e.sigma_max), **cond)
         for s in sigmas:
             z = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
-            out = self.consistency(net, out + (s ** 2 - e.sigma_min ** 2) ** 0.5 * z, full(s), **cond)
+            out = self.consistency(net, out + (s**2 - e.sigma_min**2) ** 0.5 * z, full(s), **cond)
         return out

@@ -6,6 +6,7 @@ that keeps F's inputs and targets at unit variance for every noise level; traini
 integrates the probability-flow ODE with Heun's method on the ``rho = 7`` schedule, which costs
 ``2 * steps - 1`` network evaluations.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,9 +43,9 @@ class EDM:
     def denoise(self, net: Net, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
         """D(x; sigma): the network's estimate of the clean sample, for sigma of shape (B,)."""
         s, sd = _expand(sigma, x), self.sigma_data
-        c_skip = sd ** 2 / (s ** 2 + sd ** 2)
-        c_out = s * sd / (s ** 2 + sd ** 2).sqrt()
-        c_in = 1 / (s ** 2 + sd ** 2).sqrt()
+        c_skip = sd**2 / (s**2 + sd**2)
+        c_out = s * sd / (s**2 + sd**2).sqrt()
+        c_in = 1 / (s**2 + sd**2).sqrt()
         out = net((c_in * x).to(x.dtype), (sigma.log() / 4).to(x.dtype), **cond)
         return c_skip * x + c_out * out.to(x.dtype)
 
@@ -52,7 +53,7 @@ class EDM:
         """The weighted denoising loss, a scalar; noise levels and noise come from torch's RNG."""
         sigma = (torch.randn(x0.shape[0], device=x0.device) * self.p_std + self.p_mean).exp()
         s, sd = _expand(sigma, x0), self.sigma_data
-        weight = (s ** 2 + sd ** 2) / (s * sd) ** 2
+        weight = (s**2 + sd**2) / (s * sd) ** 2
         denoised = self.denoise(net, x0 + torch.randn_like(x0) * s, sigma, **cond)
         return (weight * (denoised.float() - x0.float()) ** 2).mean()
 
@@ -60,8 +61,11 @@ class EDM:
         """The ``steps`` noise levels from sigma_max down to sigma_min, then 0 (``steps + 1`` values)."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        ramp = torch.linspace(0, 1, steps, device=device, dtype=torch.float64) if steps > 1 else \
-            torch.zeros(1, device=device, dtype=torch.float64)
+        ramp = (
+            torch.linspace(0, 1, steps, device=device, dtype=torch.float64)
+            if steps > 1
+            else torch.zeros(1, device=device, dtype=torch.float64)
+        )
         lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
         s = (hi + ramp * (lo - hi)) ** self.rho
         return torch.cat([s, s.new_zeros(1)]).float()

@@ -4,6 +4,7 @@ Scans the folders for run directories (single runs, multirun jobs, ``launch/comp
 ``rows.py``), merges the rows training appended to any leaderboard folder among them
 (``leaderboard.path``), and writes ``leaderboard.md`` and ``leaderboard.csv`` into ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ups.leaderboard", description=__doc__.split("\n")[0])
     parser.add_argument("dirs", nargs="+", help="folders to scan, e.g. outputs multirun compare")
-    parser.add_argument("--out", type=Path, default=Path("leaderboard"), help="where the tables go (default: leaderboard/)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("leaderboard"), help="where the tables go (default: leaderboard/)"
+    )
     parser.add_argument("--wandb", metavar="PROJECT", help="also log the tables to a new W&B run in PROJECT")
     args = parser.parse_args(argv)
     from ups.leaderboard.rows import rows_of

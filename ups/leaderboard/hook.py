@@ -1,5 +1,6 @@
 """What a finished training run does for the leaderboard (``leaderboard.path``), called by the runner
 on rank 0 once ``eval/final_test.json`` is written."""
+
 from __future__ import annotations
 
 import logging

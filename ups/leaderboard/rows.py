@@ -8,6 +8,7 @@ mean, the trivial predictors, parameters, steps, training wall-clock, global bat
 ``provenance.json`` (commit, dirty tree, versions) and, for a run that did not finish,
 ``job_status.json``, ``eval/gates.json`` and the last line of ``train.log``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -103,20 +104,30 @@ def run_row(run: str | Path) -> dict[str, Any]:
     stages = [name for name, s in (cfg.get("stages") or {}).items() if (s or {}).get("steps") != 0]
     prov = provenance.read(run)
     row: dict[str, Any] = {
-        "group": (cfg.get("task") or {}).get("name", "?"), "model": _model_label(run, cfg, prov),
+        "group": (cfg.get("task") or {}).get("name", "?"),
+        "model": _model_label(run, cfg, prov),
         "stage": "+".join(stages),
-        "seed": (cfg.get("trainer") or {}).get("seed"), "config_hash": config_hash(cfg),
-        "commit": (prov.get("commit") or "")[:10] or None, "dirty": prov.get("dirty"),
-        "torch": (prov.get("versions") or {}).get("torch"), "world_size": prov.get("world_size"),
-        "run": str(run), "tasks": list(((cfg.get("task") or {}).get("datasets") or {}))}
+        "seed": (cfg.get("trainer") or {}).get("seed"),
+        "config_hash": config_hash(cfg),
+        "commit": (prov.get("commit") or "")[:10] or None,
+        "dirty": prov.get("dirty"),
+        "torch": (prov.get("versions") or {}).get("torch"),
+        "world_size": prov.get("world_size"),
+        "run": str(run),
+        "tasks": list(((cfg.get("task") or {}).get("datasets") or {})),
+    }
     final = run / "eval" / "final_test.json"
     result = json.loads(final.read_text()) if final.exists() else None
     if result is not None:
         meta, res = result["meta"], result["results"]
         steps, batch = meta.get("step"), meta.get("global_batch")
-        row.update(parameters=meta.get("parameters"), steps=steps, wall_clock_s=meta.get("train_seconds"),
-                   samples_seen=steps * batch if _finite(steps) and _finite(batch) else None,
-                   synthetic=bool(meta.get("synthetic_data")))
+        row.update(
+            parameters=meta.get("parameters"),
+            steps=steps,
+            wall_clock_s=meta.get("train_seconds"),
+            samples_seen=steps * batch if _finite(steps) and _finite(batch) else None,
+            synthetic=bool(meta.get("synthetic_data")),
+        )
         for task in row["tasks"] + ["mean"]:
             row[f"rollout/{task}"] = res["model"].get(f"nrmse/{task}")
             row[f"one_step/{task}"] = res["model"].get(f"one_step/nrmse/{task}")

@@ -5,6 +5,7 @@ Jobs of a sweep finish at the same moment, so an append takes an exclusive ``flo
 ``<folder>/.lock`` for the whole read-append-rewrite; the tables are written to a temporary file and
 renamed, so a reader sees the old table or the new one, never half of one.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -51,9 +52,12 @@ def write_tables(folder: str | Path, rows: list[dict], sources: str) -> list[Pat
     """``leaderboard.md`` and ``leaderboard.csv`` of ``rows`` in ``folder``; returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"runs": sources, "written": dt.datetime.now().isoformat(timespec="seconds"),
-            "ranked": sum(r.get("status") == "ranked" for r in rows),
-            "not ranked": sum(r.get("status") != "ranked" for r in rows)}
+    meta = {
+        "runs": sources,
+        "written": dt.datetime.now().isoformat(timespec="seconds"),
+        "ranked": sum(r.get("status") == "ranked" for r in rows),
+        "not ranked": sum(r.get("status") != "ranked" for r in rows),
+    }
     paths = [folder / "leaderboard.md", folder / "leaderboard.csv"]
     _atomic_write(paths[0], markdown(rows, meta))
     _atomic_write(paths[1], to_csv(rows))
@@ -92,8 +96,12 @@ def publish_wandb(rows: list[dict], run: Any = None, **init: Any) -> None:
     if own:
         run = wandb.init(job_type="leaderboard", **init)
     try:
-        run.log({f"leaderboard/{name}": wandb.Table(columns=cols, data=data)
-                 for name, (cols, data) in wandb_tables(rows).items()})
+        run.log(
+            {
+                f"leaderboard/{name}": wandb.Table(columns=cols, data=data)
+                for name, (cols, data) in wandb_tables(rows).items()
+            }
+        )
     finally:
         if own:
             run.finish()

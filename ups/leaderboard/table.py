@@ -1,5 +1,6 @@
 """The leaderboard's tables: one per task group, sorted by mean test rollout nRMSE, a rank per task,
 the trivial predictors as rows, and the runs that were not ranked listed apart with why."""
+
 from __future__ import annotations
 
 import csv
@@ -30,8 +31,10 @@ def by_group(rows: list[dict]) -> dict[str, list[dict]]:
         for i, r in enumerate(group, 1):
             r["rank"] = i
         for task in tasks_of(group):  # rank per task: 1 for the lowest rollout nRMSE on it
-            order = sorted((r for r in group if _key(r.get(f"rollout/{task}")) < math.inf),
-                           key=lambda r: _key(r.get(f"rollout/{task}")))
+            order = sorted(
+                (r for r in group if _key(r.get(f"rollout/{task}")) < math.inf),
+                key=lambda r: _key(r.get(f"rollout/{task}")),
+            )
             for i, r in enumerate(order, 1):
                 r[f"rank/{task}"] = i
     return dict(sorted(groups.items()))
@@ -67,17 +70,26 @@ def _trivial_rows(group: list[dict]) -> list[dict]:
     """Persistence and the training-mean field as rows, from the best run's evaluation (every run of a
     group reads the same splits; a run evaluated on other data is the reader's to notice in the CSV)."""
     best = group[0]
-    return [{"model": TRIVIAL_NAMES[p], **{f"rollout/{t}": best.get(f"{p}/{t}") for t in tasks_of(group) + ["mean"]}}
-            for p in TRIVIAL]
+    return [
+        {"model": TRIVIAL_NAMES[p], **{f"rollout/{t}": best.get(f"{p}/{t}") for t in tasks_of(group) + ["mean"]}}
+        for p in TRIVIAL
+    ]
 
 
 def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
     """The leaderboard as markdown: per group a table, then the runs not ranked."""
-    lines = ["# Leaderboard", ""] + [f"- {k}: {v}" for k, v in meta.items()] + [
-        "", "Test split, physical units, conditioning frames excluded. rollout: autoregressive nRMSE; "
-        "one step: teacher-forced; rank: per task, 1 = lowest rollout nRMSE; sorted by the mean rollout nRMSE. "
-        "Samples seen = steps x global batch; wall-clock: training time. commit* = uncommitted changes. "
-        "config: hash of config.yaml without paths.", ""]
+    lines = (
+        ["# Leaderboard", ""]
+        + [f"- {k}: {v}" for k, v in meta.items()]
+        + [
+            "",
+            "Test split, physical units, conditioning frames excluded. rollout: autoregressive nRMSE; "
+            "one step: teacher-forced; rank: per task, 1 = lowest rollout nRMSE; sorted by the mean rollout nRMSE. "
+            "Samples seen = steps x global batch; wall-clock: training time. commit* = uncommitted changes. "
+            "config: hash of config.yaml without paths.",
+            "",
+        ]
+    )
     for name, group in by_group(rows).items():
         tasks = tasks_of(group)
         head = ["rank", "model", "stage", "params", "steps", "wall-clock s", "samples seen", "seed"]
@@ -86,18 +98,32 @@ def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
         lines += [f"## {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in group + _trivial_rows(group):
             commit = f"{r['commit']}{'*' if r.get('dirty') else ''}" if r.get("commit") else None
-            cells = [r.get("rank"), r.get("model"), r.get("stage"), r.get("parameters"),
-                     r.get("steps"), r.get("wall_clock_s"), r.get("samples_seen"), r.get("seed")]
+            cells = [
+                r.get("rank"),
+                r.get("model"),
+                r.get("stage"),
+                r.get("parameters"),
+                r.get("steps"),
+                r.get("wall_clock_s"),
+                r.get("samples_seen"),
+                r.get("seed"),
+            ]
             cells += [r.get(f"{kind}/{t}") for t in tasks for kind in ("rollout", "rank", "one_step")]
             cells += [r.get("rollout/mean"), r.get("one_step/mean"), commit, r.get("config_hash"), r.get("run")]
             lines.append("| " + " | ".join(fmt(c) for c in cells) + " |")
         lines.append("")
     apart = [r for r in rows if r.get("status") != "ranked"]
     if apart:
-        lines += ["## Not ranked: failed, diverged, gated out or unfinished", "",
-                  "| group | status | why | run |", "|---|---|---|---|"]
-        lines += [f"| {fmt(r.get('group'))} | {r['status']} | {fmt(r.get('why') or '')} | {r['run']} |"
-                  for r in sorted(apart, key=lambda r: (r.get("group") or "", r["run"]))]
+        lines += [
+            "## Not ranked: failed, diverged, gated out or unfinished",
+            "",
+            "| group | status | why | run |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {fmt(r.get('group'))} | {r['status']} | {fmt(r.get('why') or '')} | {r['run']} |"
+            for r in sorted(apart, key=lambda r: (r.get("group") or "", r["run"]))
+        ]
     return "\n".join(lines).rstrip() + "\n"
 
 

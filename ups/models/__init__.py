@@ -7,13 +7,22 @@ shell completion needs only those. The names below import their module on first 
 registers itself by being a file in ``ups/models/`` that marks its schema ``@schema("<name>")`` and
 calls :func:`ups.models.spec.register`.
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-_EXPORTS = {"LatentSurrogate": "surrogate", "ModelSpec": "spec", "TaskIO": "spec", "build": "spec",
-            "register": "spec", "spec_of": "spec", "count_parameters": "utils", "parameter_breakdown": "utils"}
+_EXPORTS = {
+    "LatentSurrogate": "surrogate",
+    "ModelSpec": "spec",
+    "TaskIO": "spec",
+    "build": "spec",
+    "register": "spec",
+    "spec_of": "spec",
+    "count_parameters": "utils",
+    "parameter_breakdown": "utils",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -31,9 +31,16 @@ class LocalFieldDecoder(nn.Module):
         self.blocks = nn.ModuleList(SelfAttentionBlock(hidden, heads, mlp_ratio, dropout) for _ in range(layers))
         # No LayerNorm before the heads: the coefficients must scale with the token (see the encoder).
 
-    def forward(self, z: Tensor, coef_head: nn.Module, basis: nn.Module, features: Callable[[Tensor], Tensor],
-                cells: tuple[Tensor, Tensor], channels: int,
-                blocks: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> Tensor:
+    def forward(
+        self,
+        z: Tensor,
+        coef_head: nn.Module,
+        basis: nn.Module,
+        features: Callable[[Tensor], Tensor],
+        cells: tuple[Tensor, Tensor],
+        channels: int,
+        blocks: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+    ) -> Tensor:
         """z [B, L, hidden] -> [B, Q, channels] at queries in ``cells`` = (cell index [b, Q], offset in the
         cell [b, Q, d]) (:func:`ups.models.lattice.locate`); ``basis(features(offset))`` gives the K cell
         functions at an offset. ``blocks`` = (lattice shape, points per cell and axis) when the queries
@@ -47,7 +54,9 @@ class LocalFieldDecoder(nn.Module):
         coef = coef_head(z).unflatten(-1, (channels, k + 1))  # [B, L, channels, K + 1]: basis weights and a bias
         if blocks is not None:
             shape, block = blocks
-            per_cell = torch.einsum("blck,lmk->blmc", coef[..., :k], lattice.to_cells(phi, shape, block)[0].to(coef.dtype))
+            per_cell = torch.einsum(
+                "blck,lmk->blmc", coef[..., :k], lattice.to_cells(phi, shape, block)[0].to(coef.dtype)
+            )
             return lattice.from_cells(per_cell + coef[..., k].unsqueeze(2), shape, block)
         per_query = lattice.gather(coef.flatten(-2), index).unflatten(-1, (channels, k + 1))
         return (per_query[..., :k] * phi.unsqueeze(-2).to(per_query.dtype)).sum(-1) + per_query[..., k]

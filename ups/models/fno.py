@@ -7,6 +7,7 @@ spectrum) to a 1x1 convolution, with GELU after all but the last; ``Linear(width
 ``Linear(128 -> C)`` project back. Lifting points before reshaping to the grid is the same as
 PDEBench's channels-last lift, since the Linear acts on each point alone.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -108,8 +109,9 @@ class FNONet(nn.Module):
         # Without a known grid the modes cannot be clamped here; SpectralConv still clamps per call.
         axis_modes = clamp_modes(modes, tuple(n + self.padding for n in io.grid)) if io.grid else (modes,) * io.dim
         self.lift = nn.Linear(io.in_channels + io.dim, width)
-        self.layers = nn.ModuleList(FourierLayer(io.dim, width, axis_modes, activation=i < layers - 1)
-                                    for i in range(layers))
+        self.layers = nn.ModuleList(
+            FourierLayer(io.dim, width, axis_modes, activation=i < layers - 1) for i in range(layers)
+        )
         self.head = nn.Sequential(nn.Linear(width, HEAD_HIDDEN), nn.GELU(), nn.Linear(HEAD_HIDDEN, io.out_channels))
 
     def forward(self, x: Tensor, coords: Tensor, grid: tuple[int, ...]) -> Tensor:
@@ -135,35 +137,64 @@ class FNO(GridBaseline):
     (PDEBench pads 2 in 1D and 2D, and 6 on the last axis only in 3D).
     """
 
-    def __init__(self, tasks: Mapping[str, TaskIO | Mapping], cond_dim: int = 0, modes: int = 12,
-                 width: int = 20, layers: int = 4, padding: int = 0):
+    def __init__(
+        self,
+        tasks: Mapping[str, TaskIO | Mapping],
+        cond_dim: int = 0,
+        modes: int = 12,
+        width: int = 20,
+        layers: int = 4,
+        padding: int = 0,
+    ):
         super().__init__(tasks)
         if min(modes, width, layers) < 1 or padding < 0:
-            raise ValueError(f"FNO needs modes, width, layers >= 1 and padding >= 0, got "
-                             f"modes={modes} width={width} layers={layers} padding={padding}")
-        self.nets = nn.ModuleDict({self._keys[name]: FNONet(io, int(modes), int(width), int(layers), int(padding))
-                                   for name, io in self.tasks.items()})
+            raise ValueError(
+                f"FNO needs modes, width, layers >= 1 and padding >= 0, got "
+                f"modes={modes} width={width} layers={layers} padding={padding}"
+            )
+        self.nets = nn.ModuleDict(
+            {
+                self._keys[name]: FNONet(io, int(modes), int(width), int(layers), int(padding))
+                for name, io in self.tasks.items()
+            }
+        )
 
-    def forward(self, task: str, x: Tensor, coords: Tensor, cond: Tensor | None = None,
-                grid: tuple[int, ...] | None = None, latents: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        task: str,
+        x: Tensor,
+        coords: Tensor,
+        cond: Tensor | None = None,
+        grid: tuple[int, ...] | None = None,
+        latents: Tensor | None = None,
+    ) -> Tensor:
         """x (B, P, k*C), coords (1 or B, P, dim) in [-1, 1] -> next frame (B, P, C); cond is ignored."""
         key, io, grid = self.prepare(task, x, grid, latents)
-        if coords.dim() != 3 or coords.shape[-1] != io.dim or coords.shape[0] not in (1, x.shape[0]) \
-                or coords.shape[1] != x.shape[1]:
-            raise ValueError(f"task {task!r}: coords must be (1 or {x.shape[0]}, {x.shape[1]}, {io.dim}), "
-                             f"got {tuple(coords.shape)}")
+        if (
+            coords.dim() != 3
+            or coords.shape[-1] != io.dim
+            or coords.shape[0] not in (1, x.shape[0])
+            or coords.shape[1] != x.shape[1]
+        ):
+            raise ValueError(
+                f"task {task!r}: coords must be (1 or {x.shape[0]}, {x.shape[1]}, {io.dim}), got {tuple(coords.shape)}"
+            )
         coords = coords.to(x.dtype).expand(x.shape[0], -1, -1)
         return self.nets[key](x, coords, grid)
 
 
-SPEC = register(ModelSpec(
-    name="fno",
-    model=FNO,
-    schema=FNOConfig,
-    blocks=lambda m: [layer for net in m.nets.values() for layer in net.layers],
-    groups=lambda m: {"lift": nn.ModuleList(net.lift for net in m.nets.values()),
-                      "fourier": nn.ModuleList(net.layers for net in m.nets.values()),
-                      "head": nn.ModuleList(net.head for net in m.nets.values())},
-    latent=None,
-    single_task=True,
-))
+SPEC = register(
+    ModelSpec(
+        name="fno",
+        model=FNO,
+        schema=FNOConfig,
+        blocks=lambda m: [layer for net in m.nets.values() for layer in net.layers],
+        groups=lambda m: {
+            "lift": nn.ModuleList(net.lift for net in m.nets.values()),
+            "fourier": nn.ModuleList(net.layers for net in m.nets.values()),
+            "head": nn.ModuleList(net.head for net in m.nets.values()),
+        },
+        latent=None,
+        single_task=True,
+    )
+)

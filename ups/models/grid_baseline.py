@@ -1,4 +1,5 @@
 """What the single-task grid baselines (FNO, U-Net) share: task lookup and the checks of one call."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

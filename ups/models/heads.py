@@ -6,6 +6,7 @@
   the diffusion process at unit scale whatever the task. The consistency student is a copy.
 The steady prior's head is a copy of the latent operator itself (``ups/objectives/steady.py``).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,17 @@ def noise_features(c_noise: Tensor, n: int) -> Tensor:
 class ResidualDenoiser(nn.Module):
     """Noise-conditioned transformer over latent tokens: ``F(x_in, c_noise; z_pred, cond, task)``."""
 
-    def __init__(self, hidden: int, cond_dim: int, task_keys: list[str], width: int | None = None,
-                 depth: int = 2, heads: int = 4, mlp_ratio: float = 4.0, n_noise: int = 32):
+    def __init__(
+        self,
+        hidden: int,
+        cond_dim: int,
+        task_keys: list[str],
+        width: int | None = None,
+        depth: int = 2,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        n_noise: int = 32,
+    ):
         super().__init__()
         width = int(width or hidden)
         if width % heads:
@@ -54,8 +64,11 @@ class ResidualDenoiser(nn.Module):
     def forward(self, x: Tensor, c_noise: Tensor, *, z_pred: Tensor, cond: Tensor, task_key: str) -> Tensor:
         """x [B, L, hidden] (preconditioned noisy residual), c_noise [B], z_pred [B, L, hidden], cond [B, cond_dim]."""
         h = self.inp(torch.cat([x, self.pred_norm(z_pred).to(x.dtype)], dim=-1))
-        c = (self.noise_embed(noise_features(c_noise, self.n_noise).to(h.dtype))
-             + self.cond_embed(cond.to(h.dtype)) + self.task_embed[self.index[task_key]])
+        c = (
+            self.noise_embed(noise_features(c_noise, self.n_noise).to(h.dtype))
+            + self.cond_embed(cond.to(h.dtype))
+            + self.task_embed[self.index[task_key]]
+        )
         for block in self.blocks:
             h = block(h, c)
         return self.out(F.silu(self.out_norm(h)))

@@ -4,6 +4,7 @@ Each token owns one cell. A point (of the input or a query) belongs to the cell 
 coordinates, whatever grid it came from, so the encoder pools points into tokens and the decoder
 reads a token back at any coordinate; nothing depends on the points forming a grid.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -33,9 +33,7 @@ class FourierFeatures(nn.Module):
         """[..., d] coordinates -> [..., d * (2F + 1)] float32 features."""
         # Built on the fly rather than stored as a buffer: nothing to lose when a wrapper
         # materialises the model from the meta device or loads a checkpoint.
-        freqs = math.pi * torch.logspace(
-            0.0, math.log2(self.max_freq), self.n_freqs, base=2.0, device=coords.device
-        )
+        freqs = math.pi * torch.logspace(0.0, math.log2(self.max_freq), self.n_freqs, base=2.0, device=coords.device)
         # float32 on purpose: sin(pi * 128 * x) is meaningless at bf16 precision of x.
         x = coords.float()
         proj = (x.unsqueeze(-1) * freqs).flatten(-2)

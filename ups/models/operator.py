@@ -17,9 +17,16 @@ class AdaLNBlock(nn.Module):
     identity at init: a deep operator starts as z_next = z and learns the increment.
     """
 
-    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 spectral_modes: tuple[int, int, int] | None = None, spectral_group: int = 32,
-                 dims: tuple[int, ...] = (1, 2, 3)):
+    def __init__(
+        self,
+        hidden: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        spectral_modes: tuple[int, int, int] | None = None,
+        spectral_group: int = 32,
+        dims: tuple[int, ...] = (1, 2, 3),
+    ):
         super().__init__()
         self.norm_attn = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden, heads, dropout)

@@ -12,6 +12,7 @@ A schema is therefore plain data: fields typed with builtins and ``typing`` (``L
 ``Optional``, ``Any``, ``Tuple``, ``Union``), literal defaults or ``field(default_factory=lambda: ...)``.
 A schema that uses another name of its module is refused, naming the file, the class and the name.
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,8 +22,16 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 # What a schema's class statement may use besides builtins (it runs without its module's imports).
-_VOCABULARY = {"dataclass": dataclass, "field": field, "Any": Any, "Dict": Dict, "List": List, "Optional": Optional,
-               "Tuple": Tuple, "Union": Union}
+_VOCABULARY = {
+    "dataclass": dataclass,
+    "field": field,
+    "Any": Any,
+    "Dict": Dict,
+    "List": List,
+    "Optional": Optional,
+    "Tuple": Tuple,
+    "Union": Union,
+}
 
 
 class SchemaError(Exception):
@@ -33,12 +42,16 @@ def schema(name: str) -> Callable[[type], type]:
     """Mark a family's config dataclass as ``schema/model/<name>``; put it above ``@dataclass``.
 
     Returns the class :func:`model_schemas` built from the same statement, so there is one class."""
+
     def _mark(cls: type) -> type:
         found = discovered().get(name)
         if found is None or (found.__module__, found.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise SchemaError(f"{cls.__module__}.{cls.__qualname__}: schema {name!r} was not found in the source of "
-                              "ups.models' modules, where configs look for it without importing torch")
+            raise SchemaError(
+                f"{cls.__module__}.{cls.__qualname__}: schema {name!r} was not found in the source of "
+                "ups.models' modules, where configs look for it without importing torch"
+            )
         return found
+
     return _mark
 
 
@@ -78,12 +91,14 @@ def _schemas_in(path: Path) -> tuple[tuple[str, type], ...]:
         # dont_inherit: annotations are evaluated here (no ``from __future__ import annotations``),
         # so the class's field types resolve without its module, which is never imported.
         code = compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec", dont_inherit=True)
-        namespace: dict[str, Any] = {"__name__": module, "schema": lambda _name: (lambda cls: cls), **_VOCABULARY}
+        namespace: dict[str, Any] = {"__name__": module, "schema": lambda _name: lambda cls: cls, **_VOCABULARY}
         try:
             exec(code, namespace)
         except NameError as err:
-            raise SchemaError(f"{path}: schema {node.name} uses {err.name!r}, which a schema cannot: it is read "
-                              "without importing its module (see ups/models/schemas.py)") from None
+            raise SchemaError(
+                f"{path}: schema {node.name} uses {err.name!r}, which a schema cannot: it is read "
+                "without importing its module (see ups/models/schemas.py)"
+            ) from None
         out.append((name, namespace[node.name]))
     return tuple(out)
 
@@ -94,7 +109,11 @@ def _marked(node: ast.stmt) -> str | None:
         return None
     for dec in node.decorator_list:
         func = dec.func if isinstance(dec, ast.Call) else None
-        if getattr(func, "id", getattr(func, "attr", None)) == "schema" and len(dec.args) == 1 \
-                and isinstance(dec.args[0], ast.Constant) and isinstance(dec.args[0].value, str):
+        if (
+            getattr(func, "id", getattr(func, "attr", None)) == "schema"
+            and len(dec.args) == 1
+            and isinstance(dec.args[0], ast.Constant)
+            and isinstance(dec.args[0].value, str)
+        ):
             return dec.args[0].value
     return None

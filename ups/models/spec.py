@@ -16,6 +16,7 @@ per point; ``coords`` is ``(1 or B, P, dim)`` in ``[-1, 1]``; ``cond`` is ``(B, 
 rebuilds ``(B, k*C, *grid)`` with :func:`points_to_grid`; ``latents`` replaces the encoding when a
 stage reads cached latents (only models with a :class:`LatentEncoder`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -136,8 +137,9 @@ def _import_families() -> None:
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside DDP (``.module``) or torch.compile (``._orig_mod``)."""
     while True:
-        inner = next((m for m in (getattr(model, a, None) for a in ("module", "_orig_mod"))
-                      if isinstance(m, nn.Module)), None)
+        inner = next(
+            (m for m in (getattr(model, a, None) for a in ("module", "_orig_mod")) if isinstance(m, nn.Module)), None
+        )
         if inner is None:
             return model
         model = inner
@@ -150,8 +152,9 @@ def spec_of(model: nn.Module) -> ModelSpec:
     for cls in type(m).__mro__:
         if cls in _SPECS:
             return _SPECS[cls]
-    return ModelSpec(name=type(m).__name__, model=type(m), schema=object, blocks=lambda _: [],
-                     groups=lambda mod: {"model": mod})
+    return ModelSpec(
+        name=type(m).__name__, model=type(m), schema=object, blocks=lambda _: [], groups=lambda mod: {"model": mod}
+    )
 
 
 def build(model_cfg: Any, tasks: Mapping[str, TaskIO], cond_dim: int) -> nn.Module:

@@ -7,6 +7,7 @@ from positions: on advection1d it took the rollout error from 0.92 to 0.20 (docs
 filter per dimension (1D, 2D, 3D) is shared by every task of that dimension; mode ``k`` means ``k``
 periods over the domain on every lattice, so lattices of different sizes read the same filter.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,10 +39,13 @@ class SpectralMix(nn.Module):
         # ranks, is the group width (32) rather than the number of groups (4 for hidden 128), so 8
         # ranks each hold an eighth instead of four of them a quarter.
         lead = (self.group, hidden // self.group, self.group)
-        self.filters = nn.ParameterDict({
-            str(d): nn.Parameter(torch.empty(*lead, *([2 * m - 1] * (d - 1)), m, 2))
-            for d, m in zip((1, 2, 3), self.modes) if d in dims
-        })
+        self.filters = nn.ParameterDict(
+            {
+                str(d): nn.Parameter(torch.empty(*lead, *([2 * m - 1] * (d - 1)), m, 2))
+                for d, m in zip((1, 2, 3), self.modes)
+                if d in dims
+            }
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any, List
 
 import torch
-
 from torch import Tensor, nn
 
 from ups.models.decoder import LocalFieldDecoder
@@ -16,9 +15,9 @@ from ups.models.encoder import LatticeEncoder, PointEmbedding
 from ups.models.lattice import cell_blocks, centres, from_cells, locate, pool, to_cells, token_shape
 from ups.models.layers import FourierFeatures, ZeroLinear, init_weights
 from ups.models.operator import LatentOperator
-from ups.models.spectral import SpectralMix
 from ups.models.schemas import schema
 from ups.models.spec import LatentEncoder, ModelSpec, TaskIO, as_task_io, module_keys, register
+from ups.models.spectral import SpectralMix
 
 
 @schema("latent")  # read from this source without torch when configs compose (ups/models/schemas.py)
@@ -95,21 +94,31 @@ class LatentSurrogate(nn.Module):
             raise ValueError(f"basis must be >= 1, got {basis}")
         patch, lattice_default = [int(p) for p in patch], [int(n) for n in lattice]
         if len(patch) != 3 or len(lattice_default) != 3 or min(lattice_default) < 1:
-            raise ValueError(f"patch and lattice need one positive entry per dimension 1, 2, 3; got {patch}, {lattice_default}")
+            raise ValueError(
+                f"patch and lattice need one positive entry per dimension 1, 2, 3; got {patch}, {lattice_default}"
+            )
         self.hidden, self.cond_dim = hidden, int(cond_dim)
         self.predict_change = bool(predict_change)
         mlp_ratio, dropout = float(mlp_ratio), float(dropout)
-        self.token_shapes = {name: token_shape(io.dim, io.grid, patch, lattice_default) for name, io in self.tasks.items()}
+        self.token_shapes = {
+            name: token_shape(io.dim, io.grid, patch, lattice_default) for name, io in self.tasks.items()
+        }
 
         # Offsets inside a cell need a few low frequencies; cell centres span up to the finest lattice.
         self.local_fourier = FourierFeatures(int(fourier_features), 2.0 ** (int(fourier_features) - 1))
-        self.position_fourier = FourierFeatures(int(fourier_features), float(max(max(s) for s in self.token_shapes.values())))
+        self.position_fourier = FourierFeatures(
+            int(fourier_features), float(max(max(s) for s in self.token_shapes.values()))
+        )
         per_task = {name: (self._keys[name], io) for name, io in self.tasks.items()}
         # Encoder: each point's values times K learned functions of its place in the cell, averaged per
         # cell (the patch's first K "moments"), then one linear map to the token: linear in the field,
         # as a patch embedding is, and exact on a grid with at most K points per cell.
-        self.encode_basis = nn.ModuleDict({key: self._basis_net(io.dim, hidden, basis) for key, io in per_task.values()})
-        self.input_proj = nn.ModuleDict({key: nn.Linear(basis * io.in_channels, hidden) for key, io in per_task.values()})
+        self.encode_basis = nn.ModuleDict(
+            {key: self._basis_net(io.dim, hidden, basis) for key, io in per_task.values()}
+        )
+        self.input_proj = nn.ModuleDict(
+            {key: nn.Linear(basis * io.in_channels, hidden) for key, io in per_task.values()}
+        )
         self.position_proj = nn.ModuleDict(
             {key: PointEmbedding(0, self.position_fourier.out_dim(io.dim), hidden) for key, io in per_task.values()}
         )
@@ -119,8 +128,15 @@ class LatentSurrogate(nn.Module):
         )
         self.encoder = LatticeEncoder(hidden, heads, mlp_ratio, dropout, int(encoder_layers))
         self.operator = LatentOperator(
-            hidden, depth, heads, self.cond_dim, list(self._keys.values()), mlp_ratio, dropout,
-            tuple(spectral_modes) if spectral_modes else None, int(spectral_group),
+            hidden,
+            depth,
+            heads,
+            self.cond_dim,
+            list(self._keys.values()),
+            mlp_ratio,
+            dropout,
+            tuple(spectral_modes) if spectral_modes else None,
+            int(spectral_group),
             tuple(sorted({io.dim for io in self.tasks.values()})),
         )
         self.decoder = LocalFieldDecoder(hidden, heads, mlp_ratio, dropout, int(decoder_layers))
@@ -140,8 +156,9 @@ class LatentSurrogate(nn.Module):
 
     def _basis_net(self, dim: int, hidden: int, basis: int) -> nn.Module:
         """K learned functions of a point's offset inside its cell (from its Fourier features)."""
-        return nn.Sequential(nn.Linear(self.local_fourier.out_dim(dim), hidden), nn.GELU(approximate="tanh"),
-                             nn.Linear(hidden, basis))
+        return nn.Sequential(
+            nn.Linear(self.local_fourier.out_dim(dim), hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, basis)
+        )
 
     def n_tokens(self, task: str) -> int:
         """Latent tokens of a task (cells of its lattice)."""
@@ -166,8 +183,10 @@ class LatentSurrogate(nn.Module):
 
     def _check_latents(self, task: str, z: Tensor) -> None:
         if z.dim() != 3 or z.shape[-1] != self.hidden or z.shape[1] != self.n_tokens(task):
-            raise ValueError(f"task {task!r}: z must be [B, {self.n_tokens(task)}, {self.hidden}] (its lattice is "
-                             f"{self.token_shapes[task]}), got shape {tuple(z.shape)}")
+            raise ValueError(
+                f"task {task!r}: z must be [B, {self.n_tokens(task)}, {self.hidden}] (its lattice is "
+                f"{self.token_shapes[task]}), got shape {tuple(z.shape)}"
+            )
 
     # ------------------------------------------------------------------ public API
     def task_key(self, task: str) -> str:
@@ -203,18 +222,20 @@ class LatentSurrogate(nn.Module):
             )
         self._check_coords(task, io, coords, "coords", fields.shape[0])
         if coords.shape[1] != fields.shape[1]:
-            raise ValueError(
-                f"task {task!r}: coords have {coords.shape[1]} points but fields have {fields.shape[1]}"
-            )
+            raise ValueError(f"task {task!r}: coords have {coords.shape[1]} points but fields have {fields.shape[1]}")
         shape = self.token_shapes[task]
         index, offset = locate(coords, shape)
         phi = self.encode_basis[key](self.local_fourier(offset))  # [b, P, K]
         block = self._blocks(task, coords, grid)
         if block is None:
-            moments = pool((phi.unsqueeze(-1) * fields.to(phi.dtype).unsqueeze(-2)).flatten(-2), index, math.prod(shape))
+            moments = pool(
+                (phi.unsqueeze(-1) * fields.to(phi.dtype).unsqueeze(-2)).flatten(-2), index, math.prod(shape)
+            )
         else:
             per_cell = to_cells(fields.to(phi.dtype), shape, block)
-            moments = torch.einsum("blmc,lmk->blkc", per_cell, to_cells(phi, shape, block)[0]).flatten(-2) / per_cell.shape[2]
+            moments = (
+                torch.einsum("blmc,lmk->blkc", per_cell, to_cells(phi, shape, block)[0]).flatten(-2) / per_cell.shape[2]
+            )
         positions = self.position_proj[key](self.position_fourier(centres(shape, coords.device)))
         return self.encoder(self.input_proj[key](moments), positions.unsqueeze(0))
 
@@ -237,12 +258,26 @@ class LatentSurrogate(nn.Module):
         self._check_coords(task, io, coords, "query coords", z.shape[0])
         block = self._blocks(task, coords, grid)
         shape = self.token_shapes[task]
-        return self.decoder(z, self.output_head[key], self.basis[key], self.local_fourier, locate(coords, shape),
-                            io.out_channels, None if block is None else (shape, block))
+        return self.decoder(
+            z,
+            self.output_head[key],
+            self.basis[key],
+            self.local_fourier,
+            locate(coords, shape),
+            io.out_channels,
+            None if block is None else (shape, block),
+        )
 
     def forward(
-        self, task: str, fields: Tensor | None, coords: Tensor, cond: Tensor, query_coords: Tensor | None = None,
-        latents: Tensor | None = None, grid: tuple[int, ...] | None = None, run: Callable | None = None,
+        self,
+        task: str,
+        fields: Tensor | None,
+        coords: Tensor,
+        cond: Tensor,
+        query_coords: Tensor | None = None,
+        latents: Tensor | None = None,
+        grid: tuple[int, ...] | None = None,
+        run: Callable | None = None,
         **run_args: Any,
     ) -> Tensor:
         """One step: decode(step(encode(fields, coords), cond), query_coords or coords).
@@ -282,15 +317,24 @@ def _encoder_state(model: LatentSurrogate, task: str) -> dict[str, Tensor]:
     return state
 
 
-SPEC = register(ModelSpec(
-    name="latent",
-    model=LatentSurrogate,
-    schema=LatentSurrogateConfig,
-    blocks=lambda m: list(m.operator.blocks),
-    shard_units=lambda m: [m.encoder, m.decoder],
-    groups=lambda m: {"encoder": torch.nn.ModuleList(m.encoder_modules), "operator": m.operator,
-                      "decoder": torch.nn.ModuleList(m.decoder_modules), **m.stage_heads},
-    stage_heads=lambda m: m.stage_heads,
-    latent=LatentEncoder(encode=lambda m, task, x, coords: m.encode(task, x, coords),
-                         shape=lambda m, task: (m.n_tokens(task), m.hidden), state=_encoder_state),
-))
+SPEC = register(
+    ModelSpec(
+        name="latent",
+        model=LatentSurrogate,
+        schema=LatentSurrogateConfig,
+        blocks=lambda m: list(m.operator.blocks),
+        shard_units=lambda m: [m.encoder, m.decoder],
+        groups=lambda m: {
+            "encoder": torch.nn.ModuleList(m.encoder_modules),
+            "operator": m.operator,
+            "decoder": torch.nn.ModuleList(m.decoder_modules),
+            **m.stage_heads,
+        },
+        stage_heads=lambda m: m.stage_heads,
+        latent=LatentEncoder(
+            encode=lambda m, task, x, coords: m.encode(task, x, coords),
+            shape=lambda m, task: (m.n_tokens(task), m.hidden),
+            state=_encoder_state,
+        ),
+    )
+)

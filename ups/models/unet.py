@@ -6,6 +6,7 @@ encoder blocks with 2x max-pooling, a bottleneck at 16x ``init_features``, four 
 A block is conv3-norm-tanh-conv3-norm-tanh without conv biases. The input is the ``initial_step``
 frames stacked as channels; no coordinates are appended (PDEBench's U-Net sees none).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ from ups.models.schemas import schema
 from ups.models.spec import ModelSpec, TaskIO, grid_to_points, points_to_grid, register
 
 LEVELS = 4  # poolings, so every axis must be a multiple of 2**LEVELS
-MULTIPLE = 2 ** LEVELS
+MULTIPLE = 2**LEVELS
 NORMS = ("batch", "group")
 
 
@@ -53,9 +54,9 @@ def sample_bytes(grid: tuple[int, ...], in_channels: int, features: int) -> int:
     dim = len(grid)
     saved = points * in_channels
     for level in range(LEVELS):
-        n, c = points / 2 ** (dim * level), features * 2 ** level
-        saved += 10 * c * n + 2 * c * n / 2 ** dim  # activations + pooling indices (8 bytes = 2 floats)
-    saved += 4 * features * 2 ** LEVELS * points / 2 ** (dim * LEVELS)  # bottleneck
+        n, c = points / 2 ** (dim * level), features * 2**level
+        saved += 10 * c * n + 2 * c * n / 2**dim  # activations + pooling indices (8 bytes = 2 floats)
+    saved += 4 * features * 2**LEVELS * points / 2 ** (dim * LEVELS)  # bottleneck
     return int(1.5 * 4 * saved)
 
 
@@ -75,8 +76,12 @@ class ConvBlock(nn.Sequential):
     def __init__(self, dim: int, in_channels: int, features: int, norm: str):
         conv = getattr(nn, f"Conv{dim}d")
         super().__init__(
-            conv(in_channels, features, kernel_size=3, padding=1, bias=False), _norm(dim, features, norm), nn.Tanh(),
-            conv(features, features, kernel_size=3, padding=1, bias=False), _norm(dim, features, norm), nn.Tanh(),
+            conv(in_channels, features, kernel_size=3, padding=1, bias=False),
+            _norm(dim, features, norm),
+            nn.Tanh(),
+            conv(features, features, kernel_size=3, padding=1, bias=False),
+            _norm(dim, features, norm),
+            nn.Tanh(),
         )
 
     def forward(self, h: Tensor) -> Tensor:
@@ -92,9 +97,10 @@ class UNetNet(nn.Module):
     def __init__(self, io: TaskIO, features: int, norm: str):
         super().__init__()
         dim = io.dim
-        widths = [features * 2 ** level for level in range(LEVELS)]
-        self.encoders = nn.ModuleList(ConvBlock(dim, c_in, c, norm)
-                                      for c_in, c in zip([io.in_channels] + widths[:-1], widths))
+        widths = [features * 2**level for level in range(LEVELS)]
+        self.encoders = nn.ModuleList(
+            ConvBlock(dim, c_in, c, norm) for c_in, c in zip([io.in_channels] + widths[:-1], widths)
+        )
         self.bottleneck = ConvBlock(dim, widths[-1], 2 * widths[-1], norm)
         up = getattr(nn, f"ConvTranspose{dim}d")
         self.upconvs = nn.ModuleList(up(2 * c, c, kernel_size=2, stride=2) for c in reversed(widths))
@@ -128,26 +134,42 @@ class UNet(GridBaseline):
     task whose one-sample forward/backward needs more than ``max_3d_sample_gib`` is refused.
     """
 
-    def __init__(self, tasks: Mapping[str, TaskIO | Mapping], cond_dim: int = 0, init_features: int = 32,
-                 norm: str = "batch", max_3d_sample_gib: float = 2.0):
+    def __init__(
+        self,
+        tasks: Mapping[str, TaskIO | Mapping],
+        cond_dim: int = 0,
+        init_features: int = 32,
+        norm: str = "batch",
+        max_3d_sample_gib: float = 2.0,
+    ):
         super().__init__(tasks)
         if init_features < 1 or norm not in NORMS:
-            raise ValueError(f"UNet needs init_features >= 1 and norm in {NORMS}, "
-                             f"got init_features={init_features} norm={norm!r}")
+            raise ValueError(
+                f"UNet needs init_features >= 1 and norm in {NORMS}, got init_features={init_features} norm={norm!r}"
+            )
         for name, io in self.tasks.items():
             if io.dim == 3 and io.grid:
-                gib = sample_bytes(io.grid, io.in_channels, init_features) / 2 ** 30
+                gib = sample_bytes(io.grid, io.in_channels, init_features) / 2**30
                 if gib > max_3d_sample_gib:
                     raise ValueError(
                         f"UNet: 3D task {name!r} on grid {io.grid} (padded to {padded_grid(io.grid)}) with "
                         f"init_features={init_features} needs ~{gib:.1f} GiB per sample for forward/backward, over "
                         f"model.max_3d_sample_gib={max_3d_sample_gib}; lower model.init_features or the "
-                        f"resolution, or raise model.max_3d_sample_gib")
-        self.nets = nn.ModuleDict({self._keys[name]: UNetNet(io, int(init_features), norm)
-                                   for name, io in self.tasks.items()})
+                        f"resolution, or raise model.max_3d_sample_gib"
+                    )
+        self.nets = nn.ModuleDict(
+            {self._keys[name]: UNetNet(io, int(init_features), norm) for name, io in self.tasks.items()}
+        )
 
-    def forward(self, task: str, x: Tensor, coords: Tensor | None = None, cond: Tensor | None = None,
-                grid: tuple[int, ...] | None = None, latents: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        task: str,
+        x: Tensor,
+        coords: Tensor | None = None,
+        cond: Tensor | None = None,
+        grid: tuple[int, ...] | None = None,
+        latents: Tensor | None = None,
+    ) -> Tensor:
         """x (B, P, k*C) -> next frame (B, P, C); coords and cond are ignored (PDEBench's U-Net)."""
         key, _, grid = self.prepare(task, x, grid, latents)
         h = points_to_grid(x, grid)
@@ -162,15 +184,17 @@ class UNet(GridBaseline):
         return grid_to_points(y)
 
 
-SPEC = register(ModelSpec(
-    name="unet",
-    model=UNet,
-    schema=UNetConfig,
-    blocks=lambda m: [b for net in m.nets.values() for b in (*net.encoders, net.bottleneck, *net.decoders)],
-    groups=lambda m: {"encoder": nn.ModuleList(nn.ModuleList([*net.encoders, net.bottleneck])
-                                               for net in m.nets.values()),
-                      "decoder": nn.ModuleList(nn.ModuleList([net.upconvs, net.decoders, net.out])
-                                               for net in m.nets.values())},
-    latent=None,
-    single_task=True,
-))
+SPEC = register(
+    ModelSpec(
+        name="unet",
+        model=UNet,
+        schema=UNetConfig,
+        blocks=lambda m: [b for net in m.nets.values() for b in (*net.encoders, net.bottleneck, *net.decoders)],
+        groups=lambda m: {
+            "encoder": nn.ModuleList(nn.ModuleList([*net.encoders, net.bottleneck]) for net in m.nets.values()),
+            "decoder": nn.ModuleList(nn.ModuleList([net.upconvs, net.decoders, net.out]) for net in m.nets.values()),
+        },
+        latent=None,
+        single_task=True,
+    )
+)

@@ -14,8 +14,18 @@ from ups.objectives.next_step import NextStep
 from ups.objectives.steady import SteadyPrior
 from ups.objectives.unrolled import Unrolled
 
-__all__ = ["Autoencoder", "ConsistencyCorrection", "DiffusionResidual", "InverseConsistency", "NextStep", "Objective",
-           "SteadyPrior", "Unrolled", "attach_heads", "build_objective"]
+__all__ = [
+    "Autoencoder",
+    "ConsistencyCorrection",
+    "DiffusionResidual",
+    "InverseConsistency",
+    "NextStep",
+    "Objective",
+    "SteadyPrior",
+    "Unrolled",
+    "attach_heads",
+    "build_objective",
+]
 
 
 def build_objective(cfg: Any, where: str) -> Objective:
@@ -41,10 +51,12 @@ def check_frozen_start(stages: Any) -> None:
 
     name, stage = next(((n, s) for n, s in stages.items() if s.get("steps") != 0), (None, None))
     if stage is not None and "encoder" in (stage.get("freeze") or []) and not stage.get("init_from"):
-        raise ConfigError(f"stages.{name} freezes the encoder but nothing trained it: it is the first stage that "
-                          f"trains and has no init_from. Set stages.{name}.init_from=<run>/checkpoints/<stage>/final "
-                          "(a checkpoint holding a trained encoder), or train it in an earlier stage "
-                          "(stage=pretrain_finetune or stage=autoencoder_pretrain)")
+        raise ConfigError(
+            f"stages.{name} freezes the encoder but nothing trained it: it is the first stage that "
+            f"trains and has no init_from. Set stages.{name}.init_from=<run>/checkpoints/<stage>/final "
+            "(a checkpoint holding a trained encoder), or train it in an earlier stage "
+            "(stage=pretrain_finetune or stage=autoencoder_pretrain)"
+        )
 
 
 def attach_heads(model: Any, objectives: Mapping[str, Objective]) -> None:
@@ -60,9 +72,11 @@ def attach_heads(model: Any, objectives: Mapping[str, Objective]) -> None:
             continue
         spec = spec_of(model)
         if spec.stage_heads is None:
-            raise ConfigError(f"stages.{name}: {type(objective).__name__} trains a network on a latent model's "
-                              f"tokens; model family {spec.name!r} has no latent space (use a latent model, "
-                              "e.g. model=tiny, or leave the stage out)")
+            raise ConfigError(
+                f"stages.{name}: {type(objective).__name__} trains a network on a latent model's "
+                f"tokens; model family {spec.name!r} has no latent space (use a latent model, "
+                "e.g. model=tiny, or leave the stage out)"
+            )
         heads = spec.stage_heads(model)
         if objective.head in heads:
             raise ConfigError(f"stages.{name}: another stage already attaches a head named {objective.head!r}")

@@ -1,4 +1,5 @@
 """The interface every objective implements."""
+
 from __future__ import annotations
 
 from typing import Sequence

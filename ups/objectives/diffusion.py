@@ -11,6 +11,7 @@ the residual divided by its per-task RMS (measured when the stage starts). At te
 draws a residual with ``steps`` Heun steps and decodes ``prediction + residual``. Steady tasks have
 no next latent; they sit the stage out and are predicted by the operator.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -57,10 +58,17 @@ class Corrector(Objective):
 
     def candidates(self, model: nn.Module, batch: dict, k: int) -> torch.Tensor:
         """(1 + k, B, P, C) normalised next frames: the operator's, then ``k`` corrected ones."""
-        out = programs.call(model, batch, programs.corrected, head=self.head, sample=self.sample, k=k,
-                  generator=eval_generator(batch, batch["x"].device)).float()
+        out = programs.call(
+            model,
+            batch,
+            programs.corrected,
+            head=self.head,
+            sample=self.sample,
+            k=k,
+            generator=eval_generator(batch, batch["x"].device),
+        ).float()
         if predicts_change(model, self.residual):
-            out = out + batch["x"][..., -out.shape[-1]:].float()
+            out = out + batch["x"][..., -out.shape[-1] :].float()
         return out
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
@@ -72,14 +80,28 @@ class Corrector(Objective):
 class DiffusionResidual(Corrector):
     """EDM on the operator's latent residual. ``steps``: Heun steps of the test-time sampler."""
 
-    def __init__(self, steps: int = 8, width: int | None = None, depth: int = 2, heads: int = 4,
-                 sigma_min: float = 0.002, sigma_max: float = 20.0, p_mean: float = -1.2, p_std: float = 1.2,
-                 invert_steps: int = 0, invert_lr: float = 0.05, samples: int = 1, residual: bool | None = None,
-                 head: str = "diffusion"):
+    def __init__(
+        self,
+        steps: int = 8,
+        width: int | None = None,
+        depth: int = 2,
+        heads: int = 4,
+        sigma_min: float = 0.002,
+        sigma_max: float = 20.0,
+        p_mean: float = -1.2,
+        p_std: float = 1.2,
+        invert_steps: int = 0,
+        invert_lr: float = 0.05,
+        samples: int = 1,
+        residual: bool | None = None,
+        head: str = "diffusion",
+    ):
         self.steps, self.residual, self.head, self.samples = int(steps), residual, str(head), int(samples)
         if int(invert_steps) < 0 or invert_lr <= 0 or self.samples < 1 or self.steps < 1:
-            raise ValueError(f"need steps >= 1, samples >= 1, invert_steps >= 0 and invert_lr > 0, got {steps}, "
-                             f"{samples}, {invert_steps}, {invert_lr}")
+            raise ValueError(
+                f"need steps >= 1, samples >= 1, invert_steps >= 0 and invert_lr > 0, got {steps}, "
+                f"{samples}, {invert_steps}, {invert_lr}"
+            )
         self.target = {"invert_steps": int(invert_steps), "invert_lr": float(invert_lr)}
         self.edm = EDM(sigma_data=1.0, sigma_min=sigma_min, sigma_max=sigma_max, p_mean=p_mean, p_std=p_std)
         self.net_args = dict(width=width, depth=int(depth), heads=int(heads))
@@ -91,9 +113,11 @@ class DiffusionResidual(Corrector):
 
     def refuses(self, strategy: str) -> str | None:
         if strategy == "fsdp2" and self.target["invert_steps"]:
-            return ("invert_steps > 0 differentiates the decoder inside the forward, which FSDP2's backward "
-                    "hooks do not allow (they reshard the root's parameters mid-forward); set invert_steps=0 "
-                    "or use parallelism=ddp2")
+            return (
+                "invert_steps > 0 differentiates the decoder inside the forward, which FSDP2's backward "
+                "hooks do not allow (they reshard the root's parameters mid-forward); set invert_steps=0 "
+                "or use parallelism=ddp2"
+            )
         return None
 
     def build_head(self, model: nn.Module) -> nn.Module:

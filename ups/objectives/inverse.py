@@ -10,6 +10,7 @@
   the cache (``stage=autoencoder_pretrain``).
 Steady tasks have no next context: there InverseConsistency is plain next-step training.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,10 +21,19 @@ from ups.objectives.latent_heads import call, next_context
 from ups.objectives.next_step import change_base, predict_next
 
 
-def _inverse_losses(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tensor, *, y: Tensor,
-                    decode_weight: float, encode_weight: float) -> Tensor:
+def _inverse_losses(
+    model: nn.Module,
+    task: str,
+    x: Tensor,
+    coords: Tensor,
+    cond: Tensor,
+    *,
+    y: Tensor,
+    decode_weight: float,
+    encode_weight: float,
+) -> Tensor:
     mse = nn.functional.mse_loss
-    last = x[..., -y.shape[-1]:].float()
+    last = x[..., -y.shape[-1] :].float()
     # A model that predicts the change decodes the change: its frame is the decoded value plus the last
     # frame, in both losses (fitting the field itself there made rollouts double the field every step).
     base = change_base(model, x, y.shape[-1])
@@ -43,8 +53,9 @@ def _reconstruct_only(model: nn.Module, task: str, x: Tensor, coords: Tensor, co
 
 
 def _reconstruction(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tensor, *, channels: int) -> Tensor:
-    return nn.functional.mse_loss(_reconstruct_only(model, task, x, coords, cond, channels=channels),
-                                  x[..., -channels:].float())
+    return nn.functional.mse_loss(
+        _reconstruct_only(model, task, x, coords, cond, channels=channels), x[..., -channels:].float()
+    )
 
 
 class InverseConsistency(Objective):
@@ -58,8 +69,14 @@ class InverseConsistency(Objective):
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         if batch.get("steady", False) or "z" in batch:
             return nn.functional.mse_loss(self.predict(model, batch), batch["y"])
-        return call(model, batch, _inverse_losses, y=batch["y"], decode_weight=self.decode_weight,
-                    encode_weight=self.encode_weight)
+        return call(
+            model,
+            batch,
+            _inverse_losses,
+            y=batch["y"],
+            decode_weight=self.decode_weight,
+            encode_weight=self.encode_weight,
+        )
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return predict_next(model, batch, residual=None)

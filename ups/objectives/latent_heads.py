@@ -6,6 +6,7 @@ one, so data-parallel wrappers see one forward per loss. The frozen base model r
 building a graph; only the head being trained (and, for the steady prior, the frozen decoder it
 must backpropagate through) does.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -24,7 +25,7 @@ def call(model: nn.Module, batch: dict, program: Callable, **kw) -> Tensor:
 
 def next_context(x: Tensor, y: Tensor) -> Tensor:
     """The context one frame later: drop the oldest frame of ``x``, append ``y`` (one frame)."""
-    return torch.cat([x[..., y.shape[-1]:], y], dim=-1)
+    return torch.cat([x[..., y.shape[-1] :], y], dim=-1)
 
 
 def operator_latents(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tensor) -> Tensor:
@@ -47,12 +48,20 @@ def invert_decoder(model: nn.Module, task: str, z: Tensor, coords: Tensor, y: Te
             (g,) = torch.autograd.grad(err, [zi])
             z = zi.detach()
             m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g  # Adam's moments, bias-corrected below
-            z = z - lr * (m / (1 - 0.9 ** i)) / ((v / (1 - 0.999 ** i)).sqrt() + 1e-8)
+            z = z - lr * (m / (1 - 0.9**i)) / ((v / (1 - 0.999**i)).sqrt() + 1e-8)
     return z
 
 
-def residual(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tensor, y: Tensor,
-             invert_steps: int = 0, invert_lr: float = 0.05) -> tuple[Tensor, Tensor]:
+def residual(
+    model: nn.Module,
+    task: str,
+    x: Tensor,
+    coords: Tensor,
+    cond: Tensor,
+    y: Tensor,
+    invert_steps: int = 0,
+    invert_lr: float = 0.05,
+) -> tuple[Tensor, Tensor]:
     """(operator's prediction z_pred, target latent - z_pred), without gradients. The target latent
     is the encoder's latent of the true next context, or with ``invert_steps`` the decoder's inverse
     of the true next frame (see :func:`invert_decoder`)."""
@@ -67,8 +76,7 @@ def residual(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tenso
         return z_pred, target - z_pred
 
 
-def calibrate(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tensor, *, y: Tensor,
-              head: str) -> Tensor:
+def calibrate(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tensor, *, y: Tensor, head: str) -> Tensor:
     """Set the head's residual scale of this task to the residual's RMS on this batch; returns it."""
     net = model.stage_heads[head]
     _, r = residual(model, task, x, coords, cond, y, **net.target)
@@ -78,8 +86,9 @@ def calibrate(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tens
     return rms
 
 
-def copy_weights(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tensor, *, src: Callable,
-                 dst: str) -> Tensor:
+def copy_weights(
+    model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tensor, *, src: Callable, dst: str
+) -> Tensor:
     """Copy the parameters and buffers of ``src(model)`` into ``stage_heads[dst]`` (same architecture)."""
     source, target = src(model), model.stage_heads[dst]
     with torch.no_grad():
@@ -88,26 +97,48 @@ def copy_weights(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: T
     return x.new_zeros(())
 
 
-def diffusion_loss(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tensor, *, y: Tensor,
-                   head: str) -> Tensor:
+def diffusion_loss(
+    model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tensor, *, y: Tensor, head: str
+) -> Tensor:
     """EDM loss of the head on the scaled residual, conditioned on the operator's prediction."""
     net, key = model.stage_heads[head], model.task_key(task)
     z_pred, r = residual(model, task, x, coords, cond, y, **net.target)
     return net.edm.loss(net, r / net.scale(key), z_pred=z_pred, cond=cond, task_key=key)
 
 
-def distillation_loss(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tensor, *, y: Tensor,
-                      head: str, teacher: str, n_levels: int) -> Tensor:
+def distillation_loss(
+    model: nn.Module,
+    task: str,
+    x: Tensor,
+    coords: Tensor,
+    cond: Tensor,
+    *,
+    y: Tensor,
+    head: str,
+    teacher: str,
+    n_levels: int,
+) -> Tensor:
     """Consistency-distillation loss of the student head against the frozen teacher head."""
     student, key = model.stage_heads[head], model.task_key(task)
     z_pred, r = residual(model, task, x, coords, cond, y, **student.target)
     distill = ConsistencyDistillation(student.edm, n_levels)
-    return distill.loss(student, model.stage_heads[teacher], r / student.scale(key), z_pred=z_pred, cond=cond,
-                        task_key=key)
+    return distill.loss(
+        student, model.stage_heads[teacher], r / student.scale(key), z_pred=z_pred, cond=cond, task_key=key
+    )
 
 
-def corrected(model: nn.Module, task: str, x: Tensor, coords: Tensor, cond: Tensor, *, head: str,
-              sample: Callable, k: int, generator: torch.Generator | None) -> Tensor:
+def corrected(
+    model: nn.Module,
+    task: str,
+    x: Tensor,
+    coords: Tensor,
+    cond: Tensor,
+    *,
+    head: str,
+    sample: Callable,
+    k: int,
+    generator: torch.Generator | None,
+) -> Tensor:
     """(1 + k, B, P, C): the operator's decoded prediction, then ``k`` decodes of it corrected by
     residuals drawn with ``sample(net, noise, **conditioning)``."""
     net, key = model.stage_heads[head], model.task_key(task)

@@ -4,6 +4,7 @@ With ``residual`` the model predicts the change from the last context frame (``N
 says, its ``predict_change``); steady tasks (Darcy) map a coefficient to a solution, so there the
 model always predicts the field itself.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,7 +35,7 @@ def predict_next(model: nn.Module, batch: dict, residual: bool | None) -> torch.
     else:
         out = model(batch["task"], batch["x"], batch["coords"], batch["cond"], grid=grid).float()
         # Time is outermost per point, so the last C values are the last context frame.
-        last = batch["x"][..., -out.shape[-1]:] if residual else None
+        last = batch["x"][..., -out.shape[-1] :] if residual else None
     return out if last is None else out + last.float()
 
 
@@ -72,8 +73,11 @@ class NextStep(Objective):
         """The batch's mean square of what it asks the model to learn: the change over the step, or
         the field itself for a steady task. ``relative`` divides by it so every task weighs the same."""
         y = batch["y"].float()
-        ref = y if batch.get("steady", False) else y - (batch["x"][..., -y.shape[-1]:] if "x" in batch
-                                                         else batch["last"]).float()
+        ref = (
+            y
+            if batch.get("steady", False)
+            else y - (batch["x"][..., -y.shape[-1] :] if "x" in batch else batch["last"]).float()
+        )
         return ref.pow(2).mean().clamp_min(1e-8)
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:

@@ -7,6 +7,7 @@ reads the solution at any point. Unlike the shared operator, it trains on steady
 inference it predicts every steady task; time-dependent tasks sit the stage out and keep the
 operator's prediction.
 """
+
 from __future__ import annotations
 
 import copy

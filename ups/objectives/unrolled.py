@@ -18,6 +18,7 @@ trains on that drift:
 Steady tasks (Darcy) have no time axis: there the loss is the one-step MSE. Evaluation predicts one
 step at a time, as for :class:`~ups.objectives.NextStep`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,7 @@ from ups.objectives.next_step import NextStep, predict_next
 class Unrolled(Objective):
     """``steps`` autoregressive predictions per window, fitted to the next ``steps`` true frames."""
 
-    def __init__(self, steps: int = 2, pushforward: bool = False, residual: bool | None = None,
-                 relative: bool = False):
+    def __init__(self, steps: int = 2, pushforward: bool = False, residual: bool | None = None, relative: bool = False):
         if int(steps) < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         self.steps, self.pushforward, self.residual = int(steps), bool(pushforward), residual
@@ -50,8 +50,10 @@ class Unrolled(Objective):
         if batch.get("steady", False):
             return self._mse(self.predict(model, batch), y, batch)
         if "z" in batch:
-            raise ValueError("Unrolled needs the context fields to feed predictions back; it cannot train "
-                             "from cached latents (set the stage's latent_cache=false)")
+            raise ValueError(
+                "Unrolled needs the context fields to feed predictions back; it cannot train "
+                "from cached latents (set the stage's latent_cache=false)"
+            )
         c = y.shape[-1] // self.steps
         n = int(torch.randint(0, self.steps, ())) if self.pushforward else self.steps - 1
         x, losses = batch["x"], []
@@ -61,8 +63,8 @@ class Unrolled(Objective):
                 pred = self.predict(model, {**batch, "x": x})
             if trained:
                 # The scale of step i is the true change over it, from the true frame before it.
-                before = batch["x"][..., -c:] if i == 0 else y[..., (i - 1) * c:i * c]
-                losses.append(self._mse(pred, y[..., i * c:(i + 1) * c], {**batch, "x": before}))
+                before = batch["x"][..., -c:] if i == 0 else y[..., (i - 1) * c : i * c]
+                losses.append(self._mse(pred, y[..., i * c : (i + 1) * c], {**batch, "x": before}))
             x = torch.cat([x[..., c:], pred.to(x.dtype)], dim=-1)  # drop the oldest frame, append the prediction
         return torch.stack(losses).mean()
 

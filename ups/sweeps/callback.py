@@ -1,4 +1,5 @@
 """A Hydra callback that writes the sweep report when a multirun ends (``conf/train.yaml``)."""
+
 from __future__ import annotations
 
 import logging

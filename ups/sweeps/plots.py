@@ -1,4 +1,5 @@
 """The sweep report's figures (matplotlib on the Agg canvas, no pyplot), from its rows."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -51,8 +52,12 @@ def plot_scaling(rows: list[dict], path: Path) -> Path | None:
     for batch, by_world in sorted(curves.items()):
         ws = sorted(by_world)
         ax.plot(ws, [by_world[w] / (w * by_world[1]) for w in ws], marker="o", label=f"per-device batch {batch}")
-    ax.set(xlabel="ranks (GPUs, or CPU processes)", ylabel="scaling efficiency", xticks=worlds,
-           title="samples/s at N ranks / (N x samples/s at 1 rank)")
+    ax.set(
+        xlabel="ranks (GPUs, or CPU processes)",
+        ylabel="scaling efficiency",
+        xticks=worlds,
+        title="samples/s at N ranks / (N x samples/s at 1 rank)",
+    )
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
@@ -82,9 +87,10 @@ def plot_per_job(rows: list[dict], prefix: str, ylabel: str, title: str, path: P
     width = 0.8 / len(keys)
     for i, key in enumerate(keys):
         xs = [j + i * width for j in range(len(rows))]
-        ax.bar(xs, [r.get(key) or 0.0 for r in rows], width, label=key[len(prefix):] or key)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], job_labels(rows), rotation=30, ha="right",
-                  fontsize="small")
+        ax.bar(xs, [r.get(key) or 0.0 for r in rows], width, label=key[len(prefix) :] or key)
+    ax.set_xticks(
+        [j + 0.4 - width / 2 for j in range(len(rows))], job_labels(rows), rotation=30, ha="right", fontsize="small"
+    )
     ax.set(xlabel="job", ylabel=ylabel, title=title)
     ax.grid(True, axis="y", alpha=0.3)
     if len(keys) > 1:
@@ -95,9 +101,12 @@ def plot_per_job(rows: list[dict], prefix: str, ylabel: str, title: str, path: P
 
 def plot_sweep(rows: list[dict], out: Path) -> list[Path]:
     """Every figure the rows allow, written into ``out``; returns their paths."""
-    drawn = [plot_throughput(rows, out / "sweep_throughput.png"),
-             plot_scaling(rows, out / "sweep_scaling.png"),
-             plot_per_job(rows, "val/nrmse/", "validation nRMSE", "Final validation nRMSE per task",
-                          out / "sweep_val_nrmse.png"),
-             plot_per_job(rows, "peak_memory_mb", "MB", "Peak memory (rank 0)", out / "sweep_memory.png")]
+    drawn = [
+        plot_throughput(rows, out / "sweep_throughput.png"),
+        plot_scaling(rows, out / "sweep_scaling.png"),
+        plot_per_job(
+            rows, "val/nrmse/", "validation nRMSE", "Final validation nRMSE per task", out / "sweep_val_nrmse.png"
+        ),
+        plot_per_job(rows, "peak_memory_mb", "MB", "Peak memory (rank 0)", out / "sweep_memory.png"),
+    ]
     return [p for p in drawn if p is not None]

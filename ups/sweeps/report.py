@@ -9,6 +9,7 @@ evaluation exists), ``failed``, ``interrupted`` or ``requeued`` (``job_status.js
 the error or the stop), or ``unfinished`` (a job that died or still runs; the last line of its
 ``train.log`` is shown). No job is dropped.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,21 @@ from ups.evaluation.report import read_records, timeline
 
 log = logging.getLogger(__name__)
 
-BASE_COLUMNS = ("job", "status", "overrides", "world_size", "batch_size", "accum_steps", "global_batch",
-                "samples_per_s", "step_time_s", "peak_memory_mb", "wall_clock_s", "steps", "error")
+BASE_COLUMNS = (
+    "job",
+    "status",
+    "overrides",
+    "world_size",
+    "batch_size",
+    "accum_steps",
+    "global_batch",
+    "samples_per_s",
+    "step_time_s",
+    "peak_memory_mb",
+    "wall_clock_s",
+    "steps",
+    "error",
+)
 
 
 def _last_line(path: Path) -> str:
@@ -51,8 +65,11 @@ def job_row(job: Path) -> dict[str, Any]:
     if cfg_path.exists():
         cfg = OmegaConf.to_container(OmegaConf.load(cfg_path))
         p, t = cfg.get("parallelism", {}), cfg.get("trainer", {})
-        row.update(world_size=p.get("nodes", 1) * p.get("ranks_per_node", 1), batch_size=t.get("batch_size"),
-                   accum_steps=t.get("accum_steps"))
+        row.update(
+            world_size=p.get("nodes", 1) * p.get("ranks_per_node", 1),
+            batch_size=t.get("batch_size"),
+            accum_steps=t.get("accum_steps"),
+        )
     records = read_records(job) if (job / "metrics.jsonl").exists() else []
     # A restarted job logs the steps after its checkpoint again: each step counts once, its last record.
     train = list(timeline(records)["train"].values())
@@ -75,8 +92,13 @@ def job_row(job: Path) -> dict[str, Any]:
     if final.exists():
         result = json.loads(final.read_text())
         row["status"], row["wall_clock_s"] = "completed", result["meta"].get("train_seconds")
-        row.update({f"test/{k}": v for k, v in result["results"]["model"].items()
-                    if k.startswith("nrmse/") and isinstance(v, (int, float))})
+        row.update(
+            {
+                f"test/{k}": v
+                for k, v in result["results"]["model"].items()
+                if k.startswith("nrmse/") and isinstance(v, (int, float))
+            }
+        )
     elif status.get("status") in ("failed", "interrupted", "requeued"):  # requeued: it resumes when it restarts
         row["status"], row["error"] = status["status"], ((status.get("error") or "").strip().splitlines() or [""])[-1]
     else:
@@ -91,8 +113,15 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         try:
             rows.append(job_row(job))
         except (OSError, ValueError, KeyError) as err:
-            rows.append({**{k: None for k in BASE_COLUMNS}, "job": job.name, "status": "unreadable",
-                         "overrides": "", "error": f"{type(err).__name__}: {err}"})
+            rows.append(
+                {
+                    **{k: None for k in BASE_COLUMNS},
+                    "job": job.name,
+                    "status": "unreadable",
+                    "overrides": "",
+                    "error": f"{type(err).__name__}: {err}",
+                }
+            )
     return rows
 
 
@@ -112,17 +141,23 @@ def markdown(rows: list[dict], meta: dict) -> str:
     cols = _columns(rows)
     done = sum(r["status"] == "completed" for r in rows)
     lines = ["# Sweep report", ""] + [f"- {k}: {v}" for k, v in meta.items()]
-    lines += [f"- jobs: {len(rows)}, completed: {done}, not completed: {len(rows) - done}", "",
-              "samples/s: mean over the training records after the first; step time: global batch / samples/s; "
-              "peak memory: the largest of the job's records (rank 0; CUDA allocated, or the process's RSS on CPU); "
-              "wall-clock: training time of the run.", "",
-              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += [
+        f"- jobs: {len(rows)}, completed: {done}, not completed: {len(rows) - done}",
+        "",
+        "samples/s: mean over the training records after the first; step time: global batch / samples/s; "
+        "peak memory: the largest of the job's records (rank 0; CUDA allocated, or the process's RSS on CPU); "
+        "wall-clock: training time of the run.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
     failed = [r for r in rows if r["status"] != "completed"]
     if failed:
         lines += ["", "## Jobs that did not complete", ""]
-        lines += [f"- job {r['job']} ({r['status']}): `{r['overrides']}`: {r['error'] or 'no error recorded'}"
-                  for r in failed]
+        lines += [
+            f"- job {r['job']} ({r['status']}): `{r['overrides']}`: {r['error'] or 'no error recorded'}" for r in failed
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -135,8 +170,11 @@ def write_report(sweep_dir: str | Path, rows: list[dict] | None = None) -> list[
     rows = collect(sweep) if rows is None else rows
     if not rows:
         raise FileNotFoundError(f"{sweep} holds no job directories (<job>/.hydra/overrides.yaml): not a sweep")
-    meta = {"sweep": str(sweep.resolve()), "written": dt.datetime.now().isoformat(timespec="seconds"),
-            "host": platform.node()}
+    meta = {
+        "sweep": str(sweep.resolve()),
+        "written": dt.datetime.now().isoformat(timespec="seconds"),
+        "host": platform.node(),
+    }
     cols = _columns(rows)
     paths = [sweep / "sweep_report.csv", sweep / "sweep_report.md"]
     with paths[0].open("w", newline="") as f:

@@ -8,6 +8,7 @@ budget (a batch fits when its peak stays that far below the memory), not taken o
 less the margin; on CPU, where running out of memory means swapping or the kernel's OOM killer,
 it is a peak resident set above ``tune.memory_budget_gb``.
 """
+
 from __future__ import annotations
 
 import gc
@@ -52,8 +53,9 @@ def _cpu_peak_mb(reset: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(step: Callable[[int], None], batch: int, device: torch.device, budget_mb: float,
-            oom_above: int | None = None) -> Trial:
+def measure(
+    step: Callable[[int], None], batch: int, device: torch.device, budget_mb: float, oom_above: int | None = None
+) -> Trial:
     """Run ``step(batch)`` and say whether it fitted within ``budget_mb`` (``oom_above``: injected limit)."""
     gc.collect()
     if device.type == "cuda":
@@ -69,7 +71,7 @@ def measure(step: Callable[[int], None], batch: int, device: torch.device, budge
         if not is_oom(err):
             raise
         return Trial(batch, False, float("nan"), f"out of memory ({str(err).splitlines()[0][:80]})")
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _cpu_peak_mb(False))
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _cpu_peak_mb(False)
     if peak > budget_mb:
         return Trial(batch, False, peak, f"peak {peak:.0f} MB above the budget of {budget_mb:.0f} MB")
     return Trial(batch, True, peak)
@@ -94,9 +96,17 @@ def search(try_batch: Callable[[int], Trial], start: int = 1, max_batch: int = 4
     return good, trials
 
 
-def training_step(model: nn.Module, sets: MultiTaskDataset, objective: Any, optimizer: torch.optim.Optimizer,
-                  device: torch.device, autocast: Callable, steps: int = 2) -> Callable[[int], None]:
+def training_step(
+    model: nn.Module,
+    sets: MultiTaskDataset,
+    objective: Any,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    autocast: Callable,
+    steps: int = 2,
+) -> Callable[[int], None]:
     """``step(batch)``: ``steps`` optimizer steps on ``batch`` windows of each task in turn."""
+
     def step(batch: int) -> None:
         for t, n in enumerate(sets.sizes()):
             items = [sets[t, i % n] for i in range(batch)]
@@ -109,6 +119,7 @@ def training_step(model: nn.Module, sets: MultiTaskDataset, objective: Any, opti
                 loss.backward()
                 optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
     return step
 
 
@@ -126,6 +137,9 @@ def budget_mb(device: torch.device, memory_budget_gb: float | None, margin: floa
 
 def describe(trials: Sequence[Trial]) -> str:
     """One line per trial, for the log."""
-    return "\n".join(f"  batch {t.batch:>5}: {'fits' if t.fits else 'does not fit'}"
-                     + (f", peak {t.peak_mb:.0f} MB" if t.peak_mb == t.peak_mb else "") + (f" ({t.why})" if t.why else "")
-                     for t in trials)
+    return "\n".join(
+        f"  batch {t.batch:>5}: {'fits' if t.fits else 'does not fit'}"
+        + (f", peak {t.peak_mb:.0f} MB" if t.peak_mb == t.peak_mb else "")
+        + (f" ({t.why})" if t.why else "")
+        for t in trials
+    )

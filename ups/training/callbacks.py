@@ -3,6 +3,7 @@
 A callback sees the trainer at fixed points and may keep state that goes into checkpoints (under
 its name in the ``callbacks`` config group, so adding or removing one never mixes up the others).
 """
+
 from __future__ import annotations
 
 import logging
@@ -150,8 +151,9 @@ class ProgressBar(Callback):
         if self._enabled(trainer):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=trainer.total_steps, desc=trainer.stage_name, file=self.stream, dynamic_ncols=True,
-                            unit="step")
+            self.bar = tqdm(
+                total=trainer.total_steps, desc=trainer.stage_name, file=self.stream, dynamic_ncols=True, unit="step"
+            )
 
     def on_step_end(self, trainer: "Trainer") -> None:
         if self.bar is not None:
@@ -164,9 +166,16 @@ class ProgressBar(Callback):
             return
         per_s = record["samples_per_s"] / max(record["global_batch"], 1)  # optimizer steps per second
         eta = (trainer.total_steps - trainer.step) / per_s if per_s > 0 else float("nan")
-        log.info("%s step %d/%d  loss %.4g  %.1f samples/s  ETA %s  peak memory %.0f MB", trainer.stage_name,
-                 trainer.step, trainer.total_steps, record["loss"], record["samples_per_s"],
-                 f"{int(eta // 60)}:{int(eta % 60):02d}" if eta == eta else "?", record.get("peak_memory_mb", 0.0))
+        log.info(
+            "%s step %d/%d  loss %.4g  %.1f samples/s  ETA %s  peak memory %.0f MB",
+            trainer.stage_name,
+            trainer.step,
+            trainer.total_steps,
+            record["loss"],
+            record["samples_per_s"],
+            f"{int(eta // 60)}:{int(eta % 60):02d}" if eta == eta else "?",
+            record.get("peak_memory_mb", 0.0),
+        )
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         if self.bar is not None:
@@ -204,7 +213,9 @@ class ModelCheckpoint(Callback):
 
         best = trainer.checkpointer.root / "best"
         try:
-            return not (best / MARKER).exists() or json.loads((best / "meta.json").read_text())["step"] != self.best_step
+            return (
+                not (best / MARKER).exists() or json.loads((best / "meta.json").read_text())["step"] != self.best_step
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return True
 
@@ -215,12 +226,17 @@ class ModelCheckpoint(Callback):
         if any_rank(self._best_missing(trainer), device=trainer.device):  # rank 0's file system decides
             source = trainer.checkpointer.root / f"step_{self.best_step:08d}"
             if any_rank((source / "COMPLETE").exists(), device=trainer.device):
-                log.warning("best/ does not hold the best checkpoint (step %d), which a failed copy left out; "
-                            "copying it again", self.best_step)
+                log.warning(
+                    "best/ does not hold the best checkpoint (step %d), which a failed copy left out; copying it again",
+                    self.best_step,
+                )
                 trainer.checkpointer.copy(source.name, "best")
             else:
-                log.warning("best/ lacks the best checkpoint (step %d) and that step folder is gone; the next "
-                            "evaluation becomes the best", self.best_step)
+                log.warning(
+                    "best/ lacks the best checkpoint (step %d) and that step folder is gone; the next "
+                    "evaluation becomes the best",
+                    self.best_step,
+                )
                 self.best, self.best_step = float("inf"), -1
 
     def on_fit_end(self, trainer: "Trainer") -> None:

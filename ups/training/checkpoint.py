@@ -18,6 +18,7 @@ bookkeeping is JSON (:func:`pack`), never a pickle; other non-tensor leaves are 
 an unpickler that admits only DCP's own metadata classes (:class:`SafeReader`). A folder without
 ``checksums.json`` is refused unless the caller allows unverified checkpoints.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,9 +62,11 @@ def pack(obj: Any) -> bytes:
 
 def unpack(blob: bytes) -> Any:
     if isinstance(blob, (bytes, bytearray)) and blob[:1] == b"\x80":
-        raise CheckpointError("this checkpoint's trainer state is a pickle, written by a UPS before 2026-12-04; it "
-                              "is not loaded because unpickling can run code. Start a new run (or a new "
-                              "paths.output_dir), or export its weights with the UPS that wrote it")
+        raise CheckpointError(
+            "this checkpoint's trainer state is a pickle, written by a UPS before 2026-12-04; it "
+            "is not loaded because unpickling can run code. Start a new run (or a new "
+            "paths.output_dir), or export its weights with the UPS that wrote it"
+        )
     try:
         return json.loads(bytes(blob).decode())
     except (ValueError, TypeError) as err:
@@ -221,8 +224,12 @@ class Checkpointer:
         verify(path, allow_unverified)
         try:
             with _quiet_single_process():
-                dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner(),
-                         no_dist=local or not _distributed())
+                dcp.load(
+                    state,
+                    storage_reader=SafeReader(str(path)),
+                    planner=SafeLoadPlanner(),
+                    no_dist=local or not _distributed(),
+                )
         except (Exception, CheckpointException) as err:  # torch's CheckpointException is a BaseException
             raise _load_error(path, err) from None
         return state
@@ -263,20 +270,24 @@ def run_checkpoint(run_dir: str | Path, stages: Any, which: str = "final") -> Pa
     what exists, when that checkpoint is not complete.
     """
     if not _plain_name(which):
-        raise FileNotFoundError(f"checkpoint={which!r} is not a checkpoint name of the run: use final, best or a "
-                                "step folder name such as step_00000400 (no paths)")
+        raise FileNotFoundError(
+            f"checkpoint={which!r} is not a checkpoint name of the run: use final, best or a "
+            "step folder name such as step_00000400 (no paths)"
+        )
     path = Path(run_dir) / "checkpoints" / last_trained_stage(stages) / which
     if not (path / MARKER).exists():
-        done = sorted(str(p.parent.relative_to(run_dir)) for p in Path(run_dir).glob(f"checkpoints/*/*/{MARKER}")
-                      if not p.parent.name.startswith("."))  # temporary and swap folders are not checkpoints
+        done = sorted(
+            str(p.parent.relative_to(run_dir))
+            for p in Path(run_dir).glob(f"checkpoints/*/*/{MARKER}")
+            if not p.parent.name.startswith(".")
+        )  # temporary and swap folders are not checkpoints
         raise FileNotFoundError(f"no complete checkpoint {path}; complete ones: {', '.join(done) or 'none'}")
     return path
 
 
 def _plain_name(name: str) -> bool:
     """A folder name inside a stage's checkpoints (final, best, step_N), not a path out of it."""
-    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name \
-        and not name.startswith(".")
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and not name.startswith(".")
 
 
 def load_consolidated(path: str | Path, allow_unverified: bool = False) -> dict:
@@ -303,8 +314,7 @@ def export_model(path: str | Path, out: str | Path, check: bool = True) -> Path:
 
     ``check=False`` only for the folder being written, whose checksums come after this file."""
     state = load_consolidated(path) if check else _consolidate(Path(path))
-    torch.save({"model": state["model"], "config": state["trainer"]["config"], "step": state["trainer"]["step"]},
-               out)
+    torch.save({"model": state["model"], "config": state["trainer"]["config"], "step": state["trainer"]["step"]}, out)
     return Path(out)
 
 
@@ -312,6 +322,7 @@ if __name__ == "__main__":  # python -m ups.training.checkpoint <checkpoint dir>
     import sys
 
     from ups.errors import exit_on_error  # the one error path of every entry point
+
     if len(sys.argv) != 3:
         sys.exit("usage: python -m ups.training.checkpoint <checkpoints/NAME> <out.pt>")
     with exit_on_error(f"Cannot export {sys.argv[1]}: "):
@@ -326,8 +337,9 @@ def load_eval_weights(path: str | Path, allow_unverified: bool = False) -> tuple
     """
     path = Path(path)
     state = load_consolidated(path, allow_unverified)
-    shadow = next((v["shadow"] for v in state.get("callbacks", {}).values() if isinstance(v, dict) and v.get("shadow")),
-                  None)
+    shadow = next(
+        (v["shadow"] for v in state.get("callbacks", {}).values() if isinstance(v, dict) and v.get("shadow")), None
+    )
     if shadow:
         return {**state["model"], **shadow}, f"{path} (EMA weights, as evaluated)"
     return state["model"], str(path)

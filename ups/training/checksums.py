@@ -2,6 +2,7 @@
 ``COMPLETE`` marker), checked before anything in it is loaded, so a damaged or replaced file is
 named instead of loaded. Exports (``ups.exported``) hash their files with the same routine.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,13 +39,16 @@ def verify(path: str | Path, allow_unverified: bool = False) -> None:
         if allow_unverified:
             log.warning("%s has no %s: loading it unchecked, as allowed", path, CHECKSUMS)
             return
-        raise CheckpointError(f"{path} has no {CHECKSUMS}, so a damaged or replaced file in it cannot be detected; "
-                              f"it is not loaded. If you trust where it came from, allow it with "
-                              f"{UNVERIFIED_OPTION} (python -m ups.evaluate: allow_unverified_checkpoints=true)") from None
+        raise CheckpointError(
+            f"{path} has no {CHECKSUMS}, so a damaged or replaced file in it cannot be detected; "
+            f"it is not loaded. If you trust where it came from, allow it with "
+            f"{UNVERIFIED_OPTION} (python -m ups.evaluate: allow_unverified_checkpoints=true)"
+        ) from None
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path / CHECKSUMS} is unreadable ({err})") from None
-    if not isinstance(sums, dict) or not all(isinstance(k, str) and "/" not in k and k not in ("", ".", "..")
-                                             for k in sums):
+    if not isinstance(sums, dict) or not all(
+        isinstance(k, str) and "/" not in k and k not in ("", ".", "..") for k in sums
+    ):
         raise CheckpointError(f"{path / CHECKSUMS} is malformed")
     for name, digest in sums.items():
         f = path / name

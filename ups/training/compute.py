@@ -4,6 +4,7 @@ scaled-dot-product-attention backend; and whether ``torch.compile`` did compile.
 One factory for the trainer, the evaluation and the benchmark, so a switch measured by
 ``python -m ups.bench`` is the switch a run uses.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,9 +46,11 @@ def check_precision(hw: Any, device: torch.device) -> None:
     backend = getattr(hw, "sdpa_backend", "auto")
     if device.type == "cuda" and backend == "flash" and hw.precision != "bf16":
         # torch would fail at the first attention call with "No available kernel"
-        raise ConfigError("hardware.sdpa_backend=flash needs bf16 or fp16 inputs on CUDA, and "
-                          f"hardware.precision={hw.precision}: set hardware.precision=bf16 (autocast makes the "
-                          "attention inputs bf16) or choose sdpa_backend=efficient/auto")
+        raise ConfigError(
+            "hardware.sdpa_backend=flash needs bf16 or fp16 inputs on CUDA, and "
+            f"hardware.precision={hw.precision}: set hardware.precision=bf16 (autocast makes the "
+            "attention inputs bf16) or choose sdpa_backend=efficient/auto"
+        )
 
 
 def compute_context(hw: Any, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -62,8 +65,12 @@ def compute_context(hw: Any, device: torch.device) -> Callable[[], contextlib.Ab
     if backend != "auto":
         from torch.nn.attention import SDPBackend
 
-        kernel = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                  "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+        kernel = {
+            "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "math": SDPBackend.MATH,
+            "cudnn": SDPBackend.CUDNN_ATTENTION,
+        }[backend]
 
     def context() -> contextlib.AbstractContextManager:
         stack = contextlib.ExitStack()
@@ -86,8 +93,11 @@ def compile_counts() -> dict[str, int]:
         from torch._dynamo.utils import counters
     except ImportError:  # pragma: no cover - torch without dynamo
         return {"frames_ok": 0, "frames_total": 0, "graph_breaks": 0}
-    return {"frames_ok": int(counters["frames"]["ok"]), "frames_total": int(counters["frames"]["total"]),
-            "graph_breaks": int(sum(counters["graph_break"].values()))}
+    return {
+        "frames_ok": int(counters["frames"]["ok"]),
+        "frames_total": int(counters["frames"]["total"]),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+    }
 
 
 def compile_report(before: dict[str, int], after: dict[str, int], reused: bool = False) -> dict[str, Any]:
@@ -99,12 +109,16 @@ def compile_report(before: dict[str, int], after: dict[str, int], reused: bool =
     failed = d["frames_total"] - d["frames_ok"]
     out = {"compiled_frames": d["frames_ok"], "failed_frames": failed, "graph_breaks": d["graph_breaks"]}
     if failed:
-        out["message"] = (f"torch.compile failed on {failed} of {d['frames_total']} frames, which run eagerly "
-                          "(see dynamo's warning above); the step is only partly compiled")
+        out["message"] = (
+            f"torch.compile failed on {failed} of {d['frames_total']} frames, which run eagerly "
+            "(see dynamo's warning above); the step is only partly compiled"
+        )
     elif d["frames_total"] == 0:
-        out["message"] = ("torch.compile compiled nothing new in this step" + (
-            ": the graphs compiled earlier in this process served it" if reused else
-            ": the step ran eagerly (compile disabled, or no block was wrapped)"))
+        out["message"] = "torch.compile compiled nothing new in this step" + (
+            ": the graphs compiled earlier in this process served it"
+            if reused
+            else ": the step ran eagerly (compile disabled, or no block was wrapped)"
+        )
     if "message" in out:
         log.warning(out["message"])
     return out

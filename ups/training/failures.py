@@ -2,6 +2,7 @@
 
 Which failures skip and which stop, per strategy, is tabled in docs/reliability.md.
 """
+
 from __future__ import annotations
 
 import errno
@@ -44,8 +45,9 @@ def writing(path: str | Path) -> Iterator[None]:
         code, reason = getattr(first, "errno", None), getattr(first, "strerror", None) or first
         if code is None and _disk_full(path):  # torch's file writer reports a short write without the errno
             code, reason = errno.ENOSPC, f"No space left on device ({reason})"
-        raise OSError(code, f"{reason} while writing {path} "
-                            f"(rank {', '.join(map(str, sorted(err.failures)))}){_hint(code)}") from None
+        raise OSError(
+            code, f"{reason} while writing {path} (rank {', '.join(map(str, sorted(err.failures)))}){_hint(code)}"
+        ) from None
 
 
 def _hint(code: int | None) -> str:
@@ -66,8 +68,11 @@ def _disk_full(path: str | Path) -> bool:
 
 def is_oom(err: BaseException) -> bool:
     """An out-of-memory error on any device: CUDA raises OutOfMemoryError, the CPU allocator a RuntimeError."""
-    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err) \
+    return (
+        isinstance(err, torch.OutOfMemoryError)
+        or "can't allocate memory" in str(err)
         or "out of memory" in str(err).lower()
+    )
 
 
 def stop_if_sharded(trainer: "Trainer", err: BaseException) -> None:
@@ -76,17 +81,18 @@ def stop_if_sharded(trainer: "Trainer", err: BaseException) -> None:
     ``parallelism.timeout_s``. This rank stops at once instead; the launcher then stops the others
     and, with ``parallelism.max_restarts``, restarts the job from its newest checkpoint."""
     if is_sharded(trainer.model) and trainer.env.world_size > 1:
-        raise StopTraining(f"rank {trainer.env.rank} ran out of memory in forward at step {trainer.global_step + 1} "
-                           f"under FSDP2, where the ranks cannot skip a step together mid-forward; stopping "
-                           f"(lower trainer.batch_size or turn on hardware.activation_checkpointing): {err}")
+        raise StopTraining(
+            f"rank {trainer.env.rank} ran out of memory in forward at step {trainer.global_step + 1} "
+            f"under FSDP2, where the ranks cannot skip a step together mid-forward; stopping "
+            f"(lower trainer.batch_size or turn on hardware.activation_checkpointing): {err}"
+        )
 
 
 def skip_or_stop(trainer: "Trainer", reason: str, policy: str) -> float:
     """Every rank reaches this together: drop the step's gradients, or stop the run."""
     trainer.optimizer.zero_grad(set_to_none=True)
     if policy == "stop":
-        raise StopTraining(f"stopping at step {trainer.global_step + 1} on all ranks: {reason} "
-                           "(trainer policy 'stop')")
+        raise StopTraining(f"stopping at step {trainer.global_step + 1} on all ranks: {reason} (trainer policy 'stop')")
     in_a_row = trainer.state.count_skip()
     log.warning("step %d skipped on all ranks: %s", trainer.global_step + 1, reason)
     limit = trainer.cfg.trainer.max_consecutive_skips
@@ -97,7 +103,8 @@ def skip_or_stop(trainer: "Trainer", reason: str, policy: str) -> float:
             f"stopping at step {trainer.global_step + 1} of stage {trainer.stage_name}: {limit} steps in a row were "
             f"skipped, the last for: {reason}. The weights have likely diverged (is optim.lr="
             f"{trainer.cfg.optim.lr:g} too large?) or every batch runs out of memory (lower trainer.batch_size); "
-            f"trainer.max_consecutive_skips sets the limit")
+            f"trainer.max_consecutive_skips sets the limit"
+        )
     return float("nan")
 
 
@@ -196,7 +203,12 @@ def check_batch_fits(trainer: "Trainer") -> None:
             f"{need / 1024:.1f} GB ({per_sample:.2f} MB per sample of task {task}, measured on this model, plus "
             f"weights, gradients and optimizer state), but this {where} has {have / 1024:.1f} GB available per rank; the "
             f"run would be killed for lack of memory. Lower trainer.batch_size (python -m ups.tune with the same "
-            f"overrides finds the largest that fits) or, if the estimate is wrong, set trainer.check_memory=false")
+            f"overrides finds the largest that fits) or, if the estimate is wrong, set trainer.check_memory=false"
+        )
     if need and trainer.env.is_main:
-        log.info("memory estimate for a step of batch %d: %.0f MB (%.0f MB available per rank)",
-                 cfg.trainer.batch_size, need, have)
+        log.info(
+            "memory estimate for a step of batch %d: %.0f MB (%.0f MB available per rank)",
+            cfg.trainer.batch_size,
+            need,
+            have,
+        )

@@ -5,6 +5,7 @@ fault code: it reaches the loop through the generic hooks every callback has. Ea
 once, at optimizer step ``k`` (the step that would make ``trainer.step == k``) on one rank; a crash
 fires only on the first attempt so the restarted job can finish.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Which parameters a stage trains: the one rule, used by the trainer and by the bench that measures it."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,12 +23,15 @@ def freeze_for_stage(model: nn.Module, name: str, stage: Any, objective: Objecti
     heads = set(spec.stage_heads(model)) if spec.stage_heads else set()
     own = objective.head
     if own is not None and stage.freeze:
-        raise ConfigError(f"stages.{name}.freeze={list(stage.freeze)}: its objective trains only the "
-                          f"head {own!r} and every other group stays frozen; leave freeze empty")
+        raise ConfigError(
+            f"stages.{name}.freeze={list(stage.freeze)}: its objective trains only the "
+            f"head {own!r} and every other group stays frozen; leave freeze empty"
+        )
     unknown = set(stage.freeze) - set(groups)
     if unknown:
-        raise ConfigError(f"stages.{name}.freeze has {sorted(unknown)}; model family "
-                          f"{spec.name!r} has the groups {', '.join(groups)}")
+        raise ConfigError(
+            f"stages.{name}.freeze has {sorted(unknown)}; model family {spec.name!r} has the groups {', '.join(groups)}"
+        )
     frozen = sorted(set(groups) - {own} if own is not None else set(stage.freeze) | heads)
     set_requires_grad([model], True)
     set_requires_grad([groups[g] for g in frozen], False)

@@ -9,6 +9,7 @@ metrics.jsonl schema (one JSON object per line; docs/configuration.md):
   eval:   ``split`` ("val" | "test"), ``nrmse/<task>`` for each task, ``nrmse/mean``; the closing
           test record also holds every metric of ``ups.evaluation`` (``<metric>/<task>``)
 """
+
 from __future__ import annotations
 
 import json
@@ -73,10 +74,18 @@ class TrainWindow:
         t, world = trainer.cfg.trainer, trainer.env.world_size
         elapsed = time.perf_counter() - self.t0
         record = dict(
-            epoch=trainer.epoch, loss=self.loss / self.steps, samples_per_s=self.samples / max(elapsed, 1e-9),
-            lr=trainer.scheduler.get_last_lr()[0], grad_norm=self.grad_norm, batch_size=t.batch_size,
-            accum_steps=t.accum_steps, world_size=world, global_batch=t.batch_size * t.accum_steps * world,
-            skipped_steps=trainer.state.skipped_steps, peak_memory_mb=peak_memory_mb(trainer.device))
+            epoch=trainer.epoch,
+            loss=self.loss / self.steps,
+            samples_per_s=self.samples / max(elapsed, 1e-9),
+            lr=trainer.scheduler.get_last_lr()[0],
+            grad_norm=self.grad_norm,
+            batch_size=t.batch_size,
+            accum_steps=t.accum_steps,
+            world_size=world,
+            global_batch=t.batch_size * t.accum_steps * world,
+            skipped_steps=trainer.state.skipped_steps,
+            peak_memory_mb=peak_memory_mb(trainer.device),
+        )
         record.update({f"loss/{k}": sum(v) / len(v) for k, v in self.tasks.items()})
         return record
 
@@ -103,9 +112,14 @@ def wandb_keys(record: dict) -> dict[str, float]:
     """A record's numbers under ``train/``, ``startup/``, ``val/`` or ``test/``, so the splits never share a key."""
     prefix = record["kind"] if record["kind"] in ("train", "startup") else record.get("split", "val")
     skip = {"step", "kind", "split", "stage", "time"}
-    return {f"{prefix}/{k}": v for k, v in record.items()
-            if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)
-            and not (isinstance(v, float) and math.isnan(v))}
+    return {
+        f"{prefix}/{k}": v
+        for k, v in record.items()
+        if k not in skip
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and not (isinstance(v, float) and math.isnan(v))
+    }
 
 
 class WandbLogger(Callback):
@@ -116,8 +130,15 @@ class WandbLogger(Callback):
     default to the sweep and the job's overrides in a multirun (``conf/logger/wandb.yaml``).
     """
 
-    def __init__(self, project: str = "ups", entity: str | None = None, mode: str | None = None,
-                 tags: list[str] | tuple[str, ...] = (), group: str | None = None, name: str | None = None):
+    def __init__(
+        self,
+        project: str = "ups",
+        entity: str | None = None,
+        mode: str | None = None,
+        tags: list[str] | tuple[str, ...] = (),
+        group: str | None = None,
+        name: str | None = None,
+    ):
         self.settings = dict(project=project, entity=entity, tags=list(tags), group=group, name=name)
         self.mode, self.run = mode, None
 
@@ -129,8 +150,13 @@ class WandbLogger(Callback):
         id_file = Path(trainer.run_dir) / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
-        kwargs = dict(self.settings, dir=str(trainer.run_dir), id=run_id, resume="allow",
-                      config=OmegaConf.to_container(trainer.cfg, resolve=True))  # wandb rejects DictConfig
+        kwargs = dict(
+            self.settings,
+            dir=str(trainer.run_dir),
+            id=run_id,
+            resume="allow",
+            config=OmegaConf.to_container(trainer.cfg, resolve=True),
+        )  # wandb rejects DictConfig
         if self.mode:
             kwargs["mode"] = self.mode
         self.run = wandb.init(**kwargs)

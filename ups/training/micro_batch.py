@@ -4,6 +4,7 @@ Out-of-memory in forward is agreed across ranks before anyone starts backward, s
 lone gradient all-reduce; in backward no agreement is possible (the other ranks may be inside its
 all-reduce), so it stops the run. Which failures skip and which stop is tabled in docs/reliability.md.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,7 +56,9 @@ def forward_backward(trainer: "Trainer", batch: Any, sync: bool) -> tuple[torch.
                 raise
             # The other ranks may be inside this backward's gradient all-reduce: no agreed skip
             # is possible. Stopping this rank makes the launcher stop them and restart the job.
-            raise StopTraining(f"rank {trainer.env.rank} ran out of memory in backward at step "
-                               f"{trainer.global_step + 1}; lower trainer.batch_size or turn on "
-                               f"hardware.activation_checkpointing ({err})") from None
+            raise StopTraining(
+                f"rank {trainer.env.rank} ran out of memory in backward at step "
+                f"{trainer.global_step + 1}; lower trainer.batch_size or turn on "
+                f"hardware.activation_checkpointing ({err})"
+            ) from None
     return loss, per_task, n

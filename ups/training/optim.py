@@ -1,6 +1,7 @@
 """AdamW with decoupled decay only on matrices, and learning-rate schedules: warm-up, then cosine over
 the steps (``cosine``), constant (``constant``), or cosine over the elapsed training time
 (``cosine_time``), which reaches its floor exactly when ``trainer.time_budget_s`` is spent."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,9 @@ def build_optimizer(model: nn.Module, cfg: Any, lr: float | None, device: torch.
     # The fused kernel runs on CUDA and CPU (on 2 CPU cores it took the optimizer step of `tiny` from
     # 11.2 to 6.3 ms, docs/benchmarks.md); foreach is the fast path elsewhere (MPS, ...).
     fused = cfg.fused if cfg.fused is not None else device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=lr or cfg.lr, betas=tuple(cfg.betas), fused=fused or None,
-                             foreach=None if fused else True)
+    return torch.optim.AdamW(
+        groups, lr=lr or cfg.lr, betas=tuple(cfg.betas), fused=fused or None, foreach=None if fused else True
+    )
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -69,8 +71,9 @@ class TimeCosineLR(torch.optim.lr_scheduler.LRScheduler):
         self.warmup, self.budget_s, self.min_ratio = config
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: Any, total_steps: int,
-                    budget_s: float | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(
+    opt: torch.optim.Optimizer, cfg: Any, total_steps: int, budget_s: float | None = None
+) -> torch.optim.lr_scheduler.LRScheduler:
     """The configured schedule; its state (step count, and elapsed time for ``cosine_time``) goes
     into checkpoints with the optimizer's."""
     if cfg.schedule == "cosine_time":
@@ -79,7 +82,8 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: Any, total_steps: int,
         return TimeCosineLR(opt, cfg.warmup_steps, budget_s, cfg.min_lr_ratio)
     warmup = min(cfg.warmup_steps, max(total_steps // 10, 1))
     return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, warmup, total_steps, cfg.schedule, cfg.min_lr_ratio))
+        opt, lambda s: lr_factor(s, warmup, total_steps, cfg.schedule, cfg.min_lr_ratio)
+    )
 
 
 def advance(scheduler: torch.optim.lr_scheduler.LRScheduler, elapsed_s: float) -> None:

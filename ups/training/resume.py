@@ -9,6 +9,7 @@ across ranks.
 included): a directory holding checkpoints is resumed only with the same model, tasks and data, and
 is replaced only when the user asks (``trainer.resume=false trainer.overwrite=true``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,10 +21,10 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ups.errors import ConfigError
 from ups.data.readers import DataFileError
 from ups.data.validate import data_fingerprints
 from ups.distributed.collectives import any_rank
+from ups.errors import ConfigError
 from ups.training.checkpoint import MARKER, Checkpointer, CheckpointError, pack, read_metadata, unpack
 from ups.training.checksums import verify
 from ups.training.rng import rank_key, rng_state, set_rng_state
@@ -37,16 +38,24 @@ log = logging.getLogger(__name__)
 def trainer_state(trainer: "Trainer", stage_done: bool = False) -> dict:
     """Everything needed to continue exactly: DCP-shardable tensors plus packed bookkeeping."""
     model_sd, optim_sd = get_state_dict(trainer.raw_model, trainer.optimizer)
-    book = {**trainer.state.state_dict(),  # the counters (ups/training/state.py)
-            "stage_done": stage_done,
-            # the position the loop consumed, not what the loader's workers prefetched
-            "sampler": trainer.sampler.state_dict(batches_done=trainer.state.batches_done),
-            "scheduler": trainer.scheduler.state_dict(), "world_size": trainer.env.world_size,
-            "callbacks": sorted(trainer.callbacks), "config": OmegaConf.to_container(trainer.cfg, resolve=True),
-            "data": data_fingerprints(trainer.tasks)}
-    return {"model": model_sd, "optim": optim_sd, "trainer": pack(book),
-            "callbacks": {name: cb.state_dict() for name, cb in trainer.callbacks.items()},
-            rank_key(trainer.env.rank): rng_state()}
+    book = {
+        **trainer.state.state_dict(),  # the counters (ups/training/state.py)
+        "stage_done": stage_done,
+        # the position the loop consumed, not what the loader's workers prefetched
+        "sampler": trainer.sampler.state_dict(batches_done=trainer.state.batches_done),
+        "scheduler": trainer.scheduler.state_dict(),
+        "world_size": trainer.env.world_size,
+        "callbacks": sorted(trainer.callbacks),
+        "config": OmegaConf.to_container(trainer.cfg, resolve=True),
+        "data": data_fingerprints(trainer.tasks),
+    }
+    return {
+        "model": model_sd,
+        "optim": optim_sd,
+        "trainer": pack(book),
+        "callbacks": {name: cb.state_dict() for name, cb in trainer.callbacks.items()},
+        rank_key(trainer.env.rank): rng_state(),
+    }
 
 
 def _allow_unverified(cfg: Any) -> bool:
@@ -68,17 +77,22 @@ def usable_checkpoint(trainer: "Trainer") -> Path | None:
         except CheckpointError as err:
             problem = str(err)
         if any_rank(problem is not None, device=trainer.device):
-            log.warning("checkpoint %s is not usable: %s; trying the next older one", path,
-                        problem or "it failed its checksums on another rank")
+            log.warning(
+                "checkpoint %s is not usable: %s; trying the next older one",
+                path,
+                problem or "it failed its checksums on another rank",
+            )
             continue
         return path
     bad = len(candidates) + len(trainer.checkpointer.unreadable)
     if bad:
-        raise CheckpointError(f"no usable checkpoint of stage {trainer.stage_name} in {trainer.checkpointer.root}: "
-                              f"all {bad} failed their checks (warnings above name the files). Move "
-                              "that folder away to start the stage afresh, or use another paths.output_dir (for "
-                              "checkpoints that only lack checksums.json and that you trust: "
-                              "trainer.allow_unverified_checkpoints=true)")
+        raise CheckpointError(
+            f"no usable checkpoint of stage {trainer.stage_name} in {trainer.checkpointer.root}: "
+            f"all {bad} failed their checks (warnings above name the files). Move "
+            "that folder away to start the stage afresh, or use another paths.output_dir (for "
+            "checkpoints that only lack checksums.json and that you trust: "
+            "trainer.allow_unverified_checkpoints=true)"
+        )
     return None
 
 
@@ -100,13 +114,17 @@ def resume_stage(trainer: "Trainer") -> bool:
         log.warning("callback %s is not in %s; it starts afresh", n, path)
     own_rng = rank_key(trainer.env.rank)
     if own_rng not in Checkpointer.saved_keys(path):
-        log.warning("checkpoint was saved by %d ranks and holds no RNG state for rank %d: continuing with "
-                    "this rank's current RNG (the resumed run is not bit-identical)", saved["world_size"],
-                    trainer.env.rank)
+        log.warning(
+            "checkpoint was saved by %d ranks and holds no RNG state for rank %d: continuing with "
+            "this rank's current RNG (the resumed run is not bit-identical)",
+            saved["world_size"],
+            trainer.env.rank,
+        )
         template.pop(own_rng)
     state = Checkpointer.load_into(path, template, allow)
-    set_state_dict(trainer.raw_model, trainer.optimizer, model_state_dict=state["model"],
-                   optim_state_dict=state["optim"])
+    set_state_dict(
+        trainer.raw_model, trainer.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+    )
     trainer.scheduler.load_state_dict(saved["scheduler"])
     try:
         trainer.sampler.load_state_dict(saved["sampler"])
@@ -121,8 +139,9 @@ def resume_stage(trainer: "Trainer") -> bool:
         trainer.callbacks[n].load_state_dict(state["callbacks"][n])
     done = bool(saved["stage_done"])
     if done and st.step < st.total_steps and not st.stopped:
-        log.info("stage %s finished at step %d; its budget is now %d steps: continuing", st.stage, st.step,
-                 st.total_steps)
+        log.info(
+            "stage %s finished at step %d; its budget is now %d steps: continuing", st.stage, st.step, st.total_steps
+        )
         done = False
     elif not done:
         log.info("resumed stage %s from %s at step %d (global step %d)", st.stage, path, st.step, st.global_step)
@@ -146,7 +165,11 @@ def config_differences(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (old, new)}`` of every setting that differs (absent: ``"<absent>"``)."""
     a, b = _flat(old), _flat(new)
     missing = "<absent>"
-    return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)}
+    return {
+        k: (a.get(k, missing), b.get(k, missing))
+        for k in sorted(set(a) | set(b))
+        if a.get(k, missing) != b.get(k, missing)
+    }
 
 
 def _describe(diff: dict[str, tuple[Any, Any]], limit: int = 12) -> str:
@@ -180,8 +203,11 @@ def _saved_run(run_dir: Path, allow_unverified: bool) -> tuple[Path, dict] | Non
 
 def _shape_mismatch(path: Path, model: nn.Module) -> list[str]:
     """Model tensors whose name or shape differ between a checkpoint and ``model`` (a few, for the message)."""
-    saved = {k[len("model."):]: tuple(getattr(m, "size", ())) for k, m in read_metadata(path).state_dict_metadata.items()
-             if k.startswith("model.")}
+    saved = {
+        k[len("model.") :]: tuple(getattr(m, "size", ()))
+        for k, m in read_metadata(path).state_dict_metadata.items()
+        if k.startswith("model.")
+    }
     here = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     out = [f"{k} {saved[k]} -> {here[k]}" for k in sorted(set(saved) & set(here)) if saved[k] != here[k]]
     out += [f"{k} only in the checkpoint" for k in sorted(set(saved) - set(here))]
@@ -219,10 +245,14 @@ def check_run_dir(cfg: Any, run_dir: str | Path, model: nn.Module, tasks: Sequen
                 f"{run_dir} holds the checkpoints of an earlier run and trainer.resume=false would overwrite them "
                 f"(final, best, the step folders) and mix both runs in metrics.jsonl. Choose a new paths.output_dir, "
                 f"resume that run (trainer.resume=true), or add trainer.overwrite=true to delete its checkpoints, "
-                f"metrics and evaluations and start clean")
+                f"metrics and evaluations and start clean"
+            )
         if is_main:
-            log.warning("trainer.resume=false trainer.overwrite=true: deleting the checkpoints, metrics.jsonl and eval/ "
-                        "of the earlier run in %s", run_dir)
+            log.warning(
+                "trainer.resume=false trainer.overwrite=true: deleting the checkpoints, metrics.jsonl and eval/ "
+                "of the earlier run in %s",
+                run_dir,
+            )
             _clear_run(run_dir)
         return
     saved = _saved_run(run_dir, _allow_unverified(cfg))
@@ -230,8 +260,11 @@ def check_run_dir(cfg: Any, run_dir: str | Path, model: nn.Module, tasks: Sequen
         return  # nothing readable: the stage's resume says why (or starts afresh if nothing is complete)
     path, book = saved
     new = OmegaConf.to_container(cfg, resolve=True)
-    diff = {k: v for k, v in config_differences(book.get("config") or {}, new).items()
-            if not k.startswith(("paths.output_dir", "trainer.resume", "trainer.overwrite"))}
+    diff = {
+        k: v
+        for k, v in config_differences(book.get("config") or {}, new).items()
+        if not k.startswith(("paths.output_dir", "trainer.resume", "trainer.overwrite"))
+    }
     identity = {k: v for k, v in diff.items() if k.startswith(IDENTITY_KEYS)}
     shapes = _shape_mismatch(path, model)
     if identity or shapes:
@@ -241,18 +274,27 @@ def check_run_dir(cfg: Any, run_dir: str | Path, model: nn.Module, tasks: Sequen
             f"differs in: {_describe(shown or diff) or 'nothing recorded'}"
             + (f" ({len(shapes)} model tensors differ, e.g. {'; '.join(shapes[:3])})" if shapes else "")
             + ". To start fresh, choose a new paths.output_dir, or replace this run with trainer.resume=false "
-              "trainer.overwrite=true")
+            "trainer.overwrite=true"
+        )
     if diff and is_main:
-        log.warning("resuming %s with settings that differ from its checkpoint %s: %s", run_dir, path.relative_to(run_dir),
-                    _describe(diff, limit=40))
+        log.warning(
+            "resuming %s with settings that differ from its checkpoint %s: %s",
+            run_dir,
+            path.relative_to(run_dir),
+            _describe(diff, limit=40),
+        )
     recorded, now = book.get("data"), data_fingerprints(tasks)
     if recorded is not None and recorded != now and not t.get("allow_data_change", False):
-        changed = [f"{k}: checkpoint {recorded.get(k, 'absent')}, now {now.get(k, 'absent')}"
-                   for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
+        changed = [
+            f"{k}: checkpoint {recorded.get(k, 'absent')}, now {now.get(k, 'absent')}"
+            for k in sorted(set(recorded) | set(now))
+            if recorded.get(k) != now.get(k)
+        ]
         raise DataFileError(
             f"the data differs from the data {path.relative_to(run_dir)} was trained on: {'; '.join(changed[:6])}"
             f"{f' and {len(changed) - 6} more' if len(changed) > 6 else ''}. Resuming would continue the run on other "
             f"data with other normalisation statistics. Restore the files, start a new run (another "
-            f"paths.output_dir), or continue anyway with trainer.allow_data_change=true")
+            f"paths.output_dir), or continue anyway with trainer.allow_data_change=true"
+        )
     if recorded is not None and recorded != now:
         log.warning("resuming %s on data that differs from its checkpoint's (trainer.allow_data_change=true)", run_dir)

@@ -3,6 +3,7 @@ restored together: a resumed run continues their sequences exactly. Checkpoints 
 rank (:func:`rank_key`); the memory estimate before a stage's first step (``failures.py``)
 restores them after its trial forward passes.
 """
+
 from __future__ import annotations
 
 import random
@@ -17,8 +18,10 @@ def rng_state() -> dict:
     """Every random generator a step can draw from: torch's as a tensor, the others packed as JSON."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, py_gauss = random.getstate()
-    other = {"numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-             "python": [version, list(internal), py_gauss]}
+    other = {
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), py_gauss],
+    }
     if torch.cuda.is_available():
         other["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return {"torch": torch.get_rng_state(), "other": pack(other)}

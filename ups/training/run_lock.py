@@ -6,6 +6,7 @@ with a message naming the holder. A lock whose holder is gone (a dead PID on thi
 kill -9) is taken over with a warning; one from another host cannot be checked and is refused
 unless the user removes it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,7 +58,8 @@ def acquire(run_dir: str | Path) -> Path:
                 raise ConfigError(
                     f"another run is using {path.parent} (pid {other.get('pid')} {where}, started "
                     f"{other.get('started')}); two runs in one directory would mix their checkpoints. Wait for it, "
-                    f"choose another paths.output_dir, or, if that run is gone, delete {path}") from None
+                    f"choose another paths.output_dir, or, if that run is gone, delete {path}"
+                ) from None
             log.warning("taking over the lock of a run that is gone: %s", other or "unreadable lock file")
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -7,6 +7,7 @@ non-tensor leaves with ``torch.load(weights_only=False)``: a crafted file runs a
 dtypes, layouts, paths), and non-tensor leaves through ``torch.load(weights_only=True)``. Tensors
 are already read by DCP with ``weights_only=True``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -55,8 +56,10 @@ class _MetadataUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"it names {module}.{name}, which is not a checkpoint metadata class "
-                                         "(a pickle naming it could run code)") from None
+            raise pickle.UnpicklingError(
+                f"it names {module}.{name}, which is not a checkpoint metadata class "
+                "(a pickle naming it could run code)"
+            ) from None
 
 
 def read_metadata(path: str | Path) -> dcp_metadata.Metadata:
@@ -68,8 +71,10 @@ def read_metadata(path: str | Path) -> dcp_metadata.Metadata:
     except FileNotFoundError:
         raise CheckpointError(f"{f} is missing") from None
     except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError) as err:
-        raise CheckpointError(f"{f} is refused: {err}. Nothing of it was run; delete that checkpoint folder "
-                              "if you do not know where it came from") from None
+        raise CheckpointError(
+            f"{f} is refused: {err}. Nothing of it was run; delete that checkpoint folder "
+            "if you do not know where it came from"
+        ) from None
     if not isinstance(meta, dcp_metadata.Metadata):
         raise CheckpointError(f"{f} is refused: it holds a {type(meta).__name__}, not DCP metadata")
     return meta
@@ -91,8 +96,9 @@ def _load_leaf(value: io.BytesIO) -> Any:
     try:
         return torch.load(value, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError and others for a refused global
-        raise CheckpointError(f"a value in the checkpoint is refused by torch.load(weights_only=True): "
-                              f"{str(err).splitlines()[0][:200]}") from None
+        raise CheckpointError(
+            f"a value in the checkpoint is refused by torch.load(weights_only=True): {str(err).splitlines()[0][:200]}"
+        ) from None
 
 
 def _safe_load_bytes(planner: DefaultLoadPlanner, read_item: Any, value: io.BytesIO) -> None:

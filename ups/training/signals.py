@@ -7,6 +7,7 @@ A second Ctrl-C exits at once, in a process of its own. Under a launcher (UPS's,
 launcher's agent passes the terminal's Ctrl-C on to the ranks once more as it shuts down, so there a
 rank keeps stopping cleanly and the launcher answers a second Ctrl-C (its ranks then exit with it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,11 @@ def _handler(signum: int, frame: object) -> None:
     if _received is None:
         _received = signum
         if not _quiet:
-            print(f"received {signal.Signals(signum).name}: {_ack} (Ctrl-C again to exit at once)", file=sys.stderr,
-                  flush=True)
+            print(
+                f"received {signal.Signals(signum).name}: {_ack} (Ctrl-C again to exit at once)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def acknowledge_as(text: str) -> None:

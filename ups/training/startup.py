@@ -5,6 +5,7 @@ the imports and Hydra's composition count as "config"; elsewhere it starts when 
 imported. A later run in the same process (the next job of a local sweep, a test) starts its clock
 when it starts: counting from the process start would include the jobs before it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,7 +65,17 @@ class StartupReport(Callback):
         self.startup.mark("first_step")
         parts = {k: round(v, 2) for k, v in self.startup.parts.items()}
         total = round(sum(self.startup.parts.values()), 2)
-        log.info("start-up: first optimizer step %.1f s after the command (%s)", total,
-                 ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
-        trainer.log_record({"step": trainer.global_step, "kind": "startup", "stage": trainer.stage_name,
-                            "seconds": total, **{f"{k}_s": v for k, v in parts.items()}})
+        log.info(
+            "start-up: first optimizer step %.1f s after the command (%s)",
+            total,
+            ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()),
+        )
+        trainer.log_record(
+            {
+                "step": trainer.global_step,
+                "kind": "startup",
+                "stage": trainer.stage_name,
+                "seconds": total,
+                **{f"{k}_s": v for k, v in parts.items()},
+            }
+        )

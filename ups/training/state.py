@@ -6,6 +6,7 @@ second edit. A field that must not be restored says why in its metadata: ``RECOR
 for reading but set by the config on resume, ``PROCESS`` ones belong to this process alone.
 ``tests/test_trainer_state.py`` fails when a field round-trips neither way.
 """
+
 from __future__ import annotations
 
 import time
@@ -56,9 +57,15 @@ class TrainerState:
 
     def next_stage(self, name: str, total_steps: int) -> "TrainerState":
         """The state at the start of stage ``name``: its counters from zero, the run's carried over."""
-        return TrainerState(offset=self.global_step, stage=name, total_steps=total_steps,
-                            train_seconds=self.train_seconds, consecutive_skips=self.consecutive_skips,
-                            last_loss=self.last_loss, interrupted=self.interrupted)
+        return TrainerState(
+            offset=self.global_step,
+            stage=name,
+            total_steps=total_steps,
+            train_seconds=self.train_seconds,
+            consecutive_skips=self.consecutive_skips,
+            last_loss=self.last_loss,
+            interrupted=self.interrupted,
+        )
 
     # -- the clock ------------------------------------------------------------------------------
     def start_clock(self) -> None:

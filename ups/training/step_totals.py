@@ -7,6 +7,7 @@ cannot run ahead. Here the step's numbers stay on the device until one ``tolist(
 backward pass, which then decides together: skip the update (a non-finite loss or gradient norm on
 any rank), stop (a signal, a callback's request, the time budget), and what to log.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -78,15 +79,16 @@ class StepTotals:
         flags = torch.tensor(stop_flags(stop_requested) + [elapsed_s], dtype=torch.float64, device=self.device)
         values = all_reduce_sum(torch.cat([flags, self.sums])).tolist()
         out = agree(values[:_N_FLAGS])
-        sums, n, w = values[_N_FLAGS + 1:], len(self.names), self.world_size
+        sums, n, w = values[_N_FLAGS + 1 :], len(self.names), self.world_size
         out.elapsed_s = values[_N_FLAGS] / w
         out.nonfinite_loss, out.grad_norm, out.loss = sums[1] > 0, sums[2] / w, sums[0] / w
         out.task_losses = {name: sums[3 + i] / sums[3 + n + i] for i, name in enumerate(self.names) if sums[3 + n + i]}
         return out
 
 
-def batch_loss(objective: Any, model: nn.Module, batch: list[dict], device: torch.device
-               ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]], int]:
+def batch_loss(
+    objective: Any, model: nn.Module, batch: list[dict], device: torch.device
+) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]], int]:
     """A micro-batch's loss: the objective's loss per task group, weighted by the group's share of
     the samples; also each task's (detached loss, samples) for the step's reduction, and the samples."""
     n_all = sum(len(b["y"]) for b in batch)

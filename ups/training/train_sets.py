@@ -1,5 +1,6 @@
 """What a stage trains on: windows holding as many target frames as its objective needs, or, with a
 frozen encoder, that encoder's latents from the cache (encoded once, then read from disk)."""
+
 from __future__ import annotations
 
 import logging
@@ -10,12 +11,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ups.errors import ConfigError
 from ups.data.datasets import MultiTaskDataset, WindowDataset
 from ups.data.tasks import TaskData
 from ups.distributed.collectives import main_first
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import is_sharded
+from ups.errors import ConfigError
 from ups.models.spec import spec_of
 from ups.objectives import Objective
 
@@ -28,7 +29,9 @@ def fixed_batches(windows: MultiTaskDataset, device: torch.device, per_task: int
     batches = []
     for t, n in enumerate(windows.sizes()):
         items = [windows[t, i] for i in range(0, n, max(1, n // per_task))][:per_task]
-        batches += [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in windows.collate(items)]
+        batches += [
+            {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in windows.collate(items)
+        ]
     return batches
 
 
@@ -67,8 +70,10 @@ class TrainSets:
         if latent is None or not stage.latent_cache or not set(latent.groups) <= set(stage.freeze):
             return windows
         if objective.horizon > 1:
-            raise ConfigError(f"stages.{name}: its objective unrolls {objective.horizon} steps from the context "
-                              f"fields, which the latent cache does not keep; set stages.{name}.latent_cache=false")
+            raise ConfigError(
+                f"stages.{name}: its objective unrolls {objective.horizon} steps from the context "
+                f"fields, which the latent cache does not keep; set stages.{name}.latent_cache=false"
+            )
         if is_sharded(model):
             # The sharded encoder needs every rank in each forward; rank 0 alone cannot build the cache.
             log.info("stage %s: encoder sharded by FSDP2, encoding on the fly instead of caching", name)
@@ -78,8 +83,9 @@ class TrainSets:
 
         root = Path(cfg.data.latent_cache_dir or self.run_dir / "latent_cache")
         with main_first(env.is_main):  # rank 0 builds what is missing, then everyone opens it
-            cached = [latent_cache.load_or_build(model, w, root, self.device, build=env.is_main)
-                      for w in self.raw.datasets]
+            cached = [
+                latent_cache.load_or_build(model, w, root, self.device, build=env.is_main) for w in self.raw.datasets
+            ]
         return MultiTaskLatentDataset(cached)
 
 
@@ -87,6 +93,12 @@ def stage_loader(train_set: MultiTaskDataset, sampler: Any, data_cfg: Any, devic
     """The loader of a stage. One for the whole stage, so its workers live across epochs instead of
     starting again each epoch; pinned memory makes the host-to-GPU copies asynchronous."""
     workers = data_cfg.num_workers
-    return DataLoader(train_set, batch_sampler=sampler, collate_fn=train_set.collate, num_workers=workers,
-                      persistent_workers=workers > 0, pin_memory=device.type == "cuda",
-                      prefetch_factor=data_cfg.prefetch_factor if workers > 0 else None)
+    return DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        collate_fn=train_set.collate,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=data_cfg.prefetch_factor if workers > 0 else None,
+    )

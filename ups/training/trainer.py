@@ -7,6 +7,7 @@ in a collective the others skipped: out-of-memory in forward per micro-batch on 
 What a step optimises is the stage's objective (``ups/objectives/``); which modules a stage may
 freeze, the model's spec says.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,15 +28,15 @@ from ups.distributed.env import DistEnv
 from ups.evaluation.evaluate import evaluate
 from ups.models.spec import spec_of
 from ups.objectives import Objective
-from ups.training.callbacks import Callback
 from ups.training import resume, signals
+from ups.training.callbacks import Callback
 from ups.training.checkpoint import Checkpointer
 from ups.training.failures import check_batch_fits, skip_or_stop
 from ups.training.loggers import TrainWindow
 from ups.training.micro_batch import forward_backward
 from ups.training.optim import advance, build_optimizer, build_scheduler
-from ups.training.step_totals import Agreed, StepTotals, agree_stop
 from ups.training.state import TrainerState
+from ups.training.step_totals import Agreed, StepTotals, agree_stop
 from ups.training.train_sets import fixed_batches, stage_loader
 
 if TYPE_CHECKING:
@@ -56,8 +57,15 @@ class Trainer:
     carry one global step that increases across stages (``step``) besides the stage's (``stage_step``).
     """
 
-    def __init__(self, cfg: Any, model: nn.Module, built: "BuiltRun", env: DistEnv, callbacks: Mapping[str, Callback],
-                 run_dir: str | Path):
+    def __init__(
+        self,
+        cfg: Any,
+        model: nn.Module,
+        built: "BuiltRun",
+        env: DistEnv,
+        callbacks: Mapping[str, Callback],
+        run_dir: str | Path,
+    ):
         """``model``: the wrapped (parallelized) ``built.model``; everything else comes from ``built``
         (``ups/build.py``): tasks, each stage's objective, the device and autocast."""
         self.cfg, self.model, self.raw_model, self.env = cfg, model, built.model, env
@@ -67,8 +75,9 @@ class Trainer:
         tasks, pre = self.tasks, cfg.data.preload_max_gb
         self.train_sets = built.train_sets(env, self.run_dir)
         self.train_set: MultiTaskDataset = self.train_sets.raw
-        self.eval_sets = {split: [TrajectoryDataset(t, split, cfg.data.eval_samples, pre) for t in tasks]
-                          for split in ("val", "test")}
+        self.eval_sets = {
+            split: [TrajectoryDataset(t, split, cfg.data.eval_samples, pre) for t in tasks] for split in ("val", "test")
+        }
         self.state = TrainerState()  # every counter; checkpointed through its own state_dict
         self.objective: Objective | None = None
         self.checkpointer: Checkpointer | None = None
@@ -144,8 +153,11 @@ class Trainer:
 
     def _load_weights(self, path: str | Path) -> None:
         """Start from a checkpoint's model weights (a previous stage or another run), not its training state."""
-        state = Checkpointer.load_into(path, {"model": get_model_state_dict(self.raw_model)},
-                                       self.cfg.trainer.get("allow_unverified_checkpoints", False))
+        state = Checkpointer.load_into(
+            path,
+            {"model": get_model_state_dict(self.raw_model)},
+            self.cfg.trainer.get("allow_unverified_checkpoints", False),
+        )
         set_model_state_dict(self.raw_model, state["model"])
         log.info("stage %s starts from the weights in %s", self.stage_name, path)
 
@@ -158,8 +170,11 @@ class Trainer:
         # what the sampler sizes: the windows of the tasks the objective trains on
         self.train_set = self.train_sets.windows(self.objective.horizon, f"stages.{name}", self.objective.applies)
         if not self.train_set.datasets:  # e.g. the steady prior on time-dependent tasks only
-            log.info("stage %s: %s trains on no task of this run; it keeps the previous weights", name,
-                     type(self.objective).__name__)
+            log.info(
+                "stage %s: %s trains on no task of this run; it keeps the previous weights",
+                name,
+                type(self.objective).__name__,
+            )
             st.total_steps, self.train_set = 0, self.train_sets.raw
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints" / name, t.keep_last_k, self.env.is_main)
         self.built.freeze(name)
@@ -167,9 +182,16 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, st.total_steps, t.time_budget_s)
         s = self.cfg.data.sampler
         self.sampler = MultiTaskDistributedSampler(
-            self.train_set.sizes(), t.batch_size, num_replicas=self.env.world_size, rank=self.env.rank,
-            strategy=s.strategy, temperature=s.temperature, mode=s.mode, seed=t.seed,
-            steps_per_epoch=self._micro_batches_per_epoch())
+            self.train_set.sizes(),
+            t.batch_size,
+            num_replicas=self.env.world_size,
+            rank=self.env.rank,
+            strategy=s.strategy,
+            temperature=s.temperature,
+            mode=s.mode,
+            seed=t.seed,
+            steps_per_epoch=self._micro_batches_per_epoch(),
+        )
         for cb in self.callbacks.values():
             cb.on_fit_start(self)  # before resume, so callback state exists to be loaded into
         if self._resume():
@@ -188,9 +210,12 @@ class Trainer:
         if st.interrupted:
             path = self.checkpointer.save(self.state_dict(), f"step_{self.global_step:08d}", self.global_step)
             sig_name = signal.Signals(st.interrupted).name
-            raise signals.Interrupted(st.interrupted, f"stopped by {sig_name} at step {self.global_step} (stage "
-                                      f"{st.stage}, its step {st.step}); checkpoint saved in {path}; run the "
-                                      "same command again to resume")
+            raise signals.Interrupted(
+                st.interrupted,
+                f"stopped by {sig_name} at step {self.global_step} (stage "
+                f"{st.stage}, its step {st.step}); checkpoint saved in {path}; run the "
+                "same command again to resume",
+            )
         if st.last_val.get("step") != self.global_step:
             self._eval_and_log()
         self.checkpointer.save(self.state_dict(stage_done=True), "final", self.global_step, consolidate=True)
@@ -272,8 +297,9 @@ class Trainer:
             loss, per_task, n = out
             totals.add(loss, per_task, t.accum_steps)
             n_samples += n
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.raw_model.parameters() if p.requires_grad],
-                                                   self.cfg.optim.grad_clip or float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.raw_model.parameters() if p.requires_grad], self.cfg.optim.grad_clip or float("inf")
+        )
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         agreed = totals.reduce(grad_norm, self._stop_requested(), self.state.elapsed_s())  # the step's one host sync
         if agreed.nonfinite_loss:
@@ -307,16 +333,28 @@ class Trainer:
         """Rollout nRMSE per task of the stage's objective's predictions, with the evaluation weights."""
         with self.eval_weights():
             objective, model = self.objective, self.raw_model
-            return evaluate(lambda b: objective.predict(model, b), model, self.eval_sets[split], self.device,
-                            self.autocast, batch_size=self.cfg.trainer.batch_size, rank=self.env.rank,
-                            world_size=self.env.world_size)
+            return evaluate(
+                lambda b: objective.predict(model, b),
+                model,
+                self.eval_sets[split],
+                self.device,
+                self.autocast,
+                batch_size=self.cfg.trainer.batch_size,
+                rank=self.env.rank,
+                world_size=self.env.world_size,
+            )
 
     def _eval_and_log(self) -> dict:
         metrics = self.evaluate("val")
         self.state.last_val = self._record("eval", split="val", **metrics)
         self.log_record(self.state.last_val)
-        log.info("step %d (%s step %d) val nRMSE %s", self.global_step, self.stage_name, self.step,
-                 "  ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in metrics.items()))
+        log.info(
+            "step %d (%s step %d) val nRMSE %s",
+            self.global_step,
+            self.stage_name,
+            self.step,
+            "  ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in metrics.items()),
+        )
         for cb in self.callbacks.values():
             cb.on_eval_end(self, metrics)
         return self.state.last_val

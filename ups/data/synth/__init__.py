@@ -46,6 +46,7 @@ def _lazy(target: str) -> Callable:
     def call(*args, **kwargs):
         """Import the target on first use and call it."""
         return getattr(importlib.import_module(f"{__name__}.{mod}"), fn)(*args, **kwargs)
+
     call.__name__ = f"generate_{mod}_{fn}"
     call.__doc__ = f"Lazily calls ups.data.synth.{mod}.{fn}."
     return call
@@ -62,8 +63,9 @@ def expand_tasks(spec: str) -> list[str]:
             continue
         for name in GROUPS.get(part, [part]):
             if name not in GENERATORS:
-                raise ValueError(f"unknown PDE family {name!r}; valid families: "
-                                 f"{', '.join(GENERATORS)}; groups: {', '.join(GROUPS)}")
+                raise ValueError(
+                    f"unknown PDE family {name!r}; valid families: {', '.join(GENERATORS)}; groups: {', '.join(GROUPS)}"
+                )
             if name not in names:
                 names.append(name)
     if not names:
@@ -79,9 +81,17 @@ def check_sizes(n_samples: int | None, nx: int | None, nt: int | None) -> None:
             raise ValueError(f"{key} must be an integer >= {low}, got {val!r}")
 
 
-def generate(family: str, out_dir: str | Path, *, n_samples: int | None = None,
-             nx: int | None = None, nt: int | None = None, seed: int = 0,
-             overwrite: bool = False, **options) -> list[Path]:
+def generate(
+    family: str,
+    out_dir: str | Path,
+    *,
+    n_samples: int | None = None,
+    nx: int | None = None,
+    nt: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    **options,
+) -> list[Path]:
     """Write the synthetic PDEBench file(s) of one family into out_dir; return their paths.
 
     Files already present are returned without recomputation unless overwrite=True.
@@ -90,8 +100,7 @@ def generate(family: str, out_dir: str | Path, *, n_samples: int | None = None,
     if family not in GENERATORS:
         raise ValueError(f"unknown PDE family {family!r}; valid families: {', '.join(GENERATORS)}")
     check_sizes(n_samples, nx, nt)
-    return GENERATORS[family](out_dir, n_samples=n_samples, nx=nx, nt=nt, seed=seed,
-                              overwrite=overwrite, **options)
+    return GENERATORS[family](out_dir, n_samples=n_samples, nx=nx, nt=nt, seed=seed, overwrite=overwrite, **options)
 
 
 __all__ = ["GENERATORS", "GROUPS", "check_sizes", "expand_tasks", "generate"]

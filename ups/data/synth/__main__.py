@@ -15,8 +15,10 @@ import h5py
 
 from . import GENERATORS, GROUPS, check_sizes, expand_tasks, generate
 
-USAGE = ("usage: python -m ups.data.synth tasks=<family|group>[,...] out=<dir> "
-         "[n_samples=N] [nx=N] [nt=N] [seed=N] [overwrite=true|false]")
+USAGE = (
+    "usage: python -m ups.data.synth tasks=<family|group>[,...] out=<dir> "
+    "[n_samples=N] [nx=N] [nt=N] [seed=N] [overwrite=true|false]"
+)
 INT_KEYS = ("n_samples", "nx", "nt", "seed")
 
 
@@ -111,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, p in enumerate(paths):
             lead = f"{fam:<13s} {dt:7.2f}s " if i == 0 else " " * 23
             print(f"{lead} {describe(p)}", flush=True)
-    print(f"{'total':<13s} {time.perf_counter() - t_all:7.2f}s  ({len(opts['tasks'])} families -> "
-          f"{opts['out']})")
+    print(f"{'total':<13s} {time.perf_counter() - t_all:7.2f}s  ({len(opts['tasks'])} families -> {opts['out']})")
     return 0
 
 

@@ -55,6 +55,7 @@ def sizes(defaults: dict, n_samples, nx, nt=None) -> tuple:
 # so the advection generator can evaluate it exactly at shifted positions.
 # ----------------------------------------------------------------------------------------
 
+
 def init_multi_params(rng: np.random.Generator, n: int, k_tot: int = 4, n_modes: int = 2) -> dict:
     """Draw the random parameters of n PDEBench `init_multi` initial conditions."""
     selected = rng.integers(0, k_tot, size=(n, n_modes))
@@ -63,7 +64,7 @@ def init_multi_params(rng: np.random.Generator, n: int, k_tot: int = 4, n_modes:
     for j in range(n_modes):
         weight[np.arange(n), selected[:, j]] += 1.0
     return {
-        "k": np.arange(1, k_tot + 1)[None, :] * weight,      # (n, k_tot) integer wavenumbers
+        "k": np.arange(1, k_tot + 1)[None, :] * weight,  # (n, k_tot) integer wavenumbers
         "amp": rng.uniform(0.0, 1.0, size=(n, k_tot)),
         "phs": rng.uniform(0.0, 2 * np.pi, size=(n, k_tot)),
         "use_abs": rng.random(n) < 0.1,
@@ -94,8 +95,9 @@ def normalise01(u: np.ndarray) -> np.ndarray:
     return u / np.maximum(u.max(axis=-1, keepdims=True), 1e-12)
 
 
-def random_field(rng: np.random.Generator, n: int, shape: Sequence[int], kmax: int = 4,
-                 slope: float = 0.0) -> np.ndarray:
+def random_field(
+    rng: np.random.Generator, n: int, shape: Sequence[int], kmax: int = 4, slope: float = 0.0
+) -> np.ndarray:
     """n smooth periodic random fields of `shape`, zero mean and max |f| = 1 per sample.
 
     Fourier coefficients are complex Gaussian for 0 < |k|_inf <= kmax, scaled by |k|^-slope,
@@ -107,7 +109,7 @@ def random_field(rng: np.random.Generator, n: int, shape: Sequence[int], kmax: i
     freqs.append(np.fft.rfftfreq(shape[-1], 1.0 / shape[-1]))
     kk = np.meshgrid(*freqs, indexing="ij")
     kinf = np.max([np.abs(k) for k in kk], axis=0)
-    kabs = np.sqrt(sum(k ** 2 for k in kk))
+    kabs = np.sqrt(sum(k**2 for k in kk))
     mask = (kinf > 0) & (kinf <= kmax)
     scale = np.where(mask, np.maximum(kabs, 1.0) ** (-slope), 0.0)
     size = (n,) + kk[0].shape
@@ -127,7 +129,7 @@ def periodic_heat(u: np.ndarray, diff: float, dt: float, dx: float) -> np.ndarra
     """
     n = u.shape[-1]
     k = 2 * np.pi * np.fft.rfftfreq(n, d=dx)
-    sym = (4.0 / dx ** 2) * np.sin(0.5 * k * dx) ** 2
+    sym = (4.0 / dx**2) * np.sin(0.5 * k * dx) ** 2
     return np.fft.irfft(np.fft.rfft(u, axis=-1) * np.exp(-diff * dt * sym), n=n, axis=-1)
 
 
@@ -146,8 +148,8 @@ def chunk_slices(n: int, cells_per_sample: int, target_cells: int = 8192) -> lis
 # Time stepping driver.
 # ----------------------------------------------------------------------------------------
 
-def integrate(state, t_save: np.ndarray, step: Callable, max_dt: Callable,
-              observe: Callable) -> list:
+
+def integrate(state, t_save: np.ndarray, step: Callable, max_dt: Callable, observe: Callable) -> list:
     """Advance `state` through the output times t_save (t_save[0] is the initial time).
 
     step(state, dt) -> state; max_dt(state) -> stable dt (CFL / diffusion limit, re-evaluated
@@ -175,6 +177,7 @@ def integrate(state, t_save: np.ndarray, step: Callable, max_dt: Callable,
 # ----------------------------------------------------------------------------------------
 # Writing.
 # ----------------------------------------------------------------------------------------
+
 
 def to_yaml(d: dict, indent: int = 0) -> str:
     """Tiny YAML emitter for nested dicts of scalars (the group `config` attribute strings)."""
@@ -207,7 +210,7 @@ def remove_stale_tmp(path: Path) -> list[Path]:
     live generation keeps the file fresh). Returns what was removed."""
     removed = []
     for tmp in path.parent.glob(f"{glob.escape(path.name)}.*-*.tmp"):
-        pid = tmp.name[len(path.name) + 1:].split("-", 1)[0]
+        pid = tmp.name[len(path.name) + 1 :].split("-", 1)[0]
         try:
             if pid.isdigit() and not _alive(int(pid)) and time.time() - tmp.stat().st_mtime > STALE_AFTER_S:
                 tmp.unlink()
@@ -245,8 +248,7 @@ def atomic_h5(path: Path, overwrite: bool = False) -> Iterator[h5py.File]:
             tmp.unlink()
 
 
-def produce(out_dir, jobs: Sequence[tuple[str, Callable[[h5py.File], None]]],
-            overwrite: bool = False) -> list[Path]:
+def produce(out_dir, jobs: Sequence[tuple[str, Callable[[h5py.File], None]]], overwrite: bool = False) -> list[Path]:
     """Write each (file name, writer) job into out_dir; return all the paths.
 
     A file already present is kept unless overwrite is set, so a family whose files all exist
@@ -259,8 +261,10 @@ def produce(out_dir, jobs: Sequence[tuple[str, Callable[[h5py.File], None]]],
         path = out_dir / name
         remove_stale_tmp(path)  # the litter of a generation killed with -9
         if path.is_symlink() and not path.exists():
-            raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which does not exist (an unmounted "
-                                    "share?); it is not replaced by synthetic data")
+            raise FileNotFoundError(
+                f"{path} is a link to {os.readlink(path)}, which does not exist (an unmounted "
+                "share?); it is not replaced by synthetic data"
+            )
         if overwrite or not path.exists():
             with atomic_h5(path, overwrite) as f:
                 writer(f)
@@ -274,8 +278,9 @@ def write_layout_a(f: h5py.File, fields: dict, coords: dict) -> None:
         f.create_dataset(k, data=np.asarray(v, dtype=F32))
 
 
-def write_group(f: h5py.File, name: str, data: np.ndarray, grid: dict, config: dict,
-                compression: str | None = "lzf") -> None:
+def write_group(
+    f: h5py.File, name: str, data: np.ndarray, grid: dict, config: dict, compression: str | None = "lzf"
+) -> None:
     """One sample of PDEBench's group-per-sample layout: data, grid/*, attrs['config']."""
     g = f.create_group(name)
     g.create_dataset("data", data=np.asarray(data, dtype=F32), compression=compression)

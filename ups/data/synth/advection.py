@@ -33,8 +33,9 @@ def file_name(beta: float) -> str:
     return f"1D_Advection_Sols_beta{float(beta)}.hdf5"
 
 
-def solve(rng: np.random.Generator, n: int, nx: int, nt: int, beta: float,
-          t_end: float = T_END) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def solve(
+    rng: np.random.Generator, n: int, nx: int, nt: int, beta: float, t_end: float = T_END
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Exact solutions for n random initial conditions.
 
     Returns (u (n, T, X) float32, x (X,), t (T+1,), the initial-condition parameters)."""
@@ -48,8 +49,7 @@ def solve(rng: np.random.Generator, n: int, nx: int, nt: int, beta: float,
     return u, x, t, params
 
 
-def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False,
-             betas=None) -> list[Path]:
+def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False, betas=None) -> list[Path]:
     """Write one `1D_Advection_Sols_beta{beta}.hdf5` per beta (default BETAS)."""
     n, nx, nt = sizes(DEFAULTS, n_samples, nx, nt)
     jobs = []
@@ -60,5 +60,6 @@ def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=Fal
             """Compute this file's samples and write them into the open HDF5 file f."""
             u, x, t, _ = solve(file_rng(seed, name), n, nx, nt, beta)
             write_layout_a(f, {"tensor": u}, {"x-coordinate": x, "t-coordinate": t})
+
         jobs.append((name, writer))
     return produce(out_dir, jobs, overwrite)

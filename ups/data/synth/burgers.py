@@ -55,7 +55,7 @@ def godunov_flux(ul: np.ndarray, ur: np.ndarray) -> np.ndarray:
 def convection_rhs(u: np.ndarray, dx: float) -> np.ndarray:
     """-(F_{i+1/2} - F_{i-1/2})/dx with MUSCL-Godunov face fluxes (periodic)."""
     s = minmod_slope(u)
-    ul = u + 0.5 * s                       # left state at face i+1/2
+    ul = u + 0.5 * s  # left state at face i+1/2
     ur = np.roll(u - 0.5 * s, -1, axis=-1)  # right state at face i+1/2
     f = godunov_flux(ul, ur)
     return -(f - np.roll(f, 1, axis=-1)) / dx
@@ -73,15 +73,16 @@ def solve(u0: np.ndarray, nu: float, t_save: np.ndarray, dx: float) -> np.ndarra
     """Frames (n, T, X) float32 of the Burgers solution from u0 (n, X) at times t_save."""
     diff = nu / np.pi
     frames = integrate(
-        u0.astype(np.float64), t_save,
+        u0.astype(np.float64),
+        t_save,
         step=lambda u, dt: step(u, dt, dx, diff),
         max_dt=lambda u: CFL * dx / max(np.abs(u).max(), 1e-6),
-        observe=lambda u: u.astype(np.float32))
+        observe=lambda u: u.astype(np.float32),
+    )
     return np.stack(frames, axis=1)
 
 
-def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False,
-             nus=None) -> list[Path]:
+def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False, nus=None) -> list[Path]:
     """Write one `1D_Burgers_Sols_Nu{nu}.hdf5` per viscosity (default NUS)."""
     n, nx, nt = sizes(DEFAULTS, n_samples, nx, nt)
     jobs = []
@@ -94,7 +95,7 @@ def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=Fal
             dt_save = T_END / (nt - 1)
             u0 = init_multi_eval(init_multi_params(file_rng(seed, name), n), x)
             u = solve(u0, nu, np.arange(nt) * dt_save, 1.0 / nx)
-            write_layout_a(f, {"tensor": u},
-                           {"x-coordinate": x, "t-coordinate": np.arange(nt + 1) * dt_save})
+            write_layout_a(f, {"tensor": u}, {"x-coordinate": x, "t-coordinate": np.arange(nt + 1) * dt_save})
+
         jobs.append((name, writer))
     return produce(out_dir, jobs, overwrite)

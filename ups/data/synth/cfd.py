@@ -51,8 +51,7 @@ def _fmt_1d(v: float) -> str:
     return f"{mant}.e{int(exp)}"
 
 
-def file_name(d: int, variant: str = "rand", M: float = 1.0, eta: float = 0.1,
-              zeta: float = 0.1) -> str:
+def file_name(d: int, variant: str = "rand", M: float = 1.0, eta: float = 0.1, zeta: float = 0.1) -> str:
     """The PDEBench training-file name of a CFD configuration."""
     kind = {"rand": "Rand", "turb": "Turb"}[variant]
     if d == 1:
@@ -72,30 +71,30 @@ def _solenoidal(vel: np.ndarray) -> np.ndarray:
     axes = tuple(range(2, 2 + d))
     vh = np.fft.fftn(vel, axes=axes)
     k = np.meshgrid(*[np.fft.fftfreq(s) for s in shape], indexing="ij")
-    k2 = sum(kk ** 2 for kk in k)
+    k2 = sum(kk**2 for kk in k)
     k2[(0,) * d] = 1.0
     kdotv = sum(k[a] * vh[a] for a in range(d)) / k2
     vh = np.stack([vh[a] - k[a] * kdotv for a in range(d)])
     return np.real(np.fft.ifftn(vh, axes=axes))
 
 
-def initial_state(rng: np.random.Generator, n: int, shape: tuple, M: float,
-                  variant: str = "rand") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def initial_state(
+    rng: np.random.Generator, n: int, shape: tuple, M: float, variant: str = "rand"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rho, vel (d,n,*g), p) initial primitives for n samples on a grid of `shape`."""
     d = len(shape)
     if variant == "turb":
         rho = np.ones((n,) + shape)
         p = np.ones((n,) + shape)
         kmax = max(shape[0] // 4, 2)
-        vel = np.stack([random_field(rng, n, shape, kmax=kmax, slope=(d + 5 / 3) / 2)
-                        for _ in range(d)])
+        vel = np.stack([random_field(rng, n, shape, kmax=kmax, slope=(d + 5 / 3) / 2) for _ in range(d)])
         vel = _solenoidal(vel)
     else:
         amp = rng.uniform(0.1, 0.5, size=(2, n) + (1,) * d)
         rho = 1.0 + amp[0] * random_field(rng, n, shape, kmax=4)
         p = 1.0 + amp[1] * random_field(rng, n, shape, kmax=4)
         vel = np.stack([random_field(rng, n, shape, kmax=4) for _ in range(d)])
-    speed = np.sqrt(np.sum(vel ** 2, axis=0))
+    speed = np.sqrt(np.sum(vel**2, axis=0))
     vmax = speed.reshape(n, -1).max(axis=1).reshape((n,) + (1,) * d)
     vel = vel * (M * np.sqrt(cs.GAMMA) / np.maximum(vmax, 1e-12))
     return rho, vel, p
@@ -104,8 +103,10 @@ def initial_state(rng: np.random.Generator, n: int, shape: tuple, M: float,
 def solve(rho, vel, p, t_save: np.ndarray, dx: float, eta: float, zeta: float) -> np.ndarray:
     """Primitive frames (2+d, n, T, *grid) float32 = (rho, v_1..v_d, p), solved in
     cache-sized chunks of samples."""
-    return np.concatenate([_solve(rho[s], vel[:, s], p[s], t_save, dx, eta, zeta)
-                           for s in chunk_slices(rho.shape[0], rho[0].size)], axis=1)
+    return np.concatenate(
+        [_solve(rho[s], vel[:, s], p[s], t_save, dx, eta, zeta) for s in chunk_slices(rho.shape[0], rho[0].size)],
+        axis=1,
+    )
 
 
 def _solve(rho, vel, p, t_save: np.ndarray, dx: float, eta: float, zeta: float) -> np.ndarray:
@@ -116,14 +117,18 @@ def _solve(rho, vel, p, t_save: np.ndarray, dx: float, eta: float, zeta: float) 
         """The float32 frame to store for the current state."""
         r, v, pr = cs.cons_to_prim(u)
         return np.concatenate([r[None], v, pr[None]]).astype(np.float32)
-    frames = integrate(cs.prim_to_cons(rho, vel, p), t_save,
-                       lambda u, dt: cs.step(u, dt, dx, d, eta, zeta),
-                       lambda u: cs.hyperbolic_dt(u, dx), observe)
+
+    frames = integrate(
+        cs.prim_to_cons(rho, vel, p),
+        t_save,
+        lambda u, dt: cs.step(u, dt, dx, d, eta, zeta),
+        lambda u: cs.hyperbolic_dt(u, dx),
+        observe,
+    )
     return np.stack(frames, axis=2)
 
 
-def _generate(d: int, out_dir, n_samples, nx, nt, seed, overwrite, variant, M, eta,
-              zeta) -> list[Path]:
+def _generate(d: int, out_dir, n_samples, nx, nt, seed, overwrite, variant, M, eta, zeta) -> list[Path]:
     """Shared body of generate_1d/2d/3d: one file for one (variant, M, eta, zeta)."""
     n, nx, nt = sizes(DEFAULTS[d], n_samples, nx, nt)
     name = file_name(d, variant, M, eta, zeta)
@@ -139,25 +144,30 @@ def _generate(d: int, out_dir, n_samples, nx, nt, seed, overwrite, variant, M, e
         coords = {COORD_NAMES[a]: cell_centres(lo, hi, nx) for a in range(d)}
         coords["t-coordinate"] = np.arange(nt + 1) * dt_save
         write_layout_a(f, fields, coords)
+
     return produce(out_dir, [(name, writer)], overwrite)
 
 
-def generate_1d(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False,
-                eta=0.1, zeta=0.1, M=1.0) -> list[Path]:
+def generate_1d(
+    out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False, eta=0.1, zeta=0.1, M=1.0
+) -> list[Path]:
     """Write `1D_CFD_Rand_Eta0.1_Zeta0.1_periodic_Train.hdf5` (x in (-1, 1))."""
     return _generate(1, out_dir, n_samples, nx, nt, seed, overwrite, "rand", M, eta, zeta)
 
 
-def generate_2d(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False,
-                variant="rand", M=None, eta=None, zeta=None) -> list[Path]:
+def generate_2d(
+    out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False, variant="rand", M=None, eta=None, zeta=None
+) -> list[Path]:
     """Write `2D_CFD_Rand_M0.1_Eta0.1_Zeta0.1_periodic_128_Train.hdf5` by default;
     variant="turb" writes `2D_CFD_Turb_M0.1_Eta1e-08_Zeta1e-08_periodic_512_Train.hdf5`."""
     visc = 1e-8 if variant == "turb" else 0.1
-    return _generate(2, out_dir, n_samples, nx, nt, seed, overwrite, variant, pick(M, 0.1),
-                     pick(eta, visc), pick(zeta, visc))
+    return _generate(
+        2, out_dir, n_samples, nx, nt, seed, overwrite, variant, pick(M, 0.1), pick(eta, visc), pick(zeta, visc)
+    )
 
 
-def generate_3d(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False,
-                variant="rand", M=1.0, eta=1e-8, zeta=1e-8) -> list[Path]:
+def generate_3d(
+    out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False, variant="rand", M=1.0, eta=1e-8, zeta=1e-8
+) -> list[Path]:
     """Write `3D_CFD_Rand_M1.0_Eta1e-08_Zeta1e-08_periodic_Train.hdf5` (or the Turb one)."""
     return _generate(3, out_dir, n_samples, nx, nt, seed, overwrite, variant, M, eta, zeta)

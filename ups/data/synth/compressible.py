@@ -30,7 +30,7 @@ INVISCID_BELOW = 1e-6
 
 def prim_to_cons(rho: np.ndarray, vel: np.ndarray, p: np.ndarray) -> np.ndarray:
     """U = (rho, rho v, E) from density (n,*g), velocity (d,n,*g), pressure (n,*g)."""
-    ekin = 0.5 * rho * np.sum(vel ** 2, axis=0)
+    ekin = 0.5 * rho * np.sum(vel**2, axis=0)
     return np.concatenate([rho[None], rho[None] * vel, (p / (GAMMA - 1) + ekin)[None]])
 
 
@@ -38,7 +38,7 @@ def cons_to_prim(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rho, v (d,...), p) from the conserved state."""
     rho = u[0]
     vel = u[1:-1] / rho
-    p = (GAMMA - 1) * (u[-1] - 0.5 * rho * np.sum(vel ** 2, axis=0))
+    p = (GAMMA - 1) * (u[-1] - 0.5 * rho * np.sum(vel**2, axis=0))
     return rho, vel, p
 
 
@@ -74,8 +74,7 @@ def hll_flux(wl: np.ndarray, wr: np.ndarray, a: int) -> np.ndarray:
 def _wrap_pad(w: np.ndarray, axis: int, k: int) -> np.ndarray:
     """Periodic padding by k cells on both sides of one axis (cheaper than repeated rolls)."""
     n = w.shape[axis]
-    return np.concatenate([w.take(range(n - k, n), axis=axis), w, w.take(range(k), axis=axis)],
-                          axis=axis)
+    return np.concatenate([w.take(range(n - k, n), axis=axis), w, w.take(range(k), axis=axis)], axis=axis)
 
 
 def _sl(arr: np.ndarray, s: slice, axis: int) -> np.ndarray:
@@ -92,12 +91,12 @@ def euler_rhs(u: np.ndarray, dx: float, d: int) -> np.ndarray:
     out = np.zeros_like(u)
     for a in range(d):
         ax = u.ndim - d + a
-        wp = _wrap_pad(w, ax, 2)                  # cells -2 .. L+1
+        wp = _wrap_pad(w, ax, 2)  # cells -2 .. L+1
         dw = np.diff(wp, axis=ax)
         s = _minmod(_sl(dw, slice(None, -1), ax), _sl(dw, slice(1, None), ax))  # cells -1 .. L
         wc = _sl(wp, slice(1, -1), ax)
         wl = _sl(wc + 0.5 * s, slice(None, -1), ax)  # left states of faces -1/2 .. L-1/2
-        wr = _sl(wc - 0.5 * s, slice(1, None), ax)   # right states of the same faces
+        wr = _sl(wc - 0.5 * s, slice(1, None), ax)  # right states of the same faces
         out -= np.diff(hll_flux(wl, wr, a), axis=ax) / dx
     return out
 
@@ -107,16 +106,20 @@ def viscous_rhs(u: np.ndarray, dx: float, d: int, eta: float, zeta: float) -> np
     gradients tangentially; momentum flux -sigma, energy flux -sigma . v (periodic)."""
     rho, vel, _ = cons_to_prim(u)
     axes = [u.ndim - 1 - d + a for a in range(d)]  # spatial axes of (n, *grid) arrays
-    cen = [[(np.roll(vel[b], -1, axes[c]) - np.roll(vel[b], 1, axes[c])) / (2 * dx)
-            for c in range(d)] for b in range(d)]
+    cen = [
+        [(np.roll(vel[b], -1, axes[c]) - np.roll(vel[b], 1, axes[c])) / (2 * dx) for c in range(d)] for b in range(d)
+    ]
     out = np.zeros_like(u)
     for a in range(d):
         ax = axes[a]
         grad = [[None] * d for _ in range(d)]  # grad[b][c] = d v_b / d x_c on faces a+1/2
         for b in range(d):
             for c in range(d):
-                grad[b][c] = ((np.roll(vel[b], -1, ax) - vel[b]) / dx if c == a
-                              else 0.5 * (cen[b][c] + np.roll(cen[b][c], -1, ax)))
+                grad[b][c] = (
+                    (np.roll(vel[b], -1, ax) - vel[b]) / dx
+                    if c == a
+                    else 0.5 * (cen[b][c] + np.roll(cen[b][c], -1, ax))
+                )
         div = sum(grad[c][c] for c in range(d))
         work = 0.0
         for b in range(d):
@@ -141,7 +144,7 @@ def viscous_dt(u: np.ndarray, dx: float, d: int, eta: float, zeta: float) -> flo
     """Forward-Euler diffusion limit of the viscous operator (longitudinal modes are the
     fastest: coefficient (4/3 eta + zeta)/rho, plus eta/rho per transverse direction)."""
     mu = (4.0 / 3.0 * eta + zeta) + (d - 1) * eta
-    return VISC_SAFETY * dx ** 2 * float(np.min(u[0])) / (2.0 * d * max(mu, 1e-300))
+    return VISC_SAFETY * dx**2 * float(np.min(u[0])) / (2.0 * d * max(mu, 1e-300))
 
 
 def rkl1(u: np.ndarray, tau: float, s: int, rhs) -> np.ndarray:

@@ -69,9 +69,8 @@ def matrix(a: np.ndarray, h: float) -> sp.csr_matrix:
     rows = [idx.ravel(), idx[:-1].ravel(), idx[1:].ravel(), idx[:, :-1].ravel(), idx[:, 1:].ravel()]
     cols = [idx.ravel(), idx[1:].ravel(), idx[:-1].ravel(), idx[:, 1:].ravel(), idx[:, :-1].ravel()]
     vals = [diag, -gx[1:-1].ravel(), -gx[1:-1].ravel(), -gy[:, 1:-1].ravel(), -gy[:, 1:-1].ravel()]
-    m = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                      shape=(nx * ny, nx * ny))
-    return (m / h ** 2).tocsc()
+    m = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(nx * ny, nx * ny))
+    return (m / h**2).tocsc()
 
 
 def solve(a: np.ndarray, beta: float) -> np.ndarray:
@@ -85,8 +84,7 @@ def solve(a: np.ndarray, beta: float) -> np.ndarray:
     return u
 
 
-def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False,
-             betas=None) -> list[Path]:
+def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False, betas=None) -> list[Path]:
     """Write one `2D_DarcyFlow_beta{beta}_Train.hdf5` per beta (default BETAS); nt is unused."""
     n, nx = sizes(DEFAULTS, n_samples, nx)
     jobs = []
@@ -98,8 +96,11 @@ def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=Fal
             a = coefficient(file_rng(seed, name), n, nx)
             u = solve(a, beta)
             xc = cell_centres(0.0, 1.0, nx)
-            write_layout_a(f, {"tensor": u[:, None], "nu": a},
-                           {"x-coordinate": xc, "y-coordinate": xc,
-                            "t-coordinate": np.arange(10, dtype=np.float32)})
+            write_layout_a(
+                f,
+                {"tensor": u[:, None], "nu": a},
+                {"x-coordinate": xc, "y-coordinate": xc, "t-coordinate": np.arange(10, dtype=np.float32)},
+            )
+
         jobs.append((name, writer))
     return produce(out_dir, jobs, overwrite)

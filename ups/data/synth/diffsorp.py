@@ -28,8 +28,7 @@ CONST = {"D": 5e-4, "por": 0.29, "rho_s": 2880.0, "k_f": 3.5e-4, "n_f": 0.874, "
 def retardation(u: np.ndarray) -> np.ndarray:
     """Freundlich retardation factor R(u) with PDEBench's constants."""
     c = CONST
-    return 1.0 + (1 - c["por"]) / c["por"] * c["rho_s"] * c["k_f"] * c["n_f"] * \
-        (u + 1e-6) ** (c["n_f"] - 1)
+    return 1.0 + (1 - c["por"]) / c["por"] * c["rho_s"] * c["k_f"] * c["n_f"] * (u + 1e-6) ** (c["n_f"] - 1)
 
 
 def rhs(u: np.ndarray, dx: float) -> np.ndarray:
@@ -38,18 +37,21 @@ def rhs(u: np.ndarray, dx: float) -> np.ndarray:
     left = np.full(u.shape[:-1] + (1,), CONST["sol"])
     right = d * (u[..., -2:-1] - u[..., -1:]) / dx
     up = np.concatenate([left, u, right], axis=-1)
-    lap = (up[..., 2:] - 2 * up[..., 1:-1] + up[..., :-2]) / dx ** 2
+    lap = (up[..., 2:] - 2 * up[..., 1:-1] + up[..., :-2]) / dx**2
     return d / retardation(u) * lap
 
 
 def solve(u0: np.ndarray, t_save: np.ndarray, dx: float) -> np.ndarray:
     """Frames (n, T, X) float32 from initial cell values u0 (n, X)."""
+
     def max_dt(u):
         """Largest stable time step for the current state."""
         # D/R is largest where u is largest; |right ghost factor| adds < 0.1 to the 2 of the stencil
-        return 0.45 * dx ** 2 / (CONST["D"] / retardation(u).min()) / 1.1
-    frames = integrate(u0.astype(np.float64), t_save, lambda u, dt: u + dt * rhs(u, dx), max_dt,
-                       observe=lambda u: u.astype(np.float32))
+        return 0.45 * dx**2 / (CONST["D"] / retardation(u).min()) / 1.1
+
+    frames = integrate(
+        u0.astype(np.float64), t_save, lambda u, dt: u + dt * rhs(u, dx), max_dt, observe=lambda u: u.astype(np.float32)
+    )
     return np.stack(frames, axis=1)
 
 
@@ -65,7 +67,18 @@ def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=Fal
         u0 = np.repeat(rng.uniform(0.0, 0.2, size=(n, 1)), nx, axis=1)
         u = solve(u0, t, 1.0 / nx)
         for i in range(n):
-            cfg = {"sim": {**CONST, "t": T_END, "tdim": nt, "x_left": 0.0, "x_right": 1.0,
-                           "xdim": nx, "seed": i, "u0": float(u0[i, 0])}}
+            cfg = {
+                "sim": {
+                    **CONST,
+                    "t": T_END,
+                    "tdim": nt,
+                    "x_left": 0.0,
+                    "x_right": 1.0,
+                    "xdim": nx,
+                    "seed": i,
+                    "u0": float(u0[i, 0]),
+                }
+            }
             write_group(f, f"{i:04d}", u[i][..., None], {"x": x, "t": t}, cfg)
+
     return produce(out_dir, [(FILE_NAME, writer)], overwrite)

@@ -36,21 +36,19 @@ DT_MAX = 0.05
 def neumann_laplacian(u: np.ndarray, dx: float) -> np.ndarray:
     """5-point Laplacian over the last two axes with zero-flux (mirror ghost) boundaries."""
     up = np.pad(u, [(0, 0)] * (u.ndim - 2) + [(1, 1), (1, 1)], mode="edge")
-    return (up[..., 2:, 1:-1] + up[..., :-2, 1:-1] + up[..., 1:-1, 2:] + up[..., 1:-1, :-2]
-            - 4 * u) / dx ** 2
+    return (up[..., 2:, 1:-1] + up[..., :-2, 1:-1] + up[..., 1:-1, 2:] + up[..., 1:-1, :-2] - 4 * u) / dx**2
 
 
 def rhs(s: np.ndarray, dx: float) -> np.ndarray:
     """Time derivative of the state s = stack(u, v) of shape (2, n, X, Y)."""
     u, v = s
-    return np.stack([DU * neumann_laplacian(u, dx) + u - u ** 3 - K - v,
-                     DV * neumann_laplacian(v, dx) + u - v])
+    return np.stack([DU * neumann_laplacian(u, dx) + u - u**3 - K - v, DV * neumann_laplacian(v, dx) + u - v])
 
 
 def max_dt(s: np.ndarray, dx: float) -> float:
     """RK4-stable step (real-axis limit ~2.78, keep 1.5 / spectral radius bound), capped at
     DT_MAX so coarse grids stay accurate too."""
-    lam = 8 * max(DU, DV) / dx ** 2 + 1.0 + 3 * float(np.max(s[0] ** 2)) + 1.0
+    lam = 8 * max(DU, DV) / dx**2 + 1.0 + 3 * float(np.max(s[0] ** 2)) + 1.0
     return min(1.5 / lam, DT_MAX)
 
 
@@ -68,8 +66,13 @@ def solve(s0: np.ndarray, t_save: np.ndarray, dx: float) -> np.ndarray:
     cache-sized chunks of samples."""
     out = []
     for c in chunk_slices(s0.shape[1], s0[0, 0].size):
-        frames = integrate(s0[:, c].astype(np.float64), t_save, lambda s, dt: rk4(s, dt, dx),
-                           lambda s: max_dt(s, dx), observe=lambda s: s.astype(np.float32))
+        frames = integrate(
+            s0[:, c].astype(np.float64),
+            t_save,
+            lambda s, dt: rk4(s, dt, dx),
+            lambda s: max_dt(s, dx),
+            observe=lambda s: s.astype(np.float32),
+        )
         out.append(np.stack(frames, axis=0))  # (T, 2, n, X, Y)
     return np.moveaxis(np.concatenate(out, axis=2), (0, 1), (-4, -1))  # -> (n, T, X, Y, 2)
 
@@ -85,8 +88,22 @@ def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=Fal
         t = np.linspace(0.0, T_END, nt)
         data = solve(rng.standard_normal((2, n, nx, nx)), t, (XR - XL) / nx)
         for i in range(n):
-            cfg = {"sim": {"t": T_END, "tdim": nt, "x_left": XL, "x_right": XR, "y_bottom": XL,
-                           "y_top": XR, "xdim": nx, "ydim": nx, "Du": DU, "Dv": DV, "k": K,
-                           "seed": i}}
+            cfg = {
+                "sim": {
+                    "t": T_END,
+                    "tdim": nt,
+                    "x_left": XL,
+                    "x_right": XR,
+                    "y_bottom": XL,
+                    "y_top": XR,
+                    "xdim": nx,
+                    "ydim": nx,
+                    "Du": DU,
+                    "Dv": DV,
+                    "k": K,
+                    "seed": i,
+                }
+            }
             write_group(f, f"{i:04d}", data[i], {"x": x, "y": x, "t": t}, cfg)
+
     return produce(out_dir, [(FILE_NAME, writer)], overwrite)

@@ -49,7 +49,7 @@ def wavenumbers(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     """(kx, ky, k^2, 2/3-rule mask) on the rfft2 grid of an n x n periodic unit square."""
     kx = 2 * np.pi * np.fft.fftfreq(n, 1.0 / n)[:, None]
     ky = 2 * np.pi * np.fft.rfftfreq(n, 1.0 / n)[None, :]
-    k2 = kx ** 2 + ky ** 2
+    k2 = kx**2 + ky**2
     kcut = 2 * np.pi * (n // 3)
     mask = (np.abs(kx) < kcut) & (np.abs(ky) < kcut)
     return kx, ky, k2, mask
@@ -88,8 +88,7 @@ def solve(w0, s0, fx, fy, t_save):
         n1w, n1s = tendency(wh, sh, fx, fy, kx, ky, k2, mask)
         w1, s1 = ew * (wh + dt * n1w), es * (sh + dt * n1s)
         n2w, n2s = tendency(w1, s1, fx, fy, kx, ky, k2, mask)
-        return (ew * (wh + 0.5 * dt * n1w) + 0.5 * dt * n2w,
-                es * (sh + 0.5 * dt * n1s) + 0.5 * dt * n2s)
+        return (ew * (wh + 0.5 * dt * n1w) + 0.5 * dt * n2w, es * (sh + 0.5 * dt * n1s) + 0.5 * dt * n2s)
 
     def max_dt(state):
         """Largest stable time step for the current state."""
@@ -110,7 +109,7 @@ def initial_fields(rng: np.random.Generator, b: int, n: int):
     kx, ky, k2, _ = wavenumbers(n)
     w0 = random_field(rng, b, (n, n), kmax=4, slope=1.0)
     u, v = velocity(np.fft.rfft2(w0), kx, ky, k2)
-    umax = np.sqrt(u ** 2 + v ** 2).max(axis=(1, 2))[:, None, None]
+    umax = np.sqrt(u**2 + v**2).max(axis=(1, 2))[:, None, None]
     w0 = w0 / np.maximum(umax, 1e-12)
     s0 = 0.5 * (1.0 + random_field(rng, b, (n, n), kmax=4))
     fx = FORCE_AMP * random_field(rng, b, (n, n), kmax=4)
@@ -126,15 +125,24 @@ def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=Fal
         """Compute this file's samples and write them into the open HDF5 file f."""
         w0, s0, fx, fy = initial_fields(file_rng(seed, FILE_NAME), b, n)
         t = np.arange(nt) * (T_SPAN / nt)
-        out = np.concatenate([solve(w0[c], s0[c], fx[c], fy[c], t)
-                              for c in chunk_slices(b, n * n)], axis=1)
+        out = np.concatenate([solve(w0[c], s0[c], fx[c], fy[c], t) for c in chunk_slices(b, n * n)], axis=1)
         f.create_dataset("velocity", data=np.moveaxis(out[:2], 0, -1))
         f.create_dataset("particles", data=out[2][..., None])
         f.create_dataset("force", data=np.stack([fx, fy], axis=-1).astype(F32))
         f.create_dataset("t", data=np.repeat(t[None], b, axis=0).astype(F32))
-        cfg = {"sim": {"NU": NU, "kappa": KAPPA, "grid_size": f"[{n}, {n}]", "n_batch": b,
-                       "n_frames": nt, "t_span": T_SPAN, "domain": "periodic unit square",
-                       "seed": seed}}
+        cfg = {
+            "sim": {
+                "NU": NU,
+                "kappa": KAPPA,
+                "grid_size": f"[{n}, {n}]",
+                "n_batch": b,
+                "n_frames": nt,
+                "t_span": T_SPAN,
+                "domain": "periodic unit square",
+                "seed": seed,
+            }
+        }
         f.attrs["config"] = to_yaml(cfg)
         f.attrs["latestIndex"] = nt - 1
+
     return produce(out_dir, [(FILE_NAME, writer)], overwrite)

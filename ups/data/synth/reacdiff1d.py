@@ -47,18 +47,20 @@ def logistic(u: np.ndarray, rho: float, dt: float) -> np.ndarray:
 
 def solve(u0: np.ndarray, nu: float, rho: float, t_save: np.ndarray, dx: float) -> np.ndarray:
     """Frames (n, T, X) float32 of Fisher-KPP from u0 (n, X) at times t_save."""
+
     def step(u, dt):
         """Advance the state by dt."""
         u = logistic(u, rho, 0.5 * dt)
         u = periodic_heat(u, nu, dt, dx)
         return logistic(u, rho, 0.5 * dt)
-    frames = integrate(u0.astype(np.float64), t_save, step, max_dt=lambda u: DT_MAX,
-                       observe=lambda u: u.astype(np.float32))
+
+    frames = integrate(
+        u0.astype(np.float64), t_save, step, max_dt=lambda u: DT_MAX, observe=lambda u: u.astype(np.float32)
+    )
     return np.stack(frames, axis=1)
 
 
-def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False,
-             params=None) -> list[Path]:
+def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=False, params=None) -> list[Path]:
     """Write one `ReacDiff_Nu{nu}_Rho{rho}.hdf5` per (nu, rho) pair (default PARAMS)."""
     n, nx, nt = sizes(DEFAULTS, n_samples, nx, nt)
     jobs = []
@@ -71,7 +73,7 @@ def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=Fal
             dt_save = T_END / (nt - 1)
             u0 = normalise01(init_multi_eval(init_multi_params(file_rng(seed, name), n), x))
             u = solve(u0, nu, rho, np.arange(nt) * dt_save, 1.0 / nx)
-            write_layout_a(f, {"tensor": u},
-                           {"x-coordinate": x, "t-coordinate": np.arange(nt + 1) * dt_save})
+            write_layout_a(f, {"tensor": u}, {"x-coordinate": x, "t-coordinate": np.arange(nt + 1) * dt_save})
+
         jobs.append((name, writer))
     return produce(out_dir, jobs, overwrite)

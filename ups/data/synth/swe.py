@@ -53,7 +53,7 @@ def _flux(w: np.ndarray, normal: int) -> tuple[np.ndarray, np.ndarray]:
     un = (u, v)[normal]
     q = np.stack([h, h * u, h * v])
     f = np.stack([h * un, h * u * un, h * v * un])
-    f[1 + normal] += 0.5 * G * h ** 2
+    f[1 + normal] += 0.5 * G * h**2
     return q, f
 
 
@@ -112,8 +112,13 @@ def solve(h0: np.ndarray, t_save: np.ndarray, dx: float) -> np.ndarray:
     out = []
     for c in chunk_slices(h0.shape[0], h0[0].size):
         q0 = np.stack([h0[c], np.zeros_like(h0[c]), np.zeros_like(h0[c])])
-        frames = integrate(q0, t_save, lambda q, dt: ssp_rk2(q, dt, dx),
-                           lambda q: max_dt(q, dx), observe=lambda q: q[0].astype(np.float32))
+        frames = integrate(
+            q0,
+            t_save,
+            lambda q, dt: ssp_rk2(q, dt, dx),
+            lambda q: max_dt(q, dx),
+            observe=lambda q: q[0].astype(np.float32),
+        )
         out.append(np.stack(frames, axis=1))
     return np.concatenate(out, axis=0)
 
@@ -130,10 +135,23 @@ def generate(out_dir, *, n_samples=None, nx=None, nt=None, seed=0, overwrite=Fal
         radius = rng.uniform(0.3, 0.7, size=n)
         h = solve(initial_depth(radius, x), t, (XR - XL) / nx)
         for i in range(n):
-            cfg = {"sim": {"T_end": T_END, "n_time_steps": nt - 1, "xdim": nx, "ydim": nx,
-                           "gravity": G, "dam_radius": float(radius[i]), "inner_height": 2.0,
-                           "x_left": XL, "x_right": XR, "y_bottom": XL, "y_top": XR, "seed": i}}
+            cfg = {
+                "sim": {
+                    "T_end": T_END,
+                    "n_time_steps": nt - 1,
+                    "xdim": nx,
+                    "ydim": nx,
+                    "gravity": G,
+                    "dam_radius": float(radius[i]),
+                    "inner_height": 2.0,
+                    "x_left": XL,
+                    "x_right": XR,
+                    "y_bottom": XL,
+                    "y_top": XR,
+                    "seed": i,
+                }
+            }
             # PDEBench compresses the diff-sorp/diff-react data but not the SWE data
-            write_group(f, f"{i:04d}", h[i][..., None], {"x": x, "y": x, "t": t}, cfg,
-                        compression=None)
+            write_group(f, f"{i:04d}", h[i][..., None], {"x": x, "y": x, "t": t}, cfg, compression=None)
+
     return produce(out_dir, [(FILE_NAME, writer)], overwrite)
