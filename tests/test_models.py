@@ -169,14 +169,14 @@ def test_grid_layout_gives_the_same_values_and_gradients(sizes):
 
     out, grads = run(coords, fields, None)
     fast, fast_grads = run(coords, fields, sizes)
-    assert model._grid_layout == {(task, sizes): True}
+    assert model.grid_layouts._known == {(task, sizes): True}
     torch.testing.assert_close(fast, out, atol=1e-5, rtol=1e-4)
     for a, b in zip(fast_grads, grads):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
     perm = torch.randperm(coords.shape[1])
-    model._grid_layout.clear()
+    model.grid_layouts._known.clear()
     shuffled, _ = run(coords[:, perm], fields[:, perm], sizes)
-    assert model._grid_layout == {(task, sizes): False}
+    assert model.grid_layouts._known == {(task, sizes): False}
     torch.testing.assert_close(shuffled, out[:, perm], atol=1e-5, rtol=1e-4)
 
 

@@ -96,3 +96,30 @@ def _prod(values: Sequence[int]) -> int:
     for v in values:
         out *= int(v)
     return out
+
+
+class GridLayouts:
+    """Remembers, per (task, grid), whether a grid's points in C order fall in whole cells of the task's
+    lattice, so encoding and decoding can reshape instead of scatter and gather (same values, several
+    times faster). The cell of every point is checked against its block once per task and grid."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple, bool] = {}
+
+    def blocks(
+        self, task: str, shape: tuple[int, ...], coords: Tensor, grid: Sequence[int] | None
+    ) -> tuple[int, ...] | None:
+        """Grid points per cell and axis when ``coords`` [1, P, d] are the points of ``grid`` in C order and
+        each cell of ``shape`` holds a whole block of them; None otherwise."""
+        if not grid or coords.shape[0] != 1 or _prod(grid) != coords.shape[1]:
+            return None
+        grid = tuple(int(g) for g in grid)
+        block = cell_blocks(grid, shape)
+        if block is None:
+            return None
+        key = (task, grid)
+        if key not in self._known:
+            cells = torch.arange(_prod(shape), device=coords.device)
+            expected = from_cells(cells.view(1, -1, 1, 1).expand(1, -1, _prod(block), 1), shape, block)
+            self._known[key] = bool(torch.equal(locate(coords, shape)[0], expected.view(1, -1)))
+        return block if self._known[key] else None

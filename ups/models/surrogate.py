@@ -12,12 +12,13 @@ from torch import Tensor, nn
 
 from ups.models.decoder import LocalFieldDecoder
 from ups.models.encoder import LatticeEncoder, PointEmbedding
-from ups.models.lattice import cell_blocks, centres, from_cells, locate, pool, to_cells, token_shape
+from ups.models.lattice import GridLayouts, centres, locate, pool, to_cells, token_shape
 from ups.models.layers import FourierFeatures, ZeroLinear, init_weights
 from ups.models.operator import LatentOperator
 from ups.models.schemas import schema
 from ups.models.spec import LatentEncoder, ModelSpec, TaskIO, as_task_io, module_keys, register
 from ups.models.spectral import SpectralMix
+from ups.models.surrogate_checks import check_cond, check_coords, check_fields, check_latents
 
 
 @schema("latent")  # read from this source without torch when configs compose (ups/models/schemas.py)
@@ -143,7 +144,7 @@ class LatentSurrogate(nn.Module):
         # Networks of later stages (diffusion, consistency, steady prior), attached by name before
         # wrapping (ups.objectives.attach_heads); empty, it adds nothing to the state dict.
         self.stage_heads = nn.ModuleDict()
-        self._grid_layout: dict[tuple, bool] = {}  # (task, grid) -> its points fall in whole cells in C order
+        self.grid_layouts = GridLayouts()  # which grids take the reshape path of encode and decode
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -165,68 +166,29 @@ class LatentSurrogate(nn.Module):
         self._lookup(task)
         return math.prod(self.token_shapes[task])
 
-    # ------------------------------------------------------------------ validation helpers
     def _lookup(self, task: str) -> tuple[TaskIO, str]:
         try:
             return self.tasks[task], self._keys[task]
         except KeyError:
             raise KeyError(f"unknown task {task!r}; known tasks: {sorted(self.tasks)}") from None
 
-    @staticmethod
-    def _check_coords(task: str, io: TaskIO, coords: Tensor, what: str, batch: int) -> None:
-        if coords.dim() != 3 or coords.shape[-1] != io.dim:
-            raise ValueError(
-                f"task {task!r}: {what} must be [B, N, {io.dim}] (dim={io.dim}), got shape {tuple(coords.shape)}"
-            )
-        if coords.shape[0] not in (1, batch):
-            raise ValueError(f"task {task!r}: {what} batch must be 1 or {batch}, got {coords.shape[0]}")
-
-    def _check_latents(self, task: str, z: Tensor) -> None:
-        if z.dim() != 3 or z.shape[-1] != self.hidden or z.shape[1] != self.n_tokens(task):
-            raise ValueError(
-                f"task {task!r}: z must be [B, {self.n_tokens(task)}, {self.hidden}] (its lattice is "
-                f"{self.token_shapes[task]}), got shape {tuple(z.shape)}"
-            )
-
     # ------------------------------------------------------------------ public API
     def task_key(self, task: str) -> str:
         """The module key of a task (its name with '.' replaced), as heads index their per-task parts."""
         return self._lookup(task)[1]
 
-    def _blocks(self, task: str, coords: Tensor, grid: Sequence[int] | None) -> tuple[int, ...] | None:
-        """Grid points per cell and axis when ``coords`` are the points of ``grid`` in C order and each
-        cell of the task's lattice holds a whole block of them, so encoding and decoding can reshape
-        instead of scatter and gather (same values, several times faster); None otherwise. The cell
-        of every point is checked against its block once per task and grid."""
-        if not grid or coords.shape[0] != 1 or math.prod(grid) != coords.shape[1]:
-            return None
-        shape, grid = self.token_shapes[task], tuple(int(g) for g in grid)
-        block = cell_blocks(grid, shape)
-        if block is None:
-            return None
-        key = (task, grid)
-        if key not in self._grid_layout:
-            cells = torch.arange(math.prod(shape), device=coords.device)
-            expected = from_cells(cells.view(1, -1, 1, 1).expand(1, -1, math.prod(block), 1), shape, block)
-            self._grid_layout[key] = bool(torch.equal(locate(coords, shape)[0], expected.view(1, -1)))
-        return block if self._grid_layout[key] else None
+    def _check_latents(self, task: str, z: Tensor) -> None:
+        check_latents(task, z, self.n_tokens(task), self.hidden, self.token_shapes[task])
 
     def encode(self, task: str, fields: Tensor, coords: Tensor, grid: Sequence[int] | None = None) -> Tensor:
         """fields [B, P, in_channels], coords [B or 1, P, dim] in [-1, 1] -> z [B, L, hidden] (L: the task's
         cells). ``grid``: the spatial shape, when the points are that grid's in C order (faster, same values)."""
         io, key = self._lookup(task)
-        if fields.dim() != 3 or fields.shape[-1] != io.in_channels:
-            raise ValueError(
-                f"task {task!r}: fields must be [B, P, {io.in_channels}] (in_channels={io.in_channels}), "
-                f"got shape {tuple(fields.shape)}"
-            )
-        self._check_coords(task, io, coords, "coords", fields.shape[0])
-        if coords.shape[1] != fields.shape[1]:
-            raise ValueError(f"task {task!r}: coords have {coords.shape[1]} points but fields have {fields.shape[1]}")
+        check_fields(task, io, fields, coords)
         shape = self.token_shapes[task]
         index, offset = locate(coords, shape)
         phi = self.encode_basis[key](self.local_fourier(offset))  # [b, P, K]
-        block = self._blocks(task, coords, grid)
+        block = self.grid_layouts.blocks(task, shape, coords, grid)
         if block is None:
             moments = pool(
                 (phi.unsqueeze(-1) * fields.to(phi.dtype).unsqueeze(-2)).flatten(-2), index, math.prod(shape)
@@ -243,11 +205,7 @@ class LatentSurrogate(nn.Module):
         """z [B, L, hidden], cond [B or 1, cond_dim] -> z_next [B, L, hidden] (one time step)."""
         _, key = self._lookup(task)
         self._check_latents(task, z)
-        if cond.dim() != 2 or cond.shape[-1] != self.cond_dim or cond.shape[0] not in (1, z.shape[0]):
-            raise ValueError(
-                f"task {task!r}: cond must be [{z.shape[0]}, {self.cond_dim}] (cond_dim={self.cond_dim}), "
-                f"got shape {tuple(cond.shape)}"
-            )
+        check_cond(task, cond, z.shape[0], self.cond_dim)
         return self.operator(z, cond, key, self.token_shapes[task])
 
     def decode(self, task: str, z: Tensor, coords: Tensor, grid: Sequence[int] | None = None) -> Tensor:
@@ -255,9 +213,9 @@ class LatentSurrogate(nn.Module):
         ``grid``: as for :meth:`encode`."""
         io, key = self._lookup(task)
         self._check_latents(task, z)
-        self._check_coords(task, io, coords, "query coords", z.shape[0])
-        block = self._blocks(task, coords, grid)
+        check_coords(task, io, coords, "query coords", z.shape[0])
         shape = self.token_shapes[task]
+        block = self.grid_layouts.blocks(task, shape, coords, grid)
         return self.decoder(
             z,
             self.output_head[key],
