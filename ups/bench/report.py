@@ -84,7 +84,7 @@ def variants_markdown(result: dict) -> str:
     for r in result["rows"]:
         if r["status"] == "ok" and r["variant"] in ("baseline", "compile", "all", "latent_cache"):
             s = r["startup"]
-            lines.append(f"| {r['variant']} | {info['config_s']:.2f} | {s['data_open_s']:.2f} | {s['model_build_s']:.2f} | "
+            lines.append(f"| {r['variant']} | {info.get('config_s', float('nan')):.2f} | {s['data_open_s']:.2f} | {s['model_build_s']:.2f} | "
                          f"{s['parallelize_s']:.2f} | {s['train_set_s']:.2f} | {s['first_batch_s']:.2f} | "
                          f"{s['first_step_s']:.2f} | {s['compile_s']:.2f} |")
     return "\n".join(lines)

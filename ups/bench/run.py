@@ -69,7 +69,7 @@ def same_measurements(rows: list[dict]) -> list[tuple[str, str]]:
 
 def run_variants(cfg: DictConfig, device: torch.device, partial: Path | None = None) -> dict[str, Any]:
     """Measure each of ``bench.variants``; a variant that fails is a row with its error, not the end.
-    ``partial``: a JSON file rewritten after each variant."""
+    ``partial``: a JSON file, and its table beside it (.md), rewritten after each variant."""
     b = cfg.bench
     check_names(b.variants)
     stage = next(iter(cfg.stages))
@@ -91,12 +91,23 @@ def run_variants(cfg: DictConfig, device: torch.device, partial: Path | None = N
             print(f"[bench] {name} failed: {type(err).__name__}: {err}", flush=True)  # e.g. a kernel this device lacks
             row.update(status="failed", error=f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}")
         out["rows"].append(row)
-        if partial is not None:  # what a run cut short by its time limit still leaves behind
+        if partial is not None:  # what a run cut short by its time limit still leaves behind: JSON and table
+            from ups.bench import report
+
+            summarize(out, quiet=True)
             partial.write_text(json.dumps(out, indent=1, default=str))
+            partial.with_suffix(".md").write_text(report.variants_markdown(out))
+    summarize(out)
+    out["info"]["loadavg_after"] = load_average()
+    return out
+
+
+def summarize(out: dict[str, Any], quiet: bool = False) -> None:
+    """Ratios to the baseline and MFU of the rows measured so far (again after each variant)."""
     ok = [r for r in out["rows"] if r["status"] == "ok"]
     out["flops"] = ok[0]["work"] if ok else None  # the first variant's, for the formulas-vs-counter line
     out["same_measurement"] = same_measurements(out["rows"])
-    for a, c in out["same_measurement"]:
+    for a, c in [] if quiet else out["same_measurement"]:
         print(f"[bench] WARNING: {a} and {c} report the same real-pass time to the nanosecond: one measurement "
               "reported twice, not two", flush=True)
     bases = [r["samples_per_s"] for r in ok if r["variant"].startswith("baseline")]
@@ -113,8 +124,6 @@ def run_variants(cfg: DictConfig, device: torch.device, partial: Path | None = N
         row["mfu_measured"] = achieved / matmul
         if out["peaks"]["datasheet_bf16"]:
             row["mfu_datasheet_bf16"] = achieved / out["peaks"]["datasheet_bf16"]
-    out["info"]["loadavg_after"] = load_average()
-    return out
 
 
 def _train_rate(overrides: list[str], work: Path) -> dict[str, Any]:
