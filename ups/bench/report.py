@@ -94,11 +94,12 @@ def axis_markdown(result: dict, plot_dir: str | Path) -> str:
     """The scaling table of one axis, and its plot (samples/s and peak memory against the axis)."""
     info, axis = result["info"], result["axis"]
     ranks = axis == "ranks"  # real training runs: samples/s over all ranks, from their metrics.jsonl
-    extra = " world size | global batch |" if ranks else ""
+    extra = " world size | global batch |" if ranks else " MFU (measured matmul) | MFU (bf16 data sheet) |"
     lines = _header(info) + ["", f"| {axis} | samples/s | step ms | peak MB |{extra} status |",
-                             "|---|---|---|---|" + ("---|---|" if ranks else "") + "---|"]
+                             "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        cells = f" {r.get('world_size', '–')} | {r.get('global_batch', '–')} |" if ranks else ""
+        cells = f" {r.get('world_size', '–')} | {r.get('global_batch', '–')} |" if ranks else \
+            f" {_f(r.get('mfu_measured'), '{:.1%}')} | {_f(r.get('mfu_datasheet_bf16'), '{:.1%}')} |"
         lines.append(f"| {r['value']} | {_f(r.get('samples_per_s'))} | {_f(r.get('step_ms'))} | "
                      f"{_f(r.get('peak_memory_mb'), '{:,.0f}')} |{cells} {r['status']}"
                      f"{': ' + r['error'] if r.get('error') else ''} |")

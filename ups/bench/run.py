@@ -117,13 +117,17 @@ def summarize(out: dict[str, Any], quiet: bool = False) -> None:
     for row in ok:
         if base:
             row["ratio"] = row["samples_per_s"] / base
-        # the FLOPs this variant's real pass did, over the seconds it took
-        achieved = row["work"]["analytic"] / row["real_s"]
-        row["model_flops_per_s"] = achieved
-        matmul = out["peaks"].get(f"measured_{row['precision']}", out["peaks"]["measured_fp32"])
-        row["mfu_measured"] = achieved / matmul
-        if out["peaks"]["datasheet_bf16"]:
-            row["mfu_datasheet_bf16"] = achieved / out["peaks"]["datasheet_bf16"]
+        _mfu(row, out["peaks"])
+
+
+def _mfu(row: dict[str, Any], peaks: dict[str, Any]) -> None:
+    """The FLOPs this row's real pass did over the seconds it took, against the measured matmul peak
+    of its precision and the data sheet's bf16 peak."""
+    achieved = row["work"]["analytic"] / row["real_s"]
+    row["model_flops_per_s"] = achieved
+    row["mfu_measured"] = achieved / peaks.get(f"measured_{row['precision']}", peaks["measured_fp32"])
+    if peaks["datasheet_bf16"]:
+        row["mfu_datasheet_bf16"] = achieved / peaks["datasheet_bf16"]
 
 
 def _train_rate(overrides: list[str], work: Path) -> dict[str, Any]:
@@ -148,6 +152,8 @@ def run_axis(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         raise ConfigError(f"bench.axis must be one of {', '.join(AXES)} with bench.points set, got {b.axis!r} "
                           f"and {list(b.points)}")
     out = {"info": {**environment(device, cfg), "axis": b.axis}, "axis": b.axis, "rows": []}
+    if b.axis != "ranks":  # MFU along the axis (issue 22: MFU against batch), each point's own FLOPs
+        out["peaks"] = peaks(device)
     for value in b.points:
         print(f"[bench] {b.axis}={value}", flush=True)
         row: dict[str, Any] = {"value": str(value)}
@@ -157,7 +163,9 @@ def run_axis(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
                 with tempfile.TemporaryDirectory(prefix="ups-bench-") as work:
                     row.update(_train_rate([override, f"trainer.max_steps={b.warmup_steps + b.steps}"], Path(work)))
             else:
-                row.update(measure(_compose([override]), device, b.warmup_steps, b.steps))
+                pcfg = _compose([override])
+                row.update(measure(pcfg, device, b.warmup_steps, b.steps, work=True), precision=pcfg.hardware.precision)
+                _mfu(row, out["peaks"])
             row["status"] = "ok"
         except (RuntimeError, ConfigError, ValueError) as err:
             print(f"[bench] {b.axis}={value} failed: {type(err).__name__}: {err}", flush=True)
