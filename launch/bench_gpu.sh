@@ -22,8 +22,8 @@
 # On a machine with torch but no Hydra and no package index, run launch/gpu_wheels.sh here first
 # and carry .whl: the wheels go into /tmp/site, and UPS runs from this tree uninstalled.
 #   bash launch/bench_gpu.sh [extra overrides for every part...]
-# A CPU stand-in (checks the script, measures nothing worth keeping; about 10 minutes on 2 cores):
-#   HW=cpu MODEL=tiny BATCH=4 STEPS=2 WARMUP=1 POINTS='[2,4]' VARIANTS='[baseline,sdpa_flash]' \
+# A CPU stand-in (checks the script, measures nothing worth keeping; 103-263 s on 2 cores, docs/benchmarks.md):
+#   HW=cpu MODEL=tiny BATCH=4 STEPS=2 WARMUP=1 POINTS='[2,4]' VARIANTS='[baseline,all,sdpa_flash]' \
 #     P11_MODEL=tiny P11_BATCH=4 P11_VARIANTS='[baseline]' PROFILE_VARIANTS='[baseline]' TUNE_MAX=8 \
 #     LIMIT_SCALE=3 DOCS=null bash launch/bench_gpu.sh hardware.threads=1
 set -uo pipefail  # not -e: a failed part is reported and the next one still runs
