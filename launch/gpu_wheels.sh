@@ -7,8 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${1:-3.12}
-mkdir -p .whl .git/info
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+mkdir -p .whl
+# git-ignored so that it is not committed; the run tool then carries it (carry: [".whl"]). In a
+# worktree .git is a file: ask git where its exclude file is.
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >> "$exclude"
 version() { python -c "import importlib.metadata as m; print(m.version('$1'))"; }
 pins=()
 for name in hydra-core omegaconf submitit hydra-submitit-launcher; do pins+=("$name==$(version "$name")"); done

@@ -97,6 +97,10 @@ class ParallelismConfig:
     timeout_s: int = 600  # process-group timeout: a stuck collective fails instead of hanging forever
     max_restarts: int = 0  # self-launch: restart all ranks this often after a failure (resuming)
     dry_run: bool = False  # build and shard the model for this layout on a fake process group; report
+    # FSDP2 only: the sharded parameters, gradients and AdamW state live in host memory (torch's
+    # CPUOffloadPolicy); each block is copied to the GPU for its all-gather, the optimizer steps on the CPU
+    cpu_offload: bool = False
+    cpu_offload_pin_memory: bool = True  # page-locked host copies, so transfers overlap compute (GPU only)
 
 
 @dataclass

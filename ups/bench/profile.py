@@ -165,6 +165,9 @@ def _profile(cfg: DictConfig) -> None:
     info["command"] = info["command"].replace("python -m ups.bench", "python -m ups.bench.profile", 1)
     rows: dict[str, dict] = {}
     stage = next(iter(cfg.stages))
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = ""
     for name in cfg.bench.variants:
         print(f"[profile] {name}", flush=True)
         try:
@@ -176,11 +179,10 @@ def _profile(cfg: DictConfig) -> None:
         except (RuntimeError, ConfigError, ValueError, NotImplementedError) as err:
             print(f"[profile] {name} failed: {type(err).__name__}: {err}", flush=True)
             rows[name] = {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"}
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "profile.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1, default=str))
-    text = markdown(info, rows)
-    (run_dir / "profile.md").write_text(text + "\n")
+        # after each variant, so a run cut short by its time limit keeps the variants it finished
+        (run_dir / "profile.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1, default=str))
+        text = markdown(info, rows)
+        (run_dir / "profile.md").write_text(text + "\n")
     print(text, flush=True)
 
 

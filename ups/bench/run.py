@@ -74,7 +74,7 @@ def same_measurements(rows: list[dict]) -> list[tuple[str, str]]:
 
 def run_variants(cfg: DictConfig, device: torch.device, partial: Path | None = None) -> dict[str, Any]:
     """Measure each of ``bench.variants``; a variant that fails is a row with its error, not the end.
-    ``partial``: a JSON file rewritten after each variant."""
+    ``partial``: a JSON file, and its table beside it (.md), rewritten after each variant."""
     b = cfg.bench
     check_names(b.variants)
     stage = next(iter(cfg.stages))
@@ -96,17 +96,25 @@ def run_variants(cfg: DictConfig, device: torch.device, partial: Path | None = N
             print(f"[bench] {name} failed: {type(err).__name__}: {err}", flush=True)  # e.g. a kernel this device lacks
             row.update(status="failed", error=f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}")
         out["rows"].append(row)
-        if partial is not None:  # what a run cut short by its time limit still leaves behind
+        if partial is not None:  # what a run cut short by its time limit still leaves behind: JSON and table
+            from ups.bench import report
+
+            summarize(out, quiet=True)
             partial.write_text(json.dumps(out, indent=1, default=str))
+            partial.with_suffix(".md").write_text(report.variants_markdown(out))
+    summarize(out)
+    out["info"]["loadavg_after"] = load_average()
+    return out
+
+
+def summarize(out: dict[str, Any], quiet: bool = False) -> None:
+    """Ratios to the baseline and MFU of the rows measured so far (again after each variant)."""
     ok = [r for r in out["rows"] if r["status"] == "ok"]
     out["flops"] = ok[0]["work"] if ok else None  # the first variant's, for the formulas-vs-counter line
     out["same_measurement"] = same_measurements(out["rows"])
-    for a, c in out["same_measurement"]:
-        print(
-            f"[bench] WARNING: {a} and {c} report the same real-pass time to the nanosecond: one measurement "
-            "reported twice, not two",
-            flush=True,
-        )
+    for a, c in [] if quiet else out["same_measurement"]:
+        print(f"[bench] WARNING: {a} and {c} report the same real-pass time to the nanosecond: one measurement "
+              "reported twice, not two", flush=True)
     bases = [r["samples_per_s"] for r in ok if r["variant"].startswith("baseline")]
     base = sum(bases) / len(bases) if bases else None
     if len(bases) == 2:
@@ -114,15 +122,17 @@ def run_variants(cfg: DictConfig, device: torch.device, partial: Path | None = N
     for row in ok:
         if base:
             row["ratio"] = row["samples_per_s"] / base
-        # the FLOPs this variant's real pass did, over the seconds it took
-        achieved = row["work"]["analytic"] / row["real_s"]
-        row["model_flops_per_s"] = achieved
-        matmul = out["peaks"].get(f"measured_{row['precision']}", out["peaks"]["measured_fp32"])
-        row["mfu_measured"] = achieved / matmul
-        if out["peaks"]["datasheet_bf16"]:
-            row["mfu_datasheet_bf16"] = achieved / out["peaks"]["datasheet_bf16"]
-    out["info"]["loadavg_after"] = load_average()
-    return out
+        _mfu(row, out["peaks"])
+
+
+def _mfu(row: dict[str, Any], peaks: dict[str, Any]) -> None:
+    """The FLOPs this row's real pass did over the seconds it took, against the measured matmul peak
+    of its precision and the data sheet's bf16 peak."""
+    achieved = row["work"]["analytic"] / row["real_s"]
+    row["model_flops_per_s"] = achieved
+    row["mfu_measured"] = achieved / peaks.get(f"measured_{row['precision']}", peaks["measured_fp32"])
+    if peaks["datasheet_bf16"]:
+        row["mfu_datasheet_bf16"] = achieved / peaks["datasheet_bf16"]
 
 
 def _train_rate(overrides: list[str], work: Path) -> dict[str, Any]:
@@ -158,6 +168,8 @@ def run_axis(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
             f"bench.axis must be one of {', '.join(AXES)} with bench.points set, got {b.axis!r} and {list(b.points)}"
         )
     out = {"info": {**environment(device, cfg), "axis": b.axis}, "axis": b.axis, "rows": []}
+    if b.axis != "ranks":  # MFU along the axis (issue 22: MFU against batch), each point's own FLOPs
+        out["peaks"] = peaks(device)
     for value in b.points:
         print(f"[bench] {b.axis}={value}", flush=True)
         row: dict[str, Any] = {"value": str(value)}
@@ -167,7 +179,9 @@ def run_axis(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
                 with tempfile.TemporaryDirectory(prefix="ups-bench-") as work:
                     row.update(_train_rate([override, f"trainer.max_steps={b.warmup_steps + b.steps}"], Path(work)))
             else:
-                row.update(measure(_compose([override]), device, b.warmup_steps, b.steps))
+                pcfg = _compose([override])
+                row.update(measure(pcfg, device, b.warmup_steps, b.steps, work=True), precision=pcfg.hardware.precision)
+                _mfu(row, out["peaks"])
             row["status"] = "ok"
         except (RuntimeError, ConfigError, ValueError) as err:
             print(f"[bench] {b.axis}={value} failed: {type(err).__name__}: {err}", flush=True)

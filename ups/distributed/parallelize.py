@@ -8,18 +8,21 @@ compile patch blocks in place, so parameter names and checkpoints are the same w
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from typing import Any, Iterator
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from ups.distributed.env import DistEnv
 from ups.errors import ConfigError
 from ups.models.spec import spec_of
+
+log = logging.getLogger(__name__)
 
 
 def apply_ac(model: nn.Module, every: int = 1) -> None:
@@ -66,19 +69,48 @@ def fsdp_policy(precision: str) -> MixedPrecisionPolicy:
     return MixedPrecisionPolicy()
 
 
-def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, precision: str) -> nn.Module:
-    """Shard each block, then the spec's further units (e.g. encoder, decoder), then the rest at the root."""
+def fsdp_offload(cpu_offload: bool, pin_memory: bool, device: torch.device) -> OffloadPolicy:
+    """FSDP2's own offload policy: with ``cpu_offload`` the sharded parameters, their gradients and
+    (the optimizer being built on those parameters) the AdamW state stay in host memory; each unit's
+    shard is copied to ``device`` for its all-gather and its gradient shard back after the
+    reduce-scatter, and the optimizer steps on the CPU. Pinning needs an accelerator (torch raises
+    "Cannot access accelerator device" without one), so on a CPU device it is off: there the policy
+    moves nothing but runs the same code path, which is what the CPU tests check."""
+    if not cpu_offload:
+        return OffloadPolicy()
+    return CPUOffloadPolicy(pin_memory=pin_memory and device.type != "cpu")
+
+
+def fsdp_mesh(device: torch.device, world_size: int, cpu_offload: bool):
+    """The 1-D mesh FSDP2 shards over. Offloaded on a GPU, the gradients' norm (clipping) and any
+    other DTensor operation on the host-resident shards run a collective on CPU tensors, which NCCL
+    cannot: the mesh then gets its own group with gloo for CPU tensors beside NCCL for CUDA ones (as
+    torchtitan does for its CPU offload). Elsewhere the default group serves."""
     from torch.distributed.device_mesh import init_device_mesh
 
+    override = None
+    if cpu_offload and device.type == "cuda":
+        override = {0: "cpu:gloo,cuda:nccl"}
+    return init_device_mesh(device.type, (world_size,), backend_override=override)
+
+
+def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, precision: str,
+               cpu_offload: bool = False, pin_memory: bool = True) -> nn.Module:
+    """Shard each block, then the spec's further units (e.g. encoder, decoder), then the rest at the
+    root, every unit with the same mixed-precision and offload policies (so no unit's shards stay
+    behind on the GPU while the optimizer steps the others on the CPU)."""
     # The model returns a view; UPS never modifies outputs in place (ups/objectives/), which is what
     # FSDP2 warns about on every forward.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-    mesh = init_device_mesh(device.type, (world_size,))
-    policy = fsdp_policy(precision)
+    mesh = fsdp_mesh(device, world_size, cpu_offload)
+    policies = {"mp_policy": fsdp_policy(precision), "offload_policy": fsdp_offload(cpu_offload, pin_memory, device)}
     spec = spec_of(model)
     for unit in [*spec.blocks(model), *spec.shard_units(model)]:
-        fully_shard(unit, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+        fully_shard(unit, mesh=mesh, **policies)
+    fully_shard(model, mesh=mesh, **policies)
+    if cpu_offload:
+        log.info("FSDP2 CPU offload: sharded parameters, gradients and optimizer state in host memory (%s)",
+                 "pinned" if policies["offload_policy"].pin_memory else "not pinned")
     return model
 
 
@@ -102,7 +134,8 @@ def parallelize(model: nn.Module, cfg: Any, env: DistEnv, device: torch.device) 
     if hw.compile:
         apply_compile(model, hw.compile_mode, hw.compile_scope)
     if strategy == "fsdp2":
-        return apply_fsdp(model, device, env.world_size, hw.precision)
+        p = cfg.parallelism
+        return apply_fsdp(model, device, env.world_size, hw.precision, p.cpu_offload, p.cpu_offload_pin_memory)
     if strategy == "ddp" and env.distributed:
         spec = spec_of(model)
         heads = spec.stage_heads(model) if spec.stage_heads else {}
