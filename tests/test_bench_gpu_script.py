@@ -1,5 +1,6 @@
 """launch/bench_gpu.sh and the GPU section of docs/benchmarks.md describe the same run, and the
 batch axis reports MFU (issue 22 item 4) from each point's own FLOPs."""
+
 from __future__ import annotations
 
 import re
@@ -37,11 +38,29 @@ def test_the_script_parses() -> None:
 
 def test_the_batch_axis_has_mfu_columns(tmp_path: Path) -> None:
     peaks = {"measured_fp32": 1e12, "measured_bf16": 4e12, "datasheet_bf16": 1e15}
-    row = {"value": "64", "status": "ok", "samples_per_s": 100.0, "step_ms": 10.0, "peak_memory_mb": 5.0,
-           "real_s": 2.0, "work": {"analytic": 4e12}, "precision": "bf16"}
+    row = {
+        "value": "64",
+        "status": "ok",
+        "samples_per_s": 100.0,
+        "step_ms": 10.0,
+        "peak_memory_mb": 5.0,
+        "real_s": 2.0,
+        "work": {"analytic": 4e12},
+        "precision": "bf16",
+    }
     _mfu(row, peaks)
     assert row["mfu_measured"] == 0.5 and row["mfu_datasheet_bf16"] == 0.002
-    info = {"device": "cuda:0", "gpu": "H200", "date": "d", "torch": "t", "loadavg_before": 0, "command": "c",
-            "model": "m", "task": "t", "batch_size": 64, "axis": "batch"}
+    info = {
+        "device": "cuda:0",
+        "gpu": "H200",
+        "date": "d",
+        "torch": "t",
+        "loadavg_before": 0,
+        "command": "c",
+        "model": "m",
+        "task": "t",
+        "batch_size": 64,
+        "axis": "batch",
+    }
     text = report.axis_markdown({"info": info, "axis": "batch", "rows": [row]}, tmp_path)
     assert "| 64 | 100.0 | 10.0 | 5 | 50.0% | 0.2% | ok |" in text

@@ -5,6 +5,7 @@ On CPU the policy moves nothing (the shards are in host memory already) and pinn
 an accelerator), but the sharding, the host-side gradients and the CPU optimizer step run the same
 code as on a GPU; only the host-to-device copies and the memory saved need CUDA (the gpu tests).
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -68,8 +69,9 @@ def _dry_run(tiny_cfg, monkeypatch: pytest.MonkeyPatch, offload: bool) -> tuple[
     return dry_run.dry_run(cfg), calls
 
 
-def test_every_sharded_unit_gets_the_policy_and_the_dry_run_moves_the_shards_to_host(tiny_cfg, monkeypatch,
-                                                                                     capsys) -> None:
+def test_every_sharded_unit_gets_the_policy_and_the_dry_run_moves_the_shards_to_host(
+    tiny_cfg, monkeypatch, capsys
+) -> None:
     on, calls = _dry_run(tiny_cfg, monkeypatch, offload=True)
     assert len(calls) > 2 and all(isinstance(k["offload_policy"], CPUOffloadPolicy) for k in calls)
     assert "offloaded to host memory (parallelism.cpu_offload, pinned" in capsys.readouterr().out
@@ -103,6 +105,7 @@ def test_two_gloo_ranks_train_offloaded_as_without(data_dir: Path, tmp_path: Pat
 
 # ---- GPU only (pytest -m gpu; launch/bench_gpu.sh runs them) ----
 
+
 def _gpu_peak_step(offload: bool) -> int:
     """Peak GPU memory of two training steps of a 32M-parameter MLP, each layer sharded as apply_fsdp
     shards a block (its policies, its mesh), on one rank."""
@@ -118,8 +121,9 @@ def _gpu_peak_step(offload: bool) -> int:
             mesh = parallelize.fsdp_mesh(device, 1, offload)
             policy = parallelize.fsdp_offload(offload, True, device)
             for unit in [*model, model]:
-                parallelize.fully_shard(unit, mesh=mesh, mp_policy=parallelize.fsdp_policy("fp32"),
-                                        offload_policy=policy)
+                parallelize.fully_shard(
+                    unit, mesh=mesh, mp_policy=parallelize.fsdp_policy("fp32"), offload_policy=policy
+                )
             opt = torch.optim.AdamW(model.parameters(), fused=True)
             where = {p.to_local().device.type for p in model.parameters()}
             assert where == ({"cpu"} if offload else {"cuda"})
@@ -153,10 +157,27 @@ def test_offloaded_step_runs_and_holds_less_gpu_memory() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_two_nccl_ranks_train_offloaded(data_dir: Path, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ups.train", "parallelism=fsdp2_2", "hardware=gpu", "model=tiny",
-                           "parallelism.cpu_offload=true", "trainer.max_steps=4", f"paths.data_dir={data_dir}",
-                           "data.generate=true", f"paths.output_dir={tmp_path / 'run'}", "parallelism.timeout_s=120"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ups.train",
+            "parallelism=fsdp2_2",
+            "hardware=gpu",
+            "model=tiny",
+            "parallelism.cpu_offload=true",
+            "trainer.max_steps=4",
+            f"paths.data_dir={data_dir}",
+            "data.generate=true",
+            f"paths.output_dir={tmp_path / 'run'}",
+            "parallelism.timeout_s=120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "FSDP2 CPU offload: sharded parameters, gradients and optimizer state in host memory (pinned)" in \
-        proc.stdout + proc.stderr
+    assert (
+        "FSDP2 CPU offload: sharded parameters, gradients and optimizer state in host memory (pinned)"
+        in proc.stdout + proc.stderr
+    )

@@ -124,9 +124,11 @@ def validate(cfg: Any) -> None:
         raise ConfigError("parallelism.strategy=fsdp2 needs data.sampler.mode=task")
     if cfg.parallelism.cpu_offload and cfg.parallelism.strategy != "fsdp2":
         # CPUOffloadPolicy belongs to FSDP2's fully_shard; DDP and one process keep a full copy on the device
-        raise ConfigError(f"parallelism.cpu_offload=true needs parallelism.strategy=fsdp2 (FSDP2's own offload "
-                          f"policy), but parallelism={cfg.parallelism.name} has strategy={cfg.parallelism.strategy}; "
-                          "choose parallelism=fsdp2_N or drop parallelism.cpu_offload")
+        raise ConfigError(
+            f"parallelism.cpu_offload=true needs parallelism.strategy=fsdp2 (FSDP2's own offload "
+            f"policy), but parallelism={cfg.parallelism.name} has strategy={cfg.parallelism.strategy}; "
+            "choose parallelism=fsdp2_N or drop parallelism.cpu_offload"
+        )
     if not cfg.task.datasets:
         raise ConfigError(f"task={cfg.task.name} lists no datasets")
     if not cfg.stages:

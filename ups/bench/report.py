@@ -126,9 +126,11 @@ def variants_markdown(result: dict) -> str:
     for r in result["rows"]:
         if r["status"] == "ok" and r["variant"] in ("baseline", "compile", "all", "latent_cache"):
             s = r["startup"]
-            lines.append(f"| {r['variant']} | {info.get('config_s', float('nan')):.2f} | {s['data_open_s']:.2f} | {s['model_build_s']:.2f} | "
-                         f"{s['parallelize_s']:.2f} | {s['train_set_s']:.2f} | {s['first_batch_s']:.2f} | "
-                         f"{s['first_step_s']:.2f} | {s['compile_s']:.2f} |")
+            lines.append(
+                f"| {r['variant']} | {info.get('config_s', float('nan')):.2f} | {s['data_open_s']:.2f} | {s['model_build_s']:.2f} | "
+                f"{s['parallelize_s']:.2f} | {s['train_set_s']:.2f} | {s['first_batch_s']:.2f} | "
+                f"{s['first_step_s']:.2f} | {s['compile_s']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -137,14 +139,22 @@ def axis_markdown(result: dict, plot_dir: str | Path) -> str:
     info, axis = result["info"], result["axis"]
     ranks = axis == "ranks"  # real training runs: samples/s over all ranks, from their metrics.jsonl
     extra = " world size | global batch |" if ranks else " MFU (measured matmul) | MFU (bf16 data sheet) |"
-    lines = _header(info) + ["", f"| {axis} | samples/s | step ms | peak MB |{extra} status |",
-                             "|---|---|---|---|---|---|---|"]
+    lines = _header(info) + [
+        "",
+        f"| {axis} | samples/s | step ms | peak MB |{extra} status |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        cells = f" {r.get('world_size', '–')} | {r.get('global_batch', '–')} |" if ranks else \
-            f" {_f(r.get('mfu_measured'), '{:.1%}')} | {_f(r.get('mfu_datasheet_bf16'), '{:.1%}')} |"
-        lines.append(f"| {r['value']} | {_f(r.get('samples_per_s'))} | {_f(r.get('step_ms'))} | "
-                     f"{_f(r.get('peak_memory_mb'), '{:,.0f}')} |{cells} {r['status']}"
-                     f"{': ' + r['error'] if r.get('error') else ''} |")
+        cells = (
+            f" {r.get('world_size', '–')} | {r.get('global_batch', '–')} |"
+            if ranks
+            else f" {_f(r.get('mfu_measured'), '{:.1%}')} | {_f(r.get('mfu_datasheet_bf16'), '{:.1%}')} |"
+        )
+        lines.append(
+            f"| {r['value']} | {_f(r.get('samples_per_s'))} | {_f(r.get('step_ms'))} | "
+            f"{_f(r.get('peak_memory_mb'), '{:,.0f}')} |{cells} {r['status']}"
+            f"{': ' + r['error'] if r.get('error') else ''} |"
+        )
     png = plot_axis(result, Path(plot_dir) / f"bench_{axis}.png")
     if png:
         lines += ["", f"![samples/s and peak memory against {axis}]({png.name})"]

@@ -113,8 +113,11 @@ def summarize(out: dict[str, Any], quiet: bool = False) -> None:
     out["flops"] = ok[0]["work"] if ok else None  # the first variant's, for the formulas-vs-counter line
     out["same_measurement"] = same_measurements(out["rows"])
     for a, c in [] if quiet else out["same_measurement"]:
-        print(f"[bench] WARNING: {a} and {c} report the same real-pass time to the nanosecond: one measurement "
-              "reported twice, not two", flush=True)
+        print(
+            f"[bench] WARNING: {a} and {c} report the same real-pass time to the nanosecond: one measurement "
+            "reported twice, not two",
+            flush=True,
+        )
     bases = [r["samples_per_s"] for r in ok if r["variant"].startswith("baseline")]
     base = sum(bases) / len(bases) if bases else None
     if len(bases) == 2:

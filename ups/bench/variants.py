@@ -52,17 +52,31 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "sdpa_math": (["hardware.sdpa_backend=math"], "attention: the math (reference) implementation only"),
     "preload": (["data.preload_max_gb=2"], "training split read into memory once"),
     "workers": (_WORKERS, "2 loader workers, prefetch 4, pinned memory on CUDA"),
-    "frozen_encoder": (["stages.{stage}.freeze=[encoder]", "stages.{stage}.latent_cache=false"],
-                       "encoder frozen, latents encoded every step (the cache's reference)"),
-    "latent_cache": (["stages.{stage}.freeze=[encoder]", "stages.{stage}.latent_cache=true"],
-                     "encoder frozen, latents read from the cache"),
-    "all": (["hardware.precision=bf16", "hardware.compile=true", "hardware.compile_scope=model", "optim.fused=true",
-             "data.preload_max_gb=2",
-             *_WORKERS], "bf16 + whole-step compile + fused AdamW + preload + workers"),
+    "frozen_encoder": (
+        ["stages.{stage}.freeze=[encoder]", "stages.{stage}.latent_cache=false"],
+        "encoder frozen, latents encoded every step (the cache's reference)",
+    ),
+    "latent_cache": (
+        ["stages.{stage}.freeze=[encoder]", "stages.{stage}.latent_cache=true"],
+        "encoder frozen, latents read from the cache",
+    ),
+    "all": (
+        [
+            "hardware.precision=bf16",
+            "hardware.compile=true",
+            "hardware.compile_scope=model",
+            "optim.fused=true",
+            "data.preload_max_gb=2",
+            *_WORKERS,
+        ],
+        "bf16 + whole-step compile + fused AdamW + preload + workers",
+    ),
     # "all" without compilation: for runs of many tasks (pdebench11: a graph per task to compile) in a
     # short time limit, and to show what compilation adds on top of the rest
-    "all_eager": (["hardware.precision=bf16", "optim.fused=true", "data.preload_max_gb=2", *_WORKERS],
-                  "bf16 + fused AdamW + preload + workers, eager (all without compile)"),
+    "all_eager": (
+        ["hardware.precision=bf16", "optim.fused=true", "data.preload_max_gb=2", *_WORKERS],
+        "bf16 + fused AdamW + preload + workers, eager (all without compile)",
+    ),
     # CPUs without bf16 matrix units run bf16 autocast slower than fp32: "all" without it
     "all_fp32": (
         [

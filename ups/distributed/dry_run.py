@@ -94,27 +94,47 @@ def dry_run(cfg: Any) -> dict:
     if activations is not None:
         mem["activations"] = activations
     host = sharded if offload else {}
-    report = {"layout": p.name, "strategy": p.strategy, "nodes": p.nodes, "ranks_per_node": p.ranks_per_node,
-              "world_size": world, "batch_size": t.batch_size, "accum_steps": t.accum_steps,
-              "global_batch": t.batch_size * t.accum_steps * world, "parameters": total,
-              "parameters_per_rank": local, "largest_grid_points": points, "cpu_offload": offload,
-              "memory_gb": {k: v / GB for k, v in mem.items()}, "memory_per_rank_gb": sum(mem.values()) / GB,
-              "host_memory_gb": {k: v / GB for k, v in host.items()},
-              "host_memory_per_rank_gb": sum(host.values()) / GB,
-              "host_memory_per_node_gb": sum(host.values()) * p.ranks_per_node / GB}
-    lines = [f"dry run: {p.name} ({p.strategy}), {p.nodes} node(s) x {p.ranks_per_node} ranks = {world}",
-             f"  global batch = {t.batch_size} per device x {t.accum_steps} accumulation x {world} ranks "
-             f"= {report['global_batch']}",
-             f"  parameters {total / 1e6:.2f}M total, {local / 1e6:.2f}M held per rank",
-             "  per-rank memory estimate (GB): " + ", ".join(f"{k} {v:.3f}" for k, v in report["memory_gb"].items()),
-             f"  total ≈ {report['memory_per_rank_gb']:.2f} GB per rank "
-             + (f"(activations: a rough formula, grid of {points} points)" if activations is not None
-                else "(activations not estimated for this model family)")]
+    report = {
+        "layout": p.name,
+        "strategy": p.strategy,
+        "nodes": p.nodes,
+        "ranks_per_node": p.ranks_per_node,
+        "world_size": world,
+        "batch_size": t.batch_size,
+        "accum_steps": t.accum_steps,
+        "global_batch": t.batch_size * t.accum_steps * world,
+        "parameters": total,
+        "parameters_per_rank": local,
+        "largest_grid_points": points,
+        "cpu_offload": offload,
+        "memory_gb": {k: v / GB for k, v in mem.items()},
+        "memory_per_rank_gb": sum(mem.values()) / GB,
+        "host_memory_gb": {k: v / GB for k, v in host.items()},
+        "host_memory_per_rank_gb": sum(host.values()) / GB,
+        "host_memory_per_node_gb": sum(host.values()) * p.ranks_per_node / GB,
+    }
+    lines = [
+        f"dry run: {p.name} ({p.strategy}), {p.nodes} node(s) x {p.ranks_per_node} ranks = {world}",
+        f"  global batch = {t.batch_size} per device x {t.accum_steps} accumulation x {world} ranks "
+        f"= {report['global_batch']}",
+        f"  parameters {total / 1e6:.2f}M total, {local / 1e6:.2f}M held per rank",
+        "  per-rank memory estimate (GB): " + ", ".join(f"{k} {v:.3f}" for k, v in report["memory_gb"].items()),
+        f"  total ≈ {report['memory_per_rank_gb']:.2f} GB per rank "
+        + (
+            f"(activations: a rough formula, grid of {points} points)"
+            if activations is not None
+            else "(activations not estimated for this model family)"
+        ),
+    ]
     if offload:
         pinned = "pinned" if p.cpu_offload_pin_memory else "pageable"
-        lines += ["  offloaded to host memory (parallelism.cpu_offload, " + pinned + ", GB): "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in report["host_memory_gb"].items()),
-                  f"  host total ≈ {report['host_memory_per_rank_gb']:.2f} GB per rank, "
-                  f"{report['host_memory_per_node_gb']:.2f} GB per node of {p.ranks_per_node} ranks"]
+        lines += [
+            "  offloaded to host memory (parallelism.cpu_offload, "
+            + pinned
+            + ", GB): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in report["host_memory_gb"].items()),
+            f"  host total ≈ {report['host_memory_per_rank_gb']:.2f} GB per rank, "
+            f"{report['host_memory_per_node_gb']:.2f} GB per node of {p.ranks_per_node} ranks",
+        ]
     print("\n".join(lines), flush=True)
     return report

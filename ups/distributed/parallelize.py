@@ -94,8 +94,14 @@ def fsdp_mesh(device: torch.device, world_size: int, cpu_offload: bool):
     return init_device_mesh(device.type, (world_size,), backend_override=override)
 
 
-def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, precision: str,
-               cpu_offload: bool = False, pin_memory: bool = True) -> nn.Module:
+def apply_fsdp(
+    model: nn.Module,
+    device: torch.device,
+    world_size: int,
+    precision: str,
+    cpu_offload: bool = False,
+    pin_memory: bool = True,
+) -> nn.Module:
     """Shard each block, then the spec's further units (e.g. encoder, decoder), then the rest at the
     root, every unit with the same mixed-precision and offload policies (so no unit's shards stay
     behind on the GPU while the optimizer steps the others on the CPU)."""
@@ -109,8 +115,10 @@ def apply_fsdp(model: nn.Module, device: torch.device, world_size: int, precisio
         fully_shard(unit, mesh=mesh, **policies)
     fully_shard(model, mesh=mesh, **policies)
     if cpu_offload:
-        log.info("FSDP2 CPU offload: sharded parameters, gradients and optimizer state in host memory (%s)",
-                 "pinned" if policies["offload_policy"].pin_memory else "not pinned")
+        log.info(
+            "FSDP2 CPU offload: sharded parameters, gradients and optimizer state in host memory (%s)",
+            "pinned" if policies["offload_policy"].pin_memory else "not pinned",
+        )
     return model
 
 
