@@ -57,6 +57,28 @@ def test_a_compiled_step_whose_kernels_did_not_record_is_refused(monkeypatch: py
         count_ops(lambda: compiled(x), compiled=True)
 
 
+def test_the_profile_prepares_a_compiled_variant_as_the_bench_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m ups.bench.profile bench.variants=[baseline,compile]` failed on the compiled variant
+    ("no generated kernel was recorded"): unlike the bench, the profile built it without making the
+    generated kernels record themselves first."""
+    import torch._inductor.config as inductor_config
+    from omegaconf import OmegaConf
+
+    from ups.bench.profile import profile_variant
+
+    class Built(Exception):
+        pass
+
+    def bench(cfg, device, work):
+        raise Built(inductor_config.cpp.enable_kernel_profile)
+
+    monkeypatch.setattr(inductor_config.cpp, "enable_kernel_profile", False)
+    monkeypatch.setattr("ups.bench.harness.Bench", bench)
+    with pytest.raises(Built) as built:
+        profile_variant(OmegaConf.create({"hardware": {"compile": True}}), torch.device("cpu"), 0, 1)
+    assert built.value.args == (True,)
+
+
 def test_compile_scope_model_compiles_the_whole_forward_and_refuses_an_unknown_scope() -> None:
     from ups.distributed.parallelize import apply_compile
     from ups.errors import ConfigError

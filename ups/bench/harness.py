@@ -305,16 +305,22 @@ class Bench:
         }
 
 
+def prepare_compile(cfg: DictConfig) -> None:
+    """Before a compiled variant is built: its generated kernels record their launches (so that
+    :meth:`Bench.work` can count them), and dynamo's cache is emptied. Compiled graphs outlive the
+    model they were made for: a later compiled variant of the same process would reuse them (its first
+    step 0.08 s instead of 40 s on a CPU) and show no compile time, or, compiled before the kernels
+    recorded themselves, count none of them."""
+    if cfg.hardware.compile:
+        record_compiled_kernels()
+        torch._dynamo.reset()
+
+
 def measure(cfg: DictConfig, device: torch.device, warmup: int, steps: int, work: bool = False) -> dict[str, Any]:
     """Every figure of one configuration (see the module's docstring); ``work``: also count the real
     pass's FLOPs and ops (:meth:`Bench.work`)."""
     reset_peak_memory(device)
-    if cfg.hardware.compile:
-        record_compiled_kernels()  # so that Bench.work can count the generated kernels it launches
-        # dynamo's compiled graphs outlive the model they were made for: a later compiled variant of
-        # the same process would reuse them (its first step 0.08 s instead of 40 s on a CPU) and show
-        # no compile time; each compiled variant starts from an empty cache instead
-        torch._dynamo.reset()
+    prepare_compile(cfg)
     with tempfile.TemporaryDirectory(prefix="ups-bench-") as work:
         bench = Bench(cfg, device, Path(work))
         out: dict[str, Any] = {"startup": dict(bench.startup)}

@@ -40,8 +40,9 @@ def profile_variant(cfg: DictConfig, device: torch.device, warmup: int, steps: i
     """Profile ``steps`` steps of one composed configuration after ``warmup``; see the module's docstring."""
     from torch.profiler import ProfilerActivity, profile
 
-    from ups.bench.harness import Bench, sync
+    from ups.bench.harness import Bench, prepare_compile, sync
 
+    prepare_compile(cfg)  # as the bench does: a compiled variant profiled after another compiles afresh
     with tempfile.TemporaryDirectory(prefix="ups-profile-") as work:
         bench = Bench(cfg, device, Path(work))
         bench.first_step()
