@@ -22,14 +22,25 @@ def test_bf16_compiled_training_on_one_gpu(tiny_cfg) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-@pytest.mark.parametrize("layout", ["ddp2", "fsdp2_2"])
-def test_two_nccl_ranks(layout: str, data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["parallelism=ddp2"], "joined the nccl process group"),
+        (["parallelism=fsdp2_2"], "joined the nccl process group"),
+        (
+            ["parallelism=fsdp2_2", "parallelism.cpu_offload=true"],
+            "FSDP2 CPU offload: sharded parameters, gradients and optimizer state in host memory (pinned)",
+        ),
+    ],
+    ids=["ddp2", "fsdp2_2", "fsdp2_2_offload"],
+)
+def test_two_nccl_ranks(overrides: list[str], says: str, data_dir: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "ups.train",
-            f"parallelism={layout}",
+            *overrides,
             "hardware=gpu",
             "model=tiny",
             "trainer.max_steps=4",
@@ -43,4 +54,4 @@ def test_two_nccl_ranks(layout: str, data_dir: Path, tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "joined the nccl process group" in proc.stdout + proc.stderr
+    assert says in proc.stdout + proc.stderr
