@@ -46,15 +46,17 @@ def test_the_count_of_a_compiled_step_sees_its_generated_kernels() -> None:
 
 
 @needs_compiler
-def test_a_compiled_step_whose_kernels_did_not_record_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_compiled_step_whose_kernels_did_not_record_is_refused() -> None:
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "enable_kernel_profile", False)
-    compiled = torch.compile(lambda x: (x.sin() * 2).cos(), dynamic=False)
-    x = torch.randn(7)
-    compiled(x)
-    with pytest.raises(RuntimeError, match="record_compiled_kernels"):
-        count_ops(lambda: compiled(x), compiled=True)
+    # torch's own patch, not monkeypatch: undoing a monkeypatch on inductor's config deletes the
+    # key (hasattr is False afterwards), which broke every later test that reads it
+    with inductor_config.patch("cpp.enable_kernel_profile", False):
+        compiled = torch.compile(lambda x: (x.sin() * 2).cos(), dynamic=False)
+        x = torch.randn(7)
+        compiled(x)
+        with pytest.raises(RuntimeError, match="record_compiled_kernels"):
+            count_ops(lambda: compiled(x), compiled=True)
 
 
 def test_the_profile_prepares_a_compiled_variant_as_the_bench_does(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,9 +74,8 @@ def test_the_profile_prepares_a_compiled_variant_as_the_bench_does(monkeypatch: 
     def bench(cfg, device, work):
         raise Built(inductor_config.cpp.enable_kernel_profile)
 
-    monkeypatch.setattr(inductor_config.cpp, "enable_kernel_profile", False)
     monkeypatch.setattr("ups.bench.harness.Bench", bench)
-    with pytest.raises(Built) as built:
+    with inductor_config.patch("cpp.enable_kernel_profile", False), pytest.raises(Built) as built:
         profile_variant(OmegaConf.create({"hardware": {"compile": True}}), torch.device("cpu"), 0, 1)
     assert built.value.args == (True,)
 
