@@ -87,7 +87,7 @@ def dry_run(cfg: Any) -> dict:
     # fp32 master shards, their gradients and AdamW's two moments: on the device, or with FSDP2's
     # CPUOffloadPolicy in host memory (pinned when configured), where the optimizer steps
     sharded = {"params": local * 4, "grads": local * 4, "adamw_state": local * 8}
-    offload = p.strategy == "fsdp2" and p.cpu_offload
+    offload = bool(p.cpu_offload)  # validate() refused it outside fsdp2
     mem = {} if offload else dict(sharded)
     mem["gathered_block"] = 2 * gathered * width
     activations = activation_bytes(cfg, io, points)
