@@ -25,7 +25,7 @@ from ups.data.tasks import TaskData, build_task
 from ups.distributed.env import DistEnv, resolve_device
 from ups.errors import ConfigError
 from ups.models.spec import TaskIO, build
-from ups.objectives import Objective, attach_heads, build_objective
+from ups.objectives import Objective, attach_heads, bind_bundle, build_objective
 from ups.training.compute import compute_context
 from ups.training.freeze import freeze_for_stage
 
@@ -87,7 +87,13 @@ def build_tasks(cfg: Any, run_dir: Path) -> list[TaskData]:
 def task_io(tasks: list[TaskData]) -> dict[str, TaskIO]:
     """The sizes a model is built from, per task: channels, dimension, grid."""
     return {
-        t.name: TaskIO(in_channels=t.initial_step * t.channels, out_channels=t.channels, dim=t.family.dim, grid=t.grid)
+        t.name: TaskIO(
+            in_channels=t.initial_step * t.channels,
+            out_channels=t.channels,
+            dim=t.family.dim,
+            grid=t.grid,
+            steady=t.family.steady,
+        )
         for t in tasks
     }
 
@@ -100,6 +106,7 @@ def model_from_io(model_cfg: Any, io: Mapping[str, TaskIO], objectives: Mapping[
     except ValueError as err:  # a size the family cannot take (e.g. a 3D grid too large): one paragraph
         raise ConfigError(f"model {model_cfg.get('_target_')}: {err}") from None
     attach_heads(model, objectives)
+    bind_bundle(model, objectives)
     return model
 
 

@@ -1,7 +1,8 @@
 """Rollout evaluation of any next-frame predictor, per task, agreed across ranks.
 
 A predictor is a function ``predict(batch) -> (B, P, C)`` of a batch as the objectives see it
-(``ups/objectives/base.py``) plus ``t``, the index of the frame it predicts, and ``channels``. The
+(``ups/objectives/base.py``) plus ``t``, the index of the frame it predicts, and ``channels``; a
+bundled model's predictor returns its next m frames, ``(B, P, m*C)``, time outermost. The
 model's objective, persistence and the training-mean field (``baselines.py``) are all predictors,
 so they are scored by the same code. A predictor returning None does not apply to the task.
 """
@@ -29,21 +30,25 @@ def rollout(
     """Predict frames ``initial_step..T-1`` from the first ``initial_step`` true frames.
 
     ``traj`` is (B, T, P, C), normalised. Autoregressive (PDEBench's protocol): each prediction
-    joins the context for the next. ``teacher_forced``: the context is always the true frames, so
-    every prediction is one step ahead. Returns (B, T - initial_step, P, C), or None if the
+    joins the context for the next; a predictor that returns m frames is called every m frames.
+    ``teacher_forced``: the context is always the true frames and only the first frame of each
+    prediction is kept, so every prediction is one step ahead. Returns (B, T - initial_step, P, C), or None if the
     predictor does not apply.
     """
     b, t, p, c = traj.shape
-    window, preds = traj[:, :initial_step], []
-    for i in range(initial_step, t):
+    window, preds, i = traj[:, :initial_step], [], initial_step
+    while i < t:
         x = window.permute(0, 2, 1, 3).reshape(b, p, -1)  # (B, P, k*C), time outermost per point
         y = predict({**batch, "x": x, "t": i, "channels": c})
         if y is None:
             return None
-        preds.append(y.float())
-        nxt = traj[:, i] if teacher_forced else y.to(window.dtype)
-        window = torch.cat([window[:, 1:], nxt[:, None]], dim=1)
-    return torch.stack(preds, dim=1)
+        # (B, P, m*C) -> (B, m, P, C): a bundled predictor gives its next m frames at once.
+        frames = y.reshape(b, p, -1, c).transpose(1, 2)[:, : 1 if teacher_forced else t - i]
+        preds.append(frames.float())
+        nxt = traj[:, i : i + frames.shape[1]] if teacher_forced else frames.to(window.dtype)
+        window = torch.cat([window, nxt], dim=1)[:, -initial_step:]
+        i += frames.shape[1]
+    return torch.cat(preds, dim=1)
 
 
 def _batches(ds: TrajectoryDataset, rank: int, world_size: int, batch_size: int):

@@ -8,7 +8,10 @@ a model's attributes.
 
 Every model is called the same way by the objectives::
 
-    model(task, x, coords, cond, grid=None, latents=None) -> (B, P, C)
+    model(task, x, coords, cond, grid=None, latents=None) -> (B, P, C), or (B, P, m*C)
+
+A model with ``bundle = m > 1`` (temporal bundling) returns the next ``m`` frames of a time-dependent
+task at once, time outermost as in ``x``; steady tasks always get one output.
 
 ``x`` holds the ``initial_step`` context frames of each point, ``(B, P, k*C)`` with time outermost
 per point; ``coords`` is ``(1 or B, P, dim)`` in ``[-1, 1]``; ``cond`` is ``(B, cond_dim)``;
@@ -34,10 +37,12 @@ class TaskIO:
     out_channels: int  # C, channels of one predicted frame
     dim: int  # spatial dimension: 1, 2 or 3
     grid: tuple[int, ...] = ()  # spatial shape of the task's grid (empty: unknown, points only)
+    steady: bool = False  # no time axis (Darcy): one output, never a bundle of frames
 
     def __post_init__(self) -> None:
         self.in_channels, self.out_channels, self.dim = int(self.in_channels), int(self.out_channels), int(self.dim)
         self.grid = tuple(int(g) for g in self.grid)
+        self.steady = bool(self.steady)
         if self.in_channels < 1 or self.out_channels < 1:
             raise ValueError(f"channel counts must be >= 1, got {self}")
         if self.dim not in (1, 2, 3):

@@ -46,6 +46,10 @@ class LatentSurrogateConfig:
     spectral_modes: List[int] = field(default_factory=lambda: [8, 8, 4])
     spectral_group: int = 32
     predict_change: bool = True  # the network outputs next frame - last frame (the objectives add it back)
+    # Frames predicted per call of a time-dependent task, for 1D, 2D and 3D tasks (temporal bundling):
+    # a rollout calls the model a bundle-th as often, so errors compound over fewer steps
+    # (docs/results.md, stage 7). Steady tasks always get one output.
+    bundle: List[int] = field(default_factory=lambda: [1, 1, 1])
 
 
 class LatentSurrogate(nn.Module):
@@ -82,6 +86,7 @@ class LatentSurrogate(nn.Module):
         spectral_modes: Sequence[int] | None = (8, 8, 4),
         spectral_group: int = 32,
         predict_change: bool = True,
+        bundle: Sequence[int] = (1, 1, 1),
     ):
         super().__init__()
         self.tasks: dict[str, TaskIO] = {str(name): as_task_io(spec) for name, spec in tasks.items()}
@@ -100,6 +105,11 @@ class LatentSurrogate(nn.Module):
             )
         self.hidden, self.cond_dim = hidden, int(cond_dim)
         self.predict_change = bool(predict_change)
+        bundle = [int(m) for m in bundle]
+        if len(bundle) != 3 or min(bundle) < 1:
+            raise ValueError(f"bundle needs one entry >= 1 per dimension 1, 2, 3; got {bundle}")
+        # What the objectives and evaluation read (ups.objectives.next_step.frames_per_call).
+        self.frames_per_call = {name: 1 if io.steady else bundle[io.dim - 1] for name, io in self.tasks.items()}
         mlp_ratio, dropout = float(mlp_ratio), float(dropout)
         self.token_shapes = {
             name: token_shape(io.dim, io.grid, patch, lattice_default) for name, io in self.tasks.items()
@@ -125,7 +135,10 @@ class LatentSurrogate(nn.Module):
         )
         self.basis = nn.ModuleDict({key: self._basis_net(io.dim, hidden, basis) for key, io in per_task.values()})
         self.output_head = nn.ModuleDict(
-            {key: nn.Linear(hidden, io.out_channels * (basis + 1)) for key, io in per_task.values()}
+            {
+                key: nn.Linear(hidden, io.out_channels * self.frames_per_call[name] * (basis + 1))
+                for name, (key, io) in per_task.items()
+            }
         )
         self.encoder = LatticeEncoder(hidden, heads, mlp_ratio, dropout, int(encoder_layers))
         self.operator = LatentOperator(
@@ -209,7 +222,8 @@ class LatentSurrogate(nn.Module):
         return self.operator(z, cond, key, self.token_shapes[task])
 
     def decode(self, task: str, z: Tensor, coords: Tensor, grid: Sequence[int] | None = None) -> Tensor:
-        """z [B, L, hidden], coords [B or 1, Q, dim] -> fields [B, Q, out_channels] at those coords.
+        """z [B, L, hidden], coords [B or 1, Q, dim] -> fields [B, Q, out_channels * frames] at those coords
+        (frames: the task's bundle, time outermost).
         ``grid``: as for :meth:`encode`."""
         io, key = self._lookup(task)
         self._check_latents(task, z)
@@ -222,7 +236,7 @@ class LatentSurrogate(nn.Module):
             self.basis[key],
             self.local_fourier,
             locate(coords, shape),
-            io.out_channels,
+            io.out_channels * self.frames_per_call[task],
             None if block is None else (shape, block),
         )
 

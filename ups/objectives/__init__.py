@@ -24,6 +24,7 @@ __all__ = [
     "SteadyPrior",
     "Unrolled",
     "attach_heads",
+    "bind_bundle",
     "build_objective",
 ]
 
@@ -84,3 +85,23 @@ def attach_heads(model: Any, objectives: Mapping[str, Objective]) -> None:
             heads[objective.head] = objective.build_head(model)
         except ValueError as err:
             raise ConfigError(f"stages.{name}.objective: {err}") from None
+
+
+def bind_bundle(model: Any, objectives: Mapping[str, Objective]) -> None:
+    """Size every objective's training windows for a model that predicts several frames per call
+    (a latent model's ``bundle``): its ``horizon`` becomes those frames by task. An objective that
+    cannot train such a model is refused, naming the stage. A one-frame model changes nothing."""
+    from ups.errors import ConfigError
+    from ups.objectives.next_step import frames_per_call
+
+    frames = frames_per_call(model)
+    if not frames:
+        return
+    for name, objective in objectives.items():
+        if not objective.bundles:
+            raise ConfigError(
+                f"stages.{name}: {type(objective).__name__} trains on one predicted frame per call, but the "
+                f"model predicts several (model.bundle, by task: {frames}); use model.bundle=[1,1,1] with "
+                "this stage, or train the bundled model with the operator stage alone (stage=operator)"
+            )
+        objective.horizon = dict(frames)

@@ -20,7 +20,12 @@ class Objective:
     trainer then freezes every other group of the model for the stage.
     """
 
-    horizon: int = 1  # future frames each training window must hold (the trainer builds its windows so)
+    # Future frames each training window must hold (the trainer builds its windows so); by task name
+    # when they differ (a bundled model's frames per call, ups.objectives.bind_bundle), 1 for others.
+    horizon: int | dict[str, int] = 1
+    # Whether the objective trains a model that predicts several frames per call (a latent model's
+    # ``bundle``); ups.objectives.bind_bundle refuses the others with a config error.
+    bundles: bool = False
     head: str | None = None  # the network it trains in the model's stage_heads; None: the model's own groups
     evaluations: int = 1  # network evaluations per predicted frame (the evaluation table's NFE)
     # The rows this stage gets in the end-of-run stage table, by the name its builder is registered

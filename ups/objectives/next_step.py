@@ -25,8 +25,15 @@ def change_base(model: nn.Module, x: torch.Tensor, channels: int, residual: bool
     return x[..., -channels:].float() if predicts_change(model, residual) else 0.0
 
 
+def frames_per_call(model: nn.Module) -> dict[str, int]:
+    """Frames the model predicts per call, by task, where that is more than one (a latent model's
+    ``bundle``); empty for a model that predicts one frame."""
+    return {t: m for t, m in getattr(unwrap(model), "frames_per_call", {}).items() if m > 1}
+
+
 def predict_next(model: nn.Module, batch: dict, residual: bool | None) -> torch.Tensor:
-    """The next normalised frame (B, P, C) for a batch already on the device."""
+    """The next normalised frame (B, P, C) for a batch already on the device; a bundled model's next
+    m frames (B, P, m*C), time outermost."""
     residual = predicts_change(model, residual) and not batch.get("steady", False)
     grid = batch.get("grid")
     if "z" in batch:
@@ -35,8 +42,11 @@ def predict_next(model: nn.Module, batch: dict, residual: bool | None) -> torch.
     else:
         out = model(batch["task"], batch["x"], batch["coords"], batch["cond"], grid=grid).float()
         # Time is outermost per point, so the last C values are the last context frame.
-        last = batch["x"][..., -out.shape[-1] :] if residual else None
-    return out if last is None else out + last.float()
+        c = out.shape[-1] // frames_per_call(model).get(batch["task"], 1)
+        last = batch["x"][..., -c:] if residual else None
+    if last is None:
+        return out
+    return out + last.float().repeat(1, 1, out.shape[-1] // last.shape[-1])  # to every frame of a bundle
 
 
 class NextStep(Objective):
@@ -54,6 +64,11 @@ class NextStep(Objective):
     that equivalence, trained worse (docs/results.md).
     """
 
+    bundles = True
+    # 1, or once bound to a bundled model (ups.objectives.bind_bundle) its frames per call by task:
+    # a training window holds every frame the model predicts.
+    horizon: int | dict[str, int] = 1
+
     def __init__(self, residual: bool | None = None, noise: float = 0.0, relative: bool = False):
         self.residual = residual
         self.noise = float(noise)
@@ -62,23 +77,24 @@ class NextStep(Objective):
             raise ValueError(f"noise must be >= 0, got {noise}")
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        scale = self.target_scale(batch) if self.relative else None  # from the clean frames
+        frames = 1 if isinstance(self.horizon, int) else self.horizon.get(batch["task"], 1)
+        scale = self.target_scale(batch, frames) if self.relative else None  # from the clean frames
         if self.noise > 0 and "x" in batch and not batch.get("steady", False):
             batch = {**batch, "x": batch["x"] + self.noise * torch.randn_like(batch["x"])}
         mse = torch.nn.functional.mse_loss(self.predict(model, batch), batch["y"])
         return mse if scale is None else mse / scale
 
     @staticmethod
-    def target_scale(batch: dict) -> torch.Tensor:
-        """The batch's mean square of what it asks the model to learn: the change over the step, or
-        the field itself for a steady task. ``relative`` divides by it so every task weighs the same."""
+    def target_scale(batch: dict, frames: int = 1) -> torch.Tensor:
+        """The batch's mean square of what it asks the model to learn: the change from the last context
+        frame to each of the ``frames`` target frames, or the field itself for a steady task.
+        ``relative`` divides by it so every task weighs the same."""
         y = batch["y"].float()
-        ref = (
-            y
-            if batch.get("steady", False)
-            else y - (batch["x"][..., -y.shape[-1] :] if "x" in batch else batch["last"]).float()
-        )
-        return ref.pow(2).mean().clamp_min(1e-8)
+        if batch.get("steady", False):
+            return y.pow(2).mean().clamp_min(1e-8)
+        c = y.shape[-1] // frames
+        last = (batch["x"][..., -c:] if "x" in batch else batch["last"]).float()
+        return (y - last.repeat(1, 1, frames)).pow(2).mean().clamp_min(1e-8)
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return predict_next(model, batch, self.residual)

@@ -25,6 +25,7 @@ class SteadyPrior(Objective):
     """MSE of the steady head's decoded solution; ``residual`` is the operator stage's setting."""
 
     table_role = "steady_prior"  # one row, on steady tasks only
+    bundles = True  # it trains steady tasks only (one output); time-dependent ones keep the operator's bundle
 
     def __init__(self, head: str = "steady", residual: bool | None = None):
         self.head, self.residual = str(head), residual

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -44,21 +44,25 @@ class TrainSets:
         self.raw = MultiTaskDataset([WindowDataset(t, "train", self.preload_max_gb) for t in self.tasks])
         self._windows = {(1, i): d for i, d in enumerate(self.raw.datasets)}
 
-    def windows(self, horizon: int, where: str, applies: Callable[[bool], bool] | None = None) -> MultiTaskDataset:
-        """Windows with ``horizon`` target frames of the tasks the objective ``applies`` to (by
-        steadiness; all by default); a horizon longer than the trajectories names ``where``."""
+    def windows(
+        self, horizon: int | Mapping[str, int], where: str, applies: Callable[[bool], bool] | None = None
+    ) -> MultiTaskDataset:
+        """Windows with ``horizon`` target frames (one number, or by task name with 1 for the others)
+        of the tasks the objective ``applies`` to (by steadiness; all by default); a horizon longer
+        than the trajectories names ``where``."""
         if horizon == 1 and applies is None:
             return self.raw
         out = []
         for i, task in enumerate(self.tasks):
             if applies is not None and not applies(task.family.steady):
                 continue
-            if (horizon, i) not in self._windows:
+            h = horizon if isinstance(horizon, int) else horizon.get(task.name, 1)
+            if (h, i) not in self._windows:
                 try:
-                    self._windows[horizon, i] = WindowDataset(task, "train", self.preload_max_gb, horizon)
+                    self._windows[h, i] = WindowDataset(task, "train", self.preload_max_gb, h)
                 except ValueError as err:
                     raise ConfigError(f"{where}.objective: {err}") from None
-            out.append(self._windows[horizon, i])
+            out.append(self._windows[h, i])
         return MultiTaskDataset(out)
 
     def for_stage(self, name: str, stage: Any, objective: Objective, model: nn.Module) -> MultiTaskDataset:
@@ -69,10 +73,10 @@ class TrainSets:
         latent = spec_of(model).latent  # the spec says which groups encoding runs; a frozen set caches
         if latent is None or not stage.latent_cache or not set(latent.groups) <= set(stage.freeze):
             return windows
-        if objective.horizon > 1:
+        if objective.horizon != 1:
             raise ConfigError(
-                f"stages.{name}: its objective unrolls {objective.horizon} steps from the context "
-                f"fields, which the latent cache does not keep; set stages.{name}.latent_cache=false"
+                f"stages.{name}: its objective trains on {objective.horizon} future frames per window (an unrolled "
+                f"objective or a bundled model), which the latent cache does not keep; set stages.{name}.latent_cache=false"
             )
         if is_sharded(model):
             # The sharded encoder needs every rank in each forward; rank 0 alone cannot build the cache.
