@@ -11,6 +11,7 @@ trusted input: export only runs you made or trust (docs/export.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -36,6 +37,7 @@ def export_run(
     from safetensors.torch import save_file
 
     from ups import provenance
+    from ups.build import task_io
     from ups.evaluation.loading import load_run
 
     run = Path(run)
@@ -54,15 +56,8 @@ def export_run(
     weights = {k: v.detach().clone().contiguous() for k, v in loaded.model.state_dict().items()}
     save_file(weights, str(tmp / WEIGHTS), metadata={"format": FORMAT, "checkpoint": ckpt})
     OmegaConf.save(loaded.cfg, tmp / CONFIG, resolve=True)
-    tasks = {
-        t.name: {
-            "in_channels": t.initial_step * t.channels,
-            "out_channels": t.channels,
-            "dim": t.family.dim,
-            "grid": list(t.grid),
-        }
-        for t in loaded.tasks
-    }
+    # The sizes the model was built from (ups.build.task_io), so load_export builds the same model.
+    tasks = {name: dataclasses.asdict(io) for name, io in task_io(loaded.tasks).items()}
     step = json.loads((loaded.checkpoint / "meta.json").read_text()).get("step")
     manifest = {
         "format": FORMAT,

@@ -43,7 +43,8 @@ class Export:
     objective: Any
 
     def predict(self, batch: dict) -> torch.Tensor:
-        """The next frame, as the run's last stage predicted it (``ups/objectives/``)."""
+        """The next frame (a bundled model: its next m frames), as the run's last stage predicted it
+        (``ups/objectives/``)."""
         return self.objective.predict(self.model, batch)
 
 

@@ -64,10 +64,7 @@ class NextStep(Objective):
     that equivalence, trained worse (docs/results.md).
     """
 
-    bundles = True
-    # 1, or once bound to a bundled model (ups.objectives.bind_bundle) its frames per call by task:
-    # a training window holds every frame the model predicts.
-    horizon: int | dict[str, int] = 1
+    bundles = True  # its windows then hold every frame the model predicts (ups.objectives.bind_bundle)
 
     def __init__(self, residual: bool | None = None, noise: float = 0.0, relative: bool = False):
         self.residual = residual
@@ -77,7 +74,7 @@ class NextStep(Objective):
             raise ValueError(f"noise must be >= 0, got {noise}")
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        frames = 1 if isinstance(self.horizon, int) else self.horizon.get(batch["task"], 1)
+        frames = frames_per_call(model).get(batch["task"], 1)
         scale = self.target_scale(batch, frames) if self.relative else None  # from the clean frames
         if self.noise > 0 and "x" in batch and not batch.get("steady", False):
             batch = {**batch, "x": batch["x"] + self.noise * torch.randn_like(batch["x"])}
