@@ -18,7 +18,7 @@ from ups.models.operator import LatentOperator
 from ups.models.schemas import schema
 from ups.models.spec import LatentEncoder, ModelSpec, TaskIO, as_task_io, module_keys, register
 from ups.models.spectral import SpectralMix
-from ups.models.surrogate_checks import check_cond, check_coords, check_fields, check_latents
+from ups.models.surrogate_checks import check_cond, check_coords, check_fields, check_latents, check_sizes
 
 
 @schema("latent")  # read from this source without torch when configs compose (ups/models/schemas.py)
@@ -46,9 +46,8 @@ class LatentSurrogateConfig:
     spectral_modes: List[int] = field(default_factory=lambda: [8, 8, 4])
     spectral_group: int = 32
     predict_change: bool = True  # the network outputs next frame - last frame (the objectives add it back)
-    # Frames predicted per call of a time-dependent task, for 1D, 2D and 3D tasks (temporal bundling):
-    # a rollout calls the model a bundle-th as often, so errors compound over fewer steps
-    # (docs/results.md, stage 7). Steady tasks always get one output.
+    # Frames predicted per call of a time-dependent task, for 1D, 2D and 3D tasks (temporal bundling: a
+    # rollout's errors compound over fewer calls; docs/results.md, stage 7). Steady tasks get one.
     bundle: List[int] = field(default_factory=lambda: [1, 1, 1])
 
 
@@ -94,20 +93,9 @@ class LatentSurrogate(nn.Module):
             raise ValueError("LatentSurrogate needs at least one task")
         self._keys = module_keys(list(self.tasks))
         hidden, depth, heads, basis = int(hidden), int(depth), int(heads), int(basis)
-        if hidden % heads != 0:
-            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
-        if basis < 1:
-            raise ValueError(f"basis must be >= 1, got {basis}")
-        patch, lattice_default = [int(p) for p in patch], [int(n) for n in lattice]
-        if len(patch) != 3 or len(lattice_default) != 3 or min(lattice_default) < 1:
-            raise ValueError(
-                f"patch and lattice need one positive entry per dimension 1, 2, 3; got {patch}, {lattice_default}"
-            )
+        patch, lattice_default, bundle = check_sizes(hidden, heads, basis, patch, lattice, bundle)
         self.hidden, self.cond_dim = hidden, int(cond_dim)
         self.predict_change = bool(predict_change)
-        bundle = [int(m) for m in bundle]
-        if len(bundle) != 3 or min(bundle) < 1:
-            raise ValueError(f"bundle needs one entry >= 1 per dimension 1, 2, 3; got {bundle}")
         # What the objectives and evaluation read (ups.objectives.next_step.frames_per_call).
         self.frames_per_call = {name: 1 if io.steady else bundle[io.dim - 1] for name, io in self.tasks.items()}
         mlp_ratio, dropout = float(mlp_ratio), float(dropout)
@@ -134,12 +122,8 @@ class LatentSurrogate(nn.Module):
             {key: PointEmbedding(0, self.position_fourier.out_dim(io.dim), hidden) for key, io in per_task.values()}
         )
         self.basis = nn.ModuleDict({key: self._basis_net(io.dim, hidden, basis) for key, io in per_task.values()})
-        self.output_head = nn.ModuleDict(
-            {
-                key: nn.Linear(hidden, io.out_channels * self.frames_per_call[name] * (basis + 1))
-                for name, (key, io) in per_task.items()
-            }
-        )
+        outputs = {key: io.out_channels * self.frames_per_call[name] for name, (key, io) in per_task.items()}
+        self.output_head = nn.ModuleDict({key: nn.Linear(hidden, n * (basis + 1)) for key, n in outputs.items()})
         self.encoder = LatticeEncoder(hidden, heads, mlp_ratio, dropout, int(encoder_layers))
         self.operator = LatentOperator(
             hidden,

@@ -1,10 +1,28 @@
-"""Shape checks of the latent surrogate's inputs, one message per mistake, naming the task and the shape expected."""
+"""Checks of the latent surrogate's sizes and inputs, one message per mistake, naming the task and the shape expected."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from torch import Tensor
 
 from ups.models.spec import TaskIO
+
+
+def check_sizes(
+    hidden: int, heads: int, basis: int, patch: Sequence[int], lattice: Sequence[int], bundle: Sequence[int]
+) -> tuple[list[int], list[int], list[int]]:
+    """The constructor's sizes, checked; returns ``patch``, ``lattice`` and ``bundle`` as lists of ints."""
+    if hidden % heads != 0:
+        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+    if basis < 1:
+        raise ValueError(f"basis must be >= 1, got {basis}")
+    patch, lattice, bundle = [int(p) for p in patch], [int(n) for n in lattice], [int(m) for m in bundle]
+    if len(patch) != 3 or len(lattice) != 3 or min(lattice) < 1:
+        raise ValueError(f"patch and lattice need one positive entry per dimension 1, 2, 3; got {patch}, {lattice}")
+    if len(bundle) != 3 or min(bundle) < 1:
+        raise ValueError(f"bundle needs one entry >= 1 per dimension 1, 2, 3; got {bundle}")
+    return patch, lattice, bundle
 
 
 def check_fields(task: str, io: TaskIO, fields: Tensor, coords: Tensor) -> None:
