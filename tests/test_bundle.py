@@ -17,6 +17,7 @@ from ups.data.datasets import task_keys
 from ups.evaluation.diagnosis import DiagnosisSettings, diagnose
 from ups.evaluation.evaluate import rollout
 from ups.evaluation.loading import load_run
+from ups.evaluation.report import read_records
 from ups.export import export_run
 from ups.exported import load_export
 from ups.models.spec import TaskIO
@@ -105,8 +106,7 @@ def test_a_bundled_model_trains_and_predicts_with_fewer_calls(tiny_cfg, tmp_path
         )
     )
     run_dir = Path(result["run_dir"])
-    train = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in train if r["kind"] == "train"]
+    losses = [r["loss"] for r in read_records(run_dir) if r["kind"] == "train"]
     assert len(losses) == 40 and sum(losses[-5:]) < 0.8 * sum(losses[:5])
     final = json.loads((run_dir / "eval" / "final_test.json").read_text())["results"]["model"]
     # 40 steps train little; the rollout's frame order is the oracle test's, here it must run and be finite
