@@ -101,7 +101,8 @@ def bind_bundle(model: Any, objectives: Mapping[str, Objective]) -> None:
         if not objective.bundles:
             raise ConfigError(
                 f"stages.{name}: {type(objective).__name__} trains on one predicted frame per call, but the "
-                f"model predicts several (model.bundle, by task: {frames}); use model.bundle=[1,1,1] with "
-                "this stage, or train the bundled model with the operator stage alone (stage=operator)"
+                f"model predicts several (model.bundle, by task: {frames}); use a one-frame model with this stage "
+                "(model.bundle=[1,1,1], e.g. model=tiny instead of tiny_bundle), or train the bundled model "
+                "with the operator stage alone (stage=operator)"
             )
         objective.horizon = dict(frames)
