@@ -24,7 +24,7 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
     from ups.distributed.env import DistEnv, resolve_device
     from ups.evaluation.loading import load_run
     from ups.evaluation.stage_table import evaluate_stages, has_heads
-    from ups.evaluation.suite import evaluate_suite, write_results
+    from ups.evaluation.suite import EvalPlan, evaluate_suite, write_results
     from ups.exported import is_export
 
     if cfg.split not in ("test", "val"):
@@ -50,9 +50,8 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
         autocast = run.autocast  # the run's precision and attention backend
         samples = run.cfg.data.eval_samples if cfg.eval_samples is None else (cfg.eval_samples or None)
         batch = cfg.batch_size or run.cfg.trainer.batch_size
-        results = evaluate_suite(
-            run.predict, run.model, run.tasks, cfg.split, device, autocast, batch, samples, run.cfg.data.preload_max_gb
-        )
+        plan = EvalPlan(run.tasks, cfg.split, device, autocast, batch, samples, run.cfg.data.preload_max_gb)
+        results = evaluate_suite(run.predict, run.model, plan)
         meta = {
             "run": str(cfg.run),
             "checkpoint": str(run.checkpoint.relative_to(Path(cfg.run))),
@@ -66,20 +65,7 @@ def evaluate_run(cfg: DictConfig) -> list[Path]:
         written += paths
         if has_heads(run.model):  # a staged run: every variant of its stages, as at the end of training
             out, stem = Path(cfg.run) / "eval", f"{name}_{cfg.split}_stages"
-            evaluate_stages(
-                trained(run.cfg.stages, run.objectives),
-                run.model,
-                run.tasks,
-                cfg.split,
-                device,
-                autocast,
-                batch,
-                samples,
-                run.cfg.data.preload_max_gb,
-                out,
-                meta,
-                stem=stem,
-            )
+            evaluate_stages(trained(run.cfg.stages, run.objectives), run.model, plan, out, meta, stem=stem)
             print((out / f"{stem}.md").read_text())
             written += sorted(out.glob(f"{stem}*"))
     return written

@@ -23,7 +23,7 @@ from ups.distributed.env import DistEnv, process_group
 from ups.distributed.parallelize import parallelize
 from ups.errors import ConfigError
 from ups.evaluation.stage_table import evaluate_stages, has_heads
-from ups.evaluation.suite import evaluate_suite, scalar_metrics, write_results
+from ups.evaluation.suite import EvalPlan, evaluate_suite, scalar_metrics, write_results
 from ups.gates import build_gates
 from ups.leaderboard.hook import on_run_finished
 from ups.objectives import check_frozen_start
@@ -224,9 +224,7 @@ def _run(cfg: DictConfig, env: DistEnv, compute: Any, objectives: dict, startup:
             with trainer.eval_weights():
                 objective, net = trainer.objective, raw_model
                 predict = _stops_on_signal(lambda b: objective.predict(net, b), trainer)
-                results = evaluate_suite(
-                    predict,
-                    raw_model,
+                plan = EvalPlan(
                     tasks,
                     "test",
                     device,
@@ -237,22 +235,11 @@ def _run(cfg: DictConfig, env: DistEnv, compute: Any, objectives: dict, startup:
                     env.rank,
                     env.world_size,
                 )
+                results = evaluate_suite(predict, raw_model, plan)
                 if has_heads(raw_model):  # the staged trainer's table of every variant (eval/stages.md)
-                    evaluate_stages(
-                        trained(cfg.stages, objectives),
-                        raw_model,
-                        tasks,
-                        "test",
-                        device,
-                        compute.autocast,
-                        cfg.trainer.batch_size,
-                        cfg.data.eval_samples,
-                        cfg.data.preload_max_gb,
-                        run_dir / "eval" if env.is_main else None,
-                        {"run": str(run_dir), "device": str(device)},
-                        env.rank,
-                        env.world_size,
-                    )
+                    out_dir = run_dir / "eval" if env.is_main else None
+                    meta = {"run": str(run_dir), "device": str(device)}
+                    evaluate_stages(trained(cfg.stages, objectives), raw_model, plan, out_dir, meta)
                 _stop_if_signalled(trainer)
         trainer.log_record(
             {

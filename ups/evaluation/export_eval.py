@@ -17,7 +17,7 @@ def load_exported_run(
 ) -> LoadedRun:
     """The export's model and objective with the tasks of its config, read (never generated) from
     ``data_dir``, the config's ``paths.data_dir`` or the absolute one of its ``provenance.json``."""
-    from ups.build import build_compute, build_objectives, build_tasks
+    from ups.build import build_compute, build_objectives, build_tasks, task_io
 
     path = Path(path)
     exp = load_export(path, "cpu")
@@ -31,7 +31,7 @@ def load_exported_run(
             "point at the data files with data_dir=DIR"
         )
     tasks = build_tasks(exp.cfg, path)
-    sizes = {t.name: [t.initial_step * t.channels, t.channels, list(t.grid)] for t in tasks}
+    sizes = {n: [io.in_channels, io.out_channels, list(io.grid)] for n, io in task_io(tasks).items()}
     wanted = {n: [s["in_channels"], s["out_channels"], s["grid"]] for n, s in exp.manifest["tasks"].items()}
     if sizes != wanted:
         raise ExportError(

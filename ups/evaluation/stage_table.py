@@ -28,8 +28,8 @@ from ups.data.datasets import TrajectoryDataset, task_keys
 from ups.data.tasks import TaskData
 from ups.distributed.collectives import all_reduce_max, all_reduce_sum
 from ups.evaluation.baselines import MeanField, persistence
-from ups.evaluation.evaluate import Predictor, evaluate, rollout
-from ups.evaluation.suite import write_tables
+from ups.evaluation.evaluate import Predictor, rollout
+from ups.evaluation.suite import EvalPlan, write_tables
 from ups.evaluation.ttc import TestTimeCorrection
 from ups.objectives import Objective
 
@@ -144,36 +144,14 @@ def variants(
     return out
 
 
-def evaluate_variants(
-    vs: Sequence[Variant],
-    model: nn.Module,
-    tasks: Sequence[TaskData],
-    split: str,
-    device: torch.device,
-    autocast: Callable[[], AbstractContextManager],
-    batch_size: int,
-    eval_samples: int | None,
-    preload_max_gb: float,
-    rank: int = 0,
-    world_size: int = 1,
-) -> dict:
+def evaluate_variants(vs: Sequence[Variant], model: nn.Module, plan: EvalPlan) -> dict:
     """{variant: {"metrics": evaluate(...) with full=True, "seconds": wall-clock, "nfe": ..., ...}}."""
-    sets = [TrajectoryDataset(t, split, eval_samples, preload_max_gb) for t in tasks]
+    tasks, device, sets = plan.tasks, plan.device, plan.sets()
     results = {}
     for v in vs:
         chosen = [s for s in sets if s.task.family.steady] if v.steady_only else sets
         t0 = time.perf_counter()
-        metrics = evaluate(
-            v.predict,
-            model if v.evaluations else None,
-            chosen,
-            device,
-            autocast,
-            batch_size,
-            rank,
-            world_size,
-            full=True,
-        )
+        metrics = plan.evaluate(v.predict, model if v.evaluations else None, chosen)
         seconds = float(all_reduce_max(torch.tensor(time.perf_counter() - t0, device=device)))
         row = {"metrics": metrics, "seconds": seconds, "nfe": v.evaluations}
         if "ttc" in v.extra:  # summed over the ranks' shares of the samples (each rank has every task)
@@ -316,27 +294,19 @@ def has_heads(model: nn.Module) -> bool:
 def evaluate_stages(
     objectives: Mapping[str, Objective],
     model: nn.Module,
-    tasks: Sequence[TaskData],
-    split: str,
-    device: torch.device,
-    autocast: Callable[[], AbstractContextManager],
-    batch_size: int,
-    eval_samples: int | None,
-    preload_max_gb: float,
+    plan: EvalPlan,
     out_dir: Path | None,
     meta: dict,
-    rank: int = 0,
-    world_size: int = 1,
     stem: str = "stages",
 ) -> dict:
-    """Evaluate every variant on ``split`` on all ranks; rank 0 (``out_dir`` set) writes the table and
+    """Evaluate every variant as ``plan`` says on all ranks; rank 0 (``out_dir`` set) writes the table and
     plots as ``<out_dir>/<stem>*`` (:func:`write_stage_table`)."""
-    vs = variants(objectives, model, tasks, preload_max_gb=preload_max_gb)
-    results = evaluate_variants(
-        vs, model, tasks, split, device, autocast, batch_size, eval_samples, preload_max_gb, rank, world_size
-    )
+    tasks = plan.tasks
+    vs = variants(objectives, model, tasks, preload_max_gb=plan.preload_max_gb)
+    results = evaluate_variants(vs, model, plan)
     # every rank rolls out the figures' trajectories: a sharded model needs all of them in each forward
-    fields = first_trajectories(vs, tasks, split, device, autocast, preload_max_gb)
+    fields = first_trajectories(vs, tasks, plan.split, plan.device, plan.autocast, plan.preload_max_gb)
     if out_dir is not None:
-        write_stage_table(out_dir, stem, results, tasks, {**meta, "split": split, "eval_samples": eval_samples}, fields)
+        meta = {**meta, "split": plan.split, "eval_samples": plan.eval_samples}
+        write_stage_table(out_dir, stem, results, tasks, meta, fields)
     return results

@@ -10,6 +10,7 @@ import logging
 import math
 import platform
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,26 +29,40 @@ log = logging.getLogger(__name__)
 PREDICTORS = ("model", "persistence", "mean_field")
 
 
-def evaluate_suite(
-    predict: Predictor,
-    model: nn.Module,
-    tasks: Sequence[TaskData],
-    split: str,
-    device: torch.device,
-    autocast: Callable[[], AbstractContextManager],
-    batch_size: int,
-    eval_samples: int | None,
-    preload_max_gb: float,
-    rank: int = 0,
-    world_size: int = 1,
-) -> dict[str, dict]:
-    """Full metrics of the model and of the two trivial predictors on ``split``, by predictor name."""
-    sets = [TrajectoryDataset(t, split, eval_samples, preload_max_gb) for t in tasks]
-    kw = dict(device=device, autocast=autocast, batch_size=batch_size, rank=rank, world_size=world_size, full=True)
+@dataclass
+class EvalPlan:
+    """What an evaluation scores and how: the tasks' ``split`` (``eval_samples`` trajectories per task,
+    None: all), the device and precision, the batch size and this process's share of the ranks. The
+    closing evaluation, ``python -m ups.evaluate`` and the stage table all take one."""
+
+    tasks: Sequence[TaskData]
+    split: str
+    device: torch.device
+    autocast: Callable[[], AbstractContextManager]
+    batch_size: int
+    eval_samples: int | None
+    preload_max_gb: float
+    rank: int = 0
+    world_size: int = 1
+
+    def sets(self) -> list[TrajectoryDataset]:
+        """The split's trajectories, one dataset per task."""
+        return [TrajectoryDataset(t, self.split, self.eval_samples, self.preload_max_gb) for t in self.tasks]
+
+    def evaluate(self, predict: Predictor, model: nn.Module | None, sets: Sequence[TrajectoryDataset]) -> dict:
+        """Every metric of ``predict`` on ``sets`` (:func:`ups.evaluation.evaluate.evaluate` with ``full``)."""
+        return evaluate(
+            predict, model, sets, self.device, self.autocast, self.batch_size, self.rank, self.world_size, full=True
+        )
+
+
+def evaluate_suite(predict: Predictor, model: nn.Module, plan: EvalPlan) -> dict[str, dict]:
+    """Full metrics of the model and of the two trivial predictors on the plan's split, by predictor name."""
+    sets = plan.sets()
     return {
-        "model": evaluate(predict, model, sets, **kw),
-        "persistence": evaluate(persistence, None, sets, **kw),
-        "mean_field": evaluate(MeanField(tasks, preload_max_gb), None, sets, **kw),
+        "model": plan.evaluate(predict, model, sets),
+        "persistence": plan.evaluate(persistence, None, sets),
+        "mean_field": plan.evaluate(MeanField(plan.tasks, plan.preload_max_gb), None, sets),
     }
 
 
