@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 
+from ups.data.datasets import metric_weights
+from ups.data.stats import Stats
+from ups.evaluation.metrics import nrmse
 from ups.objectives import NextStep
 
 
@@ -63,3 +68,56 @@ def test_noise_perturbs_the_context_in_training_only_and_never_a_steady_input() 
     steady = _batch(steady=True)
     NextStep(noise=0.5).loss(model, steady)
     assert torch.equal(model.seen[-1], steady["x"])
+
+
+def test_metric_weights_count_each_channel_as_the_nrmse_does() -> None:
+    """The same error in normalised units on a density-like channel (mean 1, spread 0.1) and a
+    velocity-like one (mean 0): the metric's squared nRMSE ratio is the weights' ratio."""
+    mean, std = torch.tensor([1.0, 0.0]), torch.tensor([0.1, 0.2])
+    task = SimpleNamespace(stats=Stats([0.0, 0.0], [1.0, 1.0], mean.tolist(), std.tolist()))
+    w = metric_weights(task)
+    torch.testing.assert_close(w.mean(), torch.tensor(1.0))
+    g = torch.Generator().manual_seed(0)
+    target = mean + std * torch.randn(4, 1, 4096, 2, generator=g)  # (B, T, P, C) in physical units
+    sq = []
+    for c in (0, 1):
+        err = torch.zeros(2)
+        err[c] = 0.05 * std[c]  # 0.05 in normalised units
+        sq.append(nrmse(target + err, target).mean() ** 2)
+    torch.testing.assert_close(sq[0] / sq[1], w[0] / w[1], rtol=0.05, atol=0)
+    assert w[0] / w[1] < 0.02  # a hundredth, give or take the sample
+
+
+def _two_channel_batch() -> dict:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, 6, generator=g)  # 3 context frames of 2 channels
+    return {
+        "task": "t",
+        "x": x,
+        "y": x[..., -2:] + torch.tensor([0.1, 1.0]) * torch.randn(2, 5, 2, generator=g),
+        "coords": torch.zeros(1, 5, 1),
+        "cond": torch.zeros(2, 4),
+        "steady": False,
+        "channel_weights": torch.tensor([1.0, 1.0]),
+    }
+
+
+class Still(nn.Module):
+    """Predicts no change, for two channels."""
+
+    predict_change = True
+
+    def forward(self, task, x, coords, cond, grid=None, latents=None):
+        return torch.zeros(x.shape[0], x.shape[1], 2)
+
+
+def test_metric_weighted_loss_weighs_the_errors_and_the_scale_per_channel() -> None:
+    batch, model = _two_channel_batch(), Still()
+    change = batch["y"] - batch["x"][..., -2:]
+    # all ones: the plain loss, to the last bit
+    assert torch.equal(NextStep(metric_weights=True).loss(model, batch), NextStep().loss(model, batch))
+    only_first = {**batch, "channel_weights": torch.tensor([2.0, 0.0])}
+    torch.testing.assert_close(NextStep(metric_weights=True).loss(model, only_first), change[..., 0].pow(2).mean())
+    # relative: the scale is weighted the same way, so predicting no change still scores 1
+    torch.testing.assert_close(NextStep(metric_weights=True, relative=True).loss(model, only_first), torch.tensor(1.0))
+    assert NextStep(relative=True).loss(model, only_first) == NextStep(relative=True).loss(model, batch)

@@ -159,10 +159,22 @@ class MultiTaskDataset(Dataset):
 
 
 def task_keys(task: TaskData) -> dict:
-    """What every batch of a task carries besides its tensors: name, grid, coordinates, steadiness."""
+    """What every batch of a task carries besides its tensors: name, grid, coordinates, steadiness,
+    and each output channel's weight in PDEBench's nRMSE (:func:`metric_weights`)."""
     return {
         "task": task.name,
         "coords": torch.from_numpy(task.coords)[None],
         "grid": task.grid,
         "steady": task.family.steady,
+        "channel_weights": metric_weights(task),
     }
+
+
+def metric_weights(task: TaskData) -> torch.Tensor:
+    """[C] weights that make a squared error in normalised units count per channel as PDEBench's nRMSE
+    counts it: the metric divides a channel's error by the channel's RMS in physical units, so an error
+    e (normalised) weighs std^2 / (mean^2 + std^2) of the same error on a zero-mean channel. A density
+    of mean 1 and spread 0.1 weighs 1/100 of a velocity. Scaled to mean 1 over the channels."""
+    _, _, mean, std = (torch.as_tensor(a, dtype=torch.float32) for a in task.stats.arrays())
+    w = std.square() / (mean.square() + std.square())
+    return w / w.mean()

@@ -61,37 +61,51 @@ class NextStep(Objective):
     per step weighs as much as one that changes a lot. The scale is the batch's, so a batch split
     over ranks or micro-batches no longer gives one process's loss exactly (the world-size
     equivalence of docs/distributed.md needs it off, the default); a per-sample scale, which keeps
-    that equivalence, trained worse (docs/results.md).
+    that equivalence, trained worse (docs/results.md). ``metric_weights``: each channel's squared error
+    (and, with ``relative``, its part of the scale) weighted as PDEBench's nRMSE weighs it
+    (:func:`ups.data.datasets.metric_weights`): a density of mean 1 then counts a hundredth of a
+    velocity, as it does in the metric, instead of as much (normalisation gave both spread 1).
     """
 
     bundles = True  # its windows then hold every frame the model predicts (ups.objectives.bind_bundle)
 
-    def __init__(self, residual: bool | None = None, noise: float = 0.0, relative: bool = False):
+    def __init__(
+        self, residual: bool | None = None, noise: float = 0.0, relative: bool = False, metric_weights: bool = False
+    ):
         self.residual = residual
         self.noise = float(noise)
         self.relative = bool(relative)
+        self.metric_weights = bool(metric_weights)
         if self.noise < 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         frames = frames_per_call(model).get(batch["task"], 1)
-        scale = self.target_scale(batch, frames) if self.relative else None  # from the clean frames
+        weights = batch["channel_weights"].repeat(frames) if self.metric_weights else None
+        scale = self.target_scale(batch, frames, weights) if self.relative else None  # from the clean frames
         if self.noise > 0 and "x" in batch and not batch.get("steady", False):
             batch = {**batch, "x": batch["x"] + self.noise * torch.randn_like(batch["x"])}
-        mse = torch.nn.functional.mse_loss(self.predict(model, batch), batch["y"])
+        pred = self.predict(model, batch)
+        if weights is None:
+            mse = torch.nn.functional.mse_loss(pred, batch["y"])
+        else:
+            mse = ((pred - batch["y"]).square() * weights).mean()
         return mse if scale is None else mse / scale
 
     @staticmethod
-    def target_scale(batch: dict, frames: int = 1) -> torch.Tensor:
+    def target_scale(batch: dict, frames: int = 1, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The batch's mean square of what it asks the model to learn: the change from the last context
         frame to each of the ``frames`` target frames, or the field itself for a steady task.
-        ``relative`` divides by it so every task weighs the same."""
+        ``relative`` divides by it so every task weighs the same; ``weights``: per output channel and frame,
+        as the loss weighs the errors."""
         y = batch["y"].float()
         if batch.get("steady", False):
-            return y.pow(2).mean().clamp_min(1e-8)
-        c = y.shape[-1] // frames
-        last = (batch["x"][..., -c:] if "x" in batch else batch["last"]).float()
-        return (y - last.repeat(1, 1, frames)).pow(2).mean().clamp_min(1e-8)
+            sq = y.pow(2)
+        else:
+            c = y.shape[-1] // frames
+            last = (batch["x"][..., -c:] if "x" in batch else batch["last"]).float()
+            sq = (y - last.repeat(1, 1, frames)).pow(2)
+        return (sq if weights is None else sq * weights).mean().clamp_min(1e-8)
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return predict_next(model, batch, self.residual)
