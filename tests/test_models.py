@@ -110,6 +110,26 @@ def test_token_lattice_follows_the_grid():
     assert model.token_shapes == {"a": (16,), "b": (8, 8), "c": (4, 4, 4), "d": (6, 6), "e": (10,)}
     coarse = make_model(tasks=tasks, patch=[8, 8, 4])
     assert coarse.token_shapes["a"] == (8,) and coarse.token_shapes["c"] == (2, 2, 2)
+    # channel_cells: patch / C^(1/d) per axis, so a cell holds about as many values whatever C is:
+    # 2 channels in 2D -> 4 / 1.41 -> 2 points; 4 channels -> 2; 5 channels in 3D (patch 4) -> 2.34 -> 2.
+    per_channel = make_model(tasks=tasks, patch=[4, 4, 4], channel_cells=True)
+    assert per_channel.token_shapes == {"a": (16,), "b": (16, 16), "c": (4, 4, 4), "d": (12, 12), "e": (10,)}
+    assert make_model(tasks=tasks, patch=[4, 4, 4]).token_shapes["c"] == (2, 2, 2)
+
+
+def test_an_operator_without_attention_mixes_tokens_by_its_spectral_filter_alone():
+    model = make_model(operator_attention=False)
+    assert all(block.attn is None for block in model.operator.blocks)
+    assert count_parameters(model) < count_parameters(make_model())
+    perturb_gates(model)
+    fields, coords = torch.randn(2, 64, 10), INPUTS["burgers_1d"]
+    out = model("burgers_1d", fields, coords, torch.zeros(2, 4))
+    bumped = fields.clone()
+    bumped[:, :4] += 1.0  # the first cell only: the filter carries it across the lattice
+    far = (model("burgers_1d", bumped, coords, torch.zeros(2, 4)) - out)[:, 32:].abs().amax()
+    assert far > 1e-5
+    with pytest.raises(ValueError, match="without attention needs spectral_modes"):
+        make_model(operator_attention=False, spectral_modes=[])
 
 
 def test_encoding_is_local_and_affine_in_the_field():

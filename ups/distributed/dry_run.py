@@ -49,7 +49,11 @@ def activation_bytes(cfg: Any, io: dict[str, TaskIO], points: int) -> float | No
     if not all(k in m for k in ("hidden", "heads", "depth", "patch", "lattice", "encoder_layers", "decoder_layers")):
         return None
     width = 2 if cfg.hardware.precision == "bf16" else 4
-    s = max(math.prod(token_shape(t.dim, t.grid, m.patch, m.lattice)) for t in io.values())
+    per_channel = bool(m.get("channel_cells", False))
+    s = max(
+        math.prod(token_shape(t.dim, t.grid, m.patch, m.lattice, t.out_channels if per_channel else 1))
+        for t in io.values()
+    )
 
     def layer(n: int) -> float:
         return n * b * m.hidden * (34 + 5 * m.heads * n / m.hidden) * width / 2

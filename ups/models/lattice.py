@@ -13,19 +13,24 @@ import torch
 from torch import Tensor
 
 
-def token_shape(dim: int, grid: Sequence[int], patch: Sequence[int], lattice: Sequence[int]) -> tuple[int, ...]:
+def token_shape(
+    dim: int, grid: Sequence[int], patch: Sequence[int], lattice: Sequence[int], channels: int = 1
+) -> tuple[int, ...]:
     """Cells per axis for a task: its grid divided by the patch of its dimension (at least 1 cell,
     rounded so each cell holds a whole number of grid points where the grid allows); ``lattice`` of
-    its dimension where the grid is unknown (a bare point set)."""
+    its dimension where the grid is unknown (a bare point set). ``channels`` > 1 shrinks the patch to
+    ``patch / channels ** (1 / dim)`` per axis, so a cell holds about as many values as one of a
+    one-channel task (a token's width is the same for every task)."""
     p = int(patch[dim - 1])
     if p < 1:
         raise ValueError(f"patch must be >= 1 for every dimension, got {list(patch)}")
     if not grid:
         return (int(lattice[dim - 1]),) * dim
+    p = max(1.0, p / max(1, int(channels)) ** (1.0 / dim))
     return tuple(max(1, _divisor_near(int(n), p)) for n in grid)
 
 
-def _divisor_near(n: int, patch: int) -> int:
+def _divisor_near(n: int, patch: float) -> int:
     """``n // p`` for the divisor ``p`` of ``n`` closest to ``patch`` (ties: the larger cell count)."""
     best = min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - patch), d))
     return n // best

@@ -26,12 +26,14 @@ class AdaLNBlock(nn.Module):
         spectral_modes: tuple[int, int, int] | None = None,
         spectral_group: int = 32,
         dims: tuple[int, ...] = (1, 2, 3),
+        attention: bool = True,
     ):
         super().__init__()
         self.norm_attn = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden, heads, dropout)
-        # Token mixing: attention (content-based, any range) plus, optionally, a spectral filter over
-        # the lattice (position-based, global, periodic), summed under one gate.
+        self.attn = Attention(hidden, heads, dropout) if attention else None
+        # Token mixing: attention (content-based, any range) and/or a spectral filter over the lattice
+        # (position-based, global, periodic), summed under one gate. Without attention (``attention``
+        # false) a block is an FNO layer on the tokens (docs/results.md, stage 8: cheaper, and as good).
         self.spectral = SpectralMix(hidden, spectral_modes, spectral_group, dims) if spectral_modes else None
         self.norm_mlp = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.mlp = MLP(hidden, mlp_ratio, dropout)
@@ -42,10 +44,11 @@ class AdaLNBlock(nn.Module):
         mods = self.modulation(F.silu(c)).unsqueeze(1).chunk(6, dim=-1)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
         h = self.norm_attn(z) * (1 + scale_a) + shift_a
-        mixed = self.attn(h, h)
+        mixed = [self.attn(h, h)] if self.attn is not None else []
         if self.spectral is not None and shape is not None:
-            mixed = mixed + self.spectral(h, shape)
-        z = z + gate_a * mixed
+            mixed.append(self.spectral(h, shape))
+        if mixed:
+            z = z + gate_a * sum(mixed[1:], mixed[0])
         h = self.norm_mlp(z) * (1 + scale_m) + shift_m
         return z + gate_m * self.mlp(h)
 
@@ -70,17 +73,21 @@ class LatentOperator(nn.Module):
         spectral_modes: tuple[int, int, int] | None = None,
         spectral_group: int = 32,
         dims: tuple[int, ...] = (1, 2, 3),
+        attention: bool = True,
     ):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        if not attention and not spectral_modes:
+            raise ValueError("an operator without attention needs spectral_modes: nothing else mixes its tokens")
         if cond_dim < 1:
             raise ValueError(f"cond_dim must be >= 1 (pad with zeros if a task has no parameters), got {cond_dim}")
         self.cond_dim = cond_dim
         self.cond_embed = nn.Sequential(nn.Linear(cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.task_embed = nn.ParameterDict({key: nn.Parameter(torch.empty(hidden)) for key in task_keys})
         self.blocks = nn.ModuleList(
-            AdaLNBlock(hidden, heads, mlp_ratio, dropout, spectral_modes, spectral_group, dims) for _ in range(depth)
+            AdaLNBlock(hidden, heads, mlp_ratio, dropout, spectral_modes, spectral_group, dims, attention)
+            for _ in range(depth)
         )
         self.reset_task_embeddings()
 

@@ -30,11 +30,12 @@ class LatentSurrogateConfig:
     hidden: int = 128
     depth: int = 4
     heads: int = 4
-    # Grid points per token along each axis, for 1D, 2D and 3D tasks: a task's lattice is its grid
-    # divided by these (docs/architecture.md); ``lattice`` gives the cells per axis of a task whose
-    # points form no known grid.
+    # Grid points per token along each axis, for 1D, 2D and 3D tasks: a task's lattice is its grid divided
+    # by these (docs/architecture.md), and with ``channel_cells`` by C^(1/d) more for a task of C channels
+    # (ups.models.lattice.token_shape); ``lattice``: cells per axis of a task whose points form no grid.
     patch: List[int] = field(default_factory=lambda: [4, 4, 2])
     lattice: List[int] = field(default_factory=lambda: [16, 8, 4])
+    channel_cells: bool = False
     fourier_features: int = 4  # sin/cos frequencies of positions (inside a cell, and of the cells)
     basis: int = 16  # functions per cell the decoder combines (>= grid points per cell to reproduce a patch)
     mlp_ratio: float = 4.0
@@ -45,6 +46,7 @@ class LatentSurrogateConfig:
     # (empty: attention only), and the channels mixed together per mode (hidden: all, as FNO; 1: depthwise).
     spectral_modes: List[int] = field(default_factory=lambda: [8, 8, 4])
     spectral_group: int = 32
+    operator_attention: bool = True  # off: the operator mixes tokens by the spectral filter alone (cheaper)
     predict_change: bool = True  # the network outputs next frame - last frame (the objectives add it back)
     # Frames predicted per call of a time-dependent task, for 1D, 2D and 3D tasks (temporal bundling: a
     # rollout's errors compound over fewer calls; docs/results.md, stage 7). Steady tasks get one.
@@ -54,17 +56,16 @@ class LatentSurrogateConfig:
 class LatentSurrogate(nn.Module):
     """Encode fields on any point set to a lattice of latent tokens, step them in time, decode anywhere.
 
-    Each task gets a lattice of cells sized from its grid (``patch`` grid points per cell and axis);
-    its points are pooled into the token of the cell that holds them (``encode``), the shared
-    transformer operator steps all tokens at once (``step``), and a query anywhere reads the token
-    of its cell as the coefficients of a small field over that cell (``decode``). With
-    ``predict_change`` the objectives add the last context frame to what the model outputs, so the
-    network learns the change of the field over one step.
+    Each task gets a lattice of cells sized from its grid (``patch`` grid points per cell and axis, fewer
+    for more channels with ``channel_cells``); its points are pooled into the token of the cell that
+    holds them (``encode``), the shared operator steps all tokens at once (``step``), and a query
+    anywhere reads the token of its cell as the coefficients of a small field over that cell
+    (``decode``). With ``predict_change`` the objectives add the last context frame to what the model
+    outputs, so the network learns the change of the field over one step.
 
-    Task-specific: point and position embeddings, coefficient heads and cell bases (ModuleDicts
-    keyed by task) and a task embedding in the operator's condition. Shared: the operator and the
-    encoder's and decoder's attention blocks, so tasks of different dimension and channel count
-    train one operator.
+    Task-specific: point and position embeddings, coefficient heads and cell bases (ModuleDicts keyed by
+    task) and a task embedding in the operator's condition. Shared: the operator and the encoder's and
+    decoder's attention blocks, so tasks of different dimension and channel count train one operator.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class LatentSurrogate(nn.Module):
         cond_dim: int = 4,
         patch: Sequence[int] = (4, 4, 2),
         lattice: Sequence[int] = (16, 8, 4),
+        channel_cells: bool = False,
         fourier_features: int = 4,
         basis: int = 16,
         mlp_ratio: float = 4.0,
@@ -84,6 +86,7 @@ class LatentSurrogate(nn.Module):
         decoder_layers: int = 0,
         spectral_modes: Sequence[int] | None = (8, 8, 4),
         spectral_group: int = 32,
+        operator_attention: bool = True,
         predict_change: bool = True,
         bundle: Sequence[int] = (1, 1, 1),
     ):
@@ -94,15 +97,14 @@ class LatentSurrogate(nn.Module):
         self._keys = module_keys(list(self.tasks))
         hidden, depth, heads, basis = int(hidden), int(depth), int(heads), int(basis)
         patch, lattice_default, bundle = check_sizes(hidden, heads, basis, patch, lattice, bundle)
-        self.hidden, self.cond_dim = hidden, int(cond_dim)
-        self.predict_change = bool(predict_change)
-        # What the objectives and evaluation read (ups.objectives.next_step.frames_per_call).
+        self.hidden, self.cond_dim, self.predict_change = hidden, int(cond_dim), bool(predict_change)
+        # read by the objectives and evaluation (ups.objectives.next_step.frames_per_call)
         self.frames_per_call = {name: 1 if io.steady else bundle[io.dim - 1] for name, io in self.tasks.items()}
         mlp_ratio, dropout = float(mlp_ratio), float(dropout)
         self.token_shapes = {
-            name: token_shape(io.dim, io.grid, patch, lattice_default) for name, io in self.tasks.items()
+            name: token_shape(io.dim, io.grid, patch, lattice_default, io.out_channels if channel_cells else 1)
+            for name, io in self.tasks.items()
         }
-
         # Offsets inside a cell need a few low frequencies; cell centres span up to the finest lattice.
         self.local_fourier = FourierFeatures(int(fourier_features), 2.0 ** (int(fourier_features) - 1))
         self.position_fourier = FourierFeatures(
@@ -136,6 +138,7 @@ class LatentSurrogate(nn.Module):
             tuple(spectral_modes) if spectral_modes else None,
             int(spectral_group),
             tuple(sorted({io.dim for io in self.tasks.values()})),
+            bool(operator_attention),
         )
         self.decoder = LocalFieldDecoder(hidden, heads, mlp_ratio, dropout, int(decoder_layers))
         # Networks of later stages (diffusion, consistency, steady prior), attached by name before
