@@ -46,7 +46,8 @@ from _runs import (
 
 
 def job(option: str, seed: int, run_dir: Path, args: argparse.Namespace, extra: list[str], lr: float | None) -> Job:
-    """One training of ``option`` at the budget with the time-based schedule."""
+    """One training of ``option`` at the budget with the time-based schedule (``extra``: every run's
+    overrides; ``--set``'s of this option after them)."""
     overrides = [
         f"{args.group}={option}",
         f"trainer.seed={seed}",
@@ -58,7 +59,9 @@ def job(option: str, seed: int, run_dir: Path, args: argparse.Namespace, extra: 
     return Job(
         f"{option} seed {seed}" + (f" lr {lr:g}" if lr is not None else ""),
         run_dir,
-        train_cmd(args.task, run_dir, args.data_dir, args.hardware, args.threads, overrides + extra),
+        train_cmd(
+            args.task, run_dir, args.data_dir, args.hardware, args.threads, overrides + extra + args.sets[option]
+        ),
     )
 
 
@@ -73,6 +76,20 @@ def fixed_lrs(pairs: list[str], options: list[str]) -> dict[str, float]:
             out[option] = float(value)
         except ValueError:
             raise SystemExit(f"--lr {pair}: {value!r} is not a number") from None
+    return out
+
+
+def option_sets(pairs: list[str], options: list[str]) -> dict[str, list[str]]:
+    """``["tiny=+stages.operator.objective.noise=0.01", ...]`` -> {option: [override, ...]} for every
+    option (an option not named gets none); an option that is not compared is an error."""
+    out: dict[str, list[str]] = {o: [] for o in options}
+    for pair in pairs:
+        option, _, override = pair.partition("=")
+        if option not in options or not override:
+            raise SystemExit(
+                f"--set {pair}: expected OPTION=OVERRIDE with OPTION one of the compared options {options}"
+            )
+        out[option].append(override)
     return out
 
 
@@ -158,6 +175,7 @@ def table(summary: dict, grid: dict | None, args: argparse.Namespace, extra: lis
         f"--seeds {' '.join(map(str, args.seeds))} --reference {args.reference}"
         + (f" --lr-grid {' '.join(f'{lr:g}' for lr in args.lr_grid)}" if args.lr_grid else "")
         + (f" --lr {' '.join(args.lr)}" if args.lr else "")
+        + "".join(f" --set {o}={v}" for o, vs in args.sets.items() for v in vs)
         + (f" --parallel {args.parallel}" if args.parallel > 1 else "")
         + (f" -- {' '.join(extra)}" if extra else "")
     )
@@ -262,6 +280,15 @@ def main(argv: list[str] | None = None) -> int:
         help="a fixed learning rate per option, e.g. the one an --lr-grid run chose on a smaller task "
         "(options not named keep their config's)",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="set_pairs",
+        metavar="OPTION=OVERRIDE",
+        help="a Hydra override for one option's runs only (repeatable), e.g. the training objective "
+        "a model was measured best with; overrides after -- apply to every option",
+    )
     p.add_argument("--parallel", type=int, default=1, help="trainings at once, each with --threads threads (default 1)")
     p.add_argument("--out", type=Path, default=Path("compare"), help="where the runs and the table go")
     p.add_argument(
@@ -276,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = p.parse_known_args(argv)
     extra = [e for e in extra if e != "--"]
     fixed = fixed_lrs(args.lr, args.options)
+    args.sets = option_sets(args.set_pairs, args.options)
     if fixed and args.lr_grid:
         p.error("--lr and --lr-grid exclude each other: fix the rates or search them")
     grid = pick_lrs(args, extra) if args.lr_grid else None

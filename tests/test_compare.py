@@ -149,16 +149,18 @@ def test_compare_seeds_make_a_mean_and_spread_table(data_dir: Path, tmp_path: Pa
         str(data_dir),
         "--hardware",
         "cpu",
+        "--set",
+        "tiny=optim.warmup_steps=5",
         "--",
         "data.eval_samples=2",
         "task.datasets.advection1d.synth.n_samples=16",
         "trainer.log_every=1",
-        "optim.warmup_steps=5",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (out / "comparison.md").read_text()
     assert "| task | tiny | persistence | training-mean field |" in table
+    assert " --set tiny=optim.warmup_steps=5 -- " in table  # the command names the option's own override
     assert "mean ± sample standard deviation over 2 seed(s)" in table
     row = next(line for line in table.splitlines() if line.startswith("| advection1d |"))
     mean, spread = (float(x) for x in row.split("|")[2].split("±"))
@@ -167,7 +169,7 @@ def test_compare_seeds_make_a_mean_and_spread_table(data_dir: Path, tmp_path: Pa
     for seed in (0, 1):
         run_dir = out / "tiny" / f"seed{seed}"
         config = (run_dir / "config.yaml").read_text()
-        assert f"seed: {seed}" in config and "schedule: cosine_time" in config
+        assert f"seed: {seed}" in config and "schedule: cosine_time" in config and "warmup_steps: 5" in config
         lrs = [lr for _, lr in _train_lrs(run_dir)]
         assert _near_floor(lrs[-1]) and max(lrs) > 0.5e-3
 
@@ -222,7 +224,11 @@ def test_compare_lr_grid_picks_on_validation_and_counts_wins(data_dir: Path, tmp
 
 def test_fixed_per_model_rates_parse_and_refuse_unknown_options() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
-    from compare import fixed_lrs
+    from compare import fixed_lrs, option_sets
+
+    assert option_sets(["small=a.b=1", "small=+c=2"], ["small", "fno"]) == {"small": ["a.b=1", "+c=2"], "fno": []}
+    with pytest.raises(SystemExit, match="--set unet=x=1: expected OPTION=OVERRIDE"):
+        option_sets(["unet=x=1"], ["small", "fno"])
 
     assert fixed_lrs(["small=1e-3", "fno=0.003"], ["small", "fno"]) == {"small": 1e-3, "fno": 3e-3}
     with pytest.raises(SystemExit, match="'unet' is not one of the compared options"):
