@@ -44,11 +44,12 @@ class AdaLNBlock(nn.Module):
         mods = self.modulation(F.silu(c)).unsqueeze(1).chunk(6, dim=-1)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
         h = self.norm_attn(z) * (1 + scale_a) + shift_a
-        mixed = [self.attn(h, h)] if self.attn is not None else []
+        mixed = self.attn(h, h) if self.attn is not None else None
         if self.spectral is not None and shape is not None:
-            mixed.append(self.spectral(h, shape))
-        if mixed:
-            z = z + gate_a * sum(mixed[1:], mixed[0])
+            spectral = self.spectral(h, shape)
+            mixed = spectral if mixed is None else mixed + spectral
+        if mixed is not None:
+            z = z + gate_a * mixed
         h = self.norm_mlp(z) * (1 + scale_m) + shift_m
         return z + gate_m * self.mlp(h)
 
