@@ -102,7 +102,7 @@ def bind_bundle(model: Any, objectives: Mapping[str, Objective]) -> None:
             raise ConfigError(
                 f"stages.{name}: {type(objective).__name__} trains on one predicted frame per call, but the "
                 f"model predicts several (model.bundle, by task: {frames}); use a one-frame model with this stage "
-                "(model.bundle=[1,1,1], e.g. model=tiny instead of tiny_bundle), or train the bundled model "
+                "(model.bundle=[1,1,1], e.g. model=tiny), or train the bundled model "
                 "with the operator stage alone (stage=operator)"
             )
         objective.horizon = dict(frames)
