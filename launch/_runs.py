@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ups.records import read_records
+
 
 @dataclass
 class Job:
@@ -93,11 +95,6 @@ def run_jobs(jobs: list[Job], parallel: int = 1, threads: int = 1, force: bool =
         raise RuntimeError("failed: " + ", ".join(failed))
 
 
-def records(run_dir: Path) -> list[dict]:
-    """The run's metrics.jsonl records, in order."""
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def final_test(run_dir: Path) -> dict:
     """The run's final test evaluation (``eval/final_test.json``: results and meta)."""
     return json.loads((run_dir / "eval" / "final_test.json").read_text())
@@ -105,7 +102,7 @@ def final_test(run_dir: Path) -> dict:
 
 def last_val(run_dir: Path, key: str = "nrmse/mean") -> float:
     """The run's last validation value of ``key`` (what model selection may look at; never the test split)."""
-    vals = [r[key] for r in records(run_dir) if r.get("kind") == "eval" and r.get("split") == "val" and key in r]
+    vals = [r[key] for r in read_records(run_dir) if r.get("kind") == "eval" and r.get("split") == "val" and key in r]
     return vals[-1] if vals else float("nan")
 
 
@@ -118,7 +115,7 @@ def run_lr(run_dir: Path) -> float:
 
 def mean_samples_per_s(run_dir: Path) -> float:
     """Mean throughput over the run's train records."""
-    rates = [r["samples_per_s"] for r in records(run_dir) if r.get("kind") == "train"]
+    rates = [r["samples_per_s"] for r in read_records(run_dir) if r.get("kind") == "train"]
     return sum(rates) / len(rates) if rates else float("nan")
 
 

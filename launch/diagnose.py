@@ -24,13 +24,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # launch/ is a folder of scripts, not a package
-from _runs import Job, fmt, machine, records, run_jobs, train_cmd  # noqa: E402
+from _runs import Job, fmt, machine, run_jobs, train_cmd  # noqa: E402
+
+from ups.records import read_records  # noqa: E402
 
 
 def steps_per_task(run_dir: Path) -> dict[str, int]:
     """Optimizer steps in which each task was drawn, from a run logged every step (``loss/<task>`` present)."""
     steps: dict[str, set[int]] = {}
-    for r in records(run_dir):
+    for r in read_records(run_dir):
         if r.get("kind") == "train":
             for key in r:
                 if key.startswith("loss/"):
@@ -126,7 +128,8 @@ def plot_curves(runs: dict[str, Path], path: Path) -> Path | None:
         print("matplotlib missing: no plot", file=sys.stderr)
         return None
     curves = {
-        name: [r for r in records(d) if r.get("kind") == "eval" and r.get("split") == "val"] for name, d in runs.items()
+        name: [r for r in read_records(d) if r.get("kind") == "eval" and r.get("split") == "val"]
+        for name, d in runs.items()
     }
     tasks = sorted({k.split("/")[1] for rs in curves.values() for r in rs for k in r if k.startswith("nrmse/")})
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)

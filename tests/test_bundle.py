@@ -17,13 +17,13 @@ from ups.data.datasets import task_keys
 from ups.evaluation.diagnosis import DiagnosisSettings, diagnose
 from ups.evaluation.evaluate import rollout
 from ups.evaluation.loading import load_run
-from ups.evaluation.report import read_records
 from ups.export import export_run
 from ups.exported import load_export
 from ups.models.spec import TaskIO
 from ups.models.surrogate import LatentSurrogate
 from ups.objectives import NextStep
 from ups.objectives.next_step import frames_per_call, predict_next
+from ups.records import read_records
 from ups.runner import run
 
 

@@ -7,21 +7,20 @@ The two-rank behaviour (both ranks skip, FSDP2 stops, a crashed rank restarts) i
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 
 import ups.training.faults as faults
+from ups.records import read_records
 from ups.runner import run
 
 TRAINING = Path(__file__).resolve().parents[1] / "ups" / "training"
 
 
 def _train_records(run_dir: Path) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if r["kind"] == "train"]
+    return [r for r in read_records(run_dir) if r["kind"] == "train"]
 
 
 def test_the_training_loop_holds_no_fault_code() -> None:

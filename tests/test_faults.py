@@ -4,6 +4,7 @@ scenarios pass end to end in the default suite, and the whole table passes under
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from ups.faults.harness import Proc, changed, data_checksums
 from ups.faults.resume_scenarios import redone_steps
+from ups.records import read_records
 
 
 def test_one_paragraph_means_short_and_without_a_traceback() -> None:
@@ -68,3 +70,13 @@ def test_an_unknown_scenario_is_refused(tmp_path: Path) -> None:
 def test_every_fault_scenario_behaves_as_documented(tmp_path: Path) -> None:
     out = _faults(tmp_path, timeout=1800)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
+
+
+def test_read_records_skips_a_torn_line_and_allows_a_missing_file_only_when_told(tmp_path: Path, caplog) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n\n{"step": 2}\n{"st')
+    with caplog.at_level(logging.WARNING, logger="ups.records"):
+        assert read_records(tmp_path) == [{"step": 1}, {"step": 2}]
+    assert "metrics.jsonl:4 is not JSON" in caplog.text
+    with pytest.raises(FileNotFoundError):
+        read_records(tmp_path / "absent")
+    assert read_records(tmp_path / "absent", missing_ok=True) == []

@@ -25,6 +25,7 @@ from ups.objectives import (
     NextStep,
     SteadyPrior,
 )
+from ups.records import read_records
 from ups.runner import build_model, build_tasks, run
 from ups.training.checkpoint import load_consolidated
 
@@ -152,7 +153,7 @@ def test_a_stage_without_its_kind_of_task_keeps_the_weights(tiny_cfg) -> None:
         tiny_cfg("task=advection1d", "stage=[operator,steady]", "stages.operator.steps=2", "stages.steady.steps=5")
     )
     run_dir = Path(result["run_dir"])
-    assert {r["stage"] for r in _records(run_dir) if r["kind"] == "train"} == {"operator"}
+    assert {r["stage"] for r in read_records(run_dir) if r["kind"] == "train"} == {"operator"}
     a, b = (load_consolidated(run_dir / "checkpoints" / s / "final")["model"] for s in ("operator", "steady"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "steady prior" not in (run_dir / "eval" / "stages.md").read_text()  # no steady task to report
@@ -182,15 +183,11 @@ def test_heads_need_a_latent_model_and_a_teacher(tiny_cfg) -> None:
         )
 
 
-def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_stage_all_trains_each_stage_and_writes_the_table(tiny_cfg, tmp_path: Path) -> None:
     """Also: ups.evaluate and the one-step diagnostics on the finished run."""
     result = run(tiny_cfg(*SMALL, f"paths.output_dir={tmp_path / 'a'}"))
     run_dir = Path(result["run_dir"])
-    trained = [(r["stage"], r["stage_step"]) for r in _records(run_dir) if r["kind"] == "train"]
+    trained = [(r["stage"], r["stage_step"]) for r in read_records(run_dir) if r["kind"] == "train"]
     assert [s for s, _ in trained] == ["operator"] * 6 + ["diffusion"] * 8 + ["consistency"] * 4 + ["steady"] * 4
     final = {
         s: load_consolidated(run_dir / "checkpoints" / s / "final")["model"]
@@ -291,13 +288,13 @@ def test_stage_all_resumes_mid_diffusion_bit_identically(tiny_cfg, tmp_path: Pat
     cfg = tiny_cfg(*SMALL, f"paths.output_dir={tmp_path / 'b'}")
     crash_run(cfg, lambda t: t.stage_name == "diffusion" and t.step == 5, monkeypatch)
     resumed = run(cfg)
-    again = [(r["stage"], r["stage_step"]) for r in _records(tmp_path / "b") if r["kind"] == "train"]
+    again = [(r["stage"], r["stage_step"]) for r in read_records(tmp_path / "b") if r["kind"] == "train"]
     assert again[:11] == [("operator", s) for s in range(1, 7)] + [("diffusion", s) for s in range(1, 6)]
     assert again[11:14] == [("diffusion", s) for s in (4, 5, 6)]  # back to its step-3 checkpoint
     for stage in ("diffusion", "consistency", "steady"):
         a, b = (load_consolidated(tmp_path / d / "checkpoints" / stage / "final")["model"] for d in ("a", "b"))
         assert all(torch.equal(a[k], b[k]) for k in a), stage
-    losses = lambda d: {r["step"]: r["loss"] for r in _records(tmp_path / d) if r["kind"] == "train"}  # noqa: E731
+    losses = lambda d: {r["step"]: r["loss"] for r in read_records(tmp_path / d) if r["kind"] == "train"}  # noqa: E731
     assert losses("a") == losses("b")
     assert resumed["test/nrmse/advection1d"] == straight["test/nrmse/advection1d"]
 
@@ -327,7 +324,7 @@ def test_stage_all_runs_on_two_ranks(layout: str, data_dir: Path, tmp_path: Path
     ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    stages = {r["stage"] for r in _records(tmp_path / "run") if r["kind"] == "train"}
+    stages = {r["stage"] for r in read_records(tmp_path / "run") if r["kind"] == "train"}
     assert stages == {"operator", "diffusion", "consistency", "steady"}
     assert "operator + TTC" in (tmp_path / "run" / "eval" / "stages.md").read_text()
 
@@ -343,7 +340,7 @@ def test_autoencoder_pretraining_then_the_operator_on_its_cached_latents(tiny_cf
         )
     )
     run_dir = Path(result["run_dir"])
-    assert [r["stage"] for r in _records(run_dir) if r["kind"] == "train"] == ["autoencoder"] * 6 + ["operator"] * 6
+    assert [r["stage"] for r in read_records(run_dir) if r["kind"] == "train"] == ["autoencoder"] * 6 + ["operator"] * 6
     ae, op = (load_consolidated(run_dir / "checkpoints" / s / "final")["model"] for s in ("autoencoder", "operator"))
     assert all(torch.equal(ae[k], op[k]) for k in ae if k.startswith(ENCODER))
     assert any(not torch.equal(ae[k], op[k]) for k in ae if k.startswith(DECODER))

@@ -23,6 +23,7 @@ from ups.bench.variants import VARIANTS, check_names, variant_overrides
 from ups.config import validate
 from ups.distributed.env import DistEnv, resolve_device
 from ups.errors import ConfigError
+from ups.records import read_records
 from ups.training.startup import process_age_s
 
 AXES = {"batch": "trainer.batch_size={}", "model": "model={}", "tasks": "task={}", "ranks": "parallelism={}"}
@@ -153,8 +154,7 @@ def _train_rate(overrides: list[str], work: Path) -> dict[str, Any]:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r.get("kind") == "train"][1:]  # the first window holds the start-up
+    train = [r for r in read_records(run_dir) if r.get("kind") == "train"][1:]  # the first window holds the start-up
     return {
         "samples_per_s": sum(r["samples_per_s"] for r in train) / len(train),
         "peak_memory_mb": max(r["peak_memory_mb"] for r in train),

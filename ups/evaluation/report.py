@@ -9,7 +9,6 @@ matplotlib is optional (``ups[plot]``), drawn on the Agg canvas without pyplot: 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -24,21 +23,10 @@ from ups.evaluation.evaluate import rollout
 from ups.evaluation.loading import load_run
 from ups.evaluation.metrics import nrmse
 from ups.evaluation.plots import figure
+from ups.records import read_records
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
-
-
-def read_records(run_dir: str | Path) -> list[dict]:
-    """The records of ``metrics.jsonl`` in file order; a line cut short by a crash is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    out = []
-    for n, line in ((n, s) for n, s in enumerate(path.read_text().splitlines(), 1) if s.strip()):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s:%d is not JSON (a line cut short?); skipped", path, n)
-    return out
 
 
 def timeline(records: list[dict]) -> dict:

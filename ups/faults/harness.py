@@ -9,7 +9,6 @@ Every command runs in its own session with a marker in its environment, so its r
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
+
+from ups.records import read_records
 
 MARKER = "UPS_FAULTS_TAG"
 HUNG = "hung (killed at the cap)"  # the exit column of a command still running at the cap
@@ -188,15 +189,8 @@ class Ctx:
 
 # ---------------------------------------------------------------------------------- run directory
 def records(run_dir: Path) -> list[dict]:
-    """The records of ``metrics.jsonl`` (a torn last line, from a kill, is dropped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    out = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
+    """The records of ``metrics.jsonl``, [] before the first one (a torn last line, from a kill, is dropped)."""
+    return read_records(run_dir, missing_ok=True)
 
 
 def last_step(run_dir: Path) -> int:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ups.errors import JOB_STATUS
-from ups.evaluation.report import read_records, timeline
+from ups.evaluation.report import timeline
+from ups.records import read_records
 
 log = logging.getLogger(__name__)
 
