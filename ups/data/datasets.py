@@ -133,6 +133,8 @@ class MultiTaskDataset(Dataset):
 
     def __init__(self, datasets: Sequence[WindowDataset]):
         self.datasets = list(datasets)
+        # What every batch of a task shares (name, coordinates, channel weights): built once, not per batch.
+        self.keys = [task_keys(d.task) for d in self.datasets]
 
     def sizes(self) -> list[int]:
         return [len(d) for d in self.datasets]
@@ -146,13 +148,12 @@ class MultiTaskDataset(Dataset):
         out = []
         for t in sorted({it["task_index"] for it in items}):
             group = [it for it in items if it["task_index"] == t]
-            task = self.datasets[t].task
             out.append(
                 {
                     "x": torch.stack([g["x"] for g in group]),
                     "y": torch.stack([g["y"] for g in group]),
                     "cond": torch.stack([g["cond"] for g in group]),
-                    **task_keys(task),
+                    **self.keys[t],
                 }
             )
         return out

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ups.data.datasets import MultiTaskDataset, WindowDataset, task_keys
+from ups.data.datasets import MultiTaskDataset, WindowDataset
 
 CACHE_VERSION = 1  # bump when the folder layout or the meaning of a field changes
 MARKER = "meta.json"
@@ -109,5 +109,5 @@ class MultiTaskLatentDataset(MultiTaskDataset):
         for t in sorted({it["task_index"] for it in items}):
             group = [it for it in items if it["task_index"] == t]
             batch = {name: torch.stack([g[name] for g in group]) for name in ("z", "y", "last", "cond")}
-            out.append({**batch, **task_keys(self.datasets[t].task)})
+            out.append({**batch, **self.keys[t]})
         return out

@@ -19,7 +19,7 @@ from ups.build import build_objectives, model_from_io
 from ups.data.registry import get_family
 from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import parallelize
-from ups.models.lattice import token_shape
+from ups.models.lattice import task_token_shape
 from ups.models.spec import TaskIO, spec_of
 
 GB = 2**30
@@ -49,11 +49,8 @@ def activation_bytes(cfg: Any, io: dict[str, TaskIO], points: int) -> float | No
     if not all(k in m for k in ("hidden", "heads", "depth", "patch", "lattice", "encoder_layers", "decoder_layers")):
         return None
     width = 2 if cfg.hardware.precision == "bf16" else 4
-    per_channel = bool(m.get("channel_cells", False))
-    s = max(
-        math.prod(token_shape(t.dim, t.grid, m.patch, m.lattice, t.out_channels if per_channel else 1))
-        for t in io.values()
-    )
+    cells = bool(m.get("channel_cells", False))
+    s = max(math.prod(task_token_shape(t, m.patch, m.lattice, cells)) for t in io.values())
 
     def layer(n: int) -> float:
         return n * b * m.hidden * (34 + 5 * m.heads * n / m.hidden) * width / 2

@@ -8,6 +8,7 @@ reads a token back at any coordinate; nothing depends on the points forming a gr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,6 +29,14 @@ def token_shape(
         return (int(lattice[dim - 1]),) * dim
     p = max(1.0, p / max(1, int(channels)) ** (1.0 / dim))
     return tuple(max(1, _divisor_near(int(n), p)) for n in grid)
+
+
+def task_token_shape(
+    io: Any, patch: Sequence[int], lattice: Sequence[int], channel_cells: bool = False
+) -> tuple[int, ...]:
+    """:func:`token_shape` of a task's sizes (``dim``, ``grid``, ``out_channels``: a TaskIO), its channels
+    counted with ``channel_cells``: what the model builds and the dry run's estimate reads."""
+    return token_shape(io.dim, io.grid, patch, lattice, io.out_channels if channel_cells else 1)
 
 
 def _divisor_near(n: int, patch: float) -> int:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ups.models.decoder import LocalFieldDecoder
 from ups.models.encoder import LatticeEncoder, PointEmbedding
-from ups.models.lattice import GridLayouts, centres, locate, pool, to_cells, token_shape
+from ups.models.lattice import GridLayouts, centres, locate, pool, task_token_shape, to_cells
 from ups.models.layers import FourierFeatures, ZeroLinear, init_weights
 from ups.models.operator import LatentOperator
 from ups.models.schemas import schema
@@ -102,8 +102,7 @@ class LatentSurrogate(nn.Module):
         self.frames_per_call = {name: 1 if io.steady else bundle[io.dim - 1] for name, io in self.tasks.items()}
         mlp_ratio, dropout = float(mlp_ratio), float(dropout)
         self.token_shapes = {
-            name: token_shape(io.dim, io.grid, patch, lattice_default, io.out_channels if channel_cells else 1)
-            for name, io in self.tasks.items()
+            name: task_token_shape(io, patch, lattice_default, channel_cells) for name, io in self.tasks.items()
         }
         # Offsets inside a cell need a few low frequencies; cell centres span up to the finest lattice.
         self.local_fourier = FourierFeatures(int(fourier_features), 2.0 ** (int(fourier_features) - 1))
