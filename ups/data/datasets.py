@@ -159,15 +159,16 @@ class MultiTaskDataset(Dataset):
         return out
 
 
-def task_keys(task: TaskData) -> dict:
+def task_keys(task: TaskData, device: torch.device | str | None = None) -> dict:
     """What every batch of a task carries besides its tensors: name, grid, coordinates, steadiness,
-    and each output channel's weight in PDEBench's nRMSE (:func:`metric_weights`)."""
+    and each output channel's weight in PDEBench's nRMSE (:func:`metric_weights`); the tensors on
+    ``device`` (None: where they are made, the CPU, for a loader to move)."""
     return {
         "task": task.name,
-        "coords": torch.from_numpy(task.coords)[None],
+        "coords": torch.from_numpy(task.coords)[None].to(device),
         "grid": task.grid,
         "steady": task.family.steady,
-        "channel_weights": metric_weights(task),
+        "channel_weights": metric_weights(task).to(device),
     }
 
 

@@ -74,7 +74,7 @@ def diagnose_task(
 ) -> dict[str, float]:
     """One task's numbers: ``rollout``, ``one_step`` and, for latent models, the floors (NaN where undefined)."""
     ds = TrajectoryDataset(task, split, settings.eval_samples, preload_max_gb)
-    keys = {**task_keys(task), "coords": task_keys(task)["coords"].to(device)}
+    keys = task_keys(task, device)
     latent = spec_of(model).latent is not None
     # The floors decode one frame; a bundled model's decoder gives several, so they stay NaN for it.
     floors = latent and task.name not in frames_per_call(model)

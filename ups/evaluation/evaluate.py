@@ -94,8 +94,7 @@ def evaluate(
     for ds in sets:
         task = ds.task
         _, _, out_mean, out_std = (torch.as_tensor(a, device=device) for a in task.stats.arrays())
-        keys = task_keys(task)
-        keys["coords"] = keys["coords"].to(device)
+        keys = task_keys(task, device)
         n_pred = task.n_steps - task.initial_step
         sums = {
             mode: MetricSums(task.channels, n_pred, device, grid=task.grid)

@@ -200,11 +200,8 @@ def plot_rollouts(run_dir: Path, path: Path, samples: int = 1, split: str = "val
         ds = TrajectoryDataset(task, split, max_samples=samples, preload_max_gb=cfg.data.preload_max_gb)
         items = [ds[j] for j in range(len(ds))]
         traj, cond = (torch.stack([it[key] for it in items]).to(device) for key in ("traj", "cond"))
-        coords = torch.as_tensor(task.coords, device=device)[None]
         with loaded.autocast():  # as the run computed
-            pred = rollout(
-                loaded.predict, {**task_keys(task), "coords": coords, "cond": cond}, traj, task.initial_step
-            ).float()
+            pred = rollout(loaded.predict, {**task_keys(task, device), "cond": cond}, traj, task.initial_step).float()
         _, _, mean, std = (torch.as_tensor(a, device=device) for a in task.stats.arrays())
         pred, truth = pred * std + mean, traj[:, task.initial_step :] * std + mean  # physical units
         scores = nrmse(pred, truth).tolist()

@@ -226,7 +226,7 @@ def first_trajectories(
     for task in tasks:
         item = TrajectoryDataset(task, split, 1, preload_max_gb)[0]
         traj, cond = item["traj"][None].to(device), item["cond"][None].to(device)
-        batch = {**task_keys(task), "coords": torch.as_tensor(task.coords, device=device)[None], "cond": cond}
+        batch = {**task_keys(task, device), "cond": cond}
         in_mean, in_std, out_mean, out_std = (torch.as_tensor(a, device=device) for a in task.stats.arrays())
         preds = {}
         for v in vs:  # the networks only, and on steady tasks not the correctors (the operator again)
