@@ -100,6 +100,14 @@ def test_cross_field_rules_name_the_key() -> None:
     cfg = compose_cfg(["paths.data_dir=d", "paths.output_dir=o", "data.sampler.strategy=uniform"])
     with pytest.raises(ConfigError, match="data.sampler.strategy"):
         validate(cfg)
+    cfg = compose_cfg(["paths.data_dir=d", "paths.output_dir=o", "+data.sampler.weights.advection1d=2"])
+    validate(cfg)  # a task of the run: fine
+    for override, needle in (
+        ("+data.sampler.weights.advection=2", "its datasets: advection1d, darcy2d"),
+        ("+data.sampler.weights.darcy2d=0", "finite number > 0"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            validate(compose_cfg(["paths.data_dir=d", "paths.output_dir=o", override]))
 
 
 @pytest.mark.parametrize("override,needle", [("trainer.max_stpes=3", "max_stpes"), ("model=tinny", "tinny")])

@@ -117,6 +117,9 @@ def test_task_probabilities():
     assert p("temperature", temperature=2.0) == pytest.approx([1 / 7, 2 / 7, 4 / 7])
     assert p("temperature", temperature=1.0) == pytest.approx(p("proportional"))
     assert p("temperature", temperature=1e9) == pytest.approx(p("balanced"))
+    # weights multiply a strategy's probabilities before normalising
+    assert p("balanced", weights=[1, 2, 1]) == pytest.approx([0.25, 0.5, 0.25])
+    assert p("proportional", weights=[4, 1, 1]) == pytest.approx([400 / 2400, 400 / 2400, 1600 / 2400])
     huge = Sampler([10**300, 1], 1, strategy="temperature", temperature=0.5).task_probabilities()
     assert all(math.isfinite(x) for x in huge) and sum(huge) == pytest.approx(1.0)
 
@@ -236,7 +239,11 @@ def test_state_dict_override_and_mismatch():
     t = Sampler([5, 9], 2, mode="mixed")
     t.load_state_dict(state)
     assert list(t) == list(Sampler([5, 9], 2, mode="mixed", seed=4))[1:]
-    for kw in ({"task_sizes": [5, 10]}, {"strategy": "proportional"}, {"mode": "task"}):
+    old = {k: v for k, v in state.items() if k != "weights"}  # a checkpoint from before weights: all 1
+    Sampler([5, 9], 2, mode="mixed").load_state_dict(old)
+    with pytest.raises(ValueError, match="weights"):
+        Sampler([5, 9], 2, mode="mixed", weights=[1, 3]).load_state_dict(old)
+    for kw in ({"task_sizes": [5, 10]}, {"strategy": "proportional"}, {"mode": "task"}, {"weights": [1, 2]}):
         args = {"task_sizes": [5, 9], "mode": "mixed", **kw}
         other = Sampler(args.pop("task_sizes"), 2, **args)
         with pytest.raises(ValueError, match=list(kw)[0]):
@@ -261,6 +268,9 @@ def test_state_dict_override_and_mismatch():
         (([3], 2), {"temperature": -1.5}, "temperature"),
         (([3], 2), {"temperature": float("nan")}, "temperature"),
         (([3], 2), {"seed": -1}, "seed"),
+        (([3, 4], 2), {"weights": [1.0]}, "weights must be 2"),
+        (([3, 4], 2), {"weights": [1.0, 0.0]}, "weights"),
+        (([3, 4], 2), {"weights": [1.0, float("inf")]}, "weights"),
         (([3], 2), {"steps_per_epoch": 0}, "steps_per_epoch"),
     ],
 )
@@ -269,3 +279,22 @@ def test_argument_validation(args, kwargs, match):
         Sampler(*args, **kwargs)
     with pytest.raises(ValueError, match="epoch"):
         Sampler([3], 1).set_epoch(-1)
+
+
+def test_stage_sampler_reads_weights_by_task_name():
+    """data.sampler.weights names tasks; the stage's sampler gets them in its own task order, and a task
+    the stage does not train on (here "c") is simply absent."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from ups.config import DataConfig
+    from ups.training.train_sets import stage_sampler
+
+    data = OmegaConf.structured(DataConfig)
+    data.sampler.weights = {"b": 3.0, "c": 5.0}
+    tasks = [SimpleNamespace(task=SimpleNamespace(name=n)) for n in ("b", "a")]
+    train_set = SimpleNamespace(datasets=tasks, sizes=lambda: [10, 10])
+    sampler = stage_sampler(train_set, data, batch_size=2, seed=0)
+    assert sampler.weights == [3.0, 1.0]
+    assert sampler.task_probabilities() == pytest.approx([0.75, 0.25])

@@ -56,6 +56,7 @@ class SamplerConfig:
     strategy: str = "balanced"  # proportional | balanced | temperature
     temperature: float = 2.0
     mode: str = "task"  # task: one task per global batch; mixed: tasks mixed within a batch
+    weights: Dict[str, float] = field(default_factory=dict)  # task name -> factor on its probability (1)
 
 
 @dataclass

@@ -131,6 +131,14 @@ def validate(cfg: Any) -> None:
         )
     if not cfg.task.datasets:
         raise ConfigError(f"task={cfg.task.name} lists no datasets")
+    for name, weight in cfg.data.sampler.weights.items():
+        if name not in cfg.task.datasets:
+            raise ConfigError(
+                f"data.sampler.weights.{name}: task={cfg.task.name} has no dataset {name!r}; "
+                f"its datasets: {', '.join(cfg.task.datasets)}"
+            )
+        if not (math.isfinite(weight) and weight > 0):
+            raise ConfigError(f"data.sampler.weights.{name} must be a finite number > 0, got {weight}")
     if not cfg.stages:
         raise ConfigError("no stages configured: choose one with stage=...")
     for name, stage in cfg.stages.items():

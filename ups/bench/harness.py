@@ -44,7 +44,7 @@ from ups.models.spec import spec_of
 from ups.training.compute import compile_counts, compile_report
 from ups.training.optim import build_optimizer
 from ups.training.step_totals import batch_loss, to_device
-from ups.training.train_sets import fixed_batches, stage_loader
+from ups.training.train_sets import fixed_batches, stage_loader, stage_sampler
 
 
 def sync(device: torch.device) -> None:
@@ -124,16 +124,7 @@ class Bench:
         self.uses_latent_cache = type(self.train_set).__name__ == "MultiTaskLatentDataset"
         self.startup["train_set_s"] = time.perf_counter() - t0  # a latent cache is built here
         t = cfg.trainer
-        self.sampler = MultiTaskDistributedSampler(
-            self.train_set.sizes(),
-            t.batch_size,
-            num_replicas=1,
-            rank=0,
-            strategy=cfg.data.sampler.strategy,
-            temperature=cfg.data.sampler.temperature,
-            mode=cfg.data.sampler.mode,
-            seed=t.seed,
-        )
+        self.sampler = stage_sampler(self.train_set, cfg.data, t.batch_size, t.seed)
         self.loader = stage_loader(self.train_set, self.sampler, cfg.data, device)
         self.batches = _forever(self.loader, self.sampler)
         self.optimizer = build_optimizer(self.raw, cfg.optim, stage.lr, device)

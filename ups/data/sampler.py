@@ -11,6 +11,7 @@ Rank and world size are plain arguments: this module never touches torch.distrib
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Iterator, Sequence
 
@@ -82,6 +83,8 @@ class MultiTaskDistributedSampler(Sampler[list[tuple[int, int]]]):
         strategy: task probabilities ``p_t``: "proportional" (``n_t``), "balanced" (1)
             or "temperature" (``n_t ** (1 / temperature)``), normalised.
         temperature: ``T > 0`` for strategy "temperature" (1 = proportional, inf = balanced).
+        weights: a factor (> 0) per task on the strategy's probability before normalising
+            (default all 1), e.g. to draw a family that trails twice as often.
         mode: "task" (every global batch holds one task, the same on all ranks) or
             "mixed" (each sample's task drawn independently).
         seed: base seed (>= 0) shared by all ranks.
@@ -97,6 +100,7 @@ class MultiTaskDistributedSampler(Sampler[list[tuple[int, int]]]):
         rank: int = 0,
         strategy: str = "balanced",
         temperature: float = 2.0,
+        weights: Sequence[float] | None = None,
         mode: str = "task",
         seed: int = 0,
         steps_per_epoch: int | None = None,
@@ -119,6 +123,9 @@ class MultiTaskDistributedSampler(Sampler[list[tuple[int, int]]]):
         if not temperature > 0:  # also rejects NaN
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.strategy, self.mode, self.temperature = strategy, mode, temperature
+        self.weights = [1.0] * len(sizes) if weights is None else [float(w) for w in weights]
+        if len(self.weights) != len(sizes) or not all(math.isfinite(w) and w > 0 for w in self.weights):
+            raise ValueError(f"weights must be {len(sizes)} finite numbers > 0 (one per task), got {weights}")
         self.seed = _int("seed", seed, 0)
         self.steps_per_epoch = None if steps_per_epoch is None else _int("steps_per_epoch", steps_per_epoch, 1)
         self.global_batch_size = self.batch_size * self.num_replicas
@@ -136,6 +143,7 @@ class MultiTaskDistributedSampler(Sampler[list[tuple[int, int]]]):
             w = np.ones_like(n)
         else:  # scale by the largest size first so huge tasks cannot overflow the power
             w = (n / n.max()) ** (1.0 / self.temperature)
+        w = w * np.asarray(self.weights)
         return (w / w.sum()).tolist()
 
     def __len__(self) -> int:
@@ -212,6 +220,7 @@ class MultiTaskDistributedSampler(Sampler[list[tuple[int, int]]]):
             "task_sizes": list(self.task_sizes),
             "strategy": self.strategy,
             "temperature": self.temperature,
+            "weights": list(self.weights),
             "mode": self.mode,
             "steps_per_epoch": self.steps_per_epoch,
         }
@@ -225,9 +234,12 @@ class MultiTaskDistributedSampler(Sampler[list[tuple[int, int]]]):
         different number of ranks is always fine.
         """
         mine = self.state_dict()
-        keys = ["task_sizes", "strategy", "mode"] + (["temperature"] if self.strategy == "temperature" else [])
+        state = {"weights": [1.0] * len(self.task_sizes), **state}  # checkpoints from before weights
+        keys = ["task_sizes", "weights", "strategy", "mode"] + (
+            ["temperature"] if self.strategy == "temperature" else []
+        )
         for key in keys:
-            theirs = list(state[key]) if key == "task_sizes" else state[key]
+            theirs = list(state[key]) if key in ("task_sizes", "weights") else state[key]
             if theirs != mine[key]:
                 raise ValueError(
                     f"checkpointed sampler has {key}={state[key]!r} but this one has "

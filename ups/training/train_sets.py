@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ups.data.datasets import MultiTaskDataset, WindowDataset
+from ups.data.sampler import MultiTaskDistributedSampler
 from ups.data.tasks import TaskData
 from ups.distributed.collectives import main_first
 from ups.distributed.env import DistEnv
@@ -91,6 +92,32 @@ class TrainSets:
                 latent_cache.load_or_build(model, w, root, self.device, build=env.is_main) for w in self.raw.datasets
             ]
         return MultiTaskLatentDataset(cached)
+
+
+def stage_sampler(
+    train_set: MultiTaskDataset,
+    data_cfg: Any,
+    batch_size: int,
+    seed: int,
+    num_replicas: int = 1,
+    rank: int = 0,
+    steps_per_epoch: int | None = None,
+) -> MultiTaskDistributedSampler:
+    """The sampler of a stage, as ``data_cfg.sampler`` says; its per-task weights are read by task name
+    (a task the stage does not train on, e.g. a steady one, simply has none)."""
+    s = data_cfg.sampler
+    return MultiTaskDistributedSampler(
+        train_set.sizes(),
+        batch_size,
+        num_replicas=num_replicas,
+        rank=rank,
+        strategy=s.strategy,
+        temperature=s.temperature,
+        weights=[float(s.weights.get(d.task.name, 1.0)) for d in train_set.datasets],
+        mode=s.mode,
+        seed=seed,
+        steps_per_epoch=steps_per_epoch,
+    )
 
 
 def stage_loader(train_set: MultiTaskDataset, sampler: Any, data_cfg: Any, device: torch.device) -> DataLoader:

@@ -23,7 +23,6 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 from torch.utils.data import DataLoader
 
 from ups.data.datasets import MultiTaskDataset, TrajectoryDataset
-from ups.data.sampler import MultiTaskDistributedSampler
 from ups.distributed.env import DistEnv
 from ups.evaluation.evaluate import evaluate
 from ups.models.spec import spec_of
@@ -37,7 +36,7 @@ from ups.training.micro_batch import forward_backward
 from ups.training.optim import advance, build_optimizer, build_scheduler
 from ups.training.state import TrainerState
 from ups.training.step_totals import Agreed, StepTotals, agree_stop
-from ups.training.train_sets import fixed_batches, stage_loader
+from ups.training.train_sets import fixed_batches, stage_loader, stage_sampler
 
 if TYPE_CHECKING:
     from ups.build import BuiltRun
@@ -180,17 +179,14 @@ class Trainer:
         self.built.freeze(name)
         self.optimizer = build_optimizer(self.raw_model, self.cfg.optim, stage.lr, self.device)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, st.total_steps, t.time_budget_s)
-        s = self.cfg.data.sampler
-        self.sampler = MultiTaskDistributedSampler(
-            self.train_set.sizes(),
+        self.sampler = stage_sampler(
+            self.train_set,
+            self.cfg.data,
             t.batch_size,
-            num_replicas=self.env.world_size,
-            rank=self.env.rank,
-            strategy=s.strategy,
-            temperature=s.temperature,
-            mode=s.mode,
-            seed=t.seed,
-            steps_per_epoch=self._micro_batches_per_epoch(),
+            t.seed,
+            self.env.world_size,
+            self.env.rank,
+            self._micro_batches_per_epoch(),
         )
         for cb in self.callbacks.values():
             cb.on_fit_start(self)  # before resume, so callback state exists to be loaded into
