@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import nn
 
@@ -68,6 +69,22 @@ def test_noise_perturbs_the_context_in_training_only_and_never_a_steady_input() 
     steady = _batch(steady=True)
     NextStep(noise=0.5).loss(model, steady)
     assert torch.equal(model.seen[-1], steady["x"])
+
+
+def test_change_scaled_noise_follows_each_channels_step_change() -> None:
+    """noise_scale=change: per channel, noise times the RMS change over one step, on every context frame."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 4000, 6, generator=g)  # 3 context frames of 2 channels
+    y = x[..., -2:] + torch.tensor([0.1, 1.0]) * torch.randn(4, 4000, 2, generator=g)
+    batch = {"task": "t", "x": x, "y": y, "coords": torch.zeros(1, 4000, 1), "cond": torch.zeros(4, 4)}
+    added = NextStep(noise=0.5, noise_scale="change").context_noise(batch).unflatten(-1, (3, 2))
+    spread = added.std(dim=(0, 1))  # (frame, channel)
+    torch.testing.assert_close(spread, torch.tensor([[0.05, 0.5]] * 3), rtol=0.03, atol=0)
+    assert added[..., 0, :].flatten().dot(added[..., 1, :].flatten()).abs() < 0.05 * added[..., 0, :].norm() ** 2
+    absolute = NextStep(noise=0.5).context_noise(batch).std(dim=(0, 1))
+    torch.testing.assert_close(absolute, torch.full((6,), 0.5), rtol=0.03, atol=0)
+    with pytest.raises(ValueError, match="noise_scale"):
+        NextStep(noise=0.5, noise_scale="relative")
 
 
 def test_metric_weights_count_each_channel_as_the_nrmse_does() -> None:

@@ -49,6 +49,9 @@ def predict_next(model: nn.Module, batch: dict, residual: bool | None) -> torch.
     return out + last.float().repeat(1, 1, out.shape[-1] // last.shape[-1])  # to every frame of a bundle
 
 
+NOISE_SCALES = ("absolute", "change")
+
+
 class NextStep(Objective):
     """One-step teacher-forced MSE; evaluation rolls the same prediction out autoregressively.
 
@@ -57,6 +60,11 @@ class NextStep(Objective):
     (normalised units) of Gaussian noise added to the context frames while training, so the model
     learns to map slightly wrong inputs to the true next frame, as its own rollouts will feed it
     (DPOT's auto-regressive denoising); steady tasks and cached latents train without it.
+    ``noise_scale``: ``absolute`` (the default) draws it at ``noise`` in normalised units for every
+    task; ``change`` at ``noise`` times each channel's RMS change over one step in the batch, so a
+    family whose frames change little gets as little noise as a rollout's errors would bring it, and
+    one that changes a lot as much (docs/results.md, stage 10: 0.01 absolute was half a step's
+    change on Burgers and a twentieth on 3D CFD).
     ``relative``: the MSE divided by :meth:`target_scale`, so a family whose frames change little
     per step weighs as much as one that changes a lot. The scale is the batch's, so a batch split
     over ranks or micro-batches no longer gives one process's loss exactly (the world-size
@@ -70,10 +78,18 @@ class NextStep(Objective):
     bundles = True  # its windows then hold every frame the model predicts (ups.objectives.bind_bundle)
 
     def __init__(
-        self, residual: bool | None = None, noise: float = 0.0, relative: bool = False, metric_weights: bool = False
+        self,
+        residual: bool | None = None,
+        noise: float = 0.0,
+        relative: bool = False,
+        metric_weights: bool = False,
+        noise_scale: str = "absolute",
     ):
         self.residual = residual
         self.noise = float(noise)
+        self.noise_scale = str(noise_scale)
+        if self.noise_scale not in NOISE_SCALES:
+            raise ValueError(f"noise_scale must be one of {', '.join(NOISE_SCALES)}, got {noise_scale!r}")
         self.relative = bool(relative)
         self.metric_weights = bool(metric_weights)
         if self.noise < 0:
@@ -84,13 +100,24 @@ class NextStep(Objective):
         weights = batch["channel_weights"].repeat(frames) if self.metric_weights else None
         scale = self.target_scale(batch, frames, weights) if self.relative else None  # from the clean frames
         if self.noise > 0 and "x" in batch and not batch.get("steady", False):
-            batch = {**batch, "x": batch["x"] + self.noise * torch.randn_like(batch["x"])}
+            batch = {**batch, "x": batch["x"] + self.context_noise(batch, frames)}
         pred = self.predict(model, batch)
         if weights is None:
             mse = torch.nn.functional.mse_loss(pred, batch["y"])
         else:
             mse = ((pred - batch["y"]).square() * weights).mean()
         return mse if scale is None else mse / scale
+
+    def context_noise(self, batch: dict, frames: int = 1) -> torch.Tensor:
+        """Gaussian noise for the context frames ``x``, independent per frame, point and channel, at
+        ``noise`` (absolute) or ``noise`` times the channel's RMS change from the last context frame to
+        the first target frame in this batch (change)."""
+        x = batch["x"]
+        if self.noise_scale == "absolute":
+            return self.noise * torch.randn_like(x)
+        c = batch["y"].shape[-1] // frames
+        change = (batch["y"][..., :c] - x[..., -c:]).float().square().mean((0, 1)).sqrt()  # [c]
+        return (torch.randn_like(x).unflatten(-1, (-1, c)) * (self.noise * change).to(x.dtype)).flatten(-2)
 
     @staticmethod
     def target_scale(batch: dict, frames: int = 1, weights: torch.Tensor | None = None) -> torch.Tensor:
