@@ -17,7 +17,7 @@ task, into ``<out>/<option>/grid/lr<lr>/``) and keeps, per model, the rate with 
 The table (``<out>/comparison.md`` and ``.json``) takes each run's ``eval/final_test.json``: test
 rollout and one-step nRMSE per task as mean ± sample standard deviation over the seeds, beside
 persistence and the training-mean field; per model its parameters, steps, samples/s and
-wall-clock; and on how many families each model is ahead of ``--reference`` and of both trivial
+wall-clock; when the runs finished; whether the rates were fixed with ``--lr``; and on how many families each model is ahead of ``--reference`` and of both trivial
 predictors. Like everything in launch/, this only builds command lines; ups/ does the work.
 """
 
@@ -134,6 +134,8 @@ def summarise(runs: dict[str, list[Path]]) -> dict:
             "device": metas[0].get("device"),
             "lr": run_lr(dirs[0]),
             "eval_samples": metas[0].get("eval_samples"),
+            # when the runs ended: a machine's speed sets the steps a budget buys, so the hour matters
+            "finished": [min(w), max(w)] if (w := [m["written"] for m in metas if m.get("written")]) else None,
         }
         out["models"][name] = cell
     out["tasks"] = tasks
@@ -165,6 +167,15 @@ def _cell(ms: tuple[float, float]) -> str:
     return "–" if ms[0] != ms[0] else f"{fmt(ms[0])} ± {ms[1]:.2g}"
 
 
+def _when(summary: dict) -> str:
+    """The span in which the table's runs finished (each run's eval/final_test, the machine's clock)."""
+    ends = [b["finished"] for m in summary["models"].values() if (b := m["budget"]).get("finished")]
+    if not ends:
+        return "Runs finished: not recorded in their eval/final_test."
+    first, last = min(e[0] for e in ends), max(e[1] for e in ends)
+    return f"Runs finished {first.replace('T', ' ')} to {last.split('T')[-1]} (the machine's clock)."
+
+
 def table(summary: dict, grid: dict | None, args: argparse.Namespace, extra: list[str]) -> str:
     """The markdown comparison: rollout and one-step tables, the budget rows, the win counts, the lr grid."""
     names, tasks = list(summary["models"]), summary["tasks"]
@@ -186,6 +197,7 @@ def table(summary: dict, grid: dict | None, args: argparse.Namespace, extra: lis
         f"{args.budget_s:g} s of training per run, lr warm-up then cosine over the elapsed time "
         f"(optim.schedule=cosine_time). Test split, physical units as in each run's eval/final_test, conditioning frames excluded, "
         f"{any_model['eval_samples'] or 'all'} trajectories per task.",
+        _when(summary),
         f"Each model cell: mean ± sample standard deviation over {len(args.seeds)} seed(s) "
         f"({', '.join(map(str, args.seeds))}). Persistence and the training-mean field need no training.",
         "",
@@ -233,6 +245,13 @@ def table(summary: dict, grid: dict | None, args: argparse.Namespace, extra: lis
         vs_ref = f"ahead of {args.reference} on {w['reference']}/{w['tasks']}, " if w["reference"] is not None else ""
         both = f"; all three on {w['all']}/{w['tasks']}" if w["all"] is not None else ""
         lines.append(f"- {n}: {vs_ref}ahead of both trivial predictors on {w['trivial']}/{w['tasks']}{both}")
+    if args.lr:
+        lines += [
+            "",
+            f"Learning rate fixed with --lr ({', '.join(args.lr)}): chosen before this command, "
+            "not on this machine's validation split here; a machine that buys more or fewer steps "
+            "in the budget can move a model's best rate, so --lr-grid is the check.",
+        ]
     if grid:
         lines += [
             "",

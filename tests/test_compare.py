@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -151,6 +152,8 @@ def test_compare_seeds_make_a_mean_and_spread_table(data_dir: Path, tmp_path: Pa
         "cpu",
         "--set",
         "tiny=optim.warmup_steps=5",
+        "--lr",
+        "tiny=1e-3",
         "--",
         "data.eval_samples=2",
         "task.datasets.advection1d.synth.n_samples=16",
@@ -162,6 +165,8 @@ def test_compare_seeds_make_a_mean_and_spread_table(data_dir: Path, tmp_path: Pa
     assert "| task | tiny | persistence | training-mean field |" in table
     assert " --set tiny=optim.warmup_steps=5 -- " in table  # the command names the option's own override
     assert "mean ± sample standard deviation over 2 seed(s)" in table
+    assert re.search(r"Runs finished \d{4}-\d\d-\d\d \d\d:\d\d:\d\d to \d\d:\d\d:\d\d", table)  # the hour
+    assert "Learning rate fixed with --lr (tiny=1e-3): chosen before this command" in table
     row = next(line for line in table.splitlines() if line.startswith("| advection1d |"))
     mean, spread = (float(x) for x in row.split("|")[2].split("±"))
     assert mean > 0 and spread >= 0
