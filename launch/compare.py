@@ -17,8 +17,9 @@ task, into ``<out>/<option>/grid/lr<lr>/``) and keeps, per model, the rate with 
 The table (``<out>/comparison.md`` and ``.json``) takes each run's ``eval/final_test.json``: test
 rollout and one-step nRMSE per task as mean ± sample standard deviation over the seeds, beside
 persistence and the training-mean field; per model its parameters, steps, samples/s and
-wall-clock; when the runs finished; whether the rates were fixed with ``--lr``; and on how many families each model is ahead of ``--reference`` and of both trivial
-predictors. Like everything in launch/, this only builds command lines; ups/ does the work.
+wall-clock; when the runs finished; whether the rates were fixed with ``--lr``; and on how many
+families each model is ahead of ``--reference`` and of both trivial predictors. Like everything in
+launch/, this only builds command lines; ups/ does the work.
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ def _when(summary: dict) -> str:
     if not ends:
         return "Runs finished: not recorded in their eval/final_test."
     first, last = min(e[0] for e in ends), max(e[1] for e in ends)
-    return f"Runs finished {first.replace('T', ' ')} to {last.split('T')[-1]} (the machine's clock)."
+    same_day = first[:10] == last[:10]  # ISO timestamps: the date is the first ten characters
+    return f"Runs finished {first.replace('T', ' ')} to {last[11:] if same_day else last.replace('T', ' ')} (the machine's clock)."
 
 
 def table(summary: dict, grid: dict | None, args: argparse.Namespace, extra: list[str]) -> str:
