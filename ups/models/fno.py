@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from ups.models.grid_baseline import GridBaseline
 from ups.models.schemas import schema
 from ups.models.spec import ModelSpec, TaskIO, grid_to_points, points_to_grid, register
+from ups.models.task_settings import task_settings
 
 HEAD_HIDDEN = 128  # PDEBench's fc1 width
 
@@ -35,6 +37,7 @@ class FNOConfig:
     width: int = 20  # channels of the Fourier layers
     layers: int = 4  # Fourier layers
     padding: int = 0  # zeros appended to every axis before the Fourier layers (non-periodic problems)
+    by_task: Dict[str, Dict[str, int]] = field(default_factory=dict)  # by task name: context (the last frames read)
 
 
 def clamp_modes(modes: int, grid: tuple[int, ...]) -> tuple[int, ...]:
@@ -103,12 +106,13 @@ class FourierLayer(nn.Module):
 class FNONet(nn.Module):
     """The FNO of one task (PDEBench's FNO1d/2d/3d for that task's dimension and channels)."""
 
-    def __init__(self, io: TaskIO, modes: int, width: int, layers: int, padding: int):
+    def __init__(self, io: TaskIO, modes: int, width: int, layers: int, padding: int, channels: int | None = None):
         super().__init__()
         self.dim, self.padding = io.dim, int(padding)
+        self.channels = channels or io.in_channels  # the last context channels it reads
         # Without a known grid the modes cannot be clamped here; SpectralConv still clamps per call.
         axis_modes = clamp_modes(modes, tuple(n + self.padding for n in io.grid)) if io.grid else (modes,) * io.dim
-        self.lift = nn.Linear(io.in_channels + io.dim, width)
+        self.lift = nn.Linear(self.channels + io.dim, width)
         self.layers = nn.ModuleList(
             FourierLayer(io.dim, width, axis_modes, activation=i < layers - 1) for i in range(layers)
         )
@@ -116,7 +120,7 @@ class FNONet(nn.Module):
 
     def forward(self, x: Tensor, coords: Tensor, grid: tuple[int, ...]) -> Tensor:
         """x (B, P, k*C), coords (B, P, dim) -> (B, P, C) on the same points."""
-        h = points_to_grid(self.lift(torch.cat([x, coords], dim=-1)), grid)
+        h = points_to_grid(self.lift(torch.cat([x[..., -self.channels :], coords], dim=-1)), grid)
         if self.padding:
             # Zeros after the end of every axis, as PDEBench's F.pad: the FFT then no longer wraps
             # the right boundary onto the left one (meant for non-periodic problems).
@@ -145,6 +149,7 @@ class FNO(GridBaseline):
         width: int = 20,
         layers: int = 4,
         padding: int = 0,
+        by_task: Mapping[str, Mapping[str, int]] | None = None,
     ):
         super().__init__(tasks)
         if min(modes, width, layers) < 1 or padding < 0:
@@ -152,9 +157,10 @@ class FNO(GridBaseline):
                 f"FNO needs modes, width, layers >= 1 and padding >= 0, got "
                 f"modes={modes} width={width} layers={layers} padding={padding}"
             )
+        _, channels = task_settings(by_task or {}, self.tasks, allowed=("context",))
         self.nets = nn.ModuleDict(
             {
-                self._keys[name]: FNONet(io, int(modes), int(width), int(layers), int(padding))
+                self._keys[name]: FNONet(io, int(modes), int(width), int(layers), int(padding), channels[name])
                 for name, io in self.tasks.items()
             }
         )

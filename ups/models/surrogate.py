@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import Any, Dict, List
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,7 @@ from ups.models.schemas import schema
 from ups.models.spec import LatentEncoder, ModelSpec, TaskIO, as_task_io, module_keys, register
 from ups.models.spectral import SpectralMix
 from ups.models.surrogate_checks import check_cond, check_coords, check_fields, check_latents, check_sizes
+from ups.models.task_settings import task_settings
 
 
 @schema("latent")  # read from this source without torch when configs compose (ups/models/schemas.py)
@@ -51,6 +52,7 @@ class LatentSurrogateConfig:
     # Frames predicted per call of a time-dependent task, for 1D, 2D and 3D tasks (temporal bundling: a
     # rollout's errors compound over fewer calls; docs/results.md, stage 7). Steady tasks get one.
     bundle: List[int] = field(default_factory=lambda: [1, 1, 1])
+    by_task: Dict[str, Dict[str, int]] = field(default_factory=dict)  # by task name: bundle, context (frames read)
 
 
 class LatentSurrogate(nn.Module):
@@ -89,6 +91,7 @@ class LatentSurrogate(nn.Module):
         operator_attention: bool = True,
         predict_change: bool = True,
         bundle: Sequence[int] = (1, 1, 1),
+        by_task: Mapping[str, Mapping[str, int]] | None = None,
     ):
         super().__init__()
         self.tasks: dict[str, TaskIO] = {str(name): as_task_io(spec) for name, spec in tasks.items()}
@@ -98,9 +101,8 @@ class LatentSurrogate(nn.Module):
         hidden, depth, heads, basis = int(hidden), int(depth), int(heads), int(basis)
         patch, lattice_default, bundle = check_sizes(hidden, heads, basis, patch, lattice, bundle)
         self.hidden, self.cond_dim, self.predict_change = hidden, int(cond_dim), bool(predict_change)
-        # read by the objectives and evaluation (ups.objectives.next_step.frames_per_call)
-        self.frames_per_call = {name: 1 if io.steady else bundle[io.dim - 1] for name, io in self.tasks.items()}
-        mlp_ratio, dropout = float(mlp_ratio), float(dropout)
+        # frames per call (the objectives and evaluation read it) and input channels the encoder reads, by task
+        self.frames_per_call, self.read_channels = task_settings(by_task or {}, self.tasks, bundle)
         self.token_shapes = {
             name: task_token_shape(io, patch, lattice_default, channel_cells) for name, io in self.tasks.items()
         }
@@ -110,14 +112,13 @@ class LatentSurrogate(nn.Module):
             int(fourier_features), float(max(max(s) for s in self.token_shapes.values()))
         )
         per_task = {name: (self._keys[name], io) for name, io in self.tasks.items()}
-        # Encoder: each point's values times K learned functions of its place in the cell, averaged per
-        # cell (the patch's first K "moments"), then one linear map to the token: linear in the field,
-        # as a patch embedding is, and exact on a grid with at most K points per cell.
+        # Encoder: each point's values times K learned functions of its place in the cell, averaged per cell (the
+        # patch's first K "moments"), then one linear map: linear in the field, exact with <= K points per cell.
         self.encode_basis = nn.ModuleDict(
             {key: self._basis_net(io.dim, hidden, basis) for key, io in per_task.values()}
         )
         self.input_proj = nn.ModuleDict(
-            {key: nn.Linear(basis * io.in_channels, hidden) for key, io in per_task.values()}
+            {key: nn.Linear(basis * self.read_channels[name], hidden) for name, (key, _) in per_task.items()}
         )
         self.position_proj = nn.ModuleDict(
             {key: PointEmbedding(0, self.position_fourier.out_dim(io.dim), hidden) for key, io in per_task.values()}
@@ -140,8 +141,7 @@ class LatentSurrogate(nn.Module):
             bool(operator_attention),
         )
         self.decoder = LocalFieldDecoder(hidden, heads, mlp_ratio, dropout, int(decoder_layers))
-        # Networks of later stages (diffusion, consistency, steady prior), attached by name before
-        # wrapping (ups.objectives.attach_heads); empty, it adds nothing to the state dict.
+        # Later stages' networks, attached before wrapping (ups.objectives.attach_heads); empty: no state.
         self.stage_heads = nn.ModuleDict()
         self.grid_layouts = GridLayouts()  # which grids take the reshape path of encode and decode
         self.reset_parameters()
@@ -184,6 +184,7 @@ class LatentSurrogate(nn.Module):
         cells). ``grid``: the spatial shape, when the points are that grid's in C order (faster, same values)."""
         io, key = self._lookup(task)
         check_fields(task, io, fields, coords)
+        fields = fields[..., -self.read_channels[task] :]
         shape = self.token_shapes[task]
         index, offset = locate(coords, shape)
         phi = self.encode_basis[key](self.local_fourier(offset))  # [b, P, K]
