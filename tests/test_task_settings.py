@@ -1,4 +1,5 @@
-"""``model.by_task``: per task, its own frames per call (latent) and fewer context frames read (latent, FNO)."""
+"""``model.by_task``: per task, its own frames per call and cell size (latent) and fewer context frames read
+(latent, FNO)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,18 @@ def _inputs(task: str, b: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_settings_default_to_the_dimension_and_every_frame_and_refuse_mistakes(caplog) -> None:
-    frames, channels = task_settings({}, TASKS, (4, 1, 1))
+    frames, channels, cells = task_settings({}, TASKS, (4, 1, 1), patch=(4, 4, 2))
     assert frames == {"a1": 4, "b1": 4, "s2": 1} and channels == {"a1": 10, "b1": 6, "s2": 1}
+    assert cells == {"a1": [4, 4, 2], "b1": [4, 4, 2], "s2": [4, 4, 2]}
     with caplog.at_level(logging.WARNING):
-        frames, channels = task_settings({"a1": {"context": 2, "bundle": 1}, "zz": {"context": 1}}, TASKS, (4, 1, 1))
+        frames, channels, cells = task_settings(
+            {"a1": {"context": 2, "bundle": 1}, "s2": {"patch": 2}, "zz": {"context": 1}},
+            TASKS,
+            (4, 1, 1),
+            patch=(4, 4, 2),
+        )
     assert frames == {"a1": 1, "b1": 4, "s2": 1} and channels == {"a1": 4, "b1": 6, "s2": 1}
+    assert cells["s2"] == [4, 2, 2] and cells["a1"] == [4, 4, 2]  # a 2D task's entry is the second
     assert "'zz'" in caplog.text  # a task this run does not train: said, not fatal
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['bundel'\]"):
         task_settings({"a1": {"bundel": 2}}, TASKS)
@@ -74,3 +82,29 @@ def test_a_latent_model_bundles_by_task() -> None:
     assert model("b1", x, coords, torch.zeros(2, 4)).shape[-1] == 4  # four frames of one channel
     x, coords = _inputs("a1")
     assert model("a1", x, coords, torch.zeros(2, 4)).shape[-1] == 2
+
+
+def test_a_latent_task_gets_its_own_cell_size() -> None:
+    tasks = {"s2": TaskIO(2, 1, 2, (16, 16)), "t2": TaskIO(2, 1, 2, (16, 16))}
+    model = LatentSurrogate(tasks, hidden=16, depth=1, heads=2, patch=[4, 4, 4], by_task={"s2": {"patch": 2}})
+    assert model.token_shapes == {"s2": (8, 8), "t2": (4, 4)}
+    x, axes = torch.randn(2, 256, 2), [torch.linspace(-1, 1, 16)] * 2
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(1, -1, 2)
+    assert model("s2", x, coords, torch.zeros(2, 4), grid=(16, 16)).shape == (2, 256, 1)
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['patch'\]"):
+        FNO(tasks, modes=4, width=8, layers=1, by_task={"s2": {"patch": 2}})
+
+
+def test_the_dry_runs_memory_estimate_counts_a_tasks_own_cells() -> None:
+    from omegaconf import OmegaConf
+
+    from ups.distributed.dry_run import activation_bytes
+
+    io = {"s2": TaskIO(2, 1, 2, (16, 16))}
+    model = dict(hidden=16, heads=2, depth=1, patch=[4, 4, 4], lattice=[16, 8, 4], encoder_layers=0, decoder_layers=0)
+    cfg = OmegaConf.create(
+        {"model": model, "trainer": {"batch_size": 2}, "hardware": {"precision": "fp32", "activation_checkpointing": 0}}
+    )
+    plain = activation_bytes(cfg, io, 256)
+    cfg.model.by_task = {"s2": {"patch": 2}}
+    assert activation_bytes(cfg, io, 256) > plain  # 64 tokens instead of 16

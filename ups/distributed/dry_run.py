@@ -21,6 +21,7 @@ from ups.distributed.env import DistEnv
 from ups.distributed.parallelize import parallelize
 from ups.models.lattice import task_token_shape
 from ups.models.spec import TaskIO, spec_of
+from ups.models.task_settings import task_patch
 
 GB = 2**30
 
@@ -50,7 +51,10 @@ def activation_bytes(cfg: Any, io: dict[str, TaskIO], points: int) -> float | No
         return None
     width = 2 if cfg.hardware.precision == "bf16" else 4
     cells = bool(m.get("channel_cells", False))
-    s = max(math.prod(task_token_shape(t, m.patch, m.lattice, cells)) for t in io.values())
+    by_task = m.get("by_task") or {}
+    s = max(
+        math.prod(task_token_shape(t, task_patch(by_task, n, t.dim, m.patch), m.lattice, cells)) for n, t in io.items()
+    )
 
     def layer(n: int) -> float:
         return n * b * m.hidden * (34 + 5 * m.heads * n / m.hidden) * width / 2

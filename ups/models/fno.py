@@ -157,7 +157,7 @@ class FNO(GridBaseline):
                 f"FNO needs modes, width, layers >= 1 and padding >= 0, got "
                 f"modes={modes} width={width} layers={layers} padding={padding}"
             )
-        _, channels = task_settings(by_task or {}, self.tasks, allowed=("context",))
+        _, channels, _ = task_settings(by_task or {}, self.tasks, allowed=("context",))
         self.nets = nn.ModuleDict(
             {
                 self._keys[name]: FNONet(io, int(modes), int(width), int(layers), int(padding), channels[name])

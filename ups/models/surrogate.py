@@ -52,7 +52,7 @@ class LatentSurrogateConfig:
     # Frames predicted per call of a time-dependent task, for 1D, 2D and 3D tasks (temporal bundling: a
     # rollout's errors compound over fewer calls; docs/results.md, stage 7). Steady tasks get one.
     bundle: List[int] = field(default_factory=lambda: [1, 1, 1])
-    by_task: Dict[str, Dict[str, int]] = field(default_factory=dict)  # by task name: bundle, context (frames read)
+    by_task: Dict[str, Dict[str, int]] = field(default_factory=dict)  # by task name: bundle, context (frames), patch
 
 
 class LatentSurrogate(nn.Module):
@@ -101,10 +101,10 @@ class LatentSurrogate(nn.Module):
         hidden, depth, heads, basis = int(hidden), int(depth), int(heads), int(basis)
         patch, lattice_default, bundle = check_sizes(hidden, heads, basis, patch, lattice, bundle)
         self.hidden, self.cond_dim, self.predict_change = hidden, int(cond_dim), bool(predict_change)
-        # frames per call (the objectives and evaluation read it) and input channels the encoder reads, by task
-        self.frames_per_call, self.read_channels = task_settings(by_task or {}, self.tasks, bundle)
+        # by task: frames per call (the objectives and evaluation read it), input channels read, cell sizes
+        self.frames_per_call, self.read_channels, cells = task_settings(by_task or {}, self.tasks, bundle, patch=patch)
         self.token_shapes = {
-            name: task_token_shape(io, patch, lattice_default, channel_cells) for name, io in self.tasks.items()
+            n: task_token_shape(io, cells[n], lattice_default, channel_cells) for n, io in self.tasks.items()
         }
         # Offsets inside a cell need a few low frequencies; cell centres span up to the finest lattice.
         self.local_fourier = FourierFeatures(int(fourier_features), 2.0 ** (int(fourier_features) - 1))
