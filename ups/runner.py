@@ -18,7 +18,7 @@ from ups import provenance
 from ups.build import build_compute, build_model, build_objectives, build_run, build_tasks, seed_everything, trained
 from ups.config import resolve_global_batch, validate
 from ups.data.tasks import TaskData, log_task_note
-from ups.distributed.collectives import main_first
+from ups.distributed.collectives import any_rank, main_first
 from ups.distributed.env import DistEnv, process_group
 from ups.distributed.parallelize import parallelize
 from ups.errors import ConfigError
@@ -194,6 +194,10 @@ def _run(cfg: DictConfig, env: DistEnv, compute: Any, objectives: dict, startup:
     # seeded above, before the callbacks and the data, as bench and tuner seed before theirs
     built = build_run(cfg, run_dir, env, objectives=objectives, compute=compute, tasks=tasks, seed=False)
     raw_model = built.model
+    # Every rank must take the same branch (it holds a barrier): rank 0 writes a new run's config.yaml
+    # at once, and a rank that looked after that saw an existing run, waited at the barrier alone and
+    # timed out (a test failed so about once in four CI runs).
+    fresh = not any_rank(not fresh, device=device)
     if not fresh:
         with main_first(env.is_main):  # rank 0 may delete an earlier run (trainer.overwrite) before the others look
             check_run_dir(cfg, run_dir, raw_model, tasks, env.is_main)
