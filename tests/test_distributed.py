@@ -396,6 +396,33 @@ def test_frozen_encoder_stage_under_ddp_reads_one_cache(single_b8: Path, data_di
     assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
 
 
+# Loaded by every interpreter of the launch (sitecustomize on PYTHONPATH): rank 1 looks at the run
+# directory 3 s late, after rank 0 has written a new run's config.yaml.
+LATE_RANK = """
+import os, pathlib, sys, time
+_exists = pathlib.Path.exists
+def _late(self, *args, **kwargs):
+    if os.environ.get("RANK") == "1" and self.name == "config.yaml" and sys._getframe(1).f_code.co_filename.endswith("runner.py"):
+        time.sleep(3)
+    return _exists(self, *args, **kwargs)
+pathlib.Path.exists = _late
+"""
+
+
+def test_ranks_agree_that_a_run_directory_is_new_when_one_looks_late(data_dir: Path, tmp_path: Path) -> None:
+    """Rank 0 writes a new run's config.yaml at once; a rank that looked after that saw an existing run,
+    took the branch with the run-directory check's barrier alone, and both ranks timed out (a CI flake)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(LATE_RANK)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(p for p in (str(hook), ENV.get("PYTHONPATH", "")) if p)}
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "ups.train", "parallelism=ddp2", *COMMON, f"paths.data_dir={data_dir}"]
+    args += [f"paths.output_dir={run_dir}", "trainer.max_steps=2", "trainer.batch_size=2"]
+    ok(subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path))
+    assert (run_dir / "checkpoints").is_dir()
+
+
 def test_one_wandb_run_per_job_in_the_run_dir(data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     env = {**ENV, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
