@@ -195,8 +195,7 @@ def _run(cfg: DictConfig, env: DistEnv, compute: Any, objectives: dict, startup:
     built = build_run(cfg, run_dir, env, objectives=objectives, compute=compute, tasks=tasks, seed=False)
     raw_model = built.model
     # Every rank must take the same branch (it holds a barrier): rank 0 writes a new run's config.yaml
-    # at once, and a rank that looked after that saw an existing run, waited at the barrier alone and
-    # timed out (a test failed so about once in four CI runs).
+    # at once, so a rank that looked after that would see an existing run and wait at the barrier alone.
     fresh = not any_rank(not fresh, device=device)
     if not fresh:
         with main_first(env.is_main):  # rank 0 may delete an earlier run (trainer.overwrite) before the others look

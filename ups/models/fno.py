@@ -106,10 +106,10 @@ class FourierLayer(nn.Module):
 class FNONet(nn.Module):
     """The FNO of one task (PDEBench's FNO1d/2d/3d for that task's dimension and channels)."""
 
-    def __init__(self, io: TaskIO, modes: int, width: int, layers: int, padding: int, channels: int | None = None):
+    def __init__(self, io: TaskIO, modes: int, width: int, layers: int, padding: int, channels: int):
         super().__init__()
         self.dim, self.padding = io.dim, int(padding)
-        self.channels = channels or io.in_channels  # the last context channels it reads
+        self.channels = channels  # the last input channels it reads (model.by_task context; all by default)
         # Without a known grid the modes cannot be clamped here; SpectralConv still clamps per call.
         axis_modes = clamp_modes(modes, tuple(n + self.padding for n in io.grid)) if io.grid else (modes,) * io.dim
         self.lift = nn.Linear(self.channels + io.dim, width)
