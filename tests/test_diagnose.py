@@ -63,7 +63,23 @@ def test_a_model_without_latent_encoder_gets_rollout_and_one_step(tiny_cfg) -> N
     cfg = tiny_cfg("trainer.max_steps=10", "model=fno", "task=advection1d")
     out = _diagnose(Path(run(cfg)["run_dir"]))
     assert out["meta"]["latent"] is False
-    assert set(out["results"]["advection1d"]) == {"rollout", "one_step"}
+    assert set(out["results"]["advection1d"]) == {"rollout", "one_step", "train_rollout"}
+
+
+def test_the_training_rollout_reads_the_training_trajectories(tiny_cfg) -> None:
+    """Asked for the training split itself, the training rollout is the rollout, number for number."""
+    import torch
+
+    from ups.evaluation.diagnosis import DiagnosisSettings, diagnose
+    from ups.evaluation.loading import load_run
+
+    run_dir = Path(run(tiny_cfg("trainer.max_steps=10", "model=fno", "task=advection1d"))["run_dir"])
+    loaded = load_run(str(run_dir), "final", None, torch.device("cpu"))
+    settings = DiagnosisSettings(eval_samples=2)
+    row = lambda split: diagnose(loaded.predict, loaded.model, loaded.tasks, False, split, torch.device("cpu"), settings)  # noqa: E731
+    train, val = row("train")["advection1d"], row("val")["advection1d"]
+    assert train["train_rollout"] == train["rollout"] and val["train_rollout"] == train["rollout"]
+    assert val["rollout"] != train["rollout"]
 
 
 def test_cli_without_a_run_is_one_paragraph(tmp_path: Path) -> None:

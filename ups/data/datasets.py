@@ -161,13 +161,14 @@ class MultiTaskDataset(Dataset):
 
 def task_keys(task: TaskData, device: torch.device | str | None = None) -> dict:
     """What every batch of a task carries besides its tensors: name, grid, coordinates, steadiness,
-    and each output channel's weight in PDEBench's nRMSE (:func:`metric_weights`); the tensors on
+    its family's symmetry (:mod:`ups.data.symmetry`) and each output channel's weight in PDEBench's nRMSE (:func:`metric_weights`); the tensors on
     ``device`` (None: where they are made, the CPU, for a loader to move)."""
     return {
         "task": task.name,
         "coords": torch.from_numpy(task.coords)[None].to(device),
         "grid": task.grid,
         "steady": task.family.steady,
+        "symmetry": task.family.symmetry,
         "channel_weights": metric_weights(task).to(device),
     }
 

@@ -26,6 +26,10 @@ class Family:
     domain: tuple[float, float]  # every spatial axis spans this interval
     params: tuple[tuple[str, str], ...] = ()  # (name, file-name prefix) parsed as conditioning
     steady: bool = False  # Darcy: frame 0 is the coefficient a, frame 1 the solution u
+    # "d4": the PDE, its boundaries and its data are unchanged by the square's rotations and
+    # reflections, and every channel is a scalar (ups.data.symmetry); "" where that does not hold
+    # or is not known. SWE's radial dam breaks are each symmetric already, so a copy adds nothing.
+    symmetry: str = ""
 
     def parse_params(self, path: str | Path) -> dict[str, float]:
         """PDE parameters from a PDEBench file name, e.g. ``beta0.4`` -> {"beta": 0.4}."""
@@ -57,8 +61,10 @@ FAMILIES: dict[str, Family] = {
             (-1.0, 1.0),
             (("eta", "Eta"), ("zeta", "Zeta")),
         ),
-        Family("darcy2d", 2, "tensor", ("tensor",), ("u",), (0.0, 1.0), (("beta", "beta"),), steady=True),
-        Family("react_diff2d", 2, "group", ("data",), ("u", "v"), (-1.0, 1.0)),
+        Family(
+            "darcy2d", 2, "tensor", ("tensor",), ("u",), (0.0, 1.0), (("beta", "beta"),), steady=True, symmetry="d4"
+        ),
+        Family("react_diff2d", 2, "group", ("data",), ("u", "v"), (-1.0, 1.0), symmetry="d4"),
         Family("swe2d", 2, "group", ("data",), ("h",), (-2.5, 2.5)),
         Family("cfd2d", 2, "tensor", ("density", "pressure", "Vx", "Vy"), ("rho", "p", "vx", "vy"), (0.0, 1.0), _CFD),
         Family("ns_incom2d", 2, "ns_incom", ("velocity", "particles"), ("vx", "vy", "smoke"), (0.0, 1.0)),

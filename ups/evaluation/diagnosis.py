@@ -72,8 +72,8 @@ def diagnose_task(
     settings: DiagnosisSettings,
     preload_max_gb: float = 2.0,
 ) -> dict[str, float]:
-    """One task's numbers: ``rollout``, ``one_step`` and, for latent models, the floors (NaN where undefined)."""
-    ds = TrajectoryDataset(task, split, settings.eval_samples, preload_max_gb)
+    """One task's numbers: ``rollout``, ``one_step``, ``train_rollout`` (the rollout on as many training
+    trajectories) and, for latent models, the floors (NaN where undefined)."""
     keys = task_keys(task, device)
     latent = spec_of(model).latent is not None
     # The floors decode one frame; a bundled model's decoder gives several, so they stay NaN for it.
@@ -81,10 +81,11 @@ def diagnose_task(
     residual = residual and not task.family.steady
     k = task.initial_step
     sums: dict[str, list[Tensor]] = {}
-    for start in range(0, len(ds), settings.batch_size):
-        items = [ds[j] for j in range(start, min(len(ds), start + settings.batch_size))]
-        traj = torch.stack([it["traj"] for it in items]).to(device)
-        batch = {**keys, "cond": torch.stack([it["cond"] for it in items]).to(device)}
+    # The same rollout on trajectories it trained on: far below the split's, the family is short of data
+    for traj, batch in _batches(task, "train", keys, device, settings, preload_max_gb):
+        pred = rollout(predict, batch, traj, k)
+        sums.setdefault("train_rollout", []).append(nrmse(pred.float(), traj[:, k:].float()))
+    for traj, batch in _batches(task, split, keys, device, settings, preload_max_gb):
         for name, forced in (("rollout", False), ("one_step", True)):
             pred = rollout(predict, batch, traj, k, teacher_forced=forced)
             sums.setdefault(name, []).append(nrmse(pred.float(), traj[:, k:].float()))
@@ -96,6 +97,15 @@ def diagnose_task(
     if latent:
         out = {**{n: float("nan") for n in FLOORS}, **out}
     return out
+
+
+def _batches(task: TaskData, split: str, keys: dict, device: torch.device, settings: DiagnosisSettings, gb: float):
+    """(trajectories (B, T, P, C), batch keys) of the split's first ``eval_samples`` trajectories."""
+    ds = TrajectoryDataset(task, split, settings.eval_samples, gb)
+    for start in range(0, len(ds), settings.batch_size):
+        items = [ds[j] for j in range(start, min(len(ds), start + settings.batch_size))]
+        traj = torch.stack([it["traj"] for it in items]).to(device)
+        yield traj, {**keys, "cond": torch.stack([it["cond"] for it in items]).to(device)}
 
 
 def _floors(
@@ -147,6 +157,7 @@ def diagnose(
 
 _COLUMNS = [
     ("rollout", "rollout"),
+    ("train_rollout", "rollout, training trajectories"),
     ("one_step", "one step"),
     ("operator_decode", "operator, floor windows"),
     ("true_next_latent", "true next latent"),
@@ -178,6 +189,9 @@ def markdown(results: dict[str, dict], meta: dict) -> str:
             "",
             "- rollout / one step: the run's own predictions (autoregressive / true frames as context), "
             "every frame of each trajectory.",
+            "- rollout, training trajectories: the same on as many trajectories of the training split; far "
+            "below the rollout, the model fits what it trained on and the family is short of data "
+            "(docs/results.md, stage 13).",
             "- operator, floor windows: its one-step error on the frames the floors use (a decoder floor never "
             "exceeds it; the floor starts there).",
             "- true next latent: decode(encode(true next context)) against the next frame.",
