@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from ups.diagnose import diagnose_run
+from ups.evaluation.diagnosis import DiagnosisSettings, diagnose
+from ups.evaluation.loading import load_run
 from ups.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,16 +71,13 @@ def test_a_model_without_latent_encoder_gets_rollout_and_one_step(tiny_cfg) -> N
 
 def test_the_training_rollout_reads_the_training_trajectories(tiny_cfg) -> None:
     """Asked for the training split itself, the training rollout is the rollout, number for number."""
-    import torch
-
-    from ups.evaluation.diagnosis import DiagnosisSettings, diagnose
-    from ups.evaluation.loading import load_run
-
     run_dir = Path(run(tiny_cfg("trainer.max_steps=10", "model=fno", "task=advection1d"))["run_dir"])
-    loaded = load_run(str(run_dir), "final", None, torch.device("cpu"))
-    settings = DiagnosisSettings(eval_samples=2)
-    row = lambda split: diagnose(loaded.predict, loaded.model, loaded.tasks, False, split, torch.device("cpu"), settings)  # noqa: E731
-    train, val = row("train")["advection1d"], row("val")["advection1d"]
+    cpu = torch.device("cpu")
+    loaded, settings = load_run(str(run_dir), "final", None, cpu), DiagnosisSettings(eval_samples=2)
+    train, val = (
+        diagnose(loaded.predict, loaded.model, loaded.tasks, False, split, cpu, settings)["advection1d"]
+        for split in ("train", "val")
+    )
     assert train["train_rollout"] == train["rollout"] and val["train_rollout"] == train["rollout"]
     assert val["rollout"] != train["rollout"]
 

@@ -67,6 +67,9 @@ class DataConfig:
     num_workers: int = 0
     prefetch_factor: Optional[int] = None  # batches each loader worker reads ahead (None: torch's 2)
     preload_max_gb: float = 2.0  # read a task into memory when its split is smaller than this
+    # train on every rotated and reflected copy of a sample that its family's physics allows
+    # (Darcy, 2D reaction-diffusion: ups/data/symmetry.py); the copies count as samples
+    augment: bool = False
     eval_samples: Optional[int] = None  # cap on trajectories per task in validation rollouts
     latent_cache_dir: Optional[str] = None  # None: <run dir>/latent_cache
     nonfinite: str = "error"  # samples holding NaN/Inf: error (default) | skip (with a warning)

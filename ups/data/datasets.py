@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ups.data.symmetry import Move
 from ups.data.tasks import SampleId, TaskData
 
 
@@ -43,22 +44,26 @@ class _TrajectorySource:
     the frames it asks for.
     """
 
-    def __init__(self, task: TaskData, ids: Sequence[SampleId], preload_max_gb: float):
-        self.task, self.ids = task, list(ids)
-        nbytes = len(self.ids) * task.n_steps * task.coords.shape[0] * task.channels * 4
+    def __init__(self, task: TaskData, ids: Sequence[SampleId], preload_max_gb: float, moves: Sequence[Move] = ()):
+        self.task = task
+        # with moves, one item per (move, sample): every copy of every sample, copies outermost
+        self.items = [(sid, move) for move in (moves or [None]) for sid in ids]
+        self.ids = [sid for sid, _ in self.items]
+        nbytes = len(self.items) * task.n_steps * task.coords.shape[0] * task.channels * 4
         budget = preload_max_gb * 2**30
         self._cache = self._preload(int(min(budget, PRELOAD_BLOCK_BYTES))) if nbytes <= budget else None
 
     def _preload(self, block_bytes: int) -> list[np.ndarray]:
         by_file: dict[int, list[int]] = {}
-        for file_idx, i in self.ids:
+        for file_idx, i in dict.fromkeys(self.ids):
             by_file.setdefault(file_idx, []).append(i)
         loaded = {
-            (file_idx, i): normalise(self.task, traj)
+            ((file_idx, i), move): normalise(self.task, traj)
+            for move in dict.fromkeys(move for _, move in self.items)
             for file_idx, idx in by_file.items()
-            for i, traj in self.task.files[file_idx].read_many(idx, block_bytes)
+            for i, traj in self.task.files[file_idx].read_many(idx, block_bytes, move)
         }
-        return [loaded[key] for key in self.ids]
+        return [loaded[item] for item in self.items]
 
     def frames(self, j: int, start: int, stop: int) -> np.ndarray:
         """Frames ``start:stop`` of trajectory ``j``, normalised; read lazily, only those frames are read."""
@@ -71,18 +76,21 @@ class _TrajectorySource:
         return self._cache[j] if self._cache is not None else self._read(j)
 
     def _read(self, j: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        file_idx, i = self.ids[j]
-        return normalise(self.task, self.task.files[file_idx].read(i, start, stop))
+        (file_idx, i), move = self.items[j]
+        return normalise(self.task, self.task.files[file_idx].read(i, start, stop, move))
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.items)
 
 
 class WindowDataset(Dataset):
     """Every (trajectory, start) window: ``initial_step`` context frames and the ``horizon`` frames
-    after them (``y`` is (P, horizon*C), time outermost; steady tasks have one target whatever the horizon)."""
+    after them (``y`` is (P, horizon*C), time outermost; steady tasks have one target whatever the horizon).
 
-    def __init__(self, task: TaskData, split: str, preload_max_gb: float = 2.0, horizon: int = 1):
+    ``copies``: every rotated and reflected copy of each trajectory that the task's physics allows
+    (:meth:`TaskData.copies`) is a trajectory of the set too (``data.augment``; the training split)."""
+
+    def __init__(self, task: TaskData, split: str, preload_max_gb: float = 2.0, horizon: int = 1, copies: bool = False):
         self.task = task
         self.horizon = 1 if task.family.steady else horizon
         self.per_traj = task.n_steps - task.initial_step - (self.horizon - 1)
@@ -91,7 +99,8 @@ class WindowDataset(Dataset):
                 f"{task.name}: horizon {horizon} needs {task.initial_step + horizon} frames per "
                 f"trajectory, but it has {task.n_steps} (after reduced_resolution_t)"
             )
-        self.source = _TrajectorySource(task, task.splits[split], preload_max_gb)
+        moves = task.copies() if copies else []
+        self.source = _TrajectorySource(task, task.splits[split], preload_max_gb, moves)
         self._conds = [task.cond(file_idx) for file_idx, _ in self.source.ids]
 
     def __len__(self) -> int:
@@ -161,14 +170,13 @@ class MultiTaskDataset(Dataset):
 
 def task_keys(task: TaskData, device: torch.device | str | None = None) -> dict:
     """What every batch of a task carries besides its tensors: name, grid, coordinates, steadiness,
-    its family's symmetry (:mod:`ups.data.symmetry`) and each output channel's weight in PDEBench's nRMSE (:func:`metric_weights`); the tensors on
+    and each output channel's weight in PDEBench's nRMSE (:func:`metric_weights`); the tensors on
     ``device`` (None: where they are made, the CPU, for a loader to move)."""
     return {
         "task": task.name,
         "coords": torch.from_numpy(task.coords)[None].to(device),
         "grid": task.grid,
         "steady": task.family.steady,
-        "symmetry": task.family.symmetry,
         "channel_weights": metric_weights(task).to(device),
     }
 

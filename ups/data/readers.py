@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from ups.data.registry import Family
+from ups.data.symmetry import Move
 from ups.errors import DataFileError  # noqa: F401 - defined in ups.errors, imported from here too
 
 SYNTHETIC_ATTR = "ups_synthetic"  # root attribute of files UPS generates; PDEBench's loaders ignore it
@@ -70,7 +71,7 @@ class TrajectoryFile:
         with _open(self.path) as f:
             self.synthetic = SYNTHETIC_ATTR in f.attrs  # written by ups.data.synth, not PDEBench's
             raw_n, raw_t, raw_space = self._inspect(f)
-            self._raw_coords = self._read_coords(f, raw_space)
+            self.stored_axes = self._read_coords(f, raw_space)  # per axis, before reduced_resolution
             self.raw_steps = raw_t
             self._dt = 0.0 if family.steady else self._read_dt(f, raw_t)
         n = len(range(0, raw_n, rb))
@@ -224,7 +225,7 @@ class TrajectoryFile:
     # -- reading ----------------------------------------------------------------------------
     def coords(self) -> np.ndarray:
         """Physical coordinates of the (subsampled) grid, shape (*space, dim)."""
-        axes = [c[:: self.rr] for c in self._raw_coords]
+        axes = [c[:: self.rr] for c in self.stored_axes]
         return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).astype(np.float32)
 
     def _file(self) -> h5py.File:
@@ -266,8 +267,9 @@ class TrajectoryFile:
         """Index in the file of frame ``frame`` after the time stride."""
         return frame if self.family.steady else frame * self.rr_t
 
-    def read(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Trajectory ``i`` (after striding) as float32 (T, *space, C), or only its frames ``start:stop``.
+    def read(self, i: int, start: int = 0, stop: int | None = None, move: Move | None = None) -> np.ndarray:
+        """Trajectory ``i`` (after striding) as float32 (T, *space, C), or only its frames ``start:stop``;
+        with ``move``, the rotated or reflected copy of the stored sample, then strided.
 
         Frames are counted after the time stride; a window asks for its own frames only, and only
         those are read from disk (they are part of the hyperslab, not sliced after the read).
@@ -280,17 +282,19 @@ class TrajectoryFile:
         self.check_unchanged()
         try:
             if self.family.steady:  # two "frames" from two keys; a window needs both anyway
-                return self._assemble(self._fetch(i * self.rb, slice(None)))[start:stop]
+                return self._assemble(self._fetch(i * self.rb, slice(None)), move)[start:stop]
             tsel = slice(start * self.rr_t, (stop - 1) * self.rr_t + 1, self.rr_t)
-            return self._assemble(self._fetch(i * self.rb, tsel))
+            return self._assemble(self._fetch(i * self.rb, tsel), move)
         except (OSError, KeyError, RuntimeError) as err:  # h5py's read errors: corrupt chunk, cut file
             raise DataFileError(
                 f"{self.path}: {self.sample_name(i)} cannot be read ({err}); the file is "
                 f"truncated or corrupted: download or generate it again"
             ) from None
 
-    def read_many(self, indices: Sequence[int], max_block_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
-        """``(i, read(i))`` for every index, in ascending order, with few large reads.
+    def read_many(
+        self, indices: Sequence[int], max_block_bytes: int, move: Move | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(i, read(i, move=move))`` for every index, in ascending order, with few large reads.
 
         In the single-file layouts every field is read once per block of consecutive samples (one
         hyperslab for the block instead of one per sample); a block spans at most
@@ -301,7 +305,7 @@ class TrajectoryFile:
         if wanted and not 0 <= wanted[0] <= wanted[-1] < self.n_samples:
             raise IndexError(f"{self.path}: samples {wanted[0]}..{wanted[-1]} out of range 0..{self.n_samples - 1}")
         if self.family.layout == "group":
-            yield from ((i, self.read(i)) for i in wanted)
+            yield from ((i, self.read(i, move=move)) for i in wanted)
             return
         per_sample = self.n_steps * int(np.prod(self.raw_space)) * self.channels * 4
         span = max(1, max_block_bytes // per_sample)  # samples per block, counting the ones skipped
@@ -315,9 +319,9 @@ class TrajectoryFile:
             try:
                 parts = self._fetch(rows, tsel)
             except (OSError, KeyError, RuntimeError):  # one by one: the error names the sample; unwanted ones pass
-                yield from ((i, self.read(i)) for i in block)
+                yield from ((i, self.read(i, move=move)) for i in block)
                 continue
-            yield from ((i, self._assemble([p[i - block[0]] for p in parts])) for i in block)
+            yield from ((i, self._assemble([p[i - block[0]] for p in parts], move)) for i in block)
 
     def _fetch(self, rows: int | slice, tsel: slice) -> list[np.ndarray]:
         """The stored arrays of sample(s) ``rows`` (stored indices), one per key, frames ``tsel``, full space.
@@ -333,18 +337,21 @@ class TrajectoryFile:
             return [ds(f"{self._keys[rows]}/data")[tsel]]
         return [ds(k)[rows, tsel] for k in fam.fields]
 
-    def _assemble(self, parts: list[np.ndarray]) -> np.ndarray:
-        """One sample's (T, *space, C) float32 trajectory from its ``_fetch`` arrays, spatially strided."""
+    def _assemble(self, parts: list[np.ndarray], move: Move | None = None) -> np.ndarray:
+        """One sample's (T, *space, C) float32 trajectory from its ``_fetch`` arrays, spatially strided;
+        ``move`` (a rotation or reflection, :mod:`ups.data.symmetry`) acts on the stored grid first."""
         fam = self.family
-        space = (slice(None),) + (slice(None, None, self.rr),) * fam.dim
         if fam.steady:
-            out = np.stack(parts, axis=0)[space][..., None]
+            out = np.stack(parts, axis=0)[..., None]
         elif fam.layout == "group":
-            out = parts[0][space]
+            out = parts[0]
         elif fam.layout == "ns_incom":
-            out = np.concatenate(parts, axis=-1)[space]
+            out = np.concatenate(parts, axis=-1)
         else:
-            out = np.stack(parts, axis=-1)[space]
+            out = np.stack(parts, axis=-1)
+        if move is not None:
+            out = move(out)
+        out = out[(slice(None),) + (slice(None, None, self.rr),) * fam.dim]
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def probe(self) -> None:

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from ups.data.readers import DataFileError, TrajectoryFile
 from ups.data.registry import COND_DIM, Family, get_family
 from ups.data.stats import Stats, load_or_compute_stats, read_only_data_dir
+from ups.data.symmetry import Move, exact_moves
 from ups.data.validate import NONFINITE_POLICIES, nonfinite_samples
 from ups.errors import ConfigError
 from ups.file_lock import exclusive
@@ -119,6 +120,13 @@ class TaskData:
     def n_steps(self) -> int:
         """Frames per trajectory after the time stride (2 for steady tasks: input, solution)."""
         return self.files[0].n_steps
+
+    def copies(self) -> list[Move]:
+        """The rotations and reflections whose copies of a sample are samples of the task too: those of
+        its family's symmetry that map the stored grid onto itself (:mod:`ups.data.symmetry`)."""
+        lo, hi = self.family.domain
+        axes = [2.0 * (np.asarray(a, dtype=np.float64) - lo) / (hi - lo) - 1.0 for a in self.files[0].stored_axes]
+        return exact_moves(self.family.symmetry, axes, self.name)
 
     def cond(self, file_idx: int) -> np.ndarray:
         """Conditioning vector [log10 dt, log10 of each PDE parameter, zero padding] of one file's samples.

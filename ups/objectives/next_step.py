@@ -7,16 +7,11 @@ model always predicts the field itself.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
-from ups.data.symmetry import augment, grid_permutations
 from ups.models.spec import unwrap
 from ups.objectives.base import Objective
-
-log = logging.getLogger(__name__)
 
 
 def predicts_change(model: nn.Module, residual: bool | None) -> bool:
@@ -78,9 +73,6 @@ class NextStep(Objective):
     (and, with ``relative``, its part of the scale) weighted as PDEBench's nRMSE weighs it
     (:func:`ups.data.datasets.metric_weights`): a density of mean 1 then counts a hundredth of a
     velocity, as it does in the metric, instead of as much (normalisation gave both spread 1).
-    ``augment``: each sample of a family that declares a symmetry (``Family.symmetry``: Darcy, 2D
-    reaction-diffusion) is rotated or reflected at random, input and target alike
-    (:mod:`ups.data.symmetry`); other families and cached latents train as they are.
     """
 
     bundles = True  # its windows then hold every frame the model predicts (ups.objectives.bind_bundle)
@@ -92,11 +84,8 @@ class NextStep(Objective):
         relative: bool = False,
         metric_weights: bool = False,
         noise_scale: str = "absolute",
-        augment: bool = False,
     ):
         self.residual = residual
-        self.augment = bool(augment)
-        self._perms: dict[str, torch.Tensor] = {}  # per task, built at its first batch
         self.noise = float(noise)
         self.noise_scale = str(noise_scale)
         if self.noise_scale not in NOISE_SCALES:
@@ -110,8 +99,6 @@ class NextStep(Objective):
         frames = frames_per_call(model).get(batch["task"], 1)
         weights = batch["channel_weights"].repeat(frames) if self.metric_weights else None
         scale = self.target_scale(batch, frames, weights) if self.relative else None  # from the clean frames
-        if self.augment and "x" in batch and batch.get("symmetry"):
-            batch = augment(batch, self.permutations(batch))
         if self.noise > 0 and "x" in batch and not batch.get("steady", False):
             batch = {**batch, "x": batch["x"] + self.context_noise(batch, frames)}
         pred = self.predict(model, batch)
@@ -120,15 +107,6 @@ class NextStep(Objective):
         else:
             mse = ((pred - batch["y"]).square() * weights).mean()
         return mse if scale is None else mse / scale
-
-    def permutations(self, batch: dict) -> torch.Tensor:
-        """The (G, P) point permutations of the batch's task's symmetries, on the batch's device."""
-        task = batch["task"]
-        if task not in self._perms:
-            perms = grid_permutations(tuple(batch["grid"]), batch["symmetry"], batch["coords"][0].cpu(), task)
-            log.info("%s: augment with %d of its grid's symmetries (the identity included)", task, len(perms))
-            self._perms[task] = perms.to(batch["x"].device)
-        return self._perms[task]
 
     def context_noise(self, batch: dict, frames: int = 1) -> torch.Tensor:
         """Gaussian noise for the context frames ``x``, independent per frame, point and channel, at

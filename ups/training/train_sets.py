@@ -41,8 +41,14 @@ class TrainSets:
 
     def __init__(self, tasks: Sequence[TaskData], cfg: Any, env: DistEnv, device: torch.device, run_dir: Path):
         self.tasks, self.cfg, self.env, self.device, self.run_dir = list(tasks), cfg, env, device, Path(run_dir)
-        self.preload_max_gb = cfg.data.preload_max_gb
-        self.raw = MultiTaskDataset([WindowDataset(t, "train", self.preload_max_gb) for t in self.tasks])
+        self.preload_max_gb, self.copies = cfg.data.preload_max_gb, cfg.data.augment
+        if self.copies and env.is_main:
+            for t in self.tasks:
+                if len(t.copies()) > 1:
+                    log.info("%s: training on %d copies of each sample (data.augment)", t.name, len(t.copies()))
+        self.raw = MultiTaskDataset(
+            [WindowDataset(t, "train", self.preload_max_gb, 1, self.copies) for t in self.tasks]
+        )
         self._windows = {(1, i): d for i, d in enumerate(self.raw.datasets)}
 
     def windows(
@@ -60,7 +66,7 @@ class TrainSets:
             h = horizon if isinstance(horizon, int) else horizon.get(task.name, 1)
             if (h, i) not in self._windows:
                 try:
-                    self._windows[h, i] = WindowDataset(task, "train", self.preload_max_gb, h)
+                    self._windows[h, i] = WindowDataset(task, "train", self.preload_max_gb, h, self.copies)
                 except ValueError as err:
                     raise ConfigError(f"{where}.objective: {err}") from None
             out.append(self._windows[h, i])
