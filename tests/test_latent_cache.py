@@ -193,3 +193,20 @@ def test_half_precision_storage(tasks, tmp_path: Path) -> None:
             z = model.encode(tasks[1].name, windows[1]["x"][None], torch.from_numpy(tasks[1].coords)[None])[0]
         assert cached[1]["z"].dtype == torch.float32
         torch.testing.assert_close(cached[1]["z"], z, rtol=2e-2, atol=2e-2)
+
+
+def test_copies_of_the_samples_are_cached_as_windows_under_their_own_key(tasks, tmp_path: Path) -> None:
+    """data.augment: the cache of a set with rotated and reflected copies holds every copy's window."""
+    darcy = next(t for t in tasks if t.name == "darcy2d")
+    model = _model(tasks)
+    plain, copies = WindowDataset(darcy, "train"), WindowDataset(darcy, "train", copies=True)
+    assert len(copies) == 8 * len(plain)
+    cached_plain = lc.load_or_build(model, plain, tmp_path, "cpu")
+    cached = lc.load_or_build(model, copies, tmp_path, "cpu")
+    assert cached.cache_dir != cached_plain.cache_dir and len(cached) == len(copies)
+    coords = torch.from_numpy(darcy.coords)[None]
+    for i in (0, len(plain) + 1, len(copies) - 1):
+        with torch.no_grad():
+            z = model.encode(darcy.name, copies[i]["x"][None], coords)[0]
+        torch.testing.assert_close(cached[i]["z"], z, rtol=1e-5, atol=1e-5)
+        assert torch.equal(cached[i]["y"], copies[i]["y"])

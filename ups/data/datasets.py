@@ -45,9 +45,9 @@ class _TrajectorySource:
     """
 
     def __init__(self, task: TaskData, ids: Sequence[SampleId], preload_max_gb: float, moves: Sequence[Move] = ()):
-        self.task = task
+        self.task, self.moves = task, list(moves)
         # with moves, one item per (move, sample): every copy of every sample, copies outermost
-        self.items = [(sid, move) for move in (moves or [None]) for sid in ids]
+        self.items = [(sid, move) for move in (self.moves or [None]) for sid in ids]
         self.ids = [sid for sid, _ in self.items]
         nbytes = len(self.items) * task.n_steps * task.coords.shape[0] * task.channels * 4
         budget = preload_max_gb * 2**30

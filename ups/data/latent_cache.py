@@ -130,7 +130,7 @@ def cache_name(task: str, split: str, key: str) -> str:
 def infer_split(dataset: WindowDataset) -> str:
     """The split whose sample ids the dataset holds (WindowDataset does not store the name)."""
     for split, ids in dataset.task.splits.items():
-        if list(ids) == list(dataset.source.ids):
+        if list(ids) == list(dict.fromkeys(dataset.source.ids)):  # each sample once, whatever its copies
             return split
     raise ValueError(f"task {dataset.task.name}: the dataset's samples are not one split; pass split=")
 
@@ -306,6 +306,8 @@ def load_or_build(
     ``build=False`` (ranks other than 0, after the barrier) raises FileNotFoundError instead of building.
     """
     split = split or infer_split(dataset)
+    if dataset.source.moves:  # copies (data.augment) are windows of the cache too
+        extra = {**(extra or {}), "copies": [str(move) for move in dataset.source.moves]}
     key = latent_key(model, dataset.task, split, extra, dtype)
     path = find_cache(cache_root, dataset.task.name, split, key)
     if path is None:

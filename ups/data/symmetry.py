@@ -5,7 +5,7 @@ rotations and reflections and every channel is a scalar (``Family.symmetry == "d
 coefficient and pressure, 2D reaction-diffusion's u and v), a rotated or reflected sample is as
 much a sample of the family as the original. ``data.augment=true`` trains on every such copy of
 each training sample (:class:`ups.data.datasets.WindowDataset`): up to eight times the samples of
-a family that has few. Darcy's models had fit their ~100 training samples to a third of their test
+a family that has few. Darcy's models had fit their 104 training samples to a third of their test
 error (docs/results.md, stage 13).
 
 A copy is made on the grid as stored, then strided by ``reduced_resolution`` as PDEBench strides
