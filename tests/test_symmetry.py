@@ -115,9 +115,8 @@ def test_training_windows_hold_every_copy_and_evaluation_none(tiny_tasks: dict, 
         got = copies[k * n + 1]["y"].reshape(task.grid).numpy()
         stats = task.stats.arrays()
         np.testing.assert_allclose(got * stats[3][0] + stats[2][0], expected[1, ..., 0], rtol=1e-5, atol=1e-6)
-    assert len(WindowDataset(tiny_tasks["advection1d"], "train", preload_gb, copies=True)) == len(
-        WindowDataset(tiny_tasks["advection1d"], "train", preload_gb)
-    )
+    advection = WindowDataset(tiny_tasks["advection1d"], "train", preload_gb, copies=True)
+    assert advection.source.moves == []  # no symmetry: the data as stored (and its latent cache key)
     assert len(TrajectoryDataset(task, "val")) == len(task.splits["val"])
 
 

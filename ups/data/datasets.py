@@ -99,8 +99,8 @@ class WindowDataset(Dataset):
                 f"{task.name}: horizon {horizon} needs {task.initial_step + horizon} frames per "
                 f"trajectory, but it has {task.n_steps} (after reduced_resolution_t)"
             )
-        moves = task.copies() if copies else []
-        self.source = _TrajectorySource(task, task.splits[split], preload_max_gb, moves)
+        moves = task.copies() if copies else []  # the identity alone is the data as stored: no copies
+        self.source = _TrajectorySource(task, task.splits[split], preload_max_gb, moves if len(moves) > 1 else [])
         self._conds = [task.cond(file_idx) for file_idx, _ in self.source.ids]
 
     def __len__(self) -> int:
