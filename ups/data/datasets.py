@@ -59,9 +59,8 @@ class _TrajectorySource:
             by_file.setdefault(file_idx, []).append(i)
         loaded = {
             ((file_idx, i), move): normalise(self.task, traj)
-            for move in dict.fromkeys(move for _, move in self.items)
             for file_idx, idx in by_file.items()
-            for i, traj in self.task.files[file_idx].read_many(idx, block_bytes, move)
+            for i, move, traj in self.task.files[file_idx].read_copies(idx, block_bytes, self.moves or [None])
         }
         return [loaded[item] for item in self.items]
 

@@ -268,8 +268,7 @@ class TrajectoryFile:
         return frame if self.family.steady else frame * self.rr_t
 
     def read(self, i: int, start: int = 0, stop: int | None = None, move: Move | None = None) -> np.ndarray:
-        """Trajectory ``i`` (after striding) as float32 (T, *space, C), or only its frames ``start:stop``;
-        with ``move``, the rotated or reflected copy of the stored sample, then strided.
+        """Trajectory ``i`` (strided) as float32 (T, *space, C), or its frames ``start:stop``; of a copy with ``move``.
 
         Frames are counted after the time stride; a window asks for its own frames only, and only
         those are read from disk (they are part of the hyperslab, not sliced after the read).
@@ -291,12 +290,15 @@ class TrajectoryFile:
                 f"truncated or corrupted: download or generate it again"
             ) from None
 
-    def read_many(
-        self, indices: Sequence[int], max_block_bytes: int, move: Move | None = None
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """``(i, read(i, move=move))`` for every index, in ascending order, with few large reads.
+    def read_many(self, indices: Sequence[int], max_block_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(i, read(i))`` for every index, in ascending order, with few large reads (:meth:`read_copies`)."""
+        return ((i, traj) for i, _, traj in self.read_copies(indices, max_block_bytes))
 
-        In the single-file layouts every field is read once per block of consecutive samples (one
+    def read_copies(
+        self, indices: Sequence[int], max_block_bytes: int, moves: Sequence[Move | None] = (None,)
+    ) -> Iterator[tuple[int, Move | None, np.ndarray]]:
+        """``(i, move, read(i, move=move))`` for every index and move, in ascending order of ``i``; each
+        sample is read from disk once, whatever the number of moves. In the single-file layouts every field is read once per block of consecutive samples (one
         hyperslab for the block instead of one per sample); a block spans at most
         ``max_block_bytes`` of stored data (at least one sample), so the transient memory stays
         bounded whatever the file size. The group layout stores a sample per group: one read each.
@@ -304,24 +306,24 @@ class TrajectoryFile:
         wanted = sorted(set(indices))
         if wanted and not 0 <= wanted[0] <= wanted[-1] < self.n_samples:
             raise IndexError(f"{self.path}: samples {wanted[0]}..{wanted[-1]} out of range 0..{self.n_samples - 1}")
-        if self.family.layout == "group":
-            yield from ((i, self.read(i, move=move)) for i in wanted)
-            return
+        group = self.family.layout == "group"
         per_sample = self.n_steps * int(np.prod(self.raw_space)) * self.channels * 4
-        span = max(1, max_block_bytes // per_sample)  # samples per block, counting the ones skipped
+        span = 1 if group else max(1, max_block_bytes // per_sample)  # samples per block, counting skipped ones
         tsel = slice(None) if self.family.steady else slice(None, None, self.rr_t)
         k = 0
         while k < len(wanted):
             block = [i for i in wanted[k:] if i < wanted[k] + span]
             k += len(block)
-            rows = slice(block[0] * self.rb, block[-1] * self.rb + 1, self.rb)
+            rows = block[0] * self.rb if group else slice(block[0] * self.rb, block[-1] * self.rb + 1, self.rb)
             self.check_unchanged()
             try:
                 parts = self._fetch(rows, tsel)
             except (OSError, KeyError, RuntimeError):  # one by one: the error names the sample; unwanted ones pass
-                yield from ((i, self.read(i, move=move)) for i in block)
+                yield from ((i, m, self.read(i, move=m)) for i in block for m in moves)
                 continue
-            yield from ((i, self._assemble([p[i - block[0]] for p in parts], move)) for i in block)
+            for i in block:
+                own = parts if group else [p[i - block[0]] for p in parts]
+                yield from ((i, m, self._assemble(own, m)) for m in moves)
 
     def _fetch(self, rows: int | slice, tsel: slice) -> list[np.ndarray]:
         """The stored arrays of sample(s) ``rows`` (stored indices), one per key, frames ``tsel``, full space.

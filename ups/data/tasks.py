@@ -124,8 +124,7 @@ class TaskData:
     def copies(self) -> list[Move]:
         """The rotations and reflections whose copies of a sample are samples of the task too: those of
         its family's symmetry that map the stored grid onto itself (:mod:`ups.data.symmetry`)."""
-        lo, hi = self.family.domain
-        axes = [2.0 * (np.asarray(a, dtype=np.float64) - lo) / (hi - lo) - 1.0 for a in self.files[0].stored_axes]
+        axes = [to_unit(np.asarray(a, dtype=np.float64), self.family.domain) for a in self.files[0].stored_axes]
         return exact_moves(self.family.symmetry, axes, self.name)
 
     def cond(self, file_idx: int) -> np.ndarray:
@@ -140,6 +139,12 @@ class TaskData:
         vec[0] = np.log10(dt) if dt > 0 else 0.0
         vec[1 : 1 + len(params)] = params
         return vec
+
+
+def to_unit(x: np.ndarray, domain: tuple[float, float]) -> np.ndarray:
+    """Coordinates on ``domain`` scaled to [-1, 1], as every task's ``coords`` are."""
+    lo, hi = domain
+    return 2.0 * (x - lo) / (hi - lo) - 1.0
 
 
 def _natural(path: Path) -> tuple:
@@ -277,8 +282,7 @@ def build_task(name: str, ds: Any, data_cfg: Any, data_dir: Path, stats_dirs: li
             f"task {name}: no {'/'.join(empty)} samples left after leaving out {len(skipped)} samples holding NaN/Inf"
         )
     stats = load_or_compute_stats(name, files, splits["train"], family.steady, stats_dirs)
-    lo, hi = family.domain
-    coords = (2.0 * (first.coords() - lo) / (hi - lo) - 1.0).reshape(-1, family.dim)
+    coords = to_unit(first.coords(), family.domain).reshape(-1, family.dim)
     initial_step = 1 if family.steady else ds.initial_step
     return TaskData(
         name, family, files, splits, stats, initial_step, coords.astype(np.float32), first.dt(), sorted(skipped)

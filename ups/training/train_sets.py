@@ -42,10 +42,9 @@ class TrainSets:
     def __init__(self, tasks: Sequence[TaskData], cfg: Any, env: DistEnv, device: torch.device, run_dir: Path):
         self.tasks, self.cfg, self.env, self.device, self.run_dir = list(tasks), cfg, env, device, Path(run_dir)
         self.preload_max_gb, self.copies = cfg.data.preload_max_gb, cfg.data.augment
-        if self.copies and env.is_main:
-            for t in self.tasks:
-                if len(t.copies()) > 1:
-                    log.info("%s: training on %d copies of each sample (data.augment)", t.name, len(t.copies()))
+        for t in self.tasks if self.copies and env.is_main else []:
+            if (n := len(t.copies())) > 1:
+                log.info("%s: training on %d copies of each sample (data.augment)", t.name, n)
         self.raw = MultiTaskDataset(
             [WindowDataset(t, "train", self.preload_max_gb, 1, self.copies) for t in self.tasks]
         )
